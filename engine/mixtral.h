@@ -1,0 +1,273 @@
+/* libmixtral: the public interface of the engine.
+ *
+ * One header for everything the daemon, the command-line tools and the tests
+ * use: errors, growable buffers, the SentencePiece tokenizer, the
+ * Mixtral-Instruct chat format, safetensors parsing and model loading.
+ *
+ * Conventions: functions return 0 or a negative errno. Those that can fail
+ * for reasons a user must see take an mx_error and fill it with one line
+ * that names the file (and the tensor or key) at fault; they never print. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- errors -------------------------------------------------------------- */
+
+typedef struct mx_error {
+        int code;       /* negative errno, 0 when unset */
+        char msg[512];  /* one line, no trailing newline */
+} mx_error;
+
+/* Formats msg into err (when err is non-NULL) and returns code (< 0). */
+int mx_error_set(mx_error *err, int code, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+/* ---- growable buffers ------------------------------------------------------ */
+
+typedef struct mx_ids {
+        int32_t *v;
+        size_t n, cap;
+} mx_ids;
+
+int mx_ids_push(mx_ids *ids, int32_t id);
+int mx_ids_append(mx_ids *ids, const int32_t *v, size_t n);
+void mx_ids_free(mx_ids *ids);
+
+typedef struct mx_buf {
+        char *p;  /* always NUL-terminated after a successful append */
+        size_t n, cap;
+} mx_buf;
+
+int mx_buf_append(mx_buf *b, const void *data, size_t n);
+void mx_buf_free(mx_buf *b);
+
+/* ---- tokenizer (SentencePiece BPE, mistral-common v1 semantics) ----------- */
+
+typedef struct mx_tokenizer mx_tokenizer;
+
+/* Largest tokenizer file we accept: the real one is 0.5 MB. */
+#define MX_TOKENIZER_MAX_FILE_BYTES (64u << 20)
+
+int mx_tokenizer_load(mx_tokenizer **out, const char *path, mx_error *err);
+/* Parses a serialized sentencepiece.ModelProto; label names it in errors. */
+int mx_tokenizer_load_buffer(mx_tokenizer **out, const void *data, size_t len,
+                             const char *label, mx_error *err);
+void mx_tokenizer_free(mx_tokenizer *tok);
+
+uint32_t mx_tokenizer_vocab_size(const mx_tokenizer *tok);
+int32_t mx_tokenizer_bos(const mx_tokenizer *tok); /* -1 when the model has none */
+int32_t mx_tokenizer_eos(const mx_tokenizer *tok);
+int32_t mx_tokenizer_unk(const mx_tokenizer *tok);
+/* The piece as stored (with U+2581 for spaces); NULL for an id out of range. */
+const char *mx_tokenizer_piece(const mx_tokenizer *tok, int32_t id, size_t *len);
+
+/* Appends the ids of text (any bytes; invalid UTF-8 becomes U+FFFD as in
+ * SentencePiece) to out: dummy prefix, no BOS or EOS. */
+int mx_tokenize(const mx_tokenizer *tok, const char *text, size_t len, mx_ids *out);
+
+/* Appends the text of ids to out, exactly as SentencePiece's decode. An id
+ * out of range gives -EINVAL. */
+int mx_detokenize(const mx_tokenizer *tok, const int32_t *ids, size_t n, mx_buf *out);
+
+/* Incremental decoding for streaming: each push appends only complete UTF-8
+ * characters; the concatenation of everything appended by push and finish
+ * equals mx_detokenize of the same ids. */
+typedef struct mx_decoder {
+        const mx_tokenizer *tok;
+        uint8_t pending[4];  /* bytes of an unfinished character */
+        uint8_t n_pending;
+        bool bos_ws;         /* may still strip the dummy-prefix space */
+        bool bos_ws_seen;    /* the last piece had that space stripped */
+        bool wrote_text;     /* any text produced so far */
+} mx_decoder;
+
+void mx_decoder_init(mx_decoder *d, const mx_tokenizer *tok);
+int mx_decoder_push(mx_decoder *d, int32_t id, mx_buf *out);
+/* Flushes an unfinished character (as U+FFFD per byte, as decode does). */
+int mx_decoder_finish(mx_decoder *d, mx_buf *out);
+
+/* ---- chat format (Mixtral-Instruct, mistral-common tokenizer v1) --------- */
+
+typedef enum mx_role {
+        MX_ROLE_SYSTEM,
+        MX_ROLE_USER,
+        MX_ROLE_ASSISTANT,
+} mx_role;
+
+typedef struct mx_message {
+        mx_role role;
+        const char *content;
+        size_t len;
+} mx_message;
+
+/* Parses "system", "user" or "assistant"; -EINVAL otherwise. */
+int mx_role_from_string(const char *s, mx_role *out);
+
+/* Builds the prompt ids of a conversation (BOS first). system may be NULL;
+ * system messages anywhere in msgs join it. */
+int mx_chat_encode(const mx_tokenizer *tok, const char *system, const mx_message *msgs,
+                   size_t n, mx_ids *out, mx_error *err);
+
+/* A conversation read from a JSON array of {"role","content"} objects. */
+typedef struct mx_conversation {
+        mx_message *msgs;
+        size_t n, cap;
+        void *owner; /* keeps the strings alive */
+} mx_conversation;
+
+int mx_conversation_from_json(mx_conversation *conv, const char *data, size_t len,
+                              const char *label, mx_error *err);
+int mx_conversation_add(mx_conversation *conv, mx_role role, const char *content, size_t len);
+void mx_conversation_free(mx_conversation *conv);
+
+/* ---- tensors and safetensors --------------------------------------------- */
+
+typedef enum mx_dtype {
+        MX_DTYPE_F32,
+        MX_DTYPE_F16,
+        MX_DTYPE_BF16,
+} mx_dtype;
+
+#define MX_MAX_DIMS 4
+/* A header larger than this is refused before anything is allocated. */
+#define MX_SAFETENSORS_MAX_HEADER (100u * 1000u * 1000u)
+
+typedef struct mx_tensor {
+        char *name;
+        const char *file;  /* file name it lives in (owned by its mx_model) */
+        mx_dtype dtype;
+        uint32_t ndim;
+        uint64_t shape[MX_MAX_DIMS];
+        uint64_t offset;   /* from the start of the file */
+        uint64_t nbytes;
+        const void *data;  /* mapped, read-only */
+        /* Non-zero when q/k rows are stored in the interleaved RoPE order of
+         * the mistral-inference layout; see mx_tensor_row. */
+        uint32_t rope_head_dim;
+} mx_tensor;
+
+size_t mx_dtype_size(mx_dtype t);
+const char *mx_dtype_name(mx_dtype t);
+
+/* Parses the header of a safetensors file held in file[0..size) and checks
+ * it against the size: tensors come out in file order, their data pointing
+ * into file. label (the file name) prefixes every error. */
+int mx_safetensors_parse(const uint8_t *file, uint64_t size, const char *label,
+                         mx_tensor **tensors, size_t *n, mx_error *err);
+void mx_tensors_free(mx_tensor *tensors, size_t n);
+
+/* Row r (in Hugging Face's half-split order) of a 2-D tensor. */
+const void *mx_tensor_row(const mx_tensor *t, uint64_t r);
+
+/* Writes a safetensors file: used by the demo model and the tests. */
+typedef struct mx_tensor_data {
+        const char *name;
+        mx_dtype dtype;
+        uint32_t ndim;
+        uint64_t shape[MX_MAX_DIMS];
+        const void *data;
+} mx_tensor_data;
+
+int mx_safetensors_write(const char *path, const mx_tensor_data *t, size_t n, mx_error *err);
+
+/* ---- model configuration and loading ------------------------------------- */
+
+typedef struct mx_config {
+        uint32_t vocab_size;
+        uint32_t hidden_size;
+        uint32_t intermediate_size;
+        uint32_t n_layers;
+        uint32_t n_heads;
+        uint32_t n_kv_heads;
+        uint32_t head_dim;
+        uint32_t n_experts;
+        uint32_t n_experts_per_tok;
+        uint32_t max_position_embeddings; /* 0: the files give no limit */
+        uint32_t sliding_window;          /* 0: none */
+        double rope_theta;
+        double rms_norm_eps;
+        int32_t bos_token_id;             /* -1: not given */
+        int32_t eos_token_id;
+        bool tie_word_embeddings;
+} mx_config;
+
+typedef enum mx_layout {
+        MX_LAYOUT_HF,          /* config.json + model*.safetensors */
+        MX_LAYOUT_CONSOLIDATED /* params.json + consolidated*.safetensors */
+} mx_layout;
+
+/* Parse and check a Hugging Face config.json or a mistral-inference
+ * params.json held in memory. */
+int mx_config_parse_hf(const char *json, size_t len, const char *label, mx_config *cfg,
+                       mx_error *err);
+int mx_config_parse_params(const char *json, size_t len, const char *label, mx_config *cfg,
+                           mx_error *err);
+
+typedef struct mx_layer {
+        const mx_tensor *attn_norm, *wq, *wk, *wv, *wo;
+        const mx_tensor *ffn_norm, *router;
+        const mx_tensor **w1, **w2, **w3; /* [n_experts] each */
+} mx_layer;
+
+typedef struct mx_model_file {
+        char *name;
+        const uint8_t *map;
+        uint64_t size;
+} mx_model_file;
+
+typedef struct mx_model {
+        char *dir;
+        mx_layout layout;
+        mx_config cfg;
+        mx_model_file *files;
+        size_t n_files;
+        mx_tensor *tensors;  /* all tensors, all files */
+        size_t n_tensors;
+        const mx_tensor *embed, *norm, *lm_head; /* lm_head == embed when tied */
+        mx_layer *layers;
+        void *priv;
+} mx_model;
+
+/* Opens a checkpoint directory of either layout: files are mapped, headers
+ * checked, every tensor bound by name and shape to the configuration. */
+int mx_model_open(mx_model **out, const char *dir, mx_error *err);
+void mx_model_free(mx_model *m);
+
+/* The tokenizer file of a model directory (tokenizer.model, or
+ * tokenizer.model.v1); newly allocated, or NULL with err set. */
+char *mx_model_find_tokenizer(const char *dir, mx_error *err);
+
+typedef struct mx_footprint {
+        uint64_t params;            /* all parameters */
+        uint64_t bytes;             /* all weight bytes */
+        uint64_t bytes_by_dtype[3]; /* indexed by mx_dtype */
+        uint64_t active_params;     /* touched per token: dense + top-k experts */
+        uint64_t active_bytes;      /* weight bytes read per decoded token */
+        uint64_t kv_bytes_per_token;/* bf16 K and V, all layers */
+} mx_footprint;
+
+void mx_model_footprint(const mx_model *m, mx_footprint *fp);
+
+/* ---- demo model ------------------------------------------------------------ */
+
+/* Writes a small random Mixtral in the Hugging Face layout (config.json,
+ * two safetensors shards and their index, tokenizer.model copied from
+ * tokenizer_path) into dir, which must exist. Same seed, same bytes. */
+int mx_demo_model_write(const char *dir, const char *tokenizer_path, uint64_t seed,
+                        mx_error *err);
+
+/* ---- files --------------------------------------------------------------- */
+
+/* Reads a whole regular file of at most max bytes (FIFOs and devices are
+ * refused, never opened for blocking reads). */
+int mx_read_file(const char *path, size_t max, char **data, size_t *len, mx_error *err);
+
+#ifdef __cplusplus
+}
+#endif

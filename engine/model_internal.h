@@ -1,0 +1,21 @@
+/* Shared between the parts of the model loader: private to the engine. */
+#pragma once
+
+#include "mixtral.h"
+
+typedef struct model_priv {
+        mx_tensor **by_name;  /* all tensors, sorted by name */
+        bool *used;           /* parallel to mx_model.tensors */
+        const mx_tensor **experts; /* backing store of every layer's w1/w2/w3 */
+} model_priv;
+
+char *mx_path_join(const char *dir, const char *name);
+bool mx_dir_has(const char *dir, const char *name);
+
+/* Maps the checkpoint's files and parses their headers into m->tensors. */
+int mx_model_files_open(mx_model *m, mx_error *err);
+void mx_model_files_close(mx_model *m);
+
+/* Sorts the tensors by name for lookup; a name in two files is an error. */
+int mx_model_index_tensors(mx_model *m, mx_error *err);
+mx_tensor *mx_model_find(const mx_model *m, const char *name);

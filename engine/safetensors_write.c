@@ -1,0 +1,106 @@
+/* Writing safetensors files, for the demo model and for tests that need
+ * real files. The header is padded with spaces to a multiple of 8 so the
+ * data is aligned, as the reference writer does; the file appears under
+ * its name only once complete (written to a temporary name, synced,
+ * renamed). */
+#include <fcntl.h>
+#include <jansson.h>
+#include <string.h>
+
+#include "mx_common.h"
+
+#include "mixtral.h"
+
+static int tensor_bytes(const mx_tensor_data *t, uint64_t *out) {
+        uint64_t n = mx_dtype_size(t->dtype);
+        for (uint32_t i = 0; i < t->ndim; i++)
+                if (!mx_mul_u64(n, t->shape[i], &n))
+                        return -EOVERFLOW;
+        *out = n;
+        return 0;
+}
+
+static char *make_header(const mx_tensor_data *t, size_t n, size_t *len) {
+        json_auto_t *root = json_object();
+        uint64_t pos = 0;
+        for (size_t i = 0; root && i < n; i++) {
+                uint64_t bytes;
+                json_t *shape = json_array(), *e = json_object();
+                if (tensor_bytes(&t[i], &bytes) < 0 || !shape || !e) {
+                        json_decref(shape), json_decref(e);
+                        return NULL;
+                }
+                for (uint32_t d = 0; d < t[i].ndim; d++)
+                        json_array_append_new(shape, json_integer((json_int_t)t[i].shape[d]));
+                json_object_set_new(e, "dtype", json_string(mx_dtype_name(t[i].dtype)));
+                json_object_set_new(e, "shape", shape);
+                json_object_set_new(e, "data_offsets",
+                                    json_pack("[II]", (json_int_t)pos, (json_int_t)(pos + bytes)));
+                json_object_set_new(root, t[i].name, e);
+                pos += bytes;
+        }
+        char *s = root ? json_dumps(root, JSON_COMPACT) : NULL;
+        if (!s)
+                return NULL;
+        size_t k = strlen(s), padded = (k + 7) & ~(size_t)7;
+        char *p = realloc(s, padded + 1);
+        if (!p) {
+                free(s);
+                return NULL;
+        }
+        memset(p + k, ' ', padded - k);
+        p[padded] = '\0';
+        *len = padded;
+        return p;
+}
+
+static int write_all(int fd, const void *data, uint64_t n) {
+        const uint8_t *p = data;
+        while (n > 0) {
+                ssize_t k = write(fd, p, n > (1u << 30) ? (1u << 30) : (size_t)n);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0)
+                        return -errno;
+                p += k, n -= (uint64_t)k;
+        }
+        return 0;
+}
+
+static int write_body(int fd, const mx_tensor_data *t, size_t n, const char *hdr, size_t hlen) {
+        uint8_t len8[8];
+        for (int i = 0; i < 8; i++)
+                len8[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
+        int r = write_all(fd, len8, 8);
+        if (r == 0)
+                r = write_all(fd, hdr, hlen);
+        for (size_t i = 0; r == 0 && i < n; i++) {
+                uint64_t bytes;
+                r = tensor_bytes(&t[i], &bytes);
+                if (r == 0)
+                        r = write_all(fd, t[i].data, bytes);
+        }
+        if (r == 0 && fsync(fd) < 0)
+                r = -errno;
+        return r;
+}
+
+int mx_safetensors_write(const char *path, const mx_tensor_data *t, size_t n, mx_error *err) {
+        size_t hlen;
+        _cleanup_free_ char *hdr = make_header(t, n, &hlen), *tmp = NULL;
+        if (!hdr)
+                return mx_error_set(err, -ENOMEM, "%s: cannot build the header", path);
+        if (asprintf(&tmp, "%s.tmp", path) < 0)
+                return mx_error_set(err, -ENOMEM, "%s: out of memory", path);
+        _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0)
+                return mx_error_set(err, -errno, "%s: %s", tmp, strerror(errno));
+        int r = write_body(fd, t, n, hdr, hlen);
+        if (r == 0 && rename(tmp, path) < 0)
+                r = -errno;
+        if (r < 0) {
+                unlink(tmp);
+                return mx_error_set(err, r, "%s: cannot write: %s", path, strerror(-r));
+        }
+        return 0;
+}

@@ -1,0 +1,282 @@
+/* Loading a SentencePiece model (a serialized sentencepiece.ModelProto) into
+ * flat tables. Everything SentencePiece itself would refuse is refused here
+ * too, with the reason; settings this tokenizer does not implement (unigram
+ * models, normalization rules other than identity) are refused by name
+ * rather than silently tokenized differently. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "mx_common.h"
+#include "sentencepiece_model.pb-c.h"
+#include "tokenizer_internal.h"
+
+/* Keeps a malformed file from making the tables arbitrarily large. */
+#define MAX_PIECES (1u << 22)
+#define MAX_PIECE_BYTES 4096
+
+typedef Sentencepiece__ModelProto ModelProto;
+typedef Sentencepiece__ModelProto__SentencePiece Piece;
+
+static void model_proto_freep(ModelProto **p) {
+        if (*p)
+                sentencepiece__model_proto__free_unpacked(*p, NULL);
+}
+
+static uint64_t hash_bytes(const char *s, size_t len) {
+        uint64_t h = 1469598103934665603ull;
+        for (size_t i = 0; i < len; i++)
+                h = (h ^ (uint8_t)s[i]) * 1099511628211ull;
+        return h ^ (h >> 29);
+}
+
+int32_t mx_tok_lookup(const mx_tokenizer *tok, const char *s, size_t len) {
+        for (uint64_t i = hash_bytes(s, len) & tok->mask;; i = (i + 1) & tok->mask) {
+                uint32_t v = tok->slots[i];
+                if (v == 0)
+                        return -1;
+                uint32_t id = v - 1;
+                if (tok->len[id] == len && memcmp(tok->text + tok->off[id], s, len) == 0)
+                        return (int32_t)id;
+        }
+}
+
+void mx_tokenizer_free(mx_tokenizer *tok) {
+        if (!tok)
+                return;
+        free(tok->text);
+        free(tok->off);
+        free(tok->len);
+        free(tok->score);
+        free(tok->type);
+        free(tok->byte_of);
+        free(tok->slots);
+        free(tok->user_defined);
+        free(tok->unk_surface);
+        free(tok);
+}
+
+static void tokenizer_freep(mx_tokenizer **t) {
+        mx_tokenizer_free(*t);
+}
+
+/* "<0x41>" -> 0x41, as SentencePiece spells byte pieces; else -1. */
+static int parse_byte_piece(const char *s, size_t len) {
+        static const char hex[] = "0123456789ABCDEF";
+        if (len != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>')
+                return -1;
+        const char *hi = memchr(hex, s[3], 16), *lo = memchr(hex, s[4], 16);
+        if (!hi || !lo || !s[3] || !s[4])
+                return -1;
+        return (int)((hi - hex) * 16 + (lo - hex));
+}
+
+static int alloc_tables(mx_tokenizer *tok, size_t text_bytes) {
+        uint32_t n = tok->n;
+        size_t slots = 1;
+        while (slots < (size_t)n * 2)
+                slots <<= 1;
+        tok->mask = (uint32_t)(slots - 1);
+        tok->text = malloc(text_bytes);
+        tok->off = calloc(n, sizeof(uint32_t));
+        tok->len = calloc(n, sizeof(uint32_t));
+        tok->score = calloc(n, sizeof(float));
+        tok->type = calloc(n, 1);
+        tok->byte_of = calloc(n, sizeof(int16_t));
+        tok->slots = calloc(slots, sizeof(uint32_t));
+        if (!tok->text || !tok->off || !tok->len || !tok->score || !tok->type ||
+            !tok->byte_of || !tok->slots)
+                return -ENOMEM;
+        return 0;
+}
+
+static bool insert_piece(mx_tokenizer *tok, uint32_t id) {
+        const char *s = tok->text + tok->off[id];
+        for (uint64_t i = hash_bytes(s, tok->len[id]) & tok->mask;; i = (i + 1) & tok->mask) {
+                uint32_t v = tok->slots[i];
+                if (v == 0) {
+                        tok->slots[i] = id + 1;
+                        return true;
+                }
+                if (tok->len[v - 1] == tok->len[id] &&
+                    memcmp(tok->text + tok->off[v - 1], s, tok->len[id]) == 0)
+                        return false;
+        }
+}
+
+/* Copies one piece into the tables and checks what SentencePiece checks. */
+static int add_piece(mx_tokenizer *tok, const Piece *p, uint32_t id, size_t *pos,
+                     const char *label, mx_error *err) {
+        const char *s = p->piece ? p->piece : "";
+        size_t len = strlen(s);
+        int type = p->has_type ? (int)p->type : MX_PIECE_NORMAL;
+
+        if (len == 0)
+                return mx_error_set(err, -EINVAL, "%s: piece %u is empty", label, id);
+        if (len > MAX_PIECE_BYTES)
+                return mx_error_set(err, -EINVAL, "%s: piece %u is %zu bytes long", label, id, len);
+        if (type < MX_PIECE_NORMAL || type > MX_PIECE_BYTE)
+                return mx_error_set(err, -EINVAL, "%s: piece %u has unknown type %d", label, id, type);
+        if (!isfinite(p->score))
+                return mx_error_set(err, -EINVAL, "%s: piece %u has a non-finite score", label, id);
+
+        memcpy(tok->text + *pos, s, len + 1);
+        tok->off[id] = (uint32_t)*pos;
+        tok->len[id] = (uint32_t)len;
+        tok->score[id] = p->score;
+        tok->type[id] = (uint8_t)type;
+        tok->byte_of[id] = -1;
+        *pos += len + 1;
+
+        if (!insert_piece(tok, id))
+                return mx_error_set(err, -EINVAL, "%s: piece %u (\"%s\") is a duplicate", label,
+                                    id, s);
+        if (type == MX_PIECE_UNKNOWN) {
+                if (tok->unk >= 0)
+                        return mx_error_set(err, -EINVAL, "%s: two unknown pieces (%d and %u)",
+                                            label, tok->unk, id);
+                tok->unk = (int32_t)id;
+        } else if (type == MX_PIECE_BYTE) {
+                int b = parse_byte_piece(s, len);
+                if (!tok->byte_fallback)
+                        return mx_error_set(err, -EINVAL,
+                                            "%s: byte piece %u but byte_fallback is off", label, id);
+                if (b < 0)
+                        return mx_error_set(err, -EINVAL,
+                                            "%s: byte piece %u is \"%s\", not <0x00>..<0xFF>", label,
+                                            id, s);
+                tok->byte_of[id] = (int16_t)b;
+                tok->byte_id[b] = (int32_t)id;
+        } else if (type == MX_PIECE_USER_DEFINED) {
+                tok->user_defined[tok->n_user_defined++] = id;
+        } else if (type == MX_PIECE_UNUSED) {
+                tok->n_unused++;
+        }
+        return 0;
+}
+
+static int check_specs(mx_tokenizer *tok, const ModelProto *m, const char *label,
+                       mx_error *err) {
+        const Sentencepiece__TrainerSpec *ts = m->trainer_spec;
+        const Sentencepiece__NormalizerSpec *ns = m->normalizer_spec;
+
+        if (!ts || !ts->has_model_type ||
+            ts->model_type != SENTENCEPIECE__TRAINER_SPEC__MODEL_TYPE__BPE)
+                return mx_error_set(err, -EOPNOTSUPP,
+                                    "%s: not a BPE SentencePiece model (model_type %d)", label,
+                                    ts && ts->has_model_type ? (int)ts->model_type : 1);
+        if (ts->treat_whitespace_as_suffix)
+                return mx_error_set(err, -EOPNOTSUPP,
+                                    "%s: treat_whitespace_as_suffix is not supported", label);
+        if (ns && ns->has_precompiled_charsmap && ns->precompiled_charsmap.len > 0)
+                return mx_error_set(err, -EOPNOTSUPP,
+                                    "%s: normalization rule \"%s\" is not supported (only identity)",
+                                    label, ns->name ? ns->name : "");
+        if (m->denormalizer_spec && m->denormalizer_spec->has_precompiled_charsmap &&
+            m->denormalizer_spec->precompiled_charsmap.len > 0)
+                return mx_error_set(err, -EOPNOTSUPP, "%s: denormalization rules are not supported",
+                                    label);
+
+        tok->byte_fallback = ts->byte_fallback;
+        tok->add_dummy_prefix = ns ? ns->add_dummy_prefix : true;
+        tok->remove_extra_whitespaces = ns ? ns->remove_extra_whitespaces : true;
+        tok->escape_whitespaces = ns ? ns->escape_whitespaces : true;
+        const char *surface = ts->unk_surface ? ts->unk_surface : " \xE2\x81\x87 ";
+        tok->unk_surface = strdup(surface);
+        if (!tok->unk_surface)
+                return -ENOMEM;
+        tok->unk_surface_len = strlen(surface);
+        return 0;
+}
+
+/* bos and eos are found by their spelling in the trainer spec, as
+ * SentencePiece does, and only count when they are control pieces. */
+static int32_t control_id(const mx_tokenizer *tok, const char *piece) {
+        int32_t id = mx_tok_lookup(tok, piece, strlen(piece));
+        return id >= 0 && tok->type[id] == MX_PIECE_CONTROL ? id : -1;
+}
+
+int mx_tokenizer_load_buffer(mx_tokenizer **out, const void *data, size_t len,
+                             const char *label, mx_error *err) {
+        if (len > MX_TOKENIZER_MAX_FILE_BYTES)
+                return mx_error_set(err, -EFBIG, "%s: %zu bytes is too large for a tokenizer",
+                                    label, len);
+        _cleanup_(model_proto_freep) ModelProto *m =
+                sentencepiece__model_proto__unpack(NULL, len, data);
+        if (!m)
+                return mx_error_set(err, -EBADMSG,
+                                    "%s: not a SentencePiece model (protobuf parse failed)", label);
+        if (m->n_pieces == 0 || m->n_pieces > MAX_PIECES)
+                return mx_error_set(err, -EINVAL, "%s: %zu pieces (expected 1..%u)", label,
+                                    m->n_pieces, MAX_PIECES);
+
+        _cleanup_(tokenizer_freep) mx_tokenizer *tok = calloc(1, sizeof(*tok));
+        if (!tok)
+                return -ENOMEM;
+        tok->n = (uint32_t)m->n_pieces;
+        tok->unk = -1;
+        memset(tok->byte_id, 0xff, sizeof(tok->byte_id));
+        int r = check_specs(tok, m, label, err);
+        if (r < 0)
+                return r == -ENOMEM ? mx_error_set(err, r, "%s: out of memory", label) : r;
+
+        /* Pieces cannot exceed the file's size, so this sum cannot overflow. */
+        size_t text_bytes = 0;
+        for (size_t i = 0; i < m->n_pieces; i++)
+                text_bytes += (m->pieces[i]->piece ? strlen(m->pieces[i]->piece) : 0) + 1;
+        tok->user_defined = calloc(tok->n, sizeof(uint32_t));
+        if (!tok->user_defined || alloc_tables(tok, text_bytes) < 0)
+                return mx_error_set(err, -ENOMEM, "%s: out of memory", label);
+
+        size_t pos = 0;
+        for (uint32_t i = 0; i < tok->n; i++) {
+                r = add_piece(tok, m->pieces[i], i, &pos, label, err);
+                if (r < 0)
+                        return r;
+        }
+        if (tok->unk < 0)
+                return mx_error_set(err, -EINVAL, "%s: the model has no unknown piece", label);
+        if (tok->byte_fallback)
+                for (int b = 0; b < 256; b++)
+                        if (tok->byte_id[b] < 0)
+                                return mx_error_set(err, -EINVAL,
+                                                    "%s: byte_fallback is on but piece <0x%02X> is missing",
+                                                    label, b);
+        tok->bos = control_id(tok, m->trainer_spec->bos_piece ? m->trainer_spec->bos_piece : "<s>");
+        tok->eos = control_id(tok, m->trainer_spec->eos_piece ? m->trainer_spec->eos_piece : "</s>");
+        *out = MX_TAKE_PTR(tok);
+        return 0;
+}
+
+int mx_tokenizer_load(mx_tokenizer **out, const char *path, mx_error *err) {
+        _cleanup_free_ char *data = NULL;
+        size_t len;
+        int r = mx_read_file(path, MX_TOKENIZER_MAX_FILE_BYTES, &data, &len, err);
+        if (r < 0)
+                return r;
+        return mx_tokenizer_load_buffer(out, data, len, path, err);
+}
+
+uint32_t mx_tokenizer_vocab_size(const mx_tokenizer *tok) {
+        return tok->n;
+}
+
+int32_t mx_tokenizer_bos(const mx_tokenizer *tok) {
+        return tok->bos;
+}
+
+int32_t mx_tokenizer_eos(const mx_tokenizer *tok) {
+        return tok->eos;
+}
+
+int32_t mx_tokenizer_unk(const mx_tokenizer *tok) {
+        return tok->unk;
+}
+
+const char *mx_tokenizer_piece(const mx_tokenizer *tok, int32_t id, size_t *len) {
+        if (id < 0 || (uint32_t)id >= tok->n)
+                return NULL;
+        if (len)
+                *len = tok->len[id];
+        return tok->text + tok->off[id];
+}

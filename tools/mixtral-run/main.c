@@ -1,0 +1,272 @@
+/* mixtral-run: the engine in-process, without the daemon. */
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "mx_common.h"
+#include "mx_config.h"
+#include "run.h"
+
+static const char usage_text[] =
+        "Usage:\n"
+        "  mixtral-run --model DIR --info\n"
+        "  mixtral-run (--tokenizer FILE | --model DIR) --tokenize PROMPT\n"
+        "  mixtral-run (--tokenizer FILE | --model DIR) --decode \"ID ID ...\"\n"
+        "  mixtral-run --devices\n"
+        "  mixtral-run --make-demo DIR --tokenizer FILE [--seed N]\n"
+        "\n"
+        "Runs the Mixtral engine offline, in this process: no daemon, no socket.\n"
+        "\n"
+        "Model:\n"
+        "  -m, --model DIR        a checkpoint directory: Hugging Face (config.json and\n"
+        "                         model.safetensors or model-*.safetensors with\n"
+        "                         model.safetensors.index.json) or mistral-inference\n"
+        "                         (params.json and consolidated*.safetensors); its\n"
+        "                         tokenizer is DIR/tokenizer.model or tokenizer.model.v1\n"
+        "  -t, --tokenizer FILE   a SentencePiece tokenizer.model (overrides the one in DIR)\n"
+        "\n"
+        "Prompt (PROMPT is one of these):\n"
+        "  -p, --prompt TEXT      raw text; the model sees BOS then its tokens\n"
+        "  -f, --prompt-file PATH raw bytes of a file, - for standard input\n"
+        "      --messages FILE    a conversation: a JSON array of {\"role\", \"content\"}\n"
+        "                         objects, roles system, user and assistant (- = stdin);\n"
+        "                         formatted as Mixtral-Instruct expects ([INST] ... [/INST])\n"
+        "  -c, --chat TEXT        one user message, after those of --messages\n"
+        "  -s, --system TEXT      a system prompt for the conversation\n"
+        "\n"
+        "Actions:\n"
+        "      --tokenize         print the ids the model would see, BOS first, separated\n"
+        "                         by spaces on one line, and exit; reads only the tokenizer\n"
+        "      --decode IDS       print the text of space-separated token ids\n"
+        "      --info             print the model's configuration and memory footprint\n"
+        "      --devices          list the CPU and CUDA devices; runs a self-test kernel on\n"
+        "                         each GPU\n"
+        "      --make-demo DIR    write a small random Mixtral (Hugging Face layout, two\n"
+        "                         shards) with the tokenizer of --tokenizer into DIR\n"
+        "      --seed N           seed of the demo weights (default 1)\n"
+        "  -h, --help             show this help\n"
+        "      --version          show the version\n"
+        "\n"
+        "Exit status: 0 on success, 1 when the work failed (a bad model file, an\n"
+        "unreadable prompt, a malformed conversation), 2 for wrong usage.\n"
+        "\n"
+        "Examples:\n"
+        "  mixtral-run --model ~/models/Mixtral-8x7B-Instruct-v0.1 --info\n"
+        "  mixtral-run --model ~/models/Mixtral-8x7B-Instruct-v0.1 --tokenize \\\n"
+        "      --system 'Be brief.' --chat 'What is a mixture of experts?'\n"
+        "  echo 'Hello world' | mixtral-run --tokenizer tokenizer.model --tokenize -f -\n";
+
+enum {
+        OPT_TOKENIZE = 0x100,
+        OPT_INFO,
+        OPT_DEVICES,
+        OPT_MESSAGES,
+        OPT_MAKE_DEMO,
+        OPT_SEED,
+        OPT_DECODE,
+        OPT_VERSION,
+};
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int usage_error(const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        fprintf(stderr, "mixtral-run: ");
+        vfprintf(stderr, fmt, ap);
+        fprintf(stderr, "\nTry 'mixtral-run --help' for more information.\n");
+        va_end(ap);
+        return EXIT_USAGE;
+}
+
+static int parse_args(int argc, char **argv, run_opts *o) {
+        static const struct option longopts[] = {
+                {"model", required_argument, NULL, 'm'},
+                {"tokenizer", required_argument, NULL, 't'},
+                {"prompt", required_argument, NULL, 'p'},
+                {"prompt-file", required_argument, NULL, 'f'},
+                {"messages", required_argument, NULL, OPT_MESSAGES},
+                {"chat", required_argument, NULL, 'c'},
+                {"system", required_argument, NULL, 's'},
+                {"tokenize", no_argument, NULL, OPT_TOKENIZE},
+                {"decode", required_argument, NULL, OPT_DECODE},
+                {"info", no_argument, NULL, OPT_INFO},
+                {"devices", no_argument, NULL, OPT_DEVICES},
+                {"make-demo", required_argument, NULL, OPT_MAKE_DEMO},
+                {"seed", required_argument, NULL, OPT_SEED},
+                {"help", no_argument, NULL, 'h'},
+                {"version", no_argument, NULL, OPT_VERSION},
+                {0},
+        };
+        int c;
+        char *end;
+        o->seed = 1;
+        opterr = 0;
+        while ((c = getopt_long(argc, argv, ":m:t:p:f:c:s:h", longopts, NULL)) != -1) {
+                switch (c) {
+                case 'm': o->model = optarg; break;
+                case 't': o->tokenizer = optarg; break;
+                case 'p': o->prompt = optarg; break;
+                case 'f': o->prompt_file = optarg; break;
+                case 'c': o->chat = optarg; break;
+                case 's': o->system = optarg; break;
+                case OPT_MESSAGES: o->messages = optarg; break;
+                case OPT_TOKENIZE: o->tokenize = true; break;
+                case OPT_DECODE: o->decode = optarg; break;
+                case OPT_INFO: o->info = true; break;
+                case OPT_DEVICES: o->devices = true; break;
+                case OPT_MAKE_DEMO: o->make_demo = optarg; break;
+                case OPT_SEED:
+                        errno = 0;
+                        o->seed = strtoull(optarg, &end, 0);
+                        if (errno || *end || !*optarg || *optarg == '-')
+                                return usage_error("--seed: '%s' is not a non-negative integer", optarg);
+                        break;
+                case 'h': fputs(usage_text, stdout); exit(0);
+                case OPT_VERSION: printf("mixtral-run %s\n", MX_VERSION); exit(0);
+                case ':': return usage_error("option '%s' needs an argument", argv[optind - 1]);
+                default: return usage_error("unknown option '%s'", argv[optind - 1]);
+                }
+        }
+        if (optind < argc)
+                return usage_error("unexpected argument '%s' (a prompt goes after --prompt)", argv[optind]);
+        return 0;
+}
+
+static int check_args(const run_opts *o) {
+        int actions = o->tokenize + o->info + o->devices + !!o->make_demo + !!o->decode;
+        if (actions == 0)
+                return usage_error("%s", "nothing to do: give --tokenize, --decode, --info, --devices or --make-demo");
+        if (actions > 1)
+                return usage_error("%s", "give only one of --tokenize, --decode, --info, --devices, --make-demo");
+        if (o->prompt && o->prompt_file)
+                return usage_error("%s", "--prompt and --prompt-file exclude each other");
+        if ((o->prompt || o->prompt_file) && (o->messages || o->chat))
+                return usage_error("%s", "a raw prompt (--prompt, --prompt-file) excludes a conversation (--messages, --chat)");
+        if (o->system && !o->messages && !o->chat)
+                return usage_error("%s", "--system needs a conversation (--chat or --messages)");
+        if (o->tokenize && !run_has_prompt(o))
+                return usage_error("%s", "--tokenize needs a prompt: --prompt, --prompt-file, --messages or --chat");
+        if ((o->tokenize || o->decode) && !o->model && !o->tokenizer)
+                return usage_error("%s", "--tokenize and --decode need --tokenizer FILE or --model DIR");
+        if (o->info && !o->model)
+                return usage_error("%s", "--info needs --model DIR");
+        if (o->make_demo && !o->tokenizer)
+                return usage_error("%s", "--make-demo needs --tokenizer FILE");
+        return 0;
+}
+
+static int fail(const mx_error *err) {
+        fprintf(stderr, "mixtral-run: %s\n", err->msg);
+        return 1;
+}
+
+static void tokenizer_freep(mx_tokenizer **t) {
+        mx_tokenizer_free(*t);
+}
+
+static void model_freep(mx_model **m) {
+        mx_model_free(*m);
+}
+
+static int load_tokenizer(const run_opts *o, mx_tokenizer **tok, mx_error *err) {
+        _cleanup_free_ char *found = NULL;
+        const char *path = o->tokenizer;
+        if (!path && !(path = found = mx_model_find_tokenizer(o->model, err)))
+                return -ENOENT;
+        return mx_tokenizer_load(tok, path, err);
+}
+
+static int print_ids(const mx_ids *ids) {
+        for (size_t i = 0; i < ids->n; i++)
+                printf(i ? " %d" : "%d", ids->v[i]);
+        printf("\n");
+        return fflush(stdout) == 0 ? 0 : 1;
+}
+
+static int do_tokenize(const run_opts *o, mx_error *err) {
+        _cleanup_(tokenizer_freep) mx_tokenizer *tok = NULL;
+        _cleanup_(mx_ids_free) mx_ids ids = {0};
+        if (load_tokenizer(o, &tok, err) < 0 || run_prompt_ids(o, tok, &ids, err) < 0)
+                return fail(err);
+        return print_ids(&ids);
+}
+
+static int parse_ids(const char *s, mx_ids *ids, mx_error *err) {
+        while (*s) {
+                char *end;
+                if (strchr(" \t\n,", *s)) {
+                        s++;
+                        continue;
+                }
+                errno = 0;
+                long v = strtol(s, &end, 10);
+                if (end == s || errno || v < 0 || v > INT32_MAX)
+                        return mx_error_set(err, -EINVAL, "--decode: '%.20s' is not a token id", s);
+                if (mx_ids_push(ids, (int32_t)v) < 0)
+                        return mx_error_set(err, -ENOMEM, "out of memory");
+                s = end;
+        }
+        return 0;
+}
+
+static int do_decode(const run_opts *o, mx_error *err) {
+        _cleanup_(tokenizer_freep) mx_tokenizer *tok = NULL;
+        _cleanup_(mx_ids_free) mx_ids ids = {0};
+        _cleanup_(mx_buf_free) mx_buf text = {0};
+        if (load_tokenizer(o, &tok, err) < 0 || parse_ids(o->decode, &ids, err) < 0)
+                return fail(err);
+        for (size_t i = 0; i < ids.n; i++)
+                if ((uint32_t)ids.v[i] >= mx_tokenizer_vocab_size(tok)) {
+                        mx_error_set(err, -EINVAL, "--decode: id %d is outside the vocabulary of %u",
+                                     ids.v[i], mx_tokenizer_vocab_size(tok));
+                        return fail(err);
+                }
+        int r = mx_detokenize(tok, ids.v, ids.n, &text);
+        if (r < 0) {
+                mx_error_set(err, r, "--decode: %s", strerror(-r));
+                return fail(err);
+        }
+        fwrite(text.p, 1, text.n, stdout);
+        putchar('\n');
+        return fflush(stdout) == 0 ? 0 : 1;
+}
+
+static int do_info(const run_opts *o, mx_error *err) {
+        _cleanup_(model_freep) mx_model *m = NULL;
+        if (mx_model_open(&m, o->model, err) < 0)
+                return fail(err);
+        return run_info(m);
+}
+
+static int do_make_demo(const run_opts *o, mx_error *err) {
+        if (mkdir(o->make_demo, 0755) < 0 && errno != EEXIST) {
+                mx_error_set(err, -errno, "%s: %s", o->make_demo, strerror(errno));
+                return fail(err);
+        }
+        if (mx_demo_model_write(o->make_demo, o->tokenizer, o->seed, err) < 0)
+                return fail(err);
+        fprintf(stderr, "mixtral-run: wrote a demo model to %s\n", o->make_demo);
+        return 0;
+}
+
+int main(int argc, char **argv) {
+        run_opts o = {0};
+        mx_error err = {0};
+        int r = parse_args(argc, argv, &o);
+        if (r == 0)
+                r = check_args(&o);
+        if (r != 0)
+                return r;
+        if (o.devices)
+                return run_devices();
+        if (o.make_demo)
+                return do_make_demo(&o, &err);
+        if (o.tokenize)
+                return do_tokenize(&o, &err);
+        if (o.decode)
+                return do_decode(&o, &err);
+        return do_info(&o, &err);
+}
