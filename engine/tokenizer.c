@@ -189,6 +189,26 @@ static int check_specs(mx_tokenizer *tok, const ModelProto *m, const char *label
         return 0;
 }
 
+/* True when U+2581 appears in pieces only as a leading run ("▁▁ab", never
+ * "a▁b"): then a piece can never cross the boundary between a character
+ * and a following U+2581, and encoding word by word gives the same ids as
+ * encoding the whole text (see tokenizer_encode.c). Unused pieces make
+ * results depend on the order of all merges, so they rule it out too. */
+static bool can_split_words(const mx_tokenizer *tok) {
+        if (!tok->escape_whitespaces || tok->n_unused > 0)
+                return false;
+        for (uint32_t id = 0; id < tok->n; id++) {
+                if (!mx_tok_mergeable(tok, (int32_t)id))
+                        continue;
+                const char *s = tok->text + tok->off[id], *end = s + tok->len[id];
+                while (end - s >= 3 && memcmp(s, "\xE2\x96\x81", 3) == 0)
+                        s += 3;
+                if (memmem(s, (size_t)(end - s), "\xE2\x96\x81", 3))
+                        return false;
+        }
+        return true;
+}
+
 /* bos and eos are found by their spelling in the trainer spec, as
  * SentencePiece does, and only count when they are control pieces. */
 static int32_t control_id(const mx_tokenizer *tok, const char *piece) {
@@ -242,6 +262,7 @@ int mx_tokenizer_load_buffer(mx_tokenizer **out, const void *data, size_t len,
                                 return mx_error_set(err, -EINVAL,
                                                     "%s: byte_fallback is on but piece <0x%02X> is missing",
                                                     label, b);
+        tok->split_words = can_split_words(tok);
         tok->bos = control_id(tok, m->trainer_spec->bos_piece ? m->trainer_spec->bos_piece : "<s>");
         tok->eos = control_id(tok, m->trainer_spec->eos_piece ? m->trainer_spec->eos_piece : "</s>");
         *out = MX_TAKE_PTR(tok);

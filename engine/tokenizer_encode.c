@@ -7,7 +7,13 @@
  *     the highest score, the leftmost on ties;
  *  4. unused pieces are split back into what they were merged from, and
  *     characters that are no piece become byte pieces (byte fallback) or
- *     one <unk> per run. */
+ *     one <unk> per run.
+ *
+ * Merges never cross a boundary that no piece spans, and merges on either
+ * side of one do not affect each other (the queue's order restricted to one
+ * side is the same). So for vocabularies where words start such boundaries
+ * (tok->split_words), each word is merged on its own: same ids, and a small
+ * queue that stays in cache instead of one as long as the text. */
 #include <string.h>
 
 #include "mx_common.h"
@@ -152,17 +158,17 @@ static uint32_t user_defined_match(const mx_tokenizer *tok, const char *s, size_
         return best;
 }
 
-static int split_symbols(encoder *e, size_t len) {
-        e->sym = malloc(len * sizeof(symbol));
-        if (!e->sym)
-                return -ENOMEM;
-        for (size_t pos = 0; pos < len;) {
-                uint32_t k = user_defined_match(e->tok, e->norm + pos, len - pos);
+/* Splits norm[begin..end) into characters in e->sym, reusing its memory. */
+static void split_symbols(encoder *e, size_t begin, size_t end) {
+        e->n_sym = 0;
+        e->n_heap = 0;
+        for (size_t pos = begin; pos < end;) {
+                uint32_t k = user_defined_match(e->tok, e->norm + pos, end - pos);
                 bool freeze = k > 0;
                 if (!freeze) {
                         k = mx_utf8_lead_len((unsigned char)e->norm[pos]);
-                        if (k > len - pos)
-                                k = (uint32_t)(len - pos);
+                        if (k > end - pos)
+                                k = (uint32_t)(end - pos);
                 }
                 int32_t i = (int32_t)e->n_sym++;
                 e->sym[i] = (symbol){(uint32_t)pos, k, i - 1, -1, freeze};
@@ -170,7 +176,6 @@ static int split_symbols(encoder *e, size_t len) {
                         e->sym[i - 1].next = i;
                 pos += k;
         }
-        return 0;
 }
 
 static int merge_all(encoder *e) {
@@ -230,6 +235,23 @@ static int resegment(encoder *e, uint32_t start, uint32_t len, mx_ids *out) {
         return emit(e, s, len, id, out);
 }
 
+static int encode_span(encoder *e, size_t begin, size_t end, mx_ids *out) {
+        split_symbols(e, begin, end);
+        int r = merge_all(e);
+        for (int32_t i = 0; r == 0 && e->n_sym > 0 && i != -1; i = e->sym[i].next)
+                r = resegment(e, e->sym[i].start, e->sym[i].len, out);
+        return r;
+}
+
+/* End of the word at pos: its leading run of U+2581, then everything up to
+ * the next U+2581 (which follows a character that is not one). */
+static size_t word_end(const char *s, size_t pos, size_t len) {
+        while (len - pos >= 3 && memcmp(s + pos, SPACE_SYMBOL, 3) == 0)
+                pos += 3;
+        const char *next = memmem(s + pos, len - pos, SPACE_SYMBOL, 3);
+        return next ? (size_t)(next - s) : len;
+}
+
 static void encoder_done(encoder *e) {
         free(e->sym);
         free(e->heap);
@@ -248,10 +270,12 @@ int mx_tokenize(const mx_tokenizer *tok, const char *text, size_t len, mx_ids *o
         _cleanup_(encoder_done) encoder e = {.tok = tok, .norm = norm.p};
         if (tok->n_unused > 0 && !(e.rev_left_len = calloc(tok->n, sizeof(uint32_t))))
                 return -ENOMEM;
-        r = split_symbols(&e, norm.n);
-        if (r == 0)
-                r = merge_all(&e);
-        for (int32_t i = 0; r == 0 && i != -1; i = e.sym[i].next)
-                r = resegment(&e, e.sym[i].start, e.sym[i].len, out);
+        if (!(e.sym = malloc(norm.n * sizeof(symbol))))
+                return -ENOMEM;
+        for (size_t pos = 0; r == 0 && pos < norm.n;) {
+                size_t end = tok->split_words ? word_end(norm.p, pos, norm.n) : norm.n;
+                r = encode_span(&e, pos, end, out);
+                pos = end;
+        }
         return r;
 }

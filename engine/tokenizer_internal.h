@@ -28,6 +28,9 @@ struct mx_tokenizer {
         int32_t unk, bos, eos;
         bool add_dummy_prefix, remove_extra_whitespaces, escape_whitespaces;
         bool byte_fallback;
+        /* No piece has U+2581 after another character, so no piece can
+         * span the start of a word: each word is encoded on its own. */
+        bool split_words;
         char *unk_surface;
         size_t unk_surface_len;
 };

@@ -1,0 +1,130 @@
+#!/bin/bash
+# mixtral-run as a user types it: options, exit codes, messages, and the
+# files it reads (real files, FIFOs, stdin).
+#
+#   test_mixtral_run.sh MIXTRAL_RUN DEMO_MODEL_DIR TRAINED_TOKENIZER
+set -u
+run=$1 demo=$2 trained=$3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+
+fail() {
+        echo "FAIL: $*" >&2
+        failures=$((failures + 1))
+}
+
+# expect CODE NEEDLE -- COMMAND...: exit status CODE, NEEDLE in stdout+stderr
+expect() {
+        local code=$1 needle=$2
+        shift 3
+        local out
+        out=$(timeout 20 "$@" 2>&1)
+        local got=$?
+        [ "$got" -eq "$code" ] || fail "$* exited $got, expected $code: $out"
+        case "$out" in *"$needle"*) ;; *) fail "$*: output lacks '$needle': $out" ;; esac
+}
+
+# --- usage -------------------------------------------------------------------
+expect 0 "--tokenize" -- "$run" --help
+expect 0 "Exit status" -- "$run" -h
+expect 0 "mixtral-run " -- "$run" --version
+expect 2 "nothing to do" -- "$run"
+expect 2 "unknown option '--frobnicate'" -- "$run" --frobnicate
+expect 2 "needs an argument" -- "$run" --prompt
+expect 2 "unexpected argument 'stray'" -- "$run" --tokenize -t "$trained" -p x stray
+expect 2 "--tokenize needs a prompt" -- "$run" --tokenize -t "$trained"
+expect 2 "need --tokenizer FILE or --model DIR" -- "$run" --tokenize -p x
+expect 2 "excludes a conversation" -- "$run" --tokenize -t "$trained" -p x --chat y
+expect 2 "--prompt and --prompt-file" -- "$run" --tokenize -t "$trained" -p x -f y
+expect 2 "--system needs a conversation" -- "$run" --tokenize -t "$trained" -p x --system s
+expect 2 "give only one" -- "$run" --tokenize --info -m "$demo" -p x
+expect 2 "--info needs --model" -- "$run" --info
+expect 2 "--seed: 'x' is not" -- "$run" --make-demo "$tmp/d" -t "$trained" --seed x
+
+# --- tokenize ----------------------------------------------------------------
+bos=$("$run" -t "$trained" --tokenize -p "") || fail "empty prompt"
+[ "$bos" = "1" ] || fail "an empty prompt is BOS alone, got '$bos'"
+direct=$("$run" -t "$trained" --tokenize -p "Hello world, ünïcödé 🙂")
+case "$direct" in "1 "*) ;; *) fail "ids start with BOS: $direct" ;; esac
+piped=$(printf 'Hello world, ünïcödé 🙂' | "$run" -t "$trained" --tokenize -f -)
+[ "$direct" = "$piped" ] || fail "--prompt-file - differs from --prompt: $piped vs $direct"
+printf 'Hello world, ünïcödé 🙂' >"$tmp/prompt.txt"
+[ "$("$run" -t "$trained" --tokenize -f "$tmp/prompt.txt")" = "$direct" ] || fail "--prompt-file FILE"
+# The model's own tokenizer, with weights never opened: a broken config
+# beside it does not matter.
+mkdir "$tmp/toko"
+cp "$demo/tokenizer.model" "$tmp/toko/"
+echo "{broken" >"$tmp/toko/config.json"
+expect 0 "1 " -- "$run" -m "$tmp/toko" --tokenize -p "Hello"
+expect 1 "no tokenizer.model or tokenizer.model.v1" -- "$run" -m "$tmp" --tokenize -p x
+# Raw bytes, invalid UTF-8 included, are tokenized as the reference does.
+printf 'a\377\376b\000c' >"$tmp/bytes"
+expect 0 "1 " -- "$run" -t "$trained" --tokenize -f "$tmp/bytes"
+mkfifo "$tmp/fifo"
+expect 1 "not a regular file (a FIFO)" -- "$run" -t "$trained" --tokenize -f "$tmp/fifo"
+expect 1 "No such file" -- "$run" -t "$tmp/none.model" --tokenize -p x
+expect 1 "$tmp/prompt.txt: not a SentencePiece model" -- "$run" -t "$tmp/prompt.txt" --tokenize -p x
+
+# --- conversations -----------------------------------------------------------
+cat >"$tmp/conv.json" <<'EOF'
+[{"role": "system", "content": "Be brief."},
+ {"role": "user", "content": "What is 2+2?"},
+ {"role": "assistant", "content": "4."},
+ {"role": "user", "content": "And 3+3?"}]
+EOF
+a=$("$run" -t "$trained" --tokenize --messages "$tmp/conv.json")
+cat >"$tmp/conv2.json" <<'EOF'
+[{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}]
+EOF
+b=$("$run" -t "$trained" --tokenize --messages "$tmp/conv2.json" --system "Be brief." --chat "And 3+3?")
+[ -n "$a" ] && [ "$a" = "$b" ] || fail "--messages vs --messages + --chat + --system: '$a' vs '$b'"
+c=$("$run" -t "$trained" --tokenize --messages - <"$tmp/conv.json")
+[ "$a" = "$c" ] || fail "--messages - (stdin)"
+echo '[{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]' >"$tmp/bad.json"
+expect 1 "the last message must be from the user" -- "$run" -t "$trained" --tokenize --messages "$tmp/bad.json"
+echo '[{"role": "robot", "content": "x"}]' >"$tmp/bad.json"
+expect 1 "$tmp/bad.json: message 1 has role \"robot\"" -- "$run" -t "$trained" --tokenize --messages "$tmp/bad.json"
+echo '[{"role": "user", "content": "x"' >"$tmp/bad.json"
+expect 1 "$tmp/bad.json: not valid JSON" -- "$run" -t "$trained" --tokenize --messages "$tmp/bad.json"
+
+# --- decode ------------------------------------------------------------------
+ids=$("$run" -t "$trained" --tokenize -p "Hello world, ünïcödé 🙂" | cut -d' ' -f2-)
+expect 0 "Hello world, ünïcödé 🙂" -- "$run" -t "$trained" --decode "$ids"
+expect 1 "outside the vocabulary" -- "$run" -t "$trained" --decode "1 999999"
+expect 1 "is not a token id" -- "$run" -t "$trained" --decode "1 x"
+
+# --- model info --------------------------------------------------------------
+expect 0 "layout: hugging-face" -- "$run" -m "$demo" --info
+out=$("$run" -m "$demo" --info)
+for line in "files: 2" "layers: 2" "experts: 8" "experts_per_token: 2" "head_dim: 16" \
+        "tie_word_embeddings: false" "kv_cache_bytes_per_token: 256 (bf16)"; do
+        grep -qF -- "$line" <<<"$out" || fail "--info lacks '$line'"
+done
+cp -r "$demo" "$tmp/broken"
+truncate -s -100 "$tmp/broken/model-00002-of-00002.safetensors"
+expect 1 "model-00002-of-00002.safetensors: tensor" -- "$run" -m "$tmp/broken" --info
+expect 1 "no config.json (Hugging Face) or params.json" -- "$run" -m "$tmp" --info
+
+# --- devices -----------------------------------------------------------------
+expect 0 "cpu: " -- "$run" --devices
+"$run" --devices | grep -q '^cuda' || fail "--devices says nothing about CUDA"
+
+# --- demo model --------------------------------------------------------------
+expect 0 "wrote a demo model" -- "$run" --make-demo "$tmp/d1" -t "$trained" --seed 7
+"$run" --make-demo "$tmp/d2" -t "$trained" --seed 7 2>/dev/null
+"$run" --make-demo "$tmp/d3" -t "$trained" --seed 8 2>/dev/null
+for f in config.json model-00001-of-00002.safetensors model-00002-of-00002.safetensors \
+        model.safetensors.index.json tokenizer.model; do
+        cmp -s "$tmp/d1/$f" "$tmp/d2/$f" || fail "the same seed gave a different $f"
+done
+cmp -s "$tmp/d1/model-00001-of-00002.safetensors" "$tmp/d3/model-00001-of-00002.safetensors" &&
+        fail "a different seed gave the same weights"
+expect 0 "layers: 2" -- "$run" -m "$tmp/d1" --info
+expect 1 "No such file" -- "$run" --make-demo "$tmp/d4" -t "$tmp/none.model"
+
+if [ "$failures" -gt 0 ]; then
+        echo "$failures failure(s)" >&2
+        exit 1
+fi
+echo "all mixtral-run checks passed"
