@@ -4,6 +4,7 @@
  * error naming the file and the tensor. */
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "model_internal.h"
 #include "mx_common.h"
@@ -172,6 +173,12 @@ static int bind_all(mx_model *m, mx_error *err) {
 }
 
 static int read_config(mx_model *m, mx_error *err) {
+        struct stat st;
+        if (stat(m->dir, &st) < 0)
+                return mx_error_set(err, -errno, "%s: %s", m->dir, strerror(errno));
+        if (!S_ISDIR(st.st_mode))
+                return mx_error_set(err, -ENOTDIR, "%s: not a directory (--model takes the checkpoint's directory)",
+                                    m->dir);
         bool hf = mx_dir_has(m->dir, "config.json");
         if (!hf && !mx_dir_has(m->dir, "params.json"))
                 return mx_error_set(err, -ENOENT, "%s: no config.json (Hugging Face) or params.json "

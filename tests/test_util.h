@@ -54,6 +54,11 @@ static inline const char *test_shared_fixture(const char *name) {
         return access(path, R_OK) == 0 ? path : NULL;
 }
 
+/* Equal id lists; empty ones may come with NULL pointers. */
+static inline bool ids_eq(const int32_t *a, size_t na, const int32_t *b, size_t nb) {
+        return na == nb && (na == 0 || memcmp(a, b, na * sizeof(int32_t)) == 0);
+}
+
 static inline int hexval(int c) {
         if (c >= '0' && c <= '9')
                 return c - '0';

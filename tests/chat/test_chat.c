@@ -20,7 +20,7 @@ static mx_tokenizer *load(const char *path) {
 }
 
 static bool ids_equal(const mx_ids *a, const mx_ids *b) {
-        return a->n == b->n && memcmp(a->v, b->v, a->n * sizeof(int32_t)) == 0;
+        return ids_eq(a->v, a->n, b->v, b->n);
 }
 
 static int run_fixtures(void) {

@@ -291,14 +291,18 @@ static void ckpt_free(ckpt *ck) {
         json_decref(ck->index_edits);
 }
 
-/* Embedding and layer 0 in the first shard, the rest in the second. */
+static bool in_layer(kind k) {
+        return k >= K_ATTN_NORM && k <= K_W3;
+}
+
+/* Embedding and layer 0 in the first shard, the rest in the second, as
+ * HF's sharding by size would roughly do. */
 static void ckpt_shard(ckpt *ck, const char *a, const char *b) {
         ck->files[0] = a, ck->files[1] = b, ck->n_files = 2;
-        for (size_t i = 0; i < ck->n; i++)
-                ck->t[i].file = ck->t[i].kind == K_EMBED || ck->t[i].layer == 0 ? 0 : 1;
-        for (size_t i = 0; i < ck->n; i++)
-                if (ck->t[i].kind == K_NORM || ck->t[i].kind == K_LM_HEAD)
-                        ck->t[i].file = 1;
+        for (size_t i = 0; i < ck->n; i++) {
+                const spec *s = &ck->t[i];
+                ck->t[i].file = s->kind == K_EMBED || (in_layer(s->kind) && s->layer == 0) ? 0 : 1;
+        }
 }
 
 static void ckpt_shard_hf(ckpt *ck) {
@@ -344,10 +348,12 @@ static int write_config(const ckpt *ck, const char *dir) {
 }
 
 static int write_index(const ckpt *ck, const char *dir) {
-        json_t *map = json_object(), *root = json_pack("{s:{s:I},s:o}", "metadata", "total_size",
-                                                        (json_int_t)0, "weight_map", map);
-        for (size_t i = 0; i < ck->n; i++)
+        json_t *map = json_object();
+        uint64_t total = 0;
+        for (size_t i = 0; i < ck->n; i++) {
                 json_object_set_new(map, ck->t[i].name, json_string(ck->files[ck->t[i].file]));
+                total += spec_bytes(&ck->t[i]);
+        }
         const char *name;
         json_t *v;
         json_object_foreach(ck->index_edits, name, v) {
@@ -356,6 +362,8 @@ static int write_index(const ckpt *ck, const char *dir) {
                 else
                         json_object_set(map, name, v);
         }
+        json_t *root = json_pack("{s:{s:I},s:o}", "metadata", "total_size", (json_int_t)total,
+                                 "weight_map", map);
         char *text = json_dumps(root, JSON_INDENT(2));
         int r = write_text(dir, INDEX_FILE, text);
         free(text);
@@ -413,6 +421,7 @@ static void vexpect_error(const char *dir, int code, const char *file, va_list a
         else
                 snprintf(where, sizeof(where), "%s", dir);
         int r = mx_model_open(&m, dir, &err);
+        printf("    %s\n", err.msg); /* the log then shows what a user would see */
         CHECK(r == code && !m, "%s: expected error %d, got %d: %s", dir, code, r, err.msg);
         CHECK(strstr(err.msg, where) && !strchr(err.msg, '\n'), "%s: message does not name %s: %s",
               dir, where, err.msg);
@@ -439,7 +448,7 @@ static void expect_error(const ckpt *ck, const char *name, int code, const char 
 }
 
 static const mx_tensor *bound(const mx_model *m, const spec *s) {
-        const mx_layer *ly = s->kind >= K_ATTN_NORM && s->kind <= K_W3 ? &m->layers[s->layer] : NULL;
+        const mx_layer *ly = in_layer(s->kind) ? &m->layers[s->layer] : NULL;
         switch (s->kind) {
         case K_EMBED: return m->embed;
         case K_NORM: return m->norm;
@@ -764,7 +773,7 @@ static void case_config_keys(void) {
                             "is \"llama\", expected \"mixtral\"");
         expect_config_error("gelu", "hidden_act", "\"gelu\"", -EOPNOTSUPP, "expected \"silu\"");
         expect_config_error("string", "tie_word_embeddings", "\"yes\"", -EINVAL, "not a boolean");
-        expect_config_error("big", "bos_token_id", "-1", -EINVAL, "not a token id");
+        expect_config_error("negative", "bos_token_id", "-1", -EINVAL, "not a token id");
 }
 
 static void expect_config_text(const char *name, const char *text, const char *needle) {
@@ -872,6 +881,13 @@ static void case_tensor_errors(void) {
         ckpt_free(&ck);
 
         ckpt_init(&ck, MX_LAYOUT_HF, &tiny, false);
+        reshape(&ck, "model.layers.0.block_sparse_moe.experts.1.w2.weight", MX_DTYPE_BF16, 8, 10);
+        expect_error(&ck, "wrong-columns", -EINVAL, "model.safetensors",
+                     "tensor \"model.layers.0.block_sparse_moe.experts.1.w2.weight\": shape [8, 10], "
+                     "but the config needs [8, 12]", NULL);
+        ckpt_free(&ck);
+
+        ckpt_init(&ck, MX_LAYOUT_HF, &tiny, false);
         reshape(&ck, "model.norm.weight", MX_DTYPE_F32, 8, 1);
         expect_error(&ck, "wrong-rank", -EINVAL, "model.safetensors",
                      "tensor \"model.norm.weight\": shape [8, 1], but the config needs [8]", NULL);
@@ -970,11 +986,14 @@ static double now(void) {
         return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* Writes the tiny HF checkpoint into base/name and returns the path of
- * its file called file, removed so the case can put something else there. */
+/* Writes the tiny HF checkpoint (sharded when file is the index) into
+ * base/name and removes file from it, leaving its path in path, so that
+ * the case can put something else there. */
 static void replaceable(const char *name, const char *file, char *dir, char *path, size_t size) {
         ckpt ck;
         ckpt_init(&ck, MX_LAYOUT_HF, &tiny, false);
+        if (strcmp(file, INDEX_FILE) == 0)
+                ckpt_shard_hf(&ck);
         ckpt_write(&ck, name, dir, size);
         ckpt_free(&ck);
         path_in(path, size, dir, file);
@@ -999,6 +1018,11 @@ static void case_special_files(void) {
         char dir[512], path[512];
         expect_fifo_refused("fifo-weights", "model.safetensors");
         expect_fifo_refused("fifo-config", "config.json");
+        expect_fifo_refused("fifo-index", INDEX_FILE);
+
+        replaceable("empty-weights", "model.safetensors", dir, path, sizeof(dir));
+        CHECK(write_text(dir, "model.safetensors", "") == 0, "%s: cannot write", path);
+        expect_open_error(dir, -EINVAL, "model.safetensors", "0 bytes is too short", NULL);
 
         replaceable("dev-zero", "model.safetensors", dir, path, sizeof(dir));
         CHECK(symlink("/dev/zero", path) == 0, "%s: %s", path, strerror(errno));
@@ -1015,7 +1039,10 @@ static void case_special_files(void) {
         replaceable("no-weights", "model.safetensors", dir, path, sizeof(dir));
         expect_open_error(dir, -ENOENT, NULL, "no model.safetensors or " INDEX_FILE, NULL);
 
-        expect_open_error("/nonexistent-model-dir", -ENOENT, NULL, "no config.json", NULL);
+        expect_open_error("/nonexistent-model-dir", -ENOENT, NULL, "No such file or directory", NULL);
+        replaceable("file-as-dir", "config.json", dir, path, sizeof(dir));
+        CHECK(write_text(dir, "config.json", "{}") == 0, "%s: cannot write", path);
+        expect_open_error(path, -ENOTDIR, NULL, "not a directory", NULL);
 }
 
 /* ---- 10: huge tensors are mapped, not read ------------------------------------- */

@@ -153,7 +153,7 @@ static void bad_files(void) {
 static void expect_ids(const mx_tokenizer *tok, const char *text, const int32_t *want, size_t n) {
         mx_ids ids = {0};
         int r = mx_tokenize(tok, text, strlen(text), &ids);
-        CHECK(r == 0 && ids.n == n && memcmp(ids.v, want, n * sizeof(int32_t)) == 0,
+        CHECK(r == 0 && ids_eq(ids.v, ids.n, want, n),
               "\"%s\": got %zu ids, first %d", text, ids.n, ids.n ? ids.v[0] : -1);
         mx_ids_free(&ids);
 }

@@ -1,0 +1,69 @@
+#!/usr/bin/python3
+"""Regenerates the seed corpus in tests/fuzz/corpus (run from this directory).
+
+The tokenizer-model seeds are small models trained with ../../tools/train-demo-tokenizer:
+    ../../tools/train-demo-tokenizer corpus/tokenizer_model/trained-small.model \
+        --vocab_size=400 --character_coverage=0.98
+    ../../tools/train-demo-tokenizer corpus/tokenizer_model/trained-ud-small.model \
+        --vocab_size=400 --character_coverage=0.98 --user_defined_symbols=foo,bar
+"""
+import json
+import os
+import struct
+
+
+def write(d, name, data):
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def st(name, header, data):
+    h = json.dumps(header).encode()
+    write("corpus/safetensors", name, struct.pack("<Q", len(h)) + h + data)
+
+
+st("valid-two", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                 "b": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [8, 16]},
+                 "__metadata__": {"format": "pt"}}, bytes(range(16)))
+st("valid-empty", {}, b"")
+st("valid-zero-size", {"e": {"dtype": "F16", "shape": [0, 4], "data_offsets": [0, 0]},
+                       "f": {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]}}, b"\x00\x3c")
+st("overlap", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+               "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12))
+st("gap", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(8))
+st("bad-dtype", {"a": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 4]}}, bytes(4))
+st("shape-mismatch", {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8))
+write("corpus/safetensors", "short", b"\x10\x00\x00")
+write("corpus/safetensors", "huge-len", struct.pack("<Q", 2**63) + b"{}")
+
+hf = {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 32000,
+      "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+      "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8,
+      "num_experts_per_tok": 2, "rope_theta": 1e6, "rms_norm_eps": 1e-5,
+      "max_position_embeddings": 32768, "sliding_window": None, "tie_word_embeddings": False,
+      "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "torch_dtype": "bfloat16"}
+write("corpus/config", "mixtral-8x7b-config.json", json.dumps(hf, indent=2).encode())
+params = {"dim": 4096, "n_layers": 32, "head_dim": 128, "hidden_dim": 14336, "n_heads": 32,
+          "n_kv_heads": 8, "norm_eps": 1e-5, "vocab_size": 32000, "rope_theta": 1e6,
+          "moe": {"num_experts": 8, "num_experts_per_tok": 2}}
+write("corpus/config", "mixtral-8x7b-params.json", json.dumps(params).encode())
+write("corpus/config", "topk-too-large.json", json.dumps(dict(hf, num_experts_per_tok=9)).encode())
+bad = dict(hf, hidden_size=4097)
+del bad["num_key_value_heads"]
+write("corpus/config", "inconsistent.json", json.dumps(bad).encode())
+write("corpus/config", "not-json.json", b'{"vocab_size": 32000,')
+
+convs = [[{"role": "user", "content": "Hello"}],
+         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+          {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "[INST] </s>"}],
+         [{"role": "assistant", "content": "x"}], [], {"role": "user"},
+         [{"role": "user", "content": "a"}, {"role": "user", "content": "b\u0000c"}]]
+for i, c in enumerate(convs):
+    write("corpus/conversation", f"conv-{i}.json", json.dumps(c).encode())
+
+texts = [b"Hello world", b" Hello", b"a\n\nb", b"   spaces", b"", b"\xff\xfe\xe6\x97abc",
+         "Mixtral 日本語 🙂 Straße".encode(), b"\xe2\x96\x81\xe2\x96\x81x", b"\t\t\x00\x01 \r\n",
+         "Ἀθῆναι ∞ ≈ €".encode()]
+for i, t in enumerate(texts):
+    write("corpus/tokenize", f"text-{i}", t)
