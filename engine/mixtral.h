@@ -59,6 +59,9 @@ int mx_tokenizer_load(mx_tokenizer **out, const char *path, mx_error *err);
 int mx_tokenizer_load_buffer(mx_tokenizer **out, const void *data, size_t len,
                              const char *label, mx_error *err);
 void mx_tokenizer_free(mx_tokenizer *tok);
+static inline void mx_tokenizer_freep(mx_tokenizer **tok) {
+        mx_tokenizer_free(*tok);
+}
 
 uint32_t mx_tokenizer_vocab_size(const mx_tokenizer *tok);
 int32_t mx_tokenizer_bos(const mx_tokenizer *tok); /* -1 when the model has none */
@@ -238,6 +241,9 @@ typedef struct mx_model {
  * checked, every tensor bound by name and shape to the configuration. */
 int mx_model_open(mx_model **out, const char *dir, mx_error *err);
 void mx_model_free(mx_model *m);
+static inline void mx_model_freep(mx_model **m) {
+        mx_model_free(*m);
+}
 
 /* The tokenizer file of a model directory (tokenizer.model, or
  * tokenizer.model.v1); newly allocated, or NULL with err set. */

@@ -184,12 +184,10 @@ static int read_config(mx_model *m, mx_error *err) {
                 return mx_error_set(err, -ENOENT, "%s: no config.json (Hugging Face) or params.json "
                                     "(mistral-inference) in this directory", m->dir);
         m->layout = hf ? MX_LAYOUT_HF : MX_LAYOUT_CONSOLIDATED;
-        _cleanup_free_ char *path = mx_path_join(m->dir, hf ? "config.json" : "params.json");
-        _cleanup_free_ char *json = NULL;
+        _cleanup_free_ char *path = NULL, *json = NULL;
         size_t len;
-        if (!path)
-                return -ENOMEM;
-        int r = mx_read_file(path, MAX_CONFIG_BYTES, &json, &len, err);
+        int r = mx_read_in_dir(m->dir, hf ? "config.json" : "params.json", MAX_CONFIG_BYTES, &path,
+                               &json, &len, err);
         if (r < 0)
                 return r;
         return hf ? mx_config_parse_hf(json, len, path, &m->cfg, err)
@@ -212,12 +210,8 @@ void mx_model_free(mx_model *m) {
         free(m);
 }
 
-static void model_freep(mx_model **m) {
-        mx_model_free(*m);
-}
-
 int mx_model_open(mx_model **out, const char *dir, mx_error *err) {
-        _cleanup_(model_freep) mx_model *m = calloc(1, sizeof(*m));
+        _cleanup_(mx_model_freep) mx_model *m = calloc(1, sizeof(*m));
         if (!m || !(m->dir = strdup(dir)) || !(m->priv = calloc(1, sizeof(model_priv))))
                 return mx_error_set(err, -ENOMEM, "%s: out of memory", dir);
         int r = read_config(m, err);

@@ -27,6 +27,13 @@ char *mx_path_join(const char *dir, const char *name) {
         return asprintf(&p, "%s/%s", dir, name) < 0 ? NULL : p;
 }
 
+int mx_read_in_dir(const char *dir, const char *name, size_t max, char **path, char **data,
+                   size_t *len, mx_error *err) {
+        if (!(*path = mx_path_join(dir, name)))
+                return mx_error_set(err, -ENOMEM, "%s: out of memory", dir);
+        return mx_read_file(*path, max, data, len, err);
+}
+
 bool mx_dir_has(const char *dir, const char *name) {
         _cleanup_free_ char *p = mx_path_join(dir, name);
         return p && access(p, F_OK) == 0;
@@ -51,11 +58,9 @@ static int add_file_name(mx_model *m, const char *name) {
 
 /* The index names the shards; it is kept to check every tensor's home. */
 static int read_index(mx_model *m, json_t **weight_map, mx_error *err) {
-        _cleanup_free_ char *path = mx_path_join(m->dir, INDEX_FILE), *data = NULL;
+        _cleanup_free_ char *path = NULL, *data = NULL;
         size_t len;
-        if (!path)
-                return -ENOMEM;
-        int r = mx_read_file(path, MAX_INDEX_BYTES, &data, &len, err);
+        int r = mx_read_in_dir(m->dir, INDEX_FILE, MAX_INDEX_BYTES, &path, &data, &len, err);
         if (r < 0)
                 return r;
         json_error_t je;

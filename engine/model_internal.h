@@ -11,6 +11,9 @@ typedef struct model_priv {
 
 char *mx_path_join(const char *dir, const char *name);
 bool mx_dir_has(const char *dir, const char *name);
+/* Reads dir/name (at most max bytes); *path is set for messages and freeing. */
+int mx_read_in_dir(const char *dir, const char *name, size_t max, char **path, char **data,
+                   size_t *len, mx_error *err);
 
 /* Maps the checkpoint's files and parses their headers into m->tensors. */
 int mx_model_files_open(mx_model *m, mx_error *err);

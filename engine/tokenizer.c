@@ -56,10 +56,6 @@ void mx_tokenizer_free(mx_tokenizer *tok) {
         free(tok);
 }
 
-static void tokenizer_freep(mx_tokenizer **t) {
-        mx_tokenizer_free(*t);
-}
-
 /* "<0x41>" -> 0x41, as SentencePiece spells byte pieces; else -1. */
 static int parse_byte_piece(const char *s, size_t len) {
         static const char hex[] = "0123456789ABCDEF";
@@ -230,7 +226,7 @@ int mx_tokenizer_load_buffer(mx_tokenizer **out, const void *data, size_t len,
                 return mx_error_set(err, -EINVAL, "%s: %zu pieces (expected 1..%u)", label,
                                     m->n_pieces, MAX_PIECES);
 
-        _cleanup_(tokenizer_freep) mx_tokenizer *tok = calloc(1, sizeof(*tok));
+        _cleanup_(mx_tokenizer_freep) mx_tokenizer *tok = calloc(1, sizeof(*tok));
         if (!tok)
                 return -ENOMEM;
         tok->n = (uint32_t)m->n_pieces;

@@ -27,6 +27,12 @@ static int fail(char *why, size_t len, const char *what, cudaError_t e) {
 extern "C" int mxk_device_count(char *why, size_t why_len) {
         int n = 0;
         cudaError_t e = cudaGetDeviceCount(&n);
+        if (e == cudaErrorInsufficientDriver && why && why_len) {
+                snprintf(why, why_len,
+                         "no NVIDIA driver, or one older than this build's CUDA %d.%d runtime needs",
+                         CUDART_VERSION / 1000, CUDART_VERSION % 1000 / 10);
+                return 0;
+        }
         if (e != cudaSuccess) {
                 fail(why, why_len, "no usable CUDA device", e);
                 return 0;

@@ -14,7 +14,7 @@
 
 #define EXIT_SKIP 77
 
-static int test_failures;
+static int test_failures __attribute__((unused));
 
 #define CHECK(cond, ...)                                                                           \
         do {                                                                                       \

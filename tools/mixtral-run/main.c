@@ -163,14 +163,6 @@ static int fail(const mx_error *err) {
         return 1;
 }
 
-static void tokenizer_freep(mx_tokenizer **t) {
-        mx_tokenizer_free(*t);
-}
-
-static void model_freep(mx_model **m) {
-        mx_model_free(*m);
-}
-
 static int load_tokenizer(const run_opts *o, mx_tokenizer **tok, mx_error *err) {
         _cleanup_free_ char *found = NULL;
         const char *path = o->tokenizer;
@@ -187,7 +179,7 @@ static int print_ids(const mx_ids *ids) {
 }
 
 static int do_tokenize(const run_opts *o, mx_error *err) {
-        _cleanup_(tokenizer_freep) mx_tokenizer *tok = NULL;
+        _cleanup_(mx_tokenizer_freep) mx_tokenizer *tok = NULL;
         _cleanup_(mx_ids_free) mx_ids ids = {0};
         if (load_tokenizer(o, &tok, err) < 0 || run_prompt_ids(o, tok, &ids, err) < 0)
                 return fail(err);
@@ -213,7 +205,7 @@ static int parse_ids(const char *s, mx_ids *ids, mx_error *err) {
 }
 
 static int do_decode(const run_opts *o, mx_error *err) {
-        _cleanup_(tokenizer_freep) mx_tokenizer *tok = NULL;
+        _cleanup_(mx_tokenizer_freep) mx_tokenizer *tok = NULL;
         _cleanup_(mx_ids_free) mx_ids ids = {0};
         _cleanup_(mx_buf_free) mx_buf text = {0};
         if (load_tokenizer(o, &tok, err) < 0 || parse_ids(o->decode, &ids, err) < 0)
@@ -235,7 +227,7 @@ static int do_decode(const run_opts *o, mx_error *err) {
 }
 
 static int do_info(const run_opts *o, mx_error *err) {
-        _cleanup_(model_freep) mx_model *m = NULL;
+        _cleanup_(mx_model_freep) mx_model *m = NULL;
         if (mx_model_open(&m, o->model, err) < 0)
                 return fail(err);
         return run_info(m);
