@@ -51,8 +51,9 @@ void mx_buf_free(mx_buf *b);
 
 typedef struct mx_tokenizer mx_tokenizer;
 
-/* Largest tokenizer file we accept: the real one is 0.5 MB. */
-#define MX_TOKENIZER_MAX_FILE_BYTES (64u << 20)
+/* Largest tokenizer file we accept: Mixtral's is 0.5 MB, the largest
+ * vocabularies in use about 5 MB. */
+#define MX_TOKENIZER_MAX_FILE_BYTES (32u << 20)
 
 int mx_tokenizer_load(mx_tokenizer **out, const char *path, mx_error *err);
 /* Parses a serialized sentencepiece.ModelProto; label names it in errors. */

@@ -11,8 +11,9 @@
 #include "sentencepiece_model.pb-c.h"
 #include "tokenizer_internal.h"
 
-/* Keeps a malformed file from making the tables arbitrarily large. */
-#define MAX_PIECES (1u << 22)
+/* Far above real vocabularies (Mixtral 32k, the largest known 256k), and
+ * checked before protobuf-c allocates a struct per piece. */
+#define MAX_PIECES (1u << 20)
 #define MAX_PIECE_BYTES 4096
 
 typedef Sentencepiece__ModelProto ModelProto;
@@ -21,6 +22,51 @@ typedef Sentencepiece__ModelProto__SentencePiece Piece;
 static void model_proto_freep(ModelProto **p) {
         if (*p)
                 sentencepiece__model_proto__free_unpacked(*p, NULL);
+}
+
+static bool read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+        *v = 0;
+        for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+                uint8_t b = *(*p)++;
+                *v |= (uint64_t)(b & 0x7f) << shift;
+                if (!(b & 0x80))
+                        return true;
+        }
+        return false;
+}
+
+/* Counts the pieces (field 1) of a serialized ModelProto by walking its
+ * top-level fields; -1 when the wire format is broken. Every piece can cost
+ * as little as two bytes of input, so this bounds what unpacking allocates. */
+static long count_pieces(const uint8_t *p, size_t len) {
+        const uint8_t *end = p + len;
+        long n = 0;
+        while (p < end) {
+                uint64_t tag, v;
+                if (!read_varint(&p, end, &tag))
+                        return -1;
+                switch (tag & 7) {
+                case 0:
+                        if (!read_varint(&p, end, &v))
+                                return -1;
+                        break;
+                case 1:
+                case 5:
+                        if ((size_t)(end - p) < ((tag & 7) == 1 ? 8u : 4u))
+                                return -1;
+                        p += (tag & 7) == 1 ? 8 : 4;
+                        break;
+                case 2:
+                        if (!read_varint(&p, end, &v) || v > (uint64_t)(end - p))
+                                return -1;
+                        p += v;
+                        n += (tag >> 3) == 1;
+                        break;
+                default:
+                        return -1;
+                }
+        }
+        return n;
 }
 
 static uint64_t hash_bytes(const char *s, size_t len) {
@@ -217,8 +263,12 @@ int mx_tokenizer_load_buffer(mx_tokenizer **out, const void *data, size_t len,
         if (len > MX_TOKENIZER_MAX_FILE_BYTES)
                 return mx_error_set(err, -EFBIG, "%s: %zu bytes is too large for a tokenizer",
                                     label, len);
+        long pieces = count_pieces(data, len);
+        if (pieces > (long)MAX_PIECES)
+                return mx_error_set(err, -EINVAL, "%s: %ld pieces (at most %u)", label, pieces,
+                                    MAX_PIECES);
         _cleanup_(model_proto_freep) ModelProto *m =
-                sentencepiece__model_proto__unpack(NULL, len, data);
+                pieces < 0 ? NULL : sentencepiece__model_proto__unpack(NULL, len, data);
         if (!m)
                 return mx_error_set(err, -EBADMSG,
                                     "%s: not a SentencePiece model (protobuf parse failed)", label);

@@ -120,6 +120,16 @@ static void bad_models(void) {
                       strstr(err.msg, "empty.model"), "%s", err.msg);
         CHECK(mx_tokenizer_load_buffer(&tok, "\xff\xff\xff\xff\xff", 5, "junk.model", &err) < 0 &&
                       strstr(err.msg, "junk.model: not a SentencePiece model"), "%s", err.msg);
+        CHECK(mx_tokenizer_load_buffer(&tok, "\x0a\x05" "ab", 4, "cut.model", &err) < 0 &&
+                      strstr(err.msg, "cut.model: not a SentencePiece model"), "%s", err.msg);
+        /* Two bytes per empty piece: refused by count before anything is unpacked. */
+        size_t n = (1u << 20) + 1;
+        char *many = malloc(2 * n);
+        for (size_t i = 0; i < n; i++)
+                many[2 * i] = 0x0a, many[2 * i + 1] = 0;
+        CHECK(mx_tokenizer_load_buffer(&tok, many, 2 * n, "many.model", &err) < 0 &&
+                      strstr(err.msg, "many.model: 1048577 pieces (at most 1048576)"), "%s", err.msg);
+        free(many);
 }
 
 static void expect_file_refused(const char *path, const char *needle) {
