@@ -261,6 +261,147 @@ typedef struct mx_footprint {
 
 void mx_model_footprint(const mx_model *m, mx_footprint *fp);
 
+/* Reads every page of the model's files once, so that the first tokens do
+ * not wait on page faults; progress(done, total, arg) is called as it goes
+ * (may be NULL). */
+int mx_model_prefault(const mx_model *m, void (*progress)(uint64_t done, uint64_t total, void *arg),
+                      void *arg);
+
+/* ---- engine: forward pass and sequences ---------------------------------- */
+
+typedef enum mx_simd {
+        MX_SIMD_AUTO,   /* the best this CPU has */
+        MX_SIMD_SCALAR, /* portable C; the reference the others equal */
+        MX_SIMD_AVX2,   /* AVX2 + FMA + F16C */
+        MX_SIMD_AVX512, /* AVX-512 F/BW/VL */
+} mx_simd;
+
+/* "auto", "scalar", "avx2", "avx512" */
+int mx_simd_from_string(const char *s, mx_simd *out);
+
+typedef struct mx_engine_opts {
+        const char *device; /* "cpu" (default) */
+        uint32_t threads;   /* 0: every online core */
+        mx_simd simd;
+} mx_engine_opts;
+
+typedef struct mx_engine mx_engine;
+
+/* The engine computes with m's weights in place (m must outlive it). */
+int mx_engine_open(mx_engine **out, const mx_model *m, const mx_engine_opts *o, mx_error *err);
+void mx_engine_free(mx_engine *e);
+static inline void mx_engine_freep(mx_engine **e) {
+        mx_engine_free(*e);
+}
+const mx_model *mx_engine_model(const mx_engine *e);
+/* Device, threads and instruction set, e.g. "cpu, 2 threads, avx512". */
+const char *mx_engine_describe(const mx_engine *e);
+
+/* A sequence: its tokens so far live in a KV cache of at most max_tokens. */
+typedef struct mx_seq mx_seq;
+
+int mx_seq_new(mx_engine *e, uint32_t max_tokens, mx_seq **out, mx_error *err);
+void mx_seq_free(mx_seq *s);
+static inline void mx_seq_freep(mx_seq **s) {
+        mx_seq_free(*s);
+}
+uint32_t mx_seq_len(const mx_seq *s);
+uint32_t mx_seq_capacity(const mx_seq *s);
+void mx_seq_reset(mx_seq *s);
+
+/* One sequence's part of a forward step: n_tokens more tokens; logits of
+ * the last one (vocab floats), or of each (n_tokens x vocab) when
+ * all_logits, or none when logits is NULL. */
+typedef struct mx_batch_item {
+        mx_seq *seq;
+        const int32_t *tokens;
+        uint32_t n_tokens;
+        float *logits;
+        bool all_logits;
+} mx_batch_item;
+
+/* Advances every item's sequence in one step. Each token's results are the
+ * same whatever else is in the batch. -ENOSPC when a sequence would pass
+ * its capacity, -EINVAL for a token outside the vocabulary. */
+int mx_forward(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err);
+
+/* ---- sampling -------------------------------------------------------------- */
+
+typedef struct mx_sampling {
+        float temperature;       /* 0: greedy */
+        uint32_t top_k;          /* 0: off */
+        float top_p;             /* 1: off */
+        float min_p;             /* 0: off */
+        float repeat_penalty;    /* 1: off */
+        uint32_t repeat_last_n;  /* tokens the penalty looks back on; 0: all */
+        uint64_t seed;
+} mx_sampling;
+
+/* Defaults as llama.cpp and Ollama users expect: temperature 0.8,
+ * top-k 40, top-p 0.95, min-p 0.05, repeat penalty 1.0 over 64 tokens. */
+void mx_sampling_defaults(mx_sampling *p);
+/* Checks ranges (NaN, negative, top-p outside (0,1], ...); names the field. */
+int mx_sampling_check(const mx_sampling *p, mx_error *err);
+
+typedef struct mx_sampler mx_sampler;
+
+int mx_sampler_new(const mx_sampling *p, uint32_t vocab, mx_sampler **out);
+void mx_sampler_free(mx_sampler *s);
+/* Picks the next token from logits (vocab floats, changed in place);
+ * history is the sequence so far, for the repetition penalty. */
+int32_t mx_sampler_next(mx_sampler *s, float *logits, const int32_t *history, size_t n_history);
+
+/* ---- generation -------------------------------------------------------------- */
+
+typedef enum mx_finish {
+        MX_FINISH_NONE,    /* still running */
+        MX_FINISH_EOS,     /* the model ended its answer */
+        MX_FINISH_LENGTH,  /* max_tokens reached */
+        MX_FINISH_STOP,    /* a stop string appeared (it is not part of the text) */
+        MX_FINISH_CONTEXT, /* the context is full */
+} mx_finish;
+
+const char *mx_finish_name(mx_finish f);
+
+typedef struct mx_gen_opts {
+        mx_sampling sampling;
+        uint32_t max_tokens;        /* 0: until EOS, a stop string or the context */
+        const char *const *stop;    /* stop strings */
+        size_t n_stop;
+        uint32_t max_context;       /* 0: the model's context length */
+        uint32_t prefill_chunk;     /* prompt tokens per step; 0: all at once */
+        /* The first generated piece keeps its leading space: right when the
+         * text continues a raw prompt; a chat answer drops it. */
+        bool keep_leading_space;
+} mx_gen_opts;
+
+/* One request: its sequence, sampler, streaming decoder and stop strings.
+ * Driven in steps so that many can share each forward pass:
+ *
+ *   while (!mx_gen_finished(g)) {
+ *           mx_gen_prepare(g, &item);       // what to feed next
+ *           mx_forward(e, &item, 1, &err);  // batched with others
+ *           mx_gen_advance(g, &text, &tok); // sample, decode, check stops
+ *   }
+ */
+typedef struct mx_gen mx_gen;
+
+int mx_gen_new(mx_engine *e, const mx_tokenizer *tok, const int32_t *prompt, size_t n_prompt,
+               const mx_gen_opts *o, mx_gen **out, mx_error *err);
+void mx_gen_free(mx_gen *g);
+static inline void mx_gen_freep(mx_gen **g) {
+        mx_gen_free(*g);
+}
+void mx_gen_prepare(mx_gen *g, mx_batch_item *item);
+/* After the forward step: appends new text (whole UTF-8 characters, never
+ * part of a stop string) to text; *token is the sampled id or -1 while the
+ * prompt is still being read. */
+int mx_gen_advance(mx_gen *g, mx_buf *text, int32_t *token);
+mx_finish mx_gen_finished(const mx_gen *g);
+/* Generated ids so far (the prompt excluded). */
+const int32_t *mx_gen_tokens(const mx_gen *g, size_t *n);
+size_t mx_gen_prompt_len(const mx_gen *g);
+
 /* ---- demo model ------------------------------------------------------------ */
 
 /* Writes a small random Mixtral in the Hugging Face layout (config.json,

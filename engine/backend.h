@@ -1,0 +1,69 @@
+/* The seam between the forward pass (forward.c, written once) and the
+ * devices that run it. A backend owns its memory: activations and KV caches
+ * are pointers the forward pass passes along but never dereferences, so
+ * the same pass drives the CPU now and CUDA next. Operations that may need
+ * memory return 0 or -ENOMEM. Private to the engine. */
+#pragma once
+
+#include "mixtral.h"
+
+typedef struct mx_backend mx_backend;
+typedef struct mx_kv mx_kv; /* one sequence's K and V for every layer */
+
+/* One sequence's share of a batched step: n tokens at positions
+ * pos0 .. pos0+n-1, rows row0 .. row0+n-1 of the activations. */
+typedef struct mx_attn_seq {
+        mx_kv *kv;
+        uint32_t pos0, n, row0;
+} mx_attn_seq;
+
+typedef struct mx_backend_ops {
+        const char *name;
+        void (*destroy)(mx_backend *b);
+        /* A line for logs and --bench: device, threads, instruction set. */
+        const char *(*describe)(mx_backend *b);
+
+        /* Activation memory on the device, n floats; NULL when out of memory. */
+        float *(*alloc)(mx_backend *b, size_t n);
+        void (*release)(mx_backend *b, float *p);
+        /* dst (host) = src (device), n floats. */
+        void (*download)(mx_backend *b, float *dst, const float *src, size_t n);
+
+        /* KV cache of one sequence, growing on demand up to max_tokens. */
+        mx_kv *(*kv_new)(mx_backend *b, uint32_t max_tokens);
+        void (*kv_free)(mx_backend *b, mx_kv *kv);
+        int (*kv_reserve)(mx_backend *b, mx_kv *kv, uint32_t tokens);
+
+        /* dst[i] = src[rows[i]], rows of cols floats. */
+        void (*gather)(mx_backend *b, const float *src, uint64_t cols, const uint32_t *rows,
+                       uint32_t n, float *dst);
+        /* out[n][hidden] = rows `tokens` of the embedding table. */
+        void (*embed)(mx_backend *b, const mx_tensor *table, const int32_t *tokens, uint32_t n,
+                      float *out);
+        /* out = RMSNorm(x) * w, per row of `cols`. */
+        void (*rmsnorm)(mx_backend *b, const mx_tensor *w, float eps, const float *x, float *out,
+                        uint32_t n);
+        /* out[t][r] (+)= w[r] . x[t]: the weight's rows in Hugging Face order. */
+        void (*matmul)(mx_backend *b, const mx_tensor *w, const float *x, float *out, uint32_t n,
+                       bool accumulate);
+        /* Rotary embedding applied in place to q [n][heads*hd] and k [n][kv*hd];
+         * pos[i] is token i's position. */
+        void (*rope)(mx_backend *b, float *q, float *k, const uint32_t *pos, uint32_t n);
+        /* Appends k, v to each sequence's cache at layer L, then causal GQA
+         * attention of q over the cache: out [rows][heads*hd]. */
+        int (*attention)(mx_backend *b, uint32_t layer, const mx_attn_seq *seqs, size_t n_seqs,
+                         const float *q, const float *k, const float *v, float *out);
+        /* acc[n][hidden] += MoE(x): router softmax over all experts, top-k,
+         * renormalised weights, SwiGLU experts; touches only chosen experts. */
+        int (*moe)(mx_backend *b, const mx_layer *layer, const float *x, float *acc, uint32_t n);
+} mx_backend_ops;
+
+struct mx_backend {
+        const mx_backend_ops *ops;
+        const mx_model *model;
+};
+
+/* The CPU backend: threads (0 = all online cores) and an instruction set
+ * (MX_SIMD_AUTO = the best the CPU has). */
+int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, mx_backend **out,
+                       mx_error *err);

@@ -1,0 +1,258 @@
+/* The CPU backend: activations in host memory, weights used in place from
+ * the mapped files (bf16 stays bf16), fp32 arithmetic, work spread over a
+ * thread pool, matrix products in the kernels of the best instruction set
+ * (kernels.h). Element-wise steps are plain C shared by every instruction
+ * set, so results do not depend on it. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cpu_backend.h"
+#include "kernels.h"
+#include "mx_common.h"
+#include "pool.h"
+
+struct mx_kv {
+        uint32_t cap, max;
+        float **k, **v; /* per layer: [cap][kv_heads][head_dim] */
+};
+
+static cpu_backend *cpu(mx_backend *b) {
+        return (cpu_backend *)b;
+}
+
+/* ---- memory ----------------------------------------------------------------- */
+
+static float *cpu_alloc(mx_backend *b, size_t n) {
+        size_t bytes;
+        if (!mx_mul_size(n ? n : 1, sizeof(float), &bytes))
+                return NULL;
+        void *p = NULL;
+        return posix_memalign(&p, 64, bytes) == 0 ? p : NULL;
+}
+
+static void cpu_release(mx_backend *b, float *p) {
+        free(p);
+}
+
+static void cpu_download(mx_backend *b, float *dst, const float *src, size_t n) {
+        memcpy(dst, src, n * sizeof(float));
+}
+
+static mx_kv *cpu_kv_new(mx_backend *b, uint32_t max_tokens) {
+        uint32_t layers = b->model->cfg.n_layers;
+        mx_kv *kv = calloc(1, sizeof(*kv));
+        if (!kv)
+                return NULL;
+        kv->max = max_tokens;
+        kv->k = calloc(layers, sizeof(float *));
+        kv->v = calloc(layers, sizeof(float *));
+        if (!kv->k || !kv->v) {
+                free(kv->k), free(kv->v), free(kv);
+                return NULL;
+        }
+        return kv;
+}
+
+static void cpu_kv_free(mx_backend *b, mx_kv *kv) {
+        if (!kv)
+                return;
+        for (uint32_t L = 0; L < b->model->cfg.n_layers; L++)
+                free(kv->k[L]), free(kv->v[L]);
+        free(kv->k), free(kv->v), free(kv);
+}
+
+/* Grows by doubling (at least 256 tokens) so appends stay cheap. */
+static int cpu_kv_reserve(mx_backend *b, mx_kv *kv, uint32_t tokens) {
+        const mx_config *c = &b->model->cfg;
+        if (tokens > kv->max)
+                return -ENOSPC;
+        if (tokens <= kv->cap)
+                return 0;
+        uint32_t cap = kv->cap ? kv->cap : 256;
+        while (cap < tokens)
+                cap = cap > kv->max / 2 ? kv->max : cap * 2;
+        size_t per_token = (size_t)c->n_kv_heads * c->head_dim, bytes;
+        if (!mx_mul_size((size_t)cap * per_token, sizeof(float), &bytes))
+                return -ENOMEM;
+        for (uint32_t L = 0; L < c->n_layers; L++) {
+                float *k = realloc(kv->k[L], bytes);
+                if (k)
+                        kv->k[L] = k;
+                float *v = k ? realloc(kv->v[L], bytes) : NULL;
+                if (v)
+                        kv->v[L] = v;
+                if (!k || !v)
+                        return -ENOMEM;
+        }
+        kv->cap = cap;
+        return 0;
+}
+
+/* ---- element-wise steps -------------------------------------------------------- */
+
+static void cpu_embed(mx_backend *b, const mx_tensor *table, const int32_t *tokens, uint32_t n,
+                      float *out) {
+        uint64_t h = table->shape[1];
+        for (uint32_t t = 0; t < n; t++)
+                mx_cpu_row_to_f32(table, (uint64_t)tokens[t], out + t * h);
+}
+
+typedef struct norm_job {
+        cpu_backend *cb;
+        const float *x, *w;
+        float *out;
+        uint64_t cols;
+        float eps;
+} norm_job;
+
+static void norm_task(void *arg, uint32_t t, uint32_t thread) {
+        norm_job *j = arg;
+        const float *x = j->x + t * j->cols;
+        float *o = j->out + t * j->cols;
+        float var = j->cb->k->dot(x, x, j->cols) / (float)j->cols;
+        float inv = 1.0f / sqrtf(var + j->eps);
+        for (uint64_t i = 0; i < j->cols; i++)
+                o[i] = j->w[i] * (x[i] * inv);
+}
+
+static void cpu_rmsnorm(mx_backend *b, const mx_tensor *w, float eps, const float *x, float *out,
+                        uint32_t n) {
+        norm_job j = {cpu(b), x, mx_cpu_f32_of(cpu(b), w), out, w->shape[0], eps};
+        mx_pool_run(cpu(b)->pool, n, norm_task, &j);
+}
+
+static void rotate(float *v, uint32_t heads, uint32_t hd, const float *cs, const float *sn) {
+        uint32_t half = hd / 2;
+        for (uint32_t h = 0; h < heads; h++, v += hd)
+                for (uint32_t i = 0; i < half; i++) {
+                        float x1 = v[i], x2 = v[i + half];
+                        v[i] = x1 * cs[i] - x2 * sn[i];
+                        v[i + half] = x2 * cs[i] + x1 * sn[i];
+                }
+}
+
+/* Angles as Hugging Face computes them: inv_freq in fp32, pos * inv_freq
+ * rounded to fp32, then its cosine and sine. */
+static void cpu_rope(mx_backend *b, float *q, float *k, const uint32_t *pos, uint32_t n) {
+        const mx_config *c = &b->model->cfg;
+        const float *inv = cpu(b)->inv_freq;
+        float *cs = cpu(b)->rope_cos, *sn = cpu(b)->rope_sin;
+        uint32_t half = c->head_dim / 2;
+        for (uint32_t t = 0; t < n; t++) {
+                for (uint32_t i = 0; i < half; i++) {
+                        float a = (float)pos[t] * inv[i];
+                        cs[i] = (float)cos((double)a);
+                        sn[i] = (float)sin((double)a);
+                }
+                rotate(q + (size_t)t * c->n_heads * c->head_dim, c->n_heads, c->head_dim, cs, sn);
+                rotate(k + (size_t)t * c->n_kv_heads * c->head_dim, c->n_kv_heads, c->head_dim, cs, sn);
+        }
+}
+
+static void cpu_gather(mx_backend *b, const float *src, uint64_t cols, const uint32_t *rows,
+                       uint32_t n, float *dst) {
+        for (uint32_t i = 0; i < n; i++)
+                memcpy(dst + i * cols, src + rows[i] * cols, cols * sizeof(float));
+}
+
+static const char *cpu_describe(mx_backend *b) {
+        return cpu(b)->desc;
+}
+
+static void cpu_destroy(mx_backend *b) {
+        cpu_backend *cb = cpu(b);
+        if (!cb)
+                return;
+        mx_pool_free(cb->pool);
+        for (size_t i = 0; i < cb->n_f32; i++)
+                free(cb->f32[i].data);
+        free(cb->f32);
+        for (uint32_t i = 0; i < cb->threads; i++)
+                free(cb->scratch[i].p);
+        free(cb->scratch);
+        free(cb->inv_freq);
+        free(cb->rope_cos);
+        free(cb->rope_sin);
+        mx_cpu_moe_free(cb);
+        free(cb);
+}
+
+static const mx_backend_ops cpu_ops = {
+        .name = "cpu",
+        .destroy = cpu_destroy,
+        .describe = cpu_describe,
+        .alloc = cpu_alloc,
+        .release = cpu_release,
+        .download = cpu_download,
+        .kv_new = cpu_kv_new,
+        .kv_free = cpu_kv_free,
+        .kv_reserve = cpu_kv_reserve,
+        .embed = cpu_embed,
+        .rmsnorm = cpu_rmsnorm,
+        .matmul = mx_cpu_matmul,
+        .rope = cpu_rope,
+        .attention = mx_cpu_attention,
+        .moe = mx_cpu_moe,
+        .gather = cpu_gather,
+};
+
+float *mx_kv_keys(mx_kv *kv, uint32_t layer) {
+        return kv->k[layer];
+}
+
+float *mx_kv_values(mx_kv *kv, uint32_t layer) {
+        return kv->v[layer];
+}
+
+static mx_isa isa_for(mx_simd simd) {
+        switch (simd) {
+        case MX_SIMD_SCALAR:
+                return MX_ISA_SCALAR;
+        case MX_SIMD_AVX2:
+                return MX_ISA_AVX2;
+        case MX_SIMD_AVX512:
+                return MX_ISA_AVX512;
+        case MX_SIMD_AUTO:
+                break;
+        }
+        return mx_isa_detect();
+}
+
+int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, mx_backend **out,
+                       mx_error *err) {
+        mx_isa isa = isa_for(simd);
+        if (!mx_isa_supported(isa))
+                return mx_error_set(err, -EOPNOTSUPP, "this CPU (or build) cannot run %s kernels",
+                                    mx_isa_name(isa));
+        if (threads == 0) {
+                long online = sysconf(_SC_NPROCESSORS_ONLN);
+                threads = online > 0 ? (uint32_t)online : 1;
+        }
+        cpu_backend *cb = calloc(1, sizeof(*cb));
+        if (!cb)
+                return mx_error_set(err, -ENOMEM, "out of memory");
+        cb->base = (mx_backend){&cpu_ops, m};
+        cb->k = mx_kernels_for(isa);
+        cb->threads = threads;
+        cb->scratch = calloc(threads, sizeof(*cb->scratch));
+        cb->inv_freq = calloc(m->cfg.head_dim / 2, sizeof(float));
+        cb->rope_cos = calloc(m->cfg.head_dim / 2, sizeof(float));
+        cb->rope_sin = calloc(m->cfg.head_dim / 2, sizeof(float));
+        int r = cb->scratch && cb->inv_freq && cb->rope_cos && cb->rope_sin ? mx_cpu_norms_init(cb) : -ENOMEM;
+        if (r == 0)
+                r = mx_pool_new(threads, &cb->pool);
+        if (r < 0) {
+                cpu_destroy(&cb->base);
+                return mx_error_set(err, r, "cannot start %u threads: %s", threads, strerror(-r));
+        }
+        for (uint32_t i = 0; i < m->cfg.head_dim / 2; i++) {
+                float e = (float)(2 * i) / (float)m->cfg.head_dim;
+                cb->inv_freq[i] = 1.0f / powf((float)m->cfg.rope_theta, e);
+        }
+        snprintf(cb->desc, sizeof(cb->desc), "cpu, %u thread%s, %s", threads, threads == 1 ? "" : "s",
+                 mx_isa_name(isa));
+        *out = &cb->base;
+        return 0;
+}

@@ -1,0 +1,47 @@
+/* The CPU backend's state, shared by its files: private to it. */
+#pragma once
+
+#include "backend.h"
+#include "kernels.h"
+#include "pool.h"
+
+typedef struct cpu_f32 {
+        const mx_tensor *t;
+        float *data;
+} cpu_f32;
+
+typedef struct cpu_scratch {
+        float *p;
+        size_t cap;
+} cpu_scratch;
+
+typedef struct cpu_backend {
+        mx_backend base;
+        mx_pool *pool;
+        const mx_kernels *k;
+        uint32_t threads;
+        char desc[96];
+        float *inv_freq, *rope_cos, *rope_sin; /* head_dim / 2 each */
+        cpu_f32 *f32;                          /* norm weights as fp32 (tiny) */
+        size_t n_f32;
+        cpu_scratch *scratch;                  /* one per thread */
+        struct cpu_moe *moe;
+} cpu_backend;
+
+/* Row r of a tensor (Hugging Face row order) as fp32. */
+void mx_cpu_row_to_f32(const mx_tensor *t, uint64_t r, float *out);
+/* A 1-D weight as fp32, converted once at start-up. */
+int mx_cpu_norms_init(cpu_backend *cb);
+const float *mx_cpu_f32_of(cpu_backend *cb, const mx_tensor *t);
+/* Per-thread scratch of at least n floats; NULL when out of memory. */
+float *mx_cpu_scratch(cpu_backend *cb, uint32_t thread, size_t n);
+
+void mx_cpu_matmul(mx_backend *b, const mx_tensor *w, const float *x, float *out, uint32_t n,
+                   bool accumulate);
+int mx_cpu_attention(mx_backend *b, uint32_t layer, const mx_attn_seq *seqs, size_t n_seqs,
+                     const float *q, const float *k, const float *v, float *out);
+int mx_cpu_moe(mx_backend *b, const mx_layer *layer, const float *x, float *acc, uint32_t n);
+void mx_cpu_moe_free(cpu_backend *cb);
+
+float *mx_kv_keys(mx_kv *kv, uint32_t layer);
+float *mx_kv_values(mx_kv *kv, uint32_t layer);

@@ -1,0 +1,142 @@
+/* AVX-512 kernels (F, BW, VL): one zmm accumulator is exactly the 16 lanes
+ * of the reference order (kernels.h), so results equal the scalar kernel's
+ * bit for bit. Compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c,
+ * called only where the CPU has them. */
+#include <immintrin.h>
+
+#include "kernels.h"
+
+static inline float reduce(__m512 v) {
+        __m256 lo = _mm512_castps512_ps256(v);
+        __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+        __m256 a = _mm256_add_ps(lo, hi);
+        __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+        return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));
+}
+
+static inline __m512 load_bf16(const void *p, __mmask16 m) {
+        __m256i h = _mm256_maskz_loadu_epi16(m, p);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static inline __m512 load_f16(const void *p, __mmask16 m) {
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+static inline __m512 load_f32(const void *p, __mmask16 m) {
+        return _mm512_maskz_loadu_ps(m, p);
+}
+
+/* An R x T tile: rows w[0..R) (row_bytes apart) against tokens x[0..T)
+ * (ldx apart); full 16-wide steps, then one masked step for the tail. */
+#define DEFINE_TILE(NAME, R, T, LOAD, ESIZE)                                                       \
+        static void NAME(const uint8_t *w, uint64_t row_bytes, const float *x, uint64_t ldx,       \
+                         uint64_t K, float *out, uint64_t ldo, bool accumulate) {                  \
+                __m512 acc[R][T];                                                                  \
+                for (int r = 0; r < R; r++)                                                        \
+                        for (int t = 0; t < T; t++)                                                \
+                                acc[r][t] = _mm512_setzero_ps();                                   \
+                uint64_t k = 0;                                                                    \
+                for (__mmask16 m = 0xffff;; k += 16) {                                             \
+                        if (k + 16 > K) {                                                          \
+                                if (k >= K)                                                        \
+                                        break;                                                     \
+                                m = (__mmask16)((1u << (K - k)) - 1);                              \
+                        }                                                                          \
+                        __m512 wv[R];                                                              \
+                        for (int r = 0; r < R; r++)                                                \
+                                wv[r] = LOAD(w + r * row_bytes + k * ESIZE, m);                    \
+                        for (int t = 0; t < T; t++) {                                              \
+                                __m512 xv = _mm512_maskz_loadu_ps(m, x + t * ldx + k);             \
+                                for (int r = 0; r < R; r++)                                        \
+                                        acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);         \
+                        }                                                                          \
+                        if (m != 0xffff)                                                           \
+                                break;                                                             \
+                }                                                                                  \
+                for (int t = 0; t < T; t++)                                                        \
+                        for (int r = 0; r < R; r++) {                                              \
+                                float s = reduce(acc[r][t]);                                       \
+                                float *o = out + t * ldo + r;                                      \
+                                *o = accumulate ? *o + s : s;                                      \
+                        }                                                                          \
+        }
+
+#define DEFINE_ROWS(SUFFIX, LOAD, ESIZE)                                                           \
+        DEFINE_TILE(tile8x1_##SUFFIX, 8, 1, LOAD, ESIZE)                                           \
+        DEFINE_TILE(tile4x6_##SUFFIX, 4, 6, LOAD, ESIZE)                                           \
+        DEFINE_TILE(tile4x1_##SUFFIX, 4, 1, LOAD, ESIZE)                                           \
+        DEFINE_TILE(tile1x1_##SUFFIX, 1, 1, LOAD, ESIZE)                                           \
+        static void rows_##SUFFIX(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {             \
+                uint64_t rb = a->cols * ESIZE, K = a->cols;                                        \
+                uint64_t r = r0;                                                                   \
+                if (a->n < 4) {                                                                    \
+                        for (; r + 8 <= r1; r += 8)                                                \
+                                for (uint32_t t = 0; t < a->n; t++)                                \
+                                        tile8x1_##SUFFIX(a->w + r * rb, rb, a->x + t * a->ldx,     \
+                                                         a->ldx, K, a->out + t * a->ldo + r,       \
+                                                         a->ldo, a->accumulate);                   \
+                } else {                                                                           \
+                        /* Tokens in blocks that stay in L2 across the rows. */                    \
+                        for (uint32_t t0 = 0; t0 < a->n; t0 += 48) {                               \
+                                uint32_t t1 = a->n - t0 < 48 ? a->n : t0 + 48;                     \
+                                for (uint64_t q = r0; q + 4 <= r1; q += 4) {                       \
+                                        uint32_t t = t0;                                           \
+                                        for (; t + 6 <= t1; t += 6)                                \
+                                                tile4x6_##SUFFIX(a->w + q * rb, rb,                \
+                                                                 a->x + t * a->ldx, a->ldx, K,     \
+                                                                 a->out + t * a->ldo + q, a->ldo,  \
+                                                                 a->accumulate);                   \
+                                        for (; t < t1; t++)                                        \
+                                                tile4x1_##SUFFIX(a->w + q * rb, rb,                \
+                                                                 a->x + t * a->ldx, a->ldx, K,     \
+                                                                 a->out + t * a->ldo + q, a->ldo,  \
+                                                                 a->accumulate);                   \
+                                }                                                                  \
+                        }                                                                          \
+                        r = r0 + (r1 - r0) / 4 * 4;                                                \
+                }                                                                                  \
+                for (; r < r1; r++)                                                                \
+                        for (uint32_t t = 0; t < a->n; t++)                                        \
+                                tile1x1_##SUFFIX(a->w + r * rb, rb, a->x + t * a->ldx, a->ldx, K,  \
+                                                 a->out + t * a->ldo + r, a->ldo, a->accumulate);  \
+        }
+
+DEFINE_ROWS(bf16, load_bf16, 2)
+DEFINE_ROWS(f16, load_f16, 2)
+DEFINE_ROWS(f32, load_f32, 4)
+
+static void matmul_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
+        switch (a->dtype) {
+        case MX_DTYPE_BF16:
+                rows_bf16(a, r0, r1);
+                break;
+        case MX_DTYPE_F16:
+                rows_f16(a, r0, r1);
+                break;
+        case MX_DTYPE_F32:
+                rows_f32(a, r0, r1);
+                break;
+        }
+}
+
+static float dot(const float *a, const float *b, uint64_t n) {
+        __m512 acc = _mm512_setzero_ps();
+        for (uint64_t k = 0; k < n; k += 16) {
+                __mmask16 m = n - k >= 16 ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k), acc);
+        }
+        return reduce(acc);
+}
+
+static void axpy(float a, const float *x, float *y, uint64_t n) {
+        __m512 av = _mm512_set1_ps(a);
+        for (uint64_t k = 0; k < n; k += 16) {
+                __mmask16 m = n - k >= 16 ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
+                __m512 r = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + k), _mm512_maskz_loadu_ps(m, y + k));
+                _mm512_mask_storeu_ps(y + k, m, r);
+        }
+}
+
+const mx_kernels mx_kernels_avx512 = {MX_ISA_AVX512, matmul_rows, dot, axpy};

@@ -1,0 +1,87 @@
+/* The portable kernel: the reference every SIMD kernel must equal bit for
+ * bit (see kernels.h for the summation order). fmaf is the fused
+ * multiply-add the vector units do. */
+#include <math.h>
+#include <string.h>
+
+#include "bf16.h"
+#include "kernels.h"
+
+/* IEEE half to float, exactly (subnormals, infinities and NaN included). */
+static float half_to_f32(uint16_t h) {
+        uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+        if (exp == 0x1f)
+                u = sign | 0x7f800000u | (man << 13);
+        else if (exp != 0)
+                u = sign | ((exp + 112) << 23) | (man << 13);
+        else if (man == 0)
+                u = sign;
+        else {
+                int e = -1;
+                do {
+                        man <<= 1;
+                        e++;
+                } while (!(man & 0x400));
+                u = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ff) << 13);
+        }
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+}
+
+static float weight(const uint8_t *row, mx_dtype dt, uint64_t k) {
+        uint16_t h;
+        switch (dt) {
+        case MX_DTYPE_BF16:
+                memcpy(&h, row + 2 * k, 2);
+                return mx_bf16_to_f32(h);
+        case MX_DTYPE_F16:
+                memcpy(&h, row + 2 * k, 2);
+                return half_to_f32(h);
+        case MX_DTYPE_F32:
+        default: {
+                float f;
+                memcpy(&f, row + 4 * k, 4);
+                return f;
+        }
+        }
+}
+
+static float dot_row(const uint8_t *row, mx_dtype dt, const float *x, uint64_t cols) {
+        float lane[16] = {0};
+        for (uint64_t k0 = 0; k0 < cols; k0 += 16)
+                for (int j = 0; j < 16; j++) {
+                        uint64_t k = k0 + (uint64_t)j;
+                        float w = k < cols ? weight(row, dt, k) : 0.0f;
+                        float v = k < cols ? x[k] : 0.0f;
+                        lane[j] = fmaf(w, v, lane[j]);
+                }
+        return mx_reduce16(lane);
+}
+
+static void matmul_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
+        uint64_t row_bytes = a->cols * mx_dtype_size(a->dtype);
+        for (uint64_t r = r0; r < r1; r++)
+                for (uint32_t t = 0; t < a->n; t++) {
+                        float s = dot_row(a->w + r * row_bytes, a->dtype, a->x + t * a->ldx, a->cols);
+                        float *o = a->out + t * a->ldo + r;
+                        *o = a->accumulate ? *o + s : s;
+                }
+}
+
+static float dot(const float *a, const float *b, uint64_t n) {
+        float lane[16] = {0};
+        for (uint64_t k0 = 0; k0 < n; k0 += 16)
+                for (int j = 0; j < 16; j++) {
+                        uint64_t k = k0 + (uint64_t)j;
+                        lane[j] = fmaf(k < n ? a[k] : 0.0f, k < n ? b[k] : 0.0f, lane[j]);
+                }
+        return mx_reduce16(lane);
+}
+
+static void axpy(float a, const float *x, float *y, uint64_t n) {
+        for (uint64_t i = 0; i < n; i++)
+                y[i] = fmaf(a, x[i], y[i]);
+}
+
+const mx_kernels mx_kernels_scalar = {MX_ISA_SCALAR, matmul_rows, dot, axpy};

@@ -1,0 +1,142 @@
+/* The sparse mixture of experts, as Hugging Face's MixtralSparseMoeBlock:
+ * router logits, softmax over all experts in fp32, the top-k, their
+ * weights renormalised to sum to 1; then expert by expert, in index order,
+ * w2(silu(w1 x) * w3 x) times the weight, summed per token, and the sum
+ * added to the residual. Tokens are grouped per expert so each chosen
+ * expert's weights are streamed once per step; unchosen experts are never
+ * touched. */
+#include <math.h>
+#include <string.h>
+
+#include "cpu_backend.h"
+#include "mx_common.h"
+
+typedef struct cpu_moe {
+        size_t cap;        /* tokens the buffers hold */
+        float *logits;     /* [cap][experts] */
+        float *xe, *h1, *h3, *y, *sum;
+        uint32_t *choice;  /* [cap][k] expert ids */
+        float *weight;     /* [cap][k] */
+        uint32_t *rows;    /* tokens routed to the current expert */
+        float *rows_w;
+        float *prob;       /* [experts], for routing one token */
+} cpu_moe;
+
+void mx_cpu_moe_free(cpu_backend *cb) {
+        cpu_moe *m = cb->moe;
+        if (!m)
+                return;
+        free(m->logits), free(m->xe), free(m->h1), free(m->h3), free(m->y), free(m->sum);
+        free(m->choice), free(m->weight), free(m->rows), free(m->rows_w), free(m->prob);
+        free(m);
+        cb->moe = NULL;
+}
+
+static int reserve(cpu_backend *cb, uint32_t n) {
+        const mx_config *c = &cb->base.model->cfg;
+        if (!cb->moe && !(cb->moe = calloc(1, sizeof(cpu_moe))))
+                return -ENOMEM;
+        cpu_moe *m = cb->moe;
+        if (!m->prob && !(m->prob = malloc(c->n_experts * sizeof(float))))
+                return -ENOMEM;
+        if (n <= m->cap)
+                return 0;
+        size_t h = c->hidden_size, f = c->intermediate_size, e = c->n_experts, k = c->n_experts_per_tok;
+        float **fl[] = {&m->logits, &m->xe, &m->h1, &m->h3, &m->y, &m->sum, &m->weight, &m->rows_w};
+        size_t fl_n[] = {e, h, f, f, h, h, k, 1};
+        for (size_t i = 0; i < MX_ELEMENTSOF(fl); i++) {
+                float *p = realloc(*fl[i], (size_t)n * fl_n[i] * sizeof(float));
+                if (!p)
+                        return -ENOMEM;
+                *fl[i] = p;
+        }
+        uint32_t *choice = realloc(m->choice, (size_t)n * k * sizeof(uint32_t));
+        if (choice)
+                m->choice = choice;
+        uint32_t *rows = choice ? realloc(m->rows, (size_t)n * sizeof(uint32_t)) : NULL;
+        if (rows)
+                m->rows = rows;
+        if (!choice || !rows)
+                return -ENOMEM;
+        m->cap = n;
+        return 0;
+}
+
+/* Softmax over all experts, then the k most probable (lowest index first
+ * among equals), renormalised. p is scratch for the probabilities. */
+static void route(const float *logits, uint32_t experts, uint32_t k, float *p, uint32_t *choice,
+                  float *weight) {
+        float max = -INFINITY, sum = 0, top = 0;
+        for (uint32_t e = 0; e < experts; e++)
+                max = logits[e] > max ? logits[e] : max;
+        for (uint32_t e = 0; e < experts; e++)
+                sum += p[e] = expf(logits[e] - max);
+        for (uint32_t e = 0; e < experts; e++)
+                p[e] /= sum;
+        for (uint32_t i = 0; i < k; i++) {
+                uint32_t best = 0;
+                float bp = -1;
+                for (uint32_t e = 0; e < experts; e++)
+                        if (p[e] > bp)
+                                best = e, bp = p[e];
+                p[best] = -2; /* taken */
+                choice[i] = best;
+                weight[i] = bp;
+                top += bp;
+        }
+        for (uint32_t i = 0; i < k; i++)
+                weight[i] /= top;
+}
+
+static void swiglu(float *h1, const float *h3, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h3[i];
+}
+
+static void run_expert(mx_backend *b, const mx_layer *l, uint32_t e, const float *x, uint32_t count) {
+        cpu_moe *m = ((cpu_backend *)b)->moe;
+        const mx_config *c = &b->model->cfg;
+        size_t h = c->hidden_size, f = c->intermediate_size;
+        for (uint32_t i = 0; i < count; i++)
+                memcpy(m->xe + i * h, x + (size_t)m->rows[i] * h, h * sizeof(float));
+        mx_cpu_matmul(b, l->w1[e], m->xe, m->h1, count, false);
+        mx_cpu_matmul(b, l->w3[e], m->xe, m->h3, count, false);
+        swiglu(m->h1, m->h3, (size_t)count * f);
+        mx_cpu_matmul(b, l->w2[e], m->h1, m->y, count, false);
+        for (uint32_t i = 0; i < count; i++) {
+                float *s = m->sum + (size_t)m->rows[i] * h;
+                const float *y = m->y + i * h;
+                for (size_t j = 0; j < h; j++)
+                        s[j] += y[j] * m->rows_w[i];
+        }
+}
+
+int mx_cpu_moe(mx_backend *b, const mx_layer *l, const float *x, float *acc, uint32_t n) {
+        cpu_backend *cb = (cpu_backend *)b;
+        const mx_config *c = &b->model->cfg;
+        uint32_t E = c->n_experts, k = c->n_experts_per_tok;
+        size_t h = c->hidden_size;
+        int r = reserve(cb, n);
+        if (r < 0)
+                return r;
+        cpu_moe *m = cb->moe;
+        mx_cpu_matmul(b, l->router, x, m->logits, n, false);
+        for (uint32_t t = 0; t < n; t++)
+                route(m->logits + (size_t)t * E, E, k, m->prob, m->choice + (size_t)t * k,
+                      m->weight + (size_t)t * k);
+        memset(m->sum, 0, (size_t)n * h * sizeof(float));
+        for (uint32_t e = 0; e < E; e++) {
+                uint32_t count = 0;
+                for (uint32_t t = 0; t < n; t++)
+                        for (uint32_t i = 0; i < k; i++)
+                                if (m->choice[t * k + i] == e) {
+                                        m->rows[count] = t;
+                                        m->rows_w[count++] = m->weight[t * k + i];
+                                }
+                if (count)
+                        run_expert(b, l, e, x, count);
+        }
+        for (size_t i = 0; i < (size_t)n * h; i++)
+                acc[i] += m->sum[i];
+        return 0;
+}

@@ -1,0 +1,78 @@
+/* Weights as the element-wise steps need them, and per-thread scratch. The
+ * big matrices are never converted: only norm weights (a few KB) are kept
+ * as fp32. */
+#include <string.h>
+
+#include "bf16.h"
+#include "cpu_backend.h"
+#include "mx_common.h"
+
+static float element(const mx_tensor *t, const uint8_t *row, uint64_t i) {
+        if (t->dtype == MX_DTYPE_F32) {
+                float f;
+                memcpy(&f, row + 4 * i, 4);
+                return f;
+        }
+        uint16_t h;
+        memcpy(&h, row + 2 * i, 2);
+        if (t->dtype == MX_DTYPE_BF16)
+                return mx_bf16_to_f32(h);
+        /* fp16: through the kernels' exact conversion, one element */
+        float x = 1.0f, out;
+        mx_matmul_args a = {(const uint8_t *)&h, MX_DTYPE_F16, 1, &x, 1, &out, 1, 1, false};
+        mx_kernels_scalar.matmul_rows(&a, 0, 1);
+        return out;
+}
+
+void mx_cpu_row_to_f32(const mx_tensor *t, uint64_t r, float *out) {
+        uint64_t cols = t->ndim == 2 ? t->shape[1] : t->shape[0];
+        const uint8_t *row = t->ndim == 2 ? mx_tensor_row(t, r) : t->data;
+        if (t->dtype == MX_DTYPE_F32) {
+                memcpy(out, row, cols * 4);
+                return;
+        }
+        for (uint64_t i = 0; i < cols; i++)
+                out[i] = element(t, row, i);
+}
+
+static int add_norm(cpu_backend *cb, const mx_tensor *t) {
+        cpu_f32 *f = &cb->f32[cb->n_f32];
+        f->t = t;
+        f->data = malloc(t->shape[0] * sizeof(float));
+        if (!f->data)
+                return -ENOMEM;
+        mx_cpu_row_to_f32(t, 0, f->data);
+        cb->n_f32++;
+        return 0;
+}
+
+int mx_cpu_norms_init(cpu_backend *cb) {
+        const mx_model *m = cb->base.model;
+        cb->f32 = calloc(2 * m->cfg.n_layers + 1, sizeof(cpu_f32));
+        int r = cb->f32 ? add_norm(cb, m->norm) : -ENOMEM;
+        for (uint32_t L = 0; r == 0 && L < m->cfg.n_layers; L++) {
+                r = add_norm(cb, m->layers[L].attn_norm);
+                if (r == 0)
+                        r = add_norm(cb, m->layers[L].ffn_norm);
+        }
+        return r;
+}
+
+const float *mx_cpu_f32_of(cpu_backend *cb, const mx_tensor *t) {
+        for (size_t i = 0; i < cb->n_f32; i++)
+                if (cb->f32[i].t == t)
+                        return cb->f32[i].data;
+        return NULL;
+}
+
+float *mx_cpu_scratch(cpu_backend *cb, uint32_t thread, size_t n) {
+        cpu_scratch *s = &cb->scratch[thread];
+        if (n > s->cap) {
+                float *p = realloc(s->p, n * sizeof(float));
+                if (!p)
+                        return NULL;
+                s->p = p;
+                s->cap = n;
+        }
+        return s->p;
+}

@@ -1,0 +1,290 @@
+/* The engine: a backend for the model, sequences with their KV caches, and
+ * the Mixtral forward pass written once against the backend's operations:
+ *
+ *   x = embed(tokens)
+ *   per layer:  x += o(attention(rope(q, k), v))   of RMSNorm(x)
+ *               x += MoE(RMSNorm(x))
+ *   logits = lm_head(RMSNorm(x))                     for the rows asked for
+ *
+ * Several sequences advance in one step: their tokens are rows of the same
+ * activations, and only attention needs to know which rows belong to whom. */
+#include <string.h>
+
+#include "backend.h"
+#include "mx_common.h"
+
+typedef struct activations {
+        uint32_t cap; /* tokens */
+        float *x, *xn, *q, *k, *v, *att, *out_rows, *logits;
+        uint32_t cap_logits;
+} activations;
+
+struct mx_engine {
+        const mx_model *model;
+        mx_backend *be;
+        activations act;
+        /* host-side step description, grown as needed */
+        int32_t *tokens;
+        uint32_t *pos, *logit_rows, cap_host;
+        mx_attn_seq *seqs;
+        size_t cap_seqs;
+};
+
+struct mx_seq {
+        mx_engine *e;
+        mx_kv *kv;
+        uint32_t len, max;
+};
+
+int mx_simd_from_string(const char *s, mx_simd *out) {
+        static const char *const names[] = {"auto", "scalar", "avx2", "avx512"};
+        for (size_t i = 0; i < MX_ELEMENTSOF(names); i++)
+                if (strcmp(s, names[i]) == 0) {
+                        *out = (mx_simd)i;
+                        return 0;
+                }
+        return -EINVAL;
+}
+
+static void release_activations(mx_engine *e) {
+        activations *a = &e->act;
+        float **all[] = {&a->x, &a->xn, &a->q, &a->k, &a->v, &a->att, &a->out_rows, &a->logits};
+        for (size_t i = 0; i < MX_ELEMENTSOF(all); i++) {
+                if (*all[i])
+                        e->be->ops->release(e->be, *all[i]);
+                *all[i] = NULL;
+        }
+        a->cap = a->cap_logits = 0;
+}
+
+void mx_engine_free(mx_engine *e) {
+        if (!e)
+                return;
+        if (e->be) {
+                release_activations(e);
+                e->be->ops->destroy(e->be);
+        }
+        free(e->tokens), free(e->pos), free(e->logit_rows), free(e->seqs);
+        free(e);
+}
+
+int mx_engine_open(mx_engine **out, const mx_model *m, const mx_engine_opts *o, mx_error *err) {
+        static const mx_engine_opts defaults = {0};
+        if (!o)
+                o = &defaults;
+        if (o->device && strcmp(o->device, "cpu") != 0)
+                return mx_error_set(err, -ENODEV,
+                                    "device \"%s\": this engine runs on the cpu (CUDA comes with the GPU backend)",
+                                    o->device);
+        _cleanup_(mx_engine_freep) mx_engine *e = calloc(1, sizeof(*e));
+        if (!e)
+                return mx_error_set(err, -ENOMEM, "out of memory");
+        e->model = m;
+        int r = mx_cpu_backend_new(m, o->threads, o->simd, &e->be, err);
+        if (r < 0)
+                return r;
+        *out = MX_TAKE_PTR(e);
+        return 0;
+}
+
+const mx_model *mx_engine_model(const mx_engine *e) {
+        return e->model;
+}
+
+const char *mx_engine_describe(const mx_engine *e) {
+        return e->be->ops->describe(e->be);
+}
+
+/* ---- sequences --------------------------------------------------------------- */
+
+int mx_seq_new(mx_engine *e, uint32_t max_tokens, mx_seq **out, mx_error *err) {
+        uint32_t limit = e->model->cfg.max_position_embeddings;
+        if (max_tokens == 0)
+                max_tokens = limit;
+        if (max_tokens == 0)
+                return mx_error_set(err, -EINVAL, "the model gives no context length: set one (--ctx)");
+        mx_seq *s = calloc(1, sizeof(*s));
+        if (!s || !(s->kv = e->be->ops->kv_new(e->be, max_tokens))) {
+                free(s);
+                return mx_error_set(err, -ENOMEM, "out of memory for a sequence");
+        }
+        s->e = e;
+        s->max = max_tokens;
+        *out = s;
+        return 0;
+}
+
+void mx_seq_free(mx_seq *s) {
+        if (!s)
+                return;
+        s->e->be->ops->kv_free(s->e->be, s->kv);
+        free(s);
+}
+
+uint32_t mx_seq_len(const mx_seq *s) {
+        return s->len;
+}
+
+uint32_t mx_seq_capacity(const mx_seq *s) {
+        return s->max;
+}
+
+void mx_seq_reset(mx_seq *s) {
+        s->len = 0;
+}
+
+/* ---- the forward pass ------------------------------------------------------- */
+
+static int reserve_host(mx_engine *e, uint32_t tokens, size_t seqs) {
+        if (tokens > e->cap_host) {
+                int32_t *t = realloc(e->tokens, tokens * sizeof(int32_t));
+                if (t)
+                        e->tokens = t;
+                uint32_t *p = t ? realloc(e->pos, tokens * sizeof(uint32_t)) : NULL;
+                if (p)
+                        e->pos = p;
+                uint32_t *l = p ? realloc(e->logit_rows, tokens * sizeof(uint32_t)) : NULL;
+                if (l)
+                        e->logit_rows = l;
+                if (!l)
+                        return -ENOMEM;
+                e->cap_host = tokens;
+        }
+        if (seqs > e->cap_seqs) {
+                mx_attn_seq *s = realloc(e->seqs, seqs * sizeof(mx_attn_seq));
+                if (!s)
+                        return -ENOMEM;
+                e->seqs = s;
+                e->cap_seqs = seqs;
+        }
+        return 0;
+}
+
+static int reserve_activations(mx_engine *e, uint32_t tokens, uint32_t logit_rows) {
+        const mx_config *c = &e->model->cfg;
+        activations *a = &e->act;
+        mx_backend *b = e->be;
+        if (tokens > a->cap) {
+                size_t h = c->hidden_size, q = (size_t)c->n_heads * c->head_dim,
+                       kv = (size_t)c->n_kv_heads * c->head_dim;
+                release_activations(e);
+                a->x = b->ops->alloc(b, tokens * h);
+                a->xn = b->ops->alloc(b, tokens * h);
+                a->q = b->ops->alloc(b, tokens * q);
+                a->k = b->ops->alloc(b, tokens * kv);
+                a->v = b->ops->alloc(b, tokens * kv);
+                a->att = b->ops->alloc(b, tokens * q);
+                a->out_rows = b->ops->alloc(b, tokens * h);
+                if (!a->x || !a->xn || !a->q || !a->k || !a->v || !a->att || !a->out_rows)
+                        return -ENOMEM;
+                a->cap = tokens;
+        }
+        if (logit_rows > a->cap_logits) {
+                if (a->logits)
+                        b->ops->release(b, a->logits);
+                if (!(a->logits = b->ops->alloc(b, (size_t)logit_rows * c->vocab_size)))
+                        return -ENOMEM;
+                a->cap_logits = logit_rows;
+        }
+        return 0;
+}
+
+/* Checks the items and lays the step out: tokens, positions, which rows
+ * belong to which sequence, which rows need logits. */
+static int plan(mx_engine *e, const mx_batch_item *items, size_t n, uint32_t *tokens,
+                uint32_t *logit_rows, mx_error *err) {
+        uint32_t T = 0, L = 0;
+        for (size_t i = 0; i < n; i++) {
+                const mx_batch_item *it = &items[i];
+                if (it->seq->e != e)
+                        return mx_error_set(err, -EINVAL, "item %zu: a sequence of another engine", i);
+                if (it->n_tokens > it->seq->max - it->seq->len)
+                        return mx_error_set(err, -ENOSPC, "item %zu: %u more tokens exceed the context of %u",
+                                            i, it->n_tokens, it->seq->max);
+                if (T + (uint64_t)it->n_tokens > UINT32_MAX / 2)
+                        return mx_error_set(err, -E2BIG, "too many tokens in one step");
+                T += it->n_tokens;
+        }
+        int r = reserve_host(e, T, n);
+        if (r < 0)
+                return mx_error_set(err, r, "out of memory");
+        T = 0;
+        for (size_t i = 0; i < n; i++) {
+                const mx_batch_item *it = &items[i];
+                for (uint32_t j = 0; j < it->n_tokens; j++) {
+                        int32_t id = it->tokens[j];
+                        if (id < 0 || (uint32_t)id >= e->model->cfg.vocab_size)
+                                return mx_error_set(err, -EINVAL, "item %zu: token %d is outside the vocabulary",
+                                                    i, id);
+                        e->tokens[T + j] = id;
+                        e->pos[T + j] = it->seq->len + j;
+                        if (it->logits && (it->all_logits || j + 1 == it->n_tokens))
+                                e->logit_rows[L++] = T + j;
+                }
+                e->seqs[i] = (mx_attn_seq){it->seq->kv, it->seq->len, it->n_tokens, T};
+                r = e->be->ops->kv_reserve(e->be, it->seq->kv, it->seq->len + it->n_tokens);
+                if (r < 0)
+                        return mx_error_set(err, r, "out of memory for the KV cache");
+                T += it->n_tokens;
+        }
+        *tokens = T;
+        *logit_rows = L;
+        return 0;
+}
+
+static int run_layer(mx_engine *e, const mx_layer *l, uint32_t L, size_t n_seqs, uint32_t T) {
+        mx_backend *b = e->be;
+        const mx_backend_ops *op = b->ops;
+        const mx_config *c = &e->model->cfg;
+        activations *a = &e->act;
+        float eps = (float)c->rms_norm_eps;
+
+        op->rmsnorm(b, l->attn_norm, eps, a->x, a->xn, T);
+        op->matmul(b, l->wq, a->xn, a->q, T, false);
+        op->matmul(b, l->wk, a->xn, a->k, T, false);
+        op->matmul(b, l->wv, a->xn, a->v, T, false);
+        op->rope(b, a->q, a->k, e->pos, T);
+        int r = op->attention(b, L, e->seqs, n_seqs, a->q, a->k, a->v, a->att);
+        if (r < 0)
+                return r;
+        op->matmul(b, l->wo, a->att, a->x, T, true);
+        op->rmsnorm(b, l->ffn_norm, eps, a->x, a->xn, T);
+        return op->moe(b, l, a->xn, a->x, T);
+}
+
+static void deliver_logits(mx_engine *e, const mx_batch_item *items, size_t n) {
+        size_t vocab = e->model->cfg.vocab_size, row = 0;
+        for (size_t i = 0; i < n; i++) {
+                const mx_batch_item *it = &items[i];
+                if (!it->logits || it->n_tokens == 0)
+                        continue;
+                size_t rows = it->all_logits ? it->n_tokens : 1;
+                e->be->ops->download(e->be, it->logits, e->act.logits + row * vocab, rows * vocab);
+                row += rows;
+        }
+}
+
+int mx_forward(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err) {
+        const mx_model *m = e->model;
+        mx_backend *b = e->be;
+        uint32_t T = 0, L = 0;
+        int r = plan(e, items, n, &T, &L, err);
+        if (r < 0 || T == 0)
+                return r;
+        if ((r = reserve_activations(e, T, L)) < 0)
+                return mx_error_set(err, r, "out of memory for the activations of %u tokens", T);
+        activations *a = &e->act;
+        b->ops->embed(b, m->embed, e->tokens, T, a->x);
+        for (uint32_t layer = 0; layer < m->cfg.n_layers; layer++)
+                if ((r = run_layer(e, &m->layers[layer], layer, n, T)) < 0)
+                        return mx_error_set(err, r, "out of memory in layer %u", layer);
+        if (L > 0) {
+                b->ops->gather(b, a->x, m->cfg.hidden_size, e->logit_rows, L, a->out_rows);
+                b->ops->rmsnorm(b, m->norm, (float)m->cfg.rms_norm_eps, a->out_rows, a->xn, L);
+                b->ops->matmul(b, m->lm_head, a->xn, a->logits, L, false);
+                deliver_logits(e, items, n);
+        }
+        for (size_t i = 0; i < n; i++)
+                items[i].seq->len += items[i].n_tokens;
+        return 0;
+}
