@@ -61,6 +61,11 @@ typedef struct mx_backend_ops {
 struct mx_backend {
         const mx_backend_ops *ops;
         const mx_model *model;
+        /* What the operations read, for --bench: weight bytes (each matrix
+         * counted once per product, however many tokens share it) and
+         * KV-cache bytes. */
+        uint64_t weight_bytes, kv_bytes;
+        uint64_t matmul_flops; /* 2 x rows x cols x tokens per product */
 };
 
 /* The CPU backend: threads (0 = all online cores) and an instruction set

@@ -12,6 +12,9 @@
 
 #include "mixtral.h"
 
+/* "demo": a few MB, for the quick start and the tests; its vocabulary is
+ * the tokenizer's. "b1": the CPU benchmark shape of DESIGN.md section 6
+ * (791 M parameters, 1.6 GB in bf16). */
 static const mx_config demo_shape = {
         .hidden_size = 64,
         .intermediate_size = 160,
@@ -24,6 +27,23 @@ static const mx_config demo_shape = {
         .max_position_embeddings = 4096,
         .rope_theta = 1e6,
         .rms_norm_eps = 1e-5,
+};
+
+static const mx_config b1_shape = {
+        .vocab_size = 32000,
+        .hidden_size = 1024,
+        .intermediate_size = 3584,
+        .n_layers = 8,
+        .n_heads = 8,
+        .n_kv_heads = 2,
+        .head_dim = 128,
+        .n_experts = 8,
+        .n_experts_per_tok = 2,
+        .max_position_embeddings = 32768,
+        .rope_theta = 1e6,
+        .rms_norm_eps = 1e-5,
+        .bos_token_id = 1,
+        .eos_token_id = 2,
 };
 
 typedef struct rng {
@@ -52,13 +72,13 @@ static uint16_t *random_bf16(rng *g, size_t n, double mean, double std) {
 }
 
 typedef struct shard {
-        mx_tensor_data t[64];
-        size_t n;
+        mx_tensor_data *t;
+        size_t n, cap;
 } shard;
 
 static int add(shard *s, rng *g, const char *name, uint64_t rows, uint64_t cols, bool norm) {
-        if (s->n == MX_ELEMENTSOF(s->t))
-                return -E2BIG;
+        if (mx_grow((void **)&s->t, &s->cap, s->n + 1, sizeof(*s->t)) < 0)
+                return -ENOMEM;
         size_t count = (size_t)(rows * (cols ? cols : 1));
         uint16_t *data = norm ? random_bf16(g, count, 1.0, 0.1) : random_bf16(g, count, 0.0, 0.08);
         char *nm = strdup(name);
@@ -75,6 +95,7 @@ static void shard_free(shard *s) {
                 free((char *)s->t[i].name);
                 free((void *)s->t[i].data);
         }
+        free(s->t);
 }
 
 static int add_layer(shard *s, rng *g, const mx_config *c, uint32_t L) {
@@ -183,21 +204,29 @@ static int copy_tokenizer(const char *dir, const char *src, mx_error *err) {
         return 0;
 }
 
-int mx_demo_model_write(const char *dir, const char *tokenizer_path, uint64_t seed,
+int mx_demo_model_write(const char *dir, const char *shape, const char *tokenizer_path, uint64_t seed,
                         mx_error *err) {
+        bool b1 = shape && strcmp(shape, "b1") == 0;
+        if (shape && !b1 && strcmp(shape, "demo") != 0)
+                return mx_error_set(err, -EINVAL, "unknown model shape \"%s\" (demo or b1)", shape);
+        mx_config c = b1 ? b1_shape : demo_shape;
         mx_tokenizer *tok = NULL;
-        int r = mx_tokenizer_load(&tok, tokenizer_path, err);
+        int r = tokenizer_path ? mx_tokenizer_load(&tok, tokenizer_path, err) : 0;
         if (r < 0)
                 return r;
-        mx_config c = demo_shape;
-        c.vocab_size = mx_tokenizer_vocab_size(tok);
-        c.bos_token_id = mx_tokenizer_bos(tok);
-        c.eos_token_id = mx_tokenizer_eos(tok);
+        if (tok && !b1) {
+                c.vocab_size = mx_tokenizer_vocab_size(tok);
+                c.bos_token_id = mx_tokenizer_bos(tok);
+                c.eos_token_id = mx_tokenizer_eos(tok);
+        }
+        /* A tokenizer goes with the model only when it fits its vocabulary. */
+        bool with_tok = tok && mx_tokenizer_vocab_size(tok) == c.vocab_size;
         mx_tokenizer_free(tok);
+        if (!b1 && !with_tok)
+                return mx_error_set(err, -EINVAL, "the demo model needs a tokenizer (--tokenizer FILE)");
         if (c.bos_token_id < 0 || c.eos_token_id < 0)
                 return mx_error_set(err, -EINVAL, "%s: the tokenizer has no <s> or </s>", tokenizer_path);
-
-        r = copy_tokenizer(dir, tokenizer_path, err);
+        r = with_tok ? copy_tokenizer(dir, tokenizer_path, err) : 0;
         if (r == 0)
                 r = write_config(dir, &c, err);
         if (r == 0)

@@ -87,6 +87,10 @@ int mx_engine_open(mx_engine **out, const mx_model *m, const mx_engine_opts *o, 
         return 0;
 }
 
+void mx_engine_counters_get(const mx_engine *e, mx_engine_counters *c) {
+        *c = (mx_engine_counters){e->be->weight_bytes, e->be->kv_bytes, e->be->matmul_flops};
+}
+
 const mx_model *mx_engine_model(const mx_engine *e) {
         return e->model;
 }

@@ -297,6 +297,20 @@ const mx_model *mx_engine_model(const mx_engine *e);
 /* Device, threads and instruction set, e.g. "cpu, 2 threads, avx512". */
 const char *mx_engine_describe(const mx_engine *e);
 
+/* Bytes the engine has read since it opened: weights (each matrix once per
+ * product, however many tokens share it) and KV cache. */
+typedef struct mx_engine_counters {
+        uint64_t weight_bytes, kv_bytes;
+        uint64_t matmul_flops; /* floating-point operations in matrix products */
+} mx_engine_counters;
+
+void mx_engine_counters_get(const mx_engine *e, mx_engine_counters *c);
+
+/* The machine's memory bandwidth as DESIGN.md section 6 measures it: a
+ * memcpy of `bytes` (each byte counted once) and a read-only pass over
+ * `bytes` on `threads` threads (0: all), best of a few runs, in GB/s. */
+int mx_measure_bandwidth(size_t bytes, uint32_t threads, double *memcpy_gbps, double *read_gbps);
+
 /* A sequence: its tokens so far live in a KV cache of at most max_tokens. */
 typedef struct mx_seq mx_seq;
 
@@ -404,10 +418,12 @@ size_t mx_gen_prompt_len(const mx_gen *g);
 
 /* ---- demo model ------------------------------------------------------------ */
 
-/* Writes a small random Mixtral in the Hugging Face layout (config.json,
- * two safetensors shards and their index, tokenizer.model copied from
- * tokenizer_path) into dir, which must exist. Same seed, same bytes. */
-int mx_demo_model_write(const char *dir, const char *tokenizer_path, uint64_t seed,
+/* Writes a random Mixtral in the Hugging Face layout (config.json, two
+ * safetensors shards and their index, tokenizer.model copied from
+ * tokenizer_path when it fits) into dir, which must exist. shape "demo"
+ * (a few MB; its vocabulary is the tokenizer's) or "b1" (DESIGN.md section 6,
+ * 1.6 GB; tokenizer optional). Same seed, same bytes. */
+int mx_demo_model_write(const char *dir, const char *shape, const char *tokenizer_path, uint64_t seed,
                         mx_error *err);
 
 /* ---- files --------------------------------------------------------------- */

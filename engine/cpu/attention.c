@@ -67,6 +67,9 @@ int mx_cpu_attention(mx_backend *b, uint32_t layer, const mx_attn_seq *seqs, siz
                        a->n * stride * sizeof(float));
                 tokens += a->n;
                 longest = a->pos0 + a->n > longest ? a->pos0 + a->n : longest;
+                /* each token reads keys and values up to its position */
+                b->kv_bytes += 2 * stride * sizeof(float) *
+                               ((uint64_t)a->n * a->pos0 + (uint64_t)a->n * (a->n + 1) / 2);
         }
         for (uint32_t t = 0; t < cb->threads; t++)
                 if (!mx_cpu_scratch(cb, t, longest))

@@ -41,23 +41,24 @@ static inline v16 fma16(v16 a, v16 b, v16 c) {
         return (v16){_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
 }
 
-/* An R x T tile; the tail (K % 16 columns) goes through padded copies. */
+#define UNROLL _Pragma("GCC unroll 16")
+
+/* An R x T tile; the tail (K % 16 columns) goes through padded copies. The
+ * loops over R and T are unrolled so the accumulators stay in registers. */
 #define DEFINE_TILE(NAME, R, T, LOAD, ESIZE)                                                       \
         static void NAME(const uint8_t *w, uint64_t row_bytes, const float *x, uint64_t ldx,       \
                          uint64_t K, float *out, uint64_t ldo, bool accumulate) {                  \
                 v16 acc[R][T];                                                                     \
-                for (int r = 0; r < R; r++)                                                        \
-                        for (int t = 0; t < T; t++)                                                \
-                                acc[r][t] = (v16){_mm256_setzero_ps(), _mm256_setzero_ps()};       \
+                UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =  \
+                        (v16){_mm256_setzero_ps(), _mm256_setzero_ps()};                           \
                 uint64_t k = 0;                                                                    \
                 for (; k + 16 <= K; k += 16) {                                                     \
                         v16 wv[R];                                                                 \
-                        for (int r = 0; r < R; r++)                                                \
-                                wv[r] = LOAD(w + r * row_bytes + k * ESIZE);                       \
-                        for (int t = 0; t < T; t++) {                                              \
+                        UNROLL for (int r = 0; r < R; r++) wv[r] = LOAD(w + r * row_bytes + k * ESIZE); \
+                        UNROLL for (int t = 0; t < T; t++) {                                       \
                                 v16 xv = load_f32(x + t * ldx + k);                                \
-                                for (int r = 0; r < R; r++)                                        \
-                                        acc[r][t] = fma16(wv[r], xv, acc[r][t]);                   \
+                                UNROLL for (int r = 0; r < R; r++) acc[r][t] =                     \
+                                        fma16(wv[r], xv, acc[r][t]);                               \
                         }                                                                          \
                 }                                                                                  \
                 if (k < K) {                                                                       \
@@ -74,26 +75,33 @@ static inline v16 fma16(v16 a, v16 b, v16 c) {
                                 }                                                                  \
                         }                                                                          \
                 }                                                                                  \
-                for (int t = 0; t < T; t++)                                                        \
-                        for (int r = 0; r < R; r++) {                                              \
-                                float s = reduce(acc[r][t]);                                       \
-                                float *o = out + t * ldo + r;                                      \
-                                *o = accumulate ? *o + s : s;                                      \
-                        }                                                                          \
+                UNROLL for (int t = 0; t < T; t++) UNROLL for (int r = 0; r < R; r++) {            \
+                        float s = reduce(acc[r][t]);                                               \
+                        float *o = out + t * ldo + r;                                              \
+                        *o = accumulate ? *o + s : s;                                              \
+                }                                                                                  \
         }
 
 #define DEFINE_ROWS(SUFFIX, LOAD, ESIZE)                                                           \
-        DEFINE_TILE(tile4x1_##SUFFIX, 4, 1, LOAD, ESIZE)                                           \
+        DEFINE_TILE(tile1x3_##SUFFIX, 1, 3, LOAD, ESIZE)                                           \
+        DEFINE_TILE(tile1x2_##SUFFIX, 1, 2, LOAD, ESIZE)                                           \
         DEFINE_TILE(tile2x2_##SUFFIX, 2, 2, LOAD, ESIZE)                                           \
         DEFINE_TILE(tile1x1_##SUFFIX, 1, 1, LOAD, ESIZE)                                           \
         static void rows_##SUFFIX(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {             \
                 uint64_t rb = a->cols * ESIZE, K = a->cols, r = r0;                                \
                 if (a->n < 4) {                                                                    \
-                        for (; r + 4 <= r1; r += 4)                                                \
-                                for (uint32_t t = 0; t < a->n; t++)                                \
-                                        tile4x1_##SUFFIX(a->w + r * rb, rb, a->x + t * a->ldx,     \
-                                                         a->ldx, K, a->out + t * a->ldo + r,       \
-                                                         a->ldo, a->accumulate);                   \
+                        /* One row at a time: a single ascending stream is what the \
+                         * prefetchers follow best, and decode waits on memory. */ \
+                        for (; r < r1; r++) {                                                      \
+                                const uint8_t *wr = a->w + r * rb;                                 \
+                                float *o = a->out + r;                                             \
+                                if (a->n == 3)                                                     \
+                                        tile1x3_##SUFFIX(wr, rb, a->x, a->ldx, K, o, a->ldo, a->accumulate); \
+                                else if (a->n == 2)                                                \
+                                        tile1x2_##SUFFIX(wr, rb, a->x, a->ldx, K, o, a->ldo, a->accumulate); \
+                                else                                                               \
+                                        tile1x1_##SUFFIX(wr, rb, a->x, a->ldx, K, o, a->ldo, a->accumulate); \
+                        }                                                                          \
                 } else {                                                                           \
                         for (uint32_t t0 = 0; t0 < a->n; t0 += 48) {                               \
                                 uint32_t t1 = a->n - t0 < 48 ? a->n : t0 + 48;                     \

@@ -28,43 +28,44 @@ static inline __m512 load_f32(const void *p, __mmask16 m) {
         return _mm512_maskz_loadu_ps(m, p);
 }
 
+#define UNROLL _Pragma("GCC unroll 16")
+
 /* An R x T tile: rows w[0..R) (row_bytes apart) against tokens x[0..T)
- * (ldx apart); full 16-wide steps, then one masked step for the tail. */
+ * (ldx apart); full 16-wide steps, then one masked step for the tail. The
+ * accumulators must live in registers: the loops over R and T are unrolled
+ * completely. */
 #define DEFINE_TILE(NAME, R, T, LOAD, ESIZE)                                                       \
+        static inline __attribute__((always_inline)) void NAME##_step(                             \
+                const uint8_t *w, uint64_t row_bytes, const float *x, uint64_t ldx, uint64_t k,    \
+                __mmask16 m, __m512 acc[R][T]) {                                                   \
+                __m512 wv[R];                                                                      \
+                UNROLL for (int r = 0; r < R; r++) wv[r] = LOAD(w + r * row_bytes + k * ESIZE, m); \
+                UNROLL for (int t = 0; t < T; t++) {                                               \
+                        __m512 xv = _mm512_maskz_loadu_ps(m, x + t * ldx + k);                     \
+                        UNROLL for (int r = 0; r < R; r++) acc[r][t] =                             \
+                                _mm512_fmadd_ps(wv[r], xv, acc[r][t]);                             \
+                }                                                                                  \
+        }                                                                                          \
         static void NAME(const uint8_t *w, uint64_t row_bytes, const float *x, uint64_t ldx,       \
                          uint64_t K, float *out, uint64_t ldo, bool accumulate) {                  \
                 __m512 acc[R][T];                                                                  \
-                for (int r = 0; r < R; r++)                                                        \
-                        for (int t = 0; t < T; t++)                                                \
-                                acc[r][t] = _mm512_setzero_ps();                                   \
+                UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =  \
+                        _mm512_setzero_ps();                                                       \
                 uint64_t k = 0;                                                                    \
-                for (__mmask16 m = 0xffff;; k += 16) {                                             \
-                        if (k + 16 > K) {                                                          \
-                                if (k >= K)                                                        \
-                                        break;                                                     \
-                                m = (__mmask16)((1u << (K - k)) - 1);                              \
-                        }                                                                          \
-                        __m512 wv[R];                                                              \
-                        for (int r = 0; r < R; r++)                                                \
-                                wv[r] = LOAD(w + r * row_bytes + k * ESIZE, m);                    \
-                        for (int t = 0; t < T; t++) {                                              \
-                                __m512 xv = _mm512_maskz_loadu_ps(m, x + t * ldx + k);             \
-                                for (int r = 0; r < R; r++)                                        \
-                                        acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);         \
-                        }                                                                          \
-                        if (m != 0xffff)                                                           \
-                                break;                                                             \
+                for (; k + 16 <= K; k += 16)                                                       \
+                        NAME##_step(w, row_bytes, x, ldx, k, 0xffff, acc);                         \
+                if (k < K)                                                                         \
+                        NAME##_step(w, row_bytes, x, ldx, k, (__mmask16)((1u << (K - k)) - 1), acc); \
+                UNROLL for (int t = 0; t < T; t++) UNROLL for (int r = 0; r < R; r++) {            \
+                        float s = reduce(acc[r][t]);                                               \
+                        float *o = out + t * ldo + r;                                              \
+                        *o = accumulate ? *o + s : s;                                              \
                 }                                                                                  \
-                for (int t = 0; t < T; t++)                                                        \
-                        for (int r = 0; r < R; r++) {                                              \
-                                float s = reduce(acc[r][t]);                                       \
-                                float *o = out + t * ldo + r;                                      \
-                                *o = accumulate ? *o + s : s;                                      \
-                        }                                                                          \
         }
 
 #define DEFINE_ROWS(SUFFIX, LOAD, ESIZE)                                                           \
-        DEFINE_TILE(tile8x1_##SUFFIX, 8, 1, LOAD, ESIZE)                                           \
+        DEFINE_TILE(tile1x3_##SUFFIX, 1, 3, LOAD, ESIZE)                                           \
+        DEFINE_TILE(tile1x2_##SUFFIX, 1, 2, LOAD, ESIZE)                                           \
         DEFINE_TILE(tile4x6_##SUFFIX, 4, 6, LOAD, ESIZE)                                           \
         DEFINE_TILE(tile4x1_##SUFFIX, 4, 1, LOAD, ESIZE)                                           \
         DEFINE_TILE(tile1x1_##SUFFIX, 1, 1, LOAD, ESIZE)                                           \
@@ -72,11 +73,18 @@ static inline __m512 load_f32(const void *p, __mmask16 m) {
                 uint64_t rb = a->cols * ESIZE, K = a->cols;                                        \
                 uint64_t r = r0;                                                                   \
                 if (a->n < 4) {                                                                    \
-                        for (; r + 8 <= r1; r += 8)                                                \
-                                for (uint32_t t = 0; t < a->n; t++)                                \
-                                        tile8x1_##SUFFIX(a->w + r * rb, rb, a->x + t * a->ldx,     \
-                                                         a->ldx, K, a->out + t * a->ldo + r,       \
-                                                         a->ldo, a->accumulate);                   \
+                        /* One row at a time: a single ascending stream is what the \
+                         * prefetchers follow best, and decode waits on memory. */ \
+                        for (; r < r1; r++) {                                                      \
+                                const uint8_t *wr = a->w + r * rb;                                 \
+                                float *o = a->out + r;                                             \
+                                if (a->n == 3)                                                     \
+                                        tile1x3_##SUFFIX(wr, rb, a->x, a->ldx, K, o, a->ldo, a->accumulate); \
+                                else if (a->n == 2)                                                \
+                                        tile1x2_##SUFFIX(wr, rb, a->x, a->ldx, K, o, a->ldo, a->accumulate); \
+                                else                                                               \
+                                        tile1x1_##SUFFIX(wr, rb, a->x, a->ldx, K, o, a->ldo, a->accumulate); \
+                        }                                                                          \
                 } else {                                                                           \
                         /* Tokens in blocks that stay in L2 across the rows. */                    \
                         for (uint32_t t0 = 0; t0 < a->n; t0 += 48) {                               \

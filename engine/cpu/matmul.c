@@ -54,6 +54,8 @@ static void run_permuted(cpu_backend *cb, const mx_tensor *w, const float *x, fl
 void mx_cpu_matmul(mx_backend *b, const mx_tensor *w, const float *x, float *out, uint32_t n,
                    bool accumulate) {
         cpu_backend *cb = (cpu_backend *)b;
+        b->weight_bytes += w->nbytes;
+        b->matmul_flops += 2 * w->shape[0] * w->shape[1] * n;
         if (w->rope_head_dim)
                 run_permuted(cb, w, x, out, n, accumulate);
         else

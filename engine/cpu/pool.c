@@ -95,9 +95,9 @@ int mx_pool_new(uint32_t threads, mx_pool **out) {
         }
         for (uint32_t i = 1; i < p->threads; i++) {
                 worker_arg *wa = malloc(sizeof(*wa));
-                int r = wa ? pthread_create(&p->tids[i], NULL, worker, wa) : ENOMEM;
                 if (wa)
                         *wa = (worker_arg){p, i};
+                int r = wa ? pthread_create(&p->tids[i], NULL, worker, wa) : ENOMEM;
                 if (r != 0) {
                         free(wa);
                         p->threads = i; /* join what started */

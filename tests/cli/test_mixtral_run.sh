@@ -2,9 +2,9 @@
 # mixtral-run as a user types it: options, exit codes, messages, and the
 # files it reads (real files, FIFOs, stdin).
 #
-#   test_mixtral_run.sh MIXTRAL_RUN DEMO_MODEL_DIR TRAINED_TOKENIZER
+#   test_mixtral_run.sh MIXTRAL_RUN DEMO_MODEL_DIR TRAINED_TOKENIZER HF_TINY_DIR
 set -u
-run=$1 demo=$2 trained=$3
+run=$1 demo=$2 trained=$3 tiny=$4
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failures=0
@@ -122,6 +122,41 @@ cmp -s "$tmp/d1/model-00001-of-00002.safetensors" "$tmp/d3/model-00001-of-00002.
         fail "a different seed gave the same weights"
 expect 0 "layers: 2" -- "$run" -m "$tmp/d1" --info
 expect 1 "No such file" -- "$run" --make-demo "$tmp/d4" -t "$tmp/none.model"
+
+# --- generation ----------------------------------------------------------------
+ids=$("$run" -m "$tiny" -p "Hello world" --temperature 0 -n 8 --print-ids) || fail "greedy --print-ids"
+[ "$(wc -w <<<"$ids")" -eq 8 ] || fail "-n 8 gave '$ids'"
+scalar=$("$run" -m "$tiny" -p "Hello world" --temperature 0 -n 8 --print-ids --threads 1 --simd scalar)
+[ "$ids" = "$scalar" ] || fail "scalar single-threaded greedy differs: '$scalar' vs '$ids'"
+a=$("$run" -m "$tiny" -p "Hello world" --seed 7 -n 12 --print-ids)
+b=$("$run" -m "$tiny" -p "Hello world" --seed 7 -n 12 --print-ids)
+c=$("$run" -m "$tiny" -p "Hello world" --seed 8 -n 12 --print-ids)
+[ "$a" = "$b" ] || fail "the same seed gave '$a' and '$b'"
+[ "$a" != "$c" ] || fail "seeds 7 and 8 gave the same ids"
+text=$("$run" -m "$tiny" -p "Hello world" --temperature 0 -n 12)
+[ "${#text}" -ge 6 ] || fail "greedy text too short: '$text'"
+stop=${text:3:2}
+before=${text%%"$stop"*}
+cut=$("$run" -m "$tiny" -p "Hello world" --temperature 0 -n 12 --stop "$stop" --stop "zzz-never")
+[ "$cut" = "$before" ] || fail "--stop '$stop': got '$cut', expected '$before' (of '$text')"
+expect 0 "" -- "$run" -m "$tiny" --chat "Hi there" -n 4 --seed 1
+expect 2 "temperature" -- "$run" -m "$tiny" -p x --temperature -1
+expect 2 "top_p" -- "$run" -m "$tiny" -p x --top-p 0
+expect 2 "--top-k: 'x' is not" -- "$run" -m "$tiny" -p x --top-k x
+expect 2 "--simd: 'neon' is not" -- "$run" -m "$tiny" -p x --simd neon
+expect 2 "--threads: '0' is out of range" -- "$run" -m "$tiny" -p x --threads 0
+expect 2 "needs the weights: --model DIR" -- "$run" -t "$trained" -p x
+expect 1 "does not fit the context of 2" -- "$run" -m "$tiny" -p "Hello world" --ctx 2
+expect 1 "device \"cuda\"" -- "$run" -m "$tiny" -p x --device cuda
+bench=$("$run" -m "$tiny" --bench -n 4 --threads 1) || fail "--bench"
+/usr/bin/python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+for k in ("prompt_tokens", "prefill_tokens_per_s", "decode_tokens_per_s", "weight_bytes_per_token",
+          "achieved_GBps", "memcpy_GBps", "read_GBps", "fraction_of_bandwidth"):
+    assert k in d, k
+assert d["prompt_tokens"] == 512 and d["decode_tokens"] == 4 and d["decode_tokens_per_s"] > 0
+' "$bench" || fail "--bench JSON: $bench"
 
 if [ "$failures" -gt 0 ]; then
         echo "$failures failure(s)" >&2

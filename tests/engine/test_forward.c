@@ -195,6 +195,87 @@ static void same_everywhere(const mx_model *m) {
         free(b);
 }
 
+/* The same weights in the mistral-inference layout (params.json, names,
+ * q/k rows in interleaved RoPE order) must give the same logits, bit for
+ * bit: the loader presents both layouts as one model. */
+static void write_consolidated(const mx_model *m, const char *dir) {
+        const mx_config *c = &m->cfg;
+        char path[4096], name[160];
+        snprintf(path, sizeof(path), "%s/params.json", dir);
+        FILE *f = fopen(path, "w");
+        fprintf(f, "{\"dim\": %u, \"n_layers\": %u, \"head_dim\": %u, \"hidden_dim\": %u, \"n_heads\": %u, "
+                   "\"n_kv_heads\": %u, \"norm_eps\": %.17g, \"vocab_size\": %u, \"rope_theta\": %.17g, "
+                   "\"max_seq_len\": %u, \"moe\": {\"num_experts\": %u, \"num_experts_per_tok\": %u}}",
+                c->hidden_size, c->n_layers, c->head_dim, c->intermediate_size, c->n_heads, c->n_kv_heads,
+                c->rms_norm_eps, c->vocab_size, c->rope_theta, c->max_position_embeddings, c->n_experts,
+                c->n_experts_per_tok);
+        fclose(f);
+        mx_tensor_data *t = calloc(m->n_tensors, sizeof(*t));
+        size_t n = 0;
+        static const char *const from[] = {"model.embed_tokens.", "model.norm.", "lm_head.", "input_layernorm.",
+                                           "self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.",
+                                           "self_attn.o_proj.", "post_attention_layernorm.",
+                                           "block_sparse_moe.gate.", "block_sparse_moe.experts."};
+        static const char *const to[] = {"tok_embeddings.", "norm.", "output.", "attention_norm.", "attention.wq.",
+                                         "attention.wk.", "attention.wv.", "attention.wo.", "ffn_norm.",
+                                         "feed_forward.gate.", "feed_forward.experts."};
+        for (size_t i = 0; i < m->n_tensors; i++) {
+                const mx_tensor *src = &m->tensors[i];
+                const char *nm = src->name;
+                char prefix[64] = "";
+                if (strncmp(nm, "model.layers.", 13) == 0) {
+                        const char *dot = strchr(nm + 13, '.');
+                        snprintf(prefix, sizeof(prefix), "layers.%.*s.", (int)(dot - (nm + 13)), nm + 13);
+                        nm = dot + 1;
+                }
+                for (size_t k = 0; k < MX_ELEMENTSOF(from); k++)
+                        if (strncmp(nm, from[k], strlen(from[k])) == 0) {
+                                snprintf(name, sizeof(name), "%s%s%s", prefix, to[k], nm + strlen(from[k]));
+                                break;
+                        }
+                bool rope = strstr(name, "attention.wq.") || strstr(name, "attention.wk.");
+                size_t rb = src->ndim == 2 ? src->shape[1] * mx_dtype_size(src->dtype) : src->nbytes;
+                uint8_t *data = malloc(src->nbytes);
+                for (uint64_t r = 0; r < (src->ndim == 2 ? src->shape[0] : 1); r++) {
+                        uint64_t hd = c->head_dim, j = r % hd, s = r - j + (j < hd / 2 ? 2 * j : 2 * (j - hd / 2) + 1);
+                        memcpy(data + (rope ? s : r) * rb, mx_tensor_row(src, r), rb);
+                }
+                t[n++] = (mx_tensor_data){strdup(name), src->dtype, src->ndim, {src->shape[0], src->shape[1]}, data};
+        }
+        snprintf(path, sizeof(path), "%s/consolidated.safetensors", dir);
+        mx_error err = {0};
+        CHECK(mx_safetensors_write(path, t, n, &err) == 0, "%s", err.msg);
+        for (size_t i = 0; i < n; i++)
+                free((char *)t[i].name), free((void *)t[i].data);
+        free(t);
+}
+
+static void consolidated_layout(const mx_model *hf) {
+        char dir[] = "/tmp/mx-consolidated-XXXXXX", path[4096];
+        CHECK(mkdtemp(dir), "mkdtemp");
+        write_consolidated(hf, dir);
+        mx_model *m = NULL;
+        mx_error err = {0};
+        CHECK(mx_model_open(&m, dir, &err) == 0 && m->layout == MX_LAYOUT_CONSOLIDATED, "%s", err.msg);
+        if (m) {
+                mx_engine *a = open_engine(hf, MX_SIMD_AUTO, 0), *b = open_engine(m, MX_SIMD_AUTO, 0);
+                for (size_t c = 0; c < n_cases; c++) {
+                        float *x = full_pass(a, &cases[c].prompt), *y = full_pass(b, &cases[c].prompt);
+                        CHECK(memcmp(x, y, cases[c].prompt.n * vocab * 4) == 0,
+                              "case %zu: the mistral-inference layout gives other logits", c);
+                        free(x), free(y);
+                }
+                printf("mistral-inference layout: same logits, bit for bit\n");
+                mx_engine_free(a), mx_engine_free(b);
+                mx_model_free(m);
+        }
+        snprintf(path, sizeof(path), "%s/params.json", dir);
+        unlink(path);
+        snprintf(path, sizeof(path), "%s/consolidated.safetensors", dir);
+        unlink(path);
+        rmdir(dir);
+}
+
 int main(int argc, char **argv) {
         if (argc != 2) {
                 fprintf(stderr, "usage: %s CHECKPOINT_DIR\n", argv[0]);
@@ -217,6 +298,7 @@ int main(int argc, char **argv) {
                 against_transformers(e);
         mx_engine_free(e);
         same_everywhere(m);
+        consolidated_layout(m);
         mx_model_free(m);
         return test_result();
 }

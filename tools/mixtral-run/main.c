@@ -1,5 +1,8 @@
 /* mixtral-run: the engine in-process, without the daemon. */
 #include <getopt.h>
+#include <math.h>
+#include <sys/random.h>
+#include <time.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,13 +14,17 @@
 
 static const char usage_text[] =
         "Usage:\n"
+        "  mixtral-run --model DIR [GENERATION OPTIONS] PROMPT\n"
+        "  mixtral-run --model DIR --bench [PROMPT] [--max-tokens N] [--threads N]\n"
         "  mixtral-run --model DIR --info\n"
         "  mixtral-run (--tokenizer FILE | --model DIR) --tokenize PROMPT\n"
         "  mixtral-run (--tokenizer FILE | --model DIR) --decode \"ID ID ...\"\n"
         "  mixtral-run --devices\n"
-        "  mixtral-run --make-demo DIR --tokenizer FILE [--seed N]\n"
+        "  mixtral-run --make-demo DIR [--shape demo|b1] [--tokenizer FILE] [--seed N]\n"
         "\n"
         "Runs the Mixtral engine offline, in this process: no daemon, no socket.\n"
+        "With a prompt and no other action it generates, streaming the answer to\n"
+        "standard output as it is produced.\n"
         "\n"
         "Model:\n"
         "  -m, --model DIR        a checkpoint directory: Hugging Face (config.json and\n"
@@ -36,6 +43,29 @@ static const char usage_text[] =
         "  -c, --chat TEXT        one user message, after those of --messages\n"
         "  -s, --system TEXT      a system prompt for the conversation\n"
         "\n"
+        "Generation:\n"
+        "  -n, --max-tokens N     stop after N generated tokens (default: until the end of\n"
+        "                         the answer or of the context)\n"
+        "      --temperature T    0 is greedy (always the likeliest token); default 0.8\n"
+        "      --top-k K          sample among the K likeliest tokens; 0 = all; default 40\n"
+        "      --top-p P          ... among the fewest holding probability P; default 0.95\n"
+        "      --min-p P          ... drop tokens under P times the likeliest; default 0.05\n"
+        "      --repeat-penalty R divide the logits of recent tokens by R; default 1 (off)\n"
+        "      --repeat-last-n N  how many recent tokens the penalty sees; 0 = all; default 64\n"
+        "      --seed S           the sampling seed; the same seed, the same text (default:\n"
+        "                         a random one)\n"
+        "      --stop STR         stop when STR appears (not printed); may be repeated\n"
+        "      --ctx N            context length (default: the model's)\n"
+        "      --threads N        CPU threads (default: every online core)\n"
+        "      --simd ISA         auto, scalar, avx2 or avx512 (default auto; all give the\n"
+        "                         same numbers, bit for bit)\n"
+        "      --device DEV       cpu (default)\n"
+        "      --print-ids        print the generated token ids (space-separated, one line)\n"
+        "                         instead of text\n"
+        "      --bench            measure prefill and decode speed and print one JSON object;\n"
+        "                         without a prompt it uses 512 fixed tokens, decodes\n"
+        "                         --max-tokens (default 64) greedily and ignores EOS\n"
+        "\n"
         "Actions:\n"
         "      --tokenize         print the ids the model would see, BOS first, separated\n"
         "                         by spaces on one line, and exit; reads only the tokenizer\n"
@@ -43,16 +73,23 @@ static const char usage_text[] =
         "      --info             print the model's configuration and memory footprint\n"
         "      --devices          list the CPU and CUDA devices; runs a self-test kernel on\n"
         "                         each GPU\n"
-        "      --make-demo DIR    write a small random Mixtral (Hugging Face layout, two\n"
-        "                         shards) with the tokenizer of --tokenizer into DIR\n"
-        "      --seed N           seed of the demo weights (default 1)\n"
+        "      --make-demo DIR    write a random Mixtral (Hugging Face layout, two shards)\n"
+        "                         into DIR: --shape demo (default; a few MB, needs the\n"
+        "                         --tokenizer it will use) or b1 (the 791 M-parameter CPU\n"
+        "                         benchmark shape, 1.6 GB; vocabulary 32000)\n"
+        "      --seed N           with --make-demo: the seed of the weights (default 1)\n"
         "  -h, --help             show this help\n"
         "      --version          show the version\n"
         "\n"
         "Exit status: 0 on success, 1 when the work failed (a bad model file, an\n"
         "unreadable prompt, a malformed conversation), 2 for wrong usage.\n"
         "\n"
+        "The finish reason (eos, length, stop, context) and the speed go to standard\n"
+        "error when it is a terminal.\n"
+        "\n"
         "Examples:\n"
+        "  mixtral-run --model ~/models/Mixtral-8x7B-Instruct-v0.1 --chat 'Hello!'\n"
+        "  mixtral-run --model DIR --temperature 0 --max-tokens 32 --prompt 'Once upon'\n"
         "  mixtral-run --model ~/models/Mixtral-8x7B-Instruct-v0.1 --info\n"
         "  mixtral-run --model ~/models/Mixtral-8x7B-Instruct-v0.1 --tokenize \\\n"
         "      --system 'Be brief.' --chat 'What is a mixture of experts?'\n"
@@ -67,6 +104,20 @@ enum {
         OPT_SEED,
         OPT_DECODE,
         OPT_VERSION,
+        OPT_TEMPERATURE,
+        OPT_TOP_K,
+        OPT_TOP_P,
+        OPT_MIN_P,
+        OPT_REPEAT_PENALTY,
+        OPT_REPEAT_LAST_N,
+        OPT_STOP,
+        OPT_THREADS,
+        OPT_CTX,
+        OPT_SIMD,
+        OPT_DEVICE,
+        OPT_PRINT_IDS,
+        OPT_BENCH,
+        OPT_SHAPE,
 };
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -79,6 +130,50 @@ static int usage_error(const char *fmt, ...) {
         fprintf(stderr, "\nTry 'mixtral-run --help' for more information.\n");
         va_end(ap);
         return EXIT_USAGE;
+}
+
+static int parse_u64(const char *opt, const char *arg, unsigned long long *out) {
+        char *end;
+        errno = 0;
+        *out = strtoull(arg, &end, 0);
+        if (errno || *end || !*arg || *arg == '-')
+                return usage_error("%s: '%s' is not a non-negative integer", opt, arg);
+        return 0;
+}
+
+static int parse_u32(const char *opt, const char *arg, uint32_t min, uint32_t *out) {
+        unsigned long long v;
+        int r = parse_u64(opt, arg, &v);
+        if (r == 0 && (v < min || v > UINT32_MAX))
+                return usage_error("%s: '%s' is out of range", opt, arg);
+        *out = (uint32_t)v;
+        return r;
+}
+
+/* Range checks happen in mx_sampling_check, with the rest. */
+static int parse_float(const char *opt, const char *arg, float *out) {
+        char *end;
+        errno = 0;
+        *out = strtof(arg, &end);
+        if (errno || *end || !*arg || !isfinite(*out))
+                return usage_error("%s: '%s' is not a number", opt, arg);
+        return 0;
+}
+
+static int add_stop(run_opts *o, const char *s) {
+        const char **v = realloc(o->stop, (o->n_stop + 1) * sizeof(*v));
+        if (!v)
+                return usage_error("%s", "out of memory");
+        o->stop = v;
+        o->stop[o->n_stop++] = s;
+        return 0;
+}
+
+static uint64_t random_seed(void) {
+        uint64_t s = 0;
+        if (getrandom(&s, sizeof(s), 0) != sizeof(s))
+                s = (uint64_t)time(NULL) ^ (uint64_t)getpid() << 32;
+        return s;
 }
 
 static int parse_args(int argc, char **argv, run_opts *o) {
@@ -98,13 +193,29 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 {"seed", required_argument, NULL, OPT_SEED},
                 {"help", no_argument, NULL, 'h'},
                 {"version", no_argument, NULL, OPT_VERSION},
+                {"max-tokens", required_argument, NULL, 'n'},
+                {"temperature", required_argument, NULL, OPT_TEMPERATURE},
+                {"top-k", required_argument, NULL, OPT_TOP_K},
+                {"top-p", required_argument, NULL, OPT_TOP_P},
+                {"min-p", required_argument, NULL, OPT_MIN_P},
+                {"repeat-penalty", required_argument, NULL, OPT_REPEAT_PENALTY},
+                {"repeat-last-n", required_argument, NULL, OPT_REPEAT_LAST_N},
+                {"stop", required_argument, NULL, OPT_STOP},
+                {"threads", required_argument, NULL, OPT_THREADS},
+                {"ctx", required_argument, NULL, OPT_CTX},
+                {"simd", required_argument, NULL, OPT_SIMD},
+                {"device", required_argument, NULL, OPT_DEVICE},
+                {"print-ids", no_argument, NULL, OPT_PRINT_IDS},
+                {"bench", no_argument, NULL, OPT_BENCH},
+                {"shape", required_argument, NULL, OPT_SHAPE},
                 {0},
         };
         int c;
-        char *end;
-        o->seed = 1;
+        bool seeded = false;
+        mx_sampling_defaults(&o->sampling);
         opterr = 0;
-        while ((c = getopt_long(argc, argv, ":m:t:p:f:c:s:h", longopts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, ":m:t:p:f:c:s:n:h", longopts, NULL)) != -1) {
+                int r = 0;
                 switch (c) {
                 case 'm': o->model = optarg; break;
                 case 't': o->tokenizer = optarg; break;
@@ -119,28 +230,52 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 case OPT_DEVICES: o->devices = true; break;
                 case OPT_MAKE_DEMO: o->make_demo = optarg; break;
                 case OPT_SEED:
-                        errno = 0;
-                        o->seed = strtoull(optarg, &end, 0);
-                        if (errno || *end || !*optarg || *optarg == '-')
-                                return usage_error("--seed: '%s' is not a non-negative integer", optarg);
+                        r = parse_u64("--seed", optarg, &o->seed);
+                        seeded = true;
+                        break;
+                case 'n': r = parse_u32("--max-tokens", optarg, 0, &o->max_tokens); break;
+                case OPT_TEMPERATURE: r = parse_float("--temperature", optarg, &o->sampling.temperature); break;
+                case OPT_TOP_K: r = parse_u32("--top-k", optarg, 0, &o->sampling.top_k); break;
+                case OPT_TOP_P: r = parse_float("--top-p", optarg, &o->sampling.top_p); break;
+                case OPT_MIN_P: r = parse_float("--min-p", optarg, &o->sampling.min_p); break;
+                case OPT_REPEAT_PENALTY: r = parse_float("--repeat-penalty", optarg, &o->sampling.repeat_penalty); break;
+                case OPT_REPEAT_LAST_N: r = parse_u32("--repeat-last-n", optarg, 0, &o->sampling.repeat_last_n); break;
+                case OPT_THREADS: r = parse_u32("--threads", optarg, 1, &o->threads); break;
+                case OPT_CTX: r = parse_u32("--ctx", optarg, 1, &o->ctx); break;
+                case OPT_STOP: r = add_stop(o, optarg); break;
+                case OPT_DEVICE: o->device = optarg; break;
+                case OPT_PRINT_IDS: o->print_ids = true; break;
+                case OPT_BENCH: o->bench = true; break;
+                case OPT_SHAPE: o->shape = optarg; break;
+                case OPT_SIMD:
+                        if (mx_simd_from_string(optarg, &o->simd) < 0)
+                                r = usage_error("--simd: '%s' is not one of auto, scalar, avx2, avx512", optarg);
                         break;
                 case 'h': fputs(usage_text, stdout); exit(0);
                 case OPT_VERSION: printf("mixtral-run %s\n", MX_VERSION); exit(0);
                 case ':': return usage_error("option '%s' needs an argument", argv[optind - 1]);
                 default: return usage_error("unknown option '%s'", argv[optind - 1]);
                 }
+                if (r != 0)
+                        return r;
         }
+        o->sampling.seed = seeded ? o->seed : random_seed();
+        if (!seeded)
+                o->seed = 1;
         if (optind < argc)
                 return usage_error("unexpected argument '%s' (a prompt goes after --prompt)", argv[optind]);
         return 0;
 }
 
 static int check_args(const run_opts *o) {
-        int actions = o->tokenize + o->info + o->devices + !!o->make_demo + !!o->decode;
-        if (actions == 0)
-                return usage_error("%s", "nothing to do: give --tokenize, --decode, --info, --devices or --make-demo");
+        int actions = o->tokenize + o->info + o->devices + !!o->make_demo + !!o->decode + o->bench;
+        if (actions == 0 && !run_has_prompt(o))
+                return usage_error("%s", "nothing to do: give a prompt (--prompt, --chat, ...) to generate, or "
+                                         "--tokenize, --decode, --bench, --info, --devices or --make-demo");
         if (actions > 1)
-                return usage_error("%s", "give only one of --tokenize, --decode, --info, --devices, --make-demo");
+                return usage_error("%s", "give only one of --tokenize, --decode, --bench, --info, --devices, --make-demo");
+        if ((actions == 0 || o->bench) && !o->model)
+                return usage_error("%s", "generating needs the weights: --model DIR");
         if (o->prompt && o->prompt_file)
                 return usage_error("%s", "--prompt and --prompt-file exclude each other");
         if ((o->prompt || o->prompt_file) && (o->messages || o->chat))
@@ -153,7 +288,7 @@ static int check_args(const run_opts *o) {
                 return usage_error("%s", "--tokenize and --decode need --tokenizer FILE or --model DIR");
         if (o->info && !o->model)
                 return usage_error("%s", "--info needs --model DIR");
-        if (o->make_demo && !o->tokenizer)
+        if (o->make_demo && !o->tokenizer && !(o->shape && strcmp(o->shape, "b1") == 0))
                 return usage_error("%s", "--make-demo needs --tokenizer FILE");
         return 0;
 }
@@ -161,14 +296,6 @@ static int check_args(const run_opts *o) {
 static int fail(const mx_error *err) {
         fprintf(stderr, "mixtral-run: %s\n", err->msg);
         return 1;
-}
-
-static int load_tokenizer(const run_opts *o, mx_tokenizer **tok, mx_error *err) {
-        _cleanup_free_ char *found = NULL;
-        const char *path = o->tokenizer;
-        if (!path && !(path = found = mx_model_find_tokenizer(o->model, err)))
-                return -ENOENT;
-        return mx_tokenizer_load(tok, path, err);
 }
 
 static int print_ids(const mx_ids *ids) {
@@ -181,7 +308,7 @@ static int print_ids(const mx_ids *ids) {
 static int do_tokenize(const run_opts *o, mx_error *err) {
         _cleanup_(mx_tokenizer_freep) mx_tokenizer *tok = NULL;
         _cleanup_(mx_ids_free) mx_ids ids = {0};
-        if (load_tokenizer(o, &tok, err) < 0 || run_prompt_ids(o, tok, &ids, err) < 0)
+        if (run_load_tokenizer(o, &tok, err) < 0 || run_prompt_ids(o, tok, &ids, err) < 0)
                 return fail(err);
         return print_ids(&ids);
 }
@@ -208,7 +335,7 @@ static int do_decode(const run_opts *o, mx_error *err) {
         _cleanup_(mx_tokenizer_freep) mx_tokenizer *tok = NULL;
         _cleanup_(mx_ids_free) mx_ids ids = {0};
         _cleanup_(mx_buf_free) mx_buf text = {0};
-        if (load_tokenizer(o, &tok, err) < 0 || parse_ids(o->decode, &ids, err) < 0)
+        if (run_load_tokenizer(o, &tok, err) < 0 || parse_ids(o->decode, &ids, err) < 0)
                 return fail(err);
         for (size_t i = 0; i < ids.n; i++)
                 if ((uint32_t)ids.v[i] >= mx_tokenizer_vocab_size(tok)) {
@@ -238,20 +365,14 @@ static int do_make_demo(const run_opts *o, mx_error *err) {
                 mx_error_set(err, -errno, "%s: %s", o->make_demo, strerror(errno));
                 return fail(err);
         }
-        if (mx_demo_model_write(o->make_demo, o->tokenizer, o->seed, err) < 0)
+        if (mx_demo_model_write(o->make_demo, o->shape, o->tokenizer, o->seed, err) < 0)
                 return fail(err);
         fprintf(stderr, "mixtral-run: wrote a demo model to %s\n", o->make_demo);
         return 0;
 }
 
-int main(int argc, char **argv) {
-        run_opts o = {0};
+static int dispatch(run_opts o) {
         mx_error err = {0};
-        int r = parse_args(argc, argv, &o);
-        if (r == 0)
-                r = check_args(&o);
-        if (r != 0)
-                return r;
         if (o.devices)
                 return run_devices();
         if (o.make_demo)
@@ -260,5 +381,21 @@ int main(int argc, char **argv) {
                 return do_tokenize(&o, &err);
         if (o.decode)
                 return do_decode(&o, &err);
-        return do_info(&o, &err);
+        if (o.info)
+                return do_info(&o, &err);
+        mx_error check = {0};
+        if (mx_sampling_check(&o.sampling, &check) < 0)
+                return usage_error("%s", check.msg);
+        return o.bench ? run_bench(&o) : run_generate(&o);
+}
+
+int main(int argc, char **argv) {
+        run_opts o = {0};
+        int r = parse_args(argc, argv, &o);
+        if (r == 0)
+                r = check_args(&o);
+        if (r == 0)
+                r = dispatch(o);
+        free(o.stop);
+        return r;
 }

@@ -8,9 +8,15 @@
 typedef struct run_opts {
         const char *model, *tokenizer;
         const char *prompt, *prompt_file, *messages, *chat, *system;
-        const char *make_demo, *decode;
+        const char *make_demo, *decode, *device, *shape;
         unsigned long long seed;
-        bool tokenize, info, devices;
+        bool tokenize, info, devices, print_ids, bench;
+        /* generation */
+        mx_sampling sampling;
+        uint32_t max_tokens, threads, ctx;
+        mx_simd simd;
+        const char **stop;
+        size_t n_stop;
 } run_opts;
 
 /* Exit codes, stable for scripts. */
@@ -22,3 +28,10 @@ bool run_has_prompt(const run_opts *o);
 
 int run_info(const mx_model *m);
 int run_devices(void);
+int run_generate(const run_opts *o);
+int run_bench(const run_opts *o);
+
+/* Opens the model, shows a progress bar on a terminal while its pages
+ * come in, and starts an engine on it. */
+int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err);
+int run_load_tokenizer(const run_opts *o, mx_tokenizer **tok, mx_error *err);

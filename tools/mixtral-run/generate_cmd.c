@@ -1,0 +1,82 @@
+/* Generation: stream the answer to stdout as it is produced. */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mx_common.h"
+#include "run.h"
+
+static double now(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int fail(const mx_error *err) {
+        fprintf(stderr, "mixtral-run: %s\n", err->msg);
+        return 1;
+}
+
+static void print_ids(const int32_t *ids, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                printf(i ? " %d" : "%d", ids[i]);
+        printf("\n");
+}
+
+static int loop(mx_engine *e, mx_gen *g, const run_opts *o, mx_error *err) {
+        _cleanup_(mx_buf_free) mx_buf text = {0};
+        mx_batch_item item;
+        bool ends_with_newline = true;
+        while (mx_gen_finished(g) == MX_FINISH_NONE) {
+                int32_t tok;
+                mx_gen_prepare(g, &item);
+                int r = mx_forward(e, &item, 1, err);
+                if (r == 0 && (r = mx_gen_advance(g, &text, &tok)) < 0)
+                        mx_error_set(err, r, "out of memory");
+                if (r < 0)
+                        return r;
+                if (!o->print_ids && text.n) {
+                        fwrite(text.p, 1, text.n, stdout);
+                        fflush(stdout);
+                        ends_with_newline = text.p[text.n - 1] == '\n';
+                        text.n = 0;
+                }
+        }
+        size_t n;
+        const int32_t *ids = mx_gen_tokens(g, &n);
+        if (o->print_ids)
+                print_ids(ids, n);
+        else if (!ends_with_newline)
+                putchar('\n');
+        return fflush(stdout) == 0 ? 0 : mx_error_set(err, -EIO, "cannot write the output");
+}
+
+int run_generate(const run_opts *o) {
+        mx_error err = {0};
+        _cleanup_(mx_tokenizer_freep) mx_tokenizer *tok = NULL;
+        _cleanup_(mx_model_freep) mx_model *m = NULL;
+        _cleanup_(mx_engine_freep) mx_engine *e = NULL;
+        _cleanup_(mx_gen_freep) mx_gen *g = NULL;
+        _cleanup_(mx_ids_free) mx_ids prompt = {0};
+        if (run_load_tokenizer(o, &tok, &err) < 0 || run_prompt_ids(o, tok, &prompt, &err) < 0 ||
+            run_load(o, &m, &e, &err) < 0)
+                return fail(&err);
+        if (mx_tokenizer_vocab_size(tok) != m->cfg.vocab_size) {
+                mx_error_set(&err, -EINVAL, "the tokenizer has %u pieces but the model a vocabulary of %u",
+                             mx_tokenizer_vocab_size(tok), m->cfg.vocab_size);
+                return fail(&err);
+        }
+        mx_gen_opts go = {.sampling = o->sampling, .max_tokens = o->max_tokens, .stop = o->stop,
+                          .n_stop = o->n_stop, .max_context = o->ctx, .prefill_chunk = 512,
+                          .keep_leading_space = !(o->messages || o->chat)};
+        double t0 = now();
+        if (mx_gen_new(e, tok, prompt.v, prompt.n, &go, &g, &err) < 0 || loop(e, g, o, &err) < 0)
+                return fail(&err);
+        size_t n;
+        mx_gen_tokens(g, &n);
+        if (isatty(STDERR_FILENO))
+                fprintf(stderr, "[%s: %zu prompt tokens, %zu generated, %.1f s, finish: %s]\n",
+                        mx_engine_describe(e), prompt.n, n, now() - t0, mx_finish_name(mx_gen_finished(g)));
+        return 0;
+}
