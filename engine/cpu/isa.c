@@ -2,21 +2,31 @@
  * it can; the CPU decides which may run. */
 #include "kernels.h"
 
-bool mx_isa_supported(mx_isa isa) {
-#ifndef MX_HAVE_X86_KERNELS
-        return isa == MX_ISA_SCALAR;
+#ifdef MX_HAVE_X86_KERNELS
+#include <cpuid.h>
+
+/* Not every compiler knows "f16c" for __builtin_cpu_supports. */
+static bool has_f16c(void) {
+        unsigned a, b, c, d;
+        return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
 #endif
+
+bool mx_isa_supported(mx_isa isa) {
+#ifdef MX_HAVE_X86_KERNELS
         switch (isa) {
         case MX_ISA_SCALAR:
                 return true;
         case MX_ISA_AVX2:
-                return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                       __builtin_cpu_supports("f16c");
+                return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
         case MX_ISA_AVX512:
                 return mx_isa_supported(MX_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
         }
         return false;
+#else
+        return isa == MX_ISA_SCALAR;
+#endif
 }
 
 mx_isa mx_isa_detect(void) {
