@@ -6,7 +6,7 @@
 #include <immintrin.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "tiles.h"
 
 typedef struct v16 {
         __m256 lo, hi;
@@ -82,68 +82,25 @@ static inline v16 fma16(v16 a, v16 b, v16 c) {
                 }                                                                                  \
         }
 
-#define DEFINE_ROWS(SUFFIX, LOAD, ESIZE)                                                           \
-        DEFINE_TILE(tile1x3_##SUFFIX, 1, 3, LOAD, ESIZE)                                           \
-        DEFINE_TILE(tile1x2_##SUFFIX, 1, 2, LOAD, ESIZE)                                           \
-        DEFINE_TILE(tile2x2_##SUFFIX, 2, 2, LOAD, ESIZE)                                           \
+#define DEFINE_TILES(SUFFIX, LOAD, ESIZE)                                                          \
         DEFINE_TILE(tile1x1_##SUFFIX, 1, 1, LOAD, ESIZE)                                           \
-        static void rows_##SUFFIX(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {             \
-                uint64_t rb = a->cols * ESIZE, K = a->cols, r = r0;                                \
-                if (a->n < 4) {                                                                    \
-                        /* One row at a time: a single ascending stream is what the \
-                         * prefetchers follow best, and decode waits on memory. */ \
-                        for (; r < r1; r++) {                                                      \
-                                const uint8_t *wr = a->w + r * rb;                                 \
-                                float *o = a->out + r;                                             \
-                                if (a->n == 3)                                                     \
-                                        tile1x3_##SUFFIX(wr, rb, a->x, a->ldx, K, o, a->ldo, a->accumulate); \
-                                else if (a->n == 2)                                                \
-                                        tile1x2_##SUFFIX(wr, rb, a->x, a->ldx, K, o, a->ldo, a->accumulate); \
-                                else                                                               \
-                                        tile1x1_##SUFFIX(wr, rb, a->x, a->ldx, K, o, a->ldo, a->accumulate); \
-                        }                                                                          \
-                } else {                                                                           \
-                        for (uint32_t t0 = 0; t0 < a->n; t0 += 48) {                               \
-                                uint32_t t1 = a->n - t0 < 48 ? a->n : t0 + 48;                     \
-                                for (uint64_t q = r0; q + 2 <= r1; q += 2) {                       \
-                                        uint32_t t = t0;                                           \
-                                        for (; t + 2 <= t1; t += 2)                                \
-                                                tile2x2_##SUFFIX(a->w + q * rb, rb,                \
-                                                                 a->x + t * a->ldx, a->ldx, K,     \
-                                                                 a->out + t * a->ldo + q, a->ldo,  \
-                                                                 a->accumulate);                   \
-                                        for (; t < t1; t++)                                        \
-                                                for (int i = 0; i < 2; i++)                        \
-                                                        tile1x1_##SUFFIX(a->w + (q + i) * rb, rb,  \
-                                                                         a->x + t * a->ldx, a->ldx, \
-                                                                         K, a->out + t * a->ldo + q + i, \
-                                                                         a->ldo, a->accumulate);   \
-                                }                                                                  \
-                        }                                                                          \
-                        r = r0 + (r1 - r0) / 2 * 2;                                                \
-                }                                                                                  \
-                for (; r < r1; r++)                                                                \
-                        for (uint32_t t = 0; t < a->n; t++)                                        \
-                                tile1x1_##SUFFIX(a->w + r * rb, rb, a->x + t * a->ldx, a->ldx, K,  \
-                                                 a->out + t * a->ldo + r, a->ldo, a->accumulate);  \
-        }
+        DEFINE_TILE(tile1x2_##SUFFIX, 1, 2, LOAD, ESIZE)                                           \
+        DEFINE_TILE(tile1x3_##SUFFIX, 1, 3, LOAD, ESIZE)                                           \
+        DEFINE_TILE(tile2x2_##SUFFIX, 2, 2, LOAD, ESIZE)                                           \
+        DEFINE_TILE(tile2x1_##SUFFIX, 2, 1, LOAD, ESIZE)                                           \
+        static const mx_tiles tiles_##SUFFIX = {ESIZE,                                              \
+                                                {NULL, tile1x1_##SUFFIX, tile1x2_##SUFFIX, tile1x3_##SUFFIX}, \
+                                                tile2x2_##SUFFIX, tile2x1_##SUFFIX, 2, 2};
 
-DEFINE_ROWS(bf16, load_bf16, 2)
-DEFINE_ROWS(f16, load_f16, 2)
-DEFINE_ROWS(f32, load_f32, 4)
+DEFINE_TILES(bf16, load_bf16, 2)
+DEFINE_TILES(f16, load_f16, 2)
+DEFINE_TILES(f32, load_f32, 4)
 
 static void matmul_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
-        switch (a->dtype) {
-        case MX_DTYPE_BF16:
-                rows_bf16(a, r0, r1);
-                break;
-        case MX_DTYPE_F16:
-                rows_f16(a, r0, r1);
-                break;
-        case MX_DTYPE_F32:
-                rows_f32(a, r0, r1);
-                break;
-        }
+        mx_tiles_rows(a->dtype == MX_DTYPE_BF16  ? &tiles_bf16
+                      : a->dtype == MX_DTYPE_F16 ? &tiles_f16
+                                                 : &tiles_f32,
+                      a, r0, r1);
 }
 
 static float dot(const float *a, const float *b, uint64_t n) {

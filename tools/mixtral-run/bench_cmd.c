@@ -5,24 +5,12 @@
  * median of three measurements taken after decoding. */
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "mx_common.h"
 #include "run.h"
 
 #define DEFAULT_PROMPT 512
 #define DEFAULT_DECODE 64
-
-static double now(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int fail(const mx_error *err) {
-        fprintf(stderr, "mixtral-run: %s\n", err->msg);
-        return 1;
-}
 
 /* The given prompt, or BOS and DEFAULT_PROMPT - 1 fixed pseudo-random ids. */
 static int bench_prompt(const run_opts *o, const mx_model *m, mx_ids *ids, mx_error *err) {
@@ -45,14 +33,6 @@ static double median3(const double v[3]) {
         return a > b ? (b > c ? b : a > c ? c : a) : (a > c ? a : b > c ? c : b);
 }
 
-static int32_t argmax(const float *v, uint32_t n) {
-        int32_t best = 0;
-        for (uint32_t i = 1; i < n; i++)
-                if (v[i] > v[best])
-                        best = (int32_t)i;
-        return best;
-}
-
 int run_bench(const run_opts *o) {
         mx_error err = {0};
         _cleanup_(mx_model_freep) mx_model *m = NULL;
@@ -60,28 +40,37 @@ int run_bench(const run_opts *o) {
         _cleanup_(mx_seq_freep) mx_seq *s = NULL;
         _cleanup_(mx_ids_free) mx_ids prompt = {0};
         if (run_load(o, &m, &e, &err) < 0 || bench_prompt(o, m, &prompt, &err) < 0)
-                return fail(&err);
+                return run_fail(&err);
         uint32_t decode = o->max_tokens ? o->max_tokens : DEFAULT_DECODE, vocab = m->cfg.vocab_size;
         _cleanup_free_ float *logits = malloc(vocab * sizeof(float));
-        if (!logits || mx_seq_new(e, o->ctx ? o->ctx : (uint32_t)prompt.n + decode + 1, &s, &err) < 0)
-                return fail(&err);
+        mx_sampling greedy = {.temperature = 0, .top_p = 1, .repeat_penalty = 1};
+        mx_sampler *pick = NULL;
+        if (!logits || mx_sampler_new(&greedy, vocab, &pick) < 0)
+                return run_fail(&(mx_error){.msg = "out of memory"});
+        if (mx_seq_new(e, o->ctx ? o->ctx : (uint32_t)prompt.n + decode + 1, &s, &err) < 0) {
+                mx_sampler_free(pick);
+                return run_fail(&err);
+        }
 
-        double t0 = now();
+        double t0 = run_now();
         mx_batch_item it = {s, prompt.v, (uint32_t)prompt.n, logits, false};
         if (mx_forward(e, &it, 1, &err) < 0)
-                return fail(&err);
-        double prefill_s = now() - t0;
+                return run_fail(&err);
+        double prefill_s = run_now() - t0;
 
         mx_engine_counters c0, c1;
         mx_engine_counters_get(e, &c0);
-        t0 = now();
-        for (uint32_t i = 0; i < decode; i++) {
-                int32_t tok = argmax(logits, vocab);
+        t0 = run_now();
+        int r = 0;
+        for (uint32_t i = 0; r == 0 && i < decode; i++) {
+                int32_t tok = mx_sampler_next(pick, logits, NULL, 0);
                 it = (mx_batch_item){s, &tok, 1, logits, false};
-                if (mx_forward(e, &it, 1, &err) < 0)
-                        return fail(&err);
+                r = mx_forward(e, &it, 1, &err);
         }
-        double decode_s = now() - t0;
+        mx_sampler_free(pick);
+        if (r < 0)
+                return run_fail(&err);
+        double decode_s = run_now() - t0;
         mx_engine_counters_get(e, &c1);
 
         /* Shared machines swing: the median of three measurements. */

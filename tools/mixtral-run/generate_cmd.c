@@ -1,22 +1,10 @@
 /* Generation: stream the answer to stdout as it is produced. */
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "mx_common.h"
 #include "run.h"
-
-static double now(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int fail(const mx_error *err) {
-        fprintf(stderr, "mixtral-run: %s\n", err->msg);
-        return 1;
-}
 
 static void print_ids(const int32_t *ids, size_t n) {
         for (size_t i = 0; i < n; i++)
@@ -61,22 +49,22 @@ int run_generate(const run_opts *o) {
         _cleanup_(mx_ids_free) mx_ids prompt = {0};
         if (run_load_tokenizer(o, &tok, &err) < 0 || run_prompt_ids(o, tok, &prompt, &err) < 0 ||
             run_load(o, &m, &e, &err) < 0)
-                return fail(&err);
+                return run_fail(&err);
         if (mx_tokenizer_vocab_size(tok) != m->cfg.vocab_size) {
                 mx_error_set(&err, -EINVAL, "the tokenizer has %u pieces but the model a vocabulary of %u",
                              mx_tokenizer_vocab_size(tok), m->cfg.vocab_size);
-                return fail(&err);
+                return run_fail(&err);
         }
         mx_gen_opts go = {.sampling = o->sampling, .max_tokens = o->max_tokens, .stop = o->stop,
                           .n_stop = o->n_stop, .max_context = o->ctx, .prefill_chunk = 512,
                           .keep_leading_space = !(o->messages || o->chat)};
-        double t0 = now();
+        double t0 = run_now();
         if (mx_gen_new(e, tok, prompt.v, prompt.n, &go, &g, &err) < 0 || loop(e, g, o, &err) < 0)
-                return fail(&err);
+                return run_fail(&err);
         size_t n;
         mx_gen_tokens(g, &n);
         if (isatty(STDERR_FILENO))
                 fprintf(stderr, "[%s: %zu prompt tokens, %zu generated, %.1f s, finish: %s]\n",
-                        mx_engine_describe(e), prompt.n, n, now() - t0, mx_finish_name(mx_gen_finished(g)));
+                        mx_engine_describe(e), prompt.n, n, run_now() - t0, mx_finish_name(mx_gen_finished(g)));
         return 0;
 }

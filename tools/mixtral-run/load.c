@@ -2,6 +2,7 @@
  * weights in with a progress bar on a terminal, start the engine. */
 #include <stdio.h>
 #include <sys/sysinfo.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mx_common.h"
@@ -58,4 +59,15 @@ int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err) {
         }
         mx_engine_opts eo = {.device = o->device, .threads = o->threads, .simd = o->simd};
         return mx_engine_open(e, *m, &eo, err);
+}
+
+double run_now(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int run_fail(const mx_error *err) {
+        fprintf(stderr, "mixtral-run: %s\n", err->msg);
+        return 1;
 }

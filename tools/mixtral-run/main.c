@@ -293,11 +293,6 @@ static int check_args(const run_opts *o) {
         return 0;
 }
 
-static int fail(const mx_error *err) {
-        fprintf(stderr, "mixtral-run: %s\n", err->msg);
-        return 1;
-}
-
 static int print_ids(const mx_ids *ids) {
         for (size_t i = 0; i < ids->n; i++)
                 printf(i ? " %d" : "%d", ids->v[i]);
@@ -309,7 +304,7 @@ static int do_tokenize(const run_opts *o, mx_error *err) {
         _cleanup_(mx_tokenizer_freep) mx_tokenizer *tok = NULL;
         _cleanup_(mx_ids_free) mx_ids ids = {0};
         if (run_load_tokenizer(o, &tok, err) < 0 || run_prompt_ids(o, tok, &ids, err) < 0)
-                return fail(err);
+                return run_fail(err);
         return print_ids(&ids);
 }
 
@@ -336,17 +331,17 @@ static int do_decode(const run_opts *o, mx_error *err) {
         _cleanup_(mx_ids_free) mx_ids ids = {0};
         _cleanup_(mx_buf_free) mx_buf text = {0};
         if (run_load_tokenizer(o, &tok, err) < 0 || parse_ids(o->decode, &ids, err) < 0)
-                return fail(err);
+                return run_fail(err);
         for (size_t i = 0; i < ids.n; i++)
                 if ((uint32_t)ids.v[i] >= mx_tokenizer_vocab_size(tok)) {
                         mx_error_set(err, -EINVAL, "--decode: id %d is outside the vocabulary of %u",
                                      ids.v[i], mx_tokenizer_vocab_size(tok));
-                        return fail(err);
+                        return run_fail(err);
                 }
         int r = mx_detokenize(tok, ids.v, ids.n, &text);
         if (r < 0) {
                 mx_error_set(err, r, "--decode: %s", strerror(-r));
-                return fail(err);
+                return run_fail(err);
         }
         fwrite(text.p, 1, text.n, stdout);
         putchar('\n');
@@ -356,17 +351,17 @@ static int do_decode(const run_opts *o, mx_error *err) {
 static int do_info(const run_opts *o, mx_error *err) {
         _cleanup_(mx_model_freep) mx_model *m = NULL;
         if (mx_model_open(&m, o->model, err) < 0)
-                return fail(err);
+                return run_fail(err);
         return run_info(m);
 }
 
 static int do_make_demo(const run_opts *o, mx_error *err) {
         if (mkdir(o->make_demo, 0755) < 0 && errno != EEXIST) {
                 mx_error_set(err, -errno, "%s: %s", o->make_demo, strerror(errno));
-                return fail(err);
+                return run_fail(err);
         }
         if (mx_demo_model_write(o->make_demo, o->shape, o->tokenizer, o->seed, err) < 0)
-                return fail(err);
+                return run_fail(err);
         fprintf(stderr, "mixtral-run: wrote a demo model to %s\n", o->make_demo);
         return 0;
 }

@@ -35,3 +35,8 @@ int run_bench(const run_opts *o);
  * come in, and starts an engine on it. */
 int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err);
 int run_load_tokenizer(const run_opts *o, mx_tokenizer **tok, mx_error *err);
+
+/* Seconds on a monotonic clock. */
+double run_now(void);
+/* Prints "mixtral-run: <message>" to stderr; returns exit status 1. */
+int run_fail(const mx_error *err);
