@@ -44,8 +44,8 @@ typedef struct mx_backend_ops {
         void (*rmsnorm)(mx_backend *b, const mx_tensor *w, float eps, const float *x, float *out,
                         uint32_t n);
         /* out[t][r] (+)= w[r] . x[t]: the weight's rows in Hugging Face order. */
-        void (*matmul)(mx_backend *b, const mx_tensor *w, const float *x, float *out, uint32_t n,
-                       bool accumulate);
+        int (*matmul)(mx_backend *b, const mx_tensor *w, const float *x, float *out, uint32_t n,
+                      bool accumulate);
         /* Rotary embedding applied in place to q [n][heads*hd] and k [n][kv*hd];
          * pos[i] is token i's position. */
         void (*rope)(mx_backend *b, float *q, float *k, const uint32_t *pos, uint32_t n);

@@ -244,14 +244,17 @@ static int run_layer(mx_engine *e, const mx_layer *l, uint32_t L, size_t n_seqs,
         float eps = (float)c->rms_norm_eps;
 
         op->rmsnorm(b, l->attn_norm, eps, a->x, a->xn, T);
-        op->matmul(b, l->wq, a->xn, a->q, T, false);
-        op->matmul(b, l->wk, a->xn, a->k, T, false);
-        op->matmul(b, l->wv, a->xn, a->v, T, false);
-        op->rope(b, a->q, a->k, e->pos, T);
-        int r = op->attention(b, L, e->seqs, n_seqs, a->q, a->k, a->v, a->att);
+        int r = op->matmul(b, l->wq, a->xn, a->q, T, false);
+        if (r == 0)
+                r = op->matmul(b, l->wk, a->xn, a->k, T, false);
+        if (r == 0)
+                r = op->matmul(b, l->wv, a->xn, a->v, T, false);
         if (r < 0)
                 return r;
-        op->matmul(b, l->wo, a->att, a->x, T, true);
+        op->rope(b, a->q, a->k, e->pos, T);
+        if ((r = op->attention(b, L, e->seqs, n_seqs, a->q, a->k, a->v, a->att)) < 0 ||
+            (r = op->matmul(b, l->wo, a->att, a->x, T, true)) < 0)
+                return r;
         op->rmsnorm(b, l->ffn_norm, eps, a->x, a->xn, T);
         return op->moe(b, l, a->xn, a->x, T);
 }
@@ -285,7 +288,8 @@ int mx_forward(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err
         if (L > 0) {
                 b->ops->gather(b, a->x, m->cfg.hidden_size, e->logit_rows, L, a->out_rows);
                 b->ops->rmsnorm(b, m->norm, (float)m->cfg.rms_norm_eps, a->out_rows, a->xn, L);
-                b->ops->matmul(b, m->lm_head, a->xn, a->logits, L, false);
+                if ((r = b->ops->matmul(b, m->lm_head, a->xn, a->logits, L, false)) < 0)
+                        return mx_error_set(err, r, "out of memory for the logits");
                 deliver_logits(e, items, n);
         }
         for (size_t i = 0; i < n; i++)

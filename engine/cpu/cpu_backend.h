@@ -36,8 +36,8 @@ const float *mx_cpu_f32_of(cpu_backend *cb, const mx_tensor *t);
 /* Per-thread scratch of at least n floats; NULL when out of memory. */
 float *mx_cpu_scratch(cpu_backend *cb, uint32_t thread, size_t n);
 
-void mx_cpu_matmul(mx_backend *b, const mx_tensor *w, const float *x, float *out, uint32_t n,
-                   bool accumulate);
+int mx_cpu_matmul(mx_backend *b, const mx_tensor *w, const float *x, float *out, uint32_t n,
+                  bool accumulate);
 int mx_cpu_attention(mx_backend *b, uint32_t layer, const mx_attn_seq *seqs, size_t n_seqs,
                      const float *q, const float *k, const float *v, float *out);
 int mx_cpu_moe(mx_backend *b, const mx_layer *layer, const float *x, float *acc, uint32_t n);

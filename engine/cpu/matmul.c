@@ -36,12 +36,12 @@ static void run(cpu_backend *cb, const mx_tensor *w, const float *x, uint64_t ld
 /* Tensors stored with q/k rows in interleaved RoPE order (mistral-inference)
  * are computed in stored order and their outputs put in Hugging Face order:
  * output r is stored row s(r) (see mx_tensor_row). */
-static void run_permuted(cpu_backend *cb, const mx_tensor *w, const float *x, float *out, uint32_t n,
-                         bool accumulate) {
+static int run_permuted(cpu_backend *cb, const mx_tensor *w, const float *x, float *out, uint32_t n,
+                        bool accumulate) {
         uint64_t rows = w->shape[0], hd = w->rope_head_dim, half = hd / 2;
         float *tmp = mx_cpu_scratch(cb, 0, (size_t)rows * n);
         if (!tmp)
-                abort(); /* a few KB per token: cannot fail short of a broken machine */
+                return -ENOMEM;
         run(cb, w, x, w->shape[1], tmp, rows, n, false);
         for (uint32_t t = 0; t < n; t++)
                 for (uint64_t r = 0; r < rows; r++) {
@@ -49,15 +49,16 @@ static void run_permuted(cpu_backend *cb, const mx_tensor *w, const float *x, fl
                         float v = tmp[t * rows + s];
                         out[t * rows + r] = accumulate ? out[t * rows + r] + v : v;
                 }
+        return 0;
 }
 
-void mx_cpu_matmul(mx_backend *b, const mx_tensor *w, const float *x, float *out, uint32_t n,
-                   bool accumulate) {
+int mx_cpu_matmul(mx_backend *b, const mx_tensor *w, const float *x, float *out, uint32_t n,
+                  bool accumulate) {
         cpu_backend *cb = (cpu_backend *)b;
         b->weight_bytes += w->nbytes;
         b->matmul_flops += 2 * w->shape[0] * w->shape[1] * n;
         if (w->rope_head_dim)
-                run_permuted(cb, w, x, out, n, accumulate);
-        else
-                run(cb, w, x, w->shape[1], out, w->shape[0], n, accumulate);
+                return run_permuted(cb, w, x, out, n, accumulate);
+        run(cb, w, x, w->shape[1], out, w->shape[0], n, accumulate);
+        return 0;
 }

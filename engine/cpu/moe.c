@@ -93,22 +93,27 @@ static void swiglu(float *h1, const float *h3, size_t n) {
                 h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h3[i];
 }
 
-static void run_expert(mx_backend *b, const mx_layer *l, uint32_t e, const float *x, uint32_t count) {
+static int run_expert(mx_backend *b, const mx_layer *l, uint32_t e, const float *x, uint32_t count) {
         cpu_moe *m = ((cpu_backend *)b)->moe;
         const mx_config *c = &b->model->cfg;
         size_t h = c->hidden_size, f = c->intermediate_size;
         for (uint32_t i = 0; i < count; i++)
                 memcpy(m->xe + i * h, x + (size_t)m->rows[i] * h, h * sizeof(float));
-        mx_cpu_matmul(b, l->w1[e], m->xe, m->h1, count, false);
-        mx_cpu_matmul(b, l->w3[e], m->xe, m->h3, count, false);
+        int r = mx_cpu_matmul(b, l->w1[e], m->xe, m->h1, count, false);
+        if (r == 0)
+                r = mx_cpu_matmul(b, l->w3[e], m->xe, m->h3, count, false);
+        if (r < 0)
+                return r;
         swiglu(m->h1, m->h3, (size_t)count * f);
-        mx_cpu_matmul(b, l->w2[e], m->h1, m->y, count, false);
+        if ((r = mx_cpu_matmul(b, l->w2[e], m->h1, m->y, count, false)) < 0)
+                return r;
         for (uint32_t i = 0; i < count; i++) {
                 float *s = m->sum + (size_t)m->rows[i] * h;
                 const float *y = m->y + i * h;
                 for (size_t j = 0; j < h; j++)
                         s[j] += y[j] * m->rows_w[i];
         }
+        return 0;
 }
 
 int mx_cpu_moe(mx_backend *b, const mx_layer *l, const float *x, float *acc, uint32_t n) {
@@ -120,7 +125,8 @@ int mx_cpu_moe(mx_backend *b, const mx_layer *l, const float *x, float *acc, uin
         if (r < 0)
                 return r;
         cpu_moe *m = cb->moe;
-        mx_cpu_matmul(b, l->router, x, m->logits, n, false);
+        if ((r = mx_cpu_matmul(b, l->router, x, m->logits, n, false)) < 0)
+                return r;
         for (uint32_t t = 0; t < n; t++)
                 route(m->logits + (size_t)t * E, E, k, m->prob, m->choice + (size_t)t * k,
                       m->weight + (size_t)t * k);
@@ -133,8 +139,8 @@ int mx_cpu_moe(mx_backend *b, const mx_layer *l, const float *x, float *acc, uin
                                         m->rows[count] = t;
                                         m->rows_w[count++] = m->weight[t * k + i];
                                 }
-                if (count)
-                        run_expert(b, l, e, x, count);
+                if (count && (r = run_expert(b, l, e, x, count)) < 0)
+                        return r;
         }
         for (size_t i = 0; i < (size_t)n * h; i++)
                 acc[i] += m->sum[i];
