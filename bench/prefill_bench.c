@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bf16.h"
 #include "mixtral.h"
 
 static double now(void) {
@@ -24,14 +25,13 @@ static double now(void) {
         return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* An fp32 copy of a weight, for sgemm (made before timing). */
 static float *to_f32(const mx_tensor *t) {
         uint64_t rows = t->shape[0], cols = t->shape[1];
         float *f = malloc(rows * cols * sizeof(float));
-        const uint16_t *h = t->data;
-        for (uint64_t i = 0; i < rows * cols; i++) {
-                uint32_t u = (uint32_t)h[i] << 16;
-                memcpy(&f[i], &u, 4);
-        }
+        for (uint64_t r = 0; r < rows; r++)
+                for (uint64_t i = 0; i < cols; i++)
+                        f[r * cols + i] = mx_element_f32(mx_tensor_row(t, r), t->dtype, i);
         return f;
 }
 

@@ -7,52 +7,12 @@
 #include "bf16.h"
 #include "kernels.h"
 
-/* IEEE half to float, exactly (subnormals, infinities and NaN included). */
-static float half_to_f32(uint16_t h) {
-        uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
-        if (exp == 0x1f)
-                u = sign | 0x7f800000u | (man << 13);
-        else if (exp != 0)
-                u = sign | ((exp + 112) << 23) | (man << 13);
-        else if (man == 0)
-                u = sign;
-        else {
-                int e = -1;
-                do {
-                        man <<= 1;
-                        e++;
-                } while (!(man & 0x400));
-                u = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ff) << 13);
-        }
-        float f;
-        memcpy(&f, &u, 4);
-        return f;
-}
-
-static float weight(const uint8_t *row, mx_dtype dt, uint64_t k) {
-        uint16_t h;
-        switch (dt) {
-        case MX_DTYPE_BF16:
-                memcpy(&h, row + 2 * k, 2);
-                return mx_bf16_to_f32(h);
-        case MX_DTYPE_F16:
-                memcpy(&h, row + 2 * k, 2);
-                return half_to_f32(h);
-        case MX_DTYPE_F32:
-        default: {
-                float f;
-                memcpy(&f, row + 4 * k, 4);
-                return f;
-        }
-        }
-}
-
 static float dot_row(const uint8_t *row, mx_dtype dt, const float *x, uint64_t cols) {
         float lane[16] = {0};
         for (uint64_t k0 = 0; k0 < cols; k0 += 16)
                 for (int j = 0; j < 16; j++) {
                         uint64_t k = k0 + (uint64_t)j;
-                        float w = k < cols ? weight(row, dt, k) : 0.0f;
+                        float w = k < cols ? mx_element_f32(row, dt, k) : 0.0f;
                         float v = k < cols ? x[k] : 0.0f;
                         lane[j] = fmaf(w, v, lane[j]);
                 }

@@ -7,23 +7,6 @@
 #include "cpu_backend.h"
 #include "mx_common.h"
 
-static float element(const mx_tensor *t, const uint8_t *row, uint64_t i) {
-        if (t->dtype == MX_DTYPE_F32) {
-                float f;
-                memcpy(&f, row + 4 * i, 4);
-                return f;
-        }
-        uint16_t h;
-        memcpy(&h, row + 2 * i, 2);
-        if (t->dtype == MX_DTYPE_BF16)
-                return mx_bf16_to_f32(h);
-        /* fp16: through the kernels' exact conversion, one element */
-        float x = 1.0f, out;
-        mx_matmul_args a = {(const uint8_t *)&h, MX_DTYPE_F16, 1, &x, 1, &out, 1, 1, false};
-        mx_kernels_scalar.matmul_rows(&a, 0, 1);
-        return out;
-}
-
 void mx_cpu_row_to_f32(const mx_tensor *t, uint64_t r, float *out) {
         uint64_t cols = t->ndim == 2 ? t->shape[1] : t->shape[0];
         const uint8_t *row = t->ndim == 2 ? mx_tensor_row(t, r) : t->data;
@@ -32,7 +15,7 @@ void mx_cpu_row_to_f32(const mx_tensor *t, uint64_t r, float *out) {
                 return;
         }
         for (uint64_t i = 0; i < cols; i++)
-                out[i] = element(t, row, i);
+                out[i] = mx_element_f32(row, t->dtype, i);
 }
 
 static int add_norm(cpu_backend *cb, const mx_tensor *t) {
