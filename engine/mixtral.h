@@ -426,6 +426,12 @@ size_t mx_gen_prompt_len(const mx_gen *g);
 int mx_demo_model_write(const char *dir, const char *shape, const char *tokenizer_path, uint64_t seed,
                         mx_error *err);
 
+/* ---- text ---------------------------------------------------------------- */
+
+/* Well-formed UTF-8 (no overlong forms, surrogates or code points above
+ * U+10FFFF), as the tokenizer judges it. */
+bool mx_utf8_valid(const char *s, size_t len);
+
 /* ---- files --------------------------------------------------------------- */
 
 /* Reads a whole regular file of at most max bytes (FIFOs and devices are

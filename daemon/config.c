@@ -1,0 +1,312 @@
+/* /etc/mixtrald/mixtrald.conf: [daemon] settings, [quota] defaults and
+ * [user:NAME] / [group:NAME] overrides (DESIGN.md section 5). Parsed with
+ * inih; every value is checked and an error names the file, line and key. */
+#include <ctype.h>
+#include <grp.h>
+#include <ini.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "mx_common.h"
+#include "mixtrald.h"
+
+void md_config_defaults(md_config *c) {
+        *c = (md_config){
+                .socket_mode = 0666,
+                .max_frame_bytes = MXP_DEFAULT_MAX_FRAME,
+                .max_batch = 16,
+                .max_queue = 64,
+                .max_connections_per_uid = 32,
+                .max_output_bytes = 4u << 20,
+                .prefill_chunk = 256,
+                .drain_seconds = 30,
+                .quota = {.tokens_per_hour = 0, .tokens_per_day = 0, .max_concurrent = 4,
+                          .max_queued = 16, .max_context = 0, .max_tokens = 0},
+        };
+}
+
+void md_config_free(md_config *c) {
+        free(c->model), free(c->device), free(c->socket), free(c->state_directory);
+        free(c->admin_group);
+        for (size_t i = 0; i < c->n_sections; i++)
+                free(c->sections[i].name);
+        free(c->sections);
+        *c = (md_config){0};
+}
+
+static int parse_u64(const char *s, uint64_t max, uint64_t *out) {
+        if (!isdigit((unsigned char)*s))
+                return -EINVAL;
+        errno = 0;
+        char *end;
+        unsigned long long v = strtoull(s, &end, 10);
+        /* Byte sizes may say K, M or G (powers of 1024). */
+        unsigned shift = *end == 'K' ? 10 : *end == 'M' ? 20 : *end == 'G' ? 30 : 0;
+        if (shift)
+                end++;
+        if (errno || *end || (shift && v > (UINT64_MAX >> shift)))
+                return -ERANGE;
+        v <<= shift;
+        if (v > max)
+                return -ERANGE;
+        *out = v;
+        return 0;
+}
+
+static int parse_u32(const char *s, uint32_t *out) {
+        uint64_t v;
+        int r = parse_u64(s, UINT32_MAX, &v);
+        if (r == 0)
+                *out = (uint32_t)v;
+        return r;
+}
+
+static int set_string(char **dst, const char *v) {
+        char *p = strdup(v);
+        if (!p)
+                return -ENOMEM;
+        free(*dst);
+        *dst = p;
+        return 0;
+}
+
+int md_config_set_daemon(md_config *c, const char *key, const char *v, mx_error *err) {
+        uint64_t u;
+        int r = 0;
+        if (!strcmp(key, "model"))
+                r = set_string(&c->model, v);
+        else if (!strcmp(key, "device")) {
+                if (strcmp(v, "cpu") && strcmp(v, "cuda"))
+                        return mx_error_set(err, -EINVAL, "device=%s: expected cpu or cuda", v);
+                r = set_string(&c->device, v);
+        } else if (!strcmp(key, "socket")) {
+                if (*v != '/')
+                        return mx_error_set(err, -EINVAL, "socket=%s: expected an absolute path", v);
+                r = set_string(&c->socket, v);
+        } else if (!strcmp(key, "socket_mode")) {
+                char *end;
+                errno = 0;
+                unsigned long m = strtoul(v, &end, 8);
+                if (errno || *end || !*v || m > 0777)
+                        return mx_error_set(err, -EINVAL, "socket_mode=%s: expected octal like 0666", v);
+                c->socket_mode = (unsigned)m;
+        } else if (!strcmp(key, "state_directory"))
+                r = set_string(&c->state_directory, v);
+        else if (!strcmp(key, "admin_group"))
+                r = set_string(&c->admin_group, v);
+        else if (!strcmp(key, "max_frame_bytes")) {
+                if ((r = parse_u64(v, 256u << 20, &u)) < 0 || u < 1024)
+                        return mx_error_set(err, -EINVAL, "max_frame_bytes=%s: expected 1K to 256M", v);
+                c->max_frame_bytes = (uint32_t)u;
+        } else if (!strcmp(key, "max_output_bytes")) {
+                if ((r = parse_u64(v, 1u << 30, &u)) < 0 || u < 4096)
+                        return mx_error_set(err, -EINVAL, "max_output_bytes=%s: expected 4K to 1G", v);
+                c->max_output_bytes = (uint32_t)u;
+        } else if (!strcmp(key, "drain_seconds")) {
+                if ((r = parse_u64(v, 86400, &u)) < 0)
+                        return mx_error_set(err, -EINVAL, "drain_seconds=%s: expected 0 to 86400", v);
+                c->drain_seconds = (double)u;
+        } else if (!strcmp(key, "expert_memory") || !strcmp(key, "host_cache")) {
+                /* Expert streaming reads these; here they are only checked. */
+                if (strcmp(v, "auto") && parse_u64(v, UINT64_MAX, &u) < 0)
+                        return mx_error_set(err, -EINVAL, "%s=%s: expected bytes (K, M, G) or auto", key, v);
+        } else {
+                static const struct {
+                        const char *key;
+                        size_t off;
+                        uint32_t min, max;
+                } nums[] = {
+                        {"threads", offsetof(md_config, threads), 0, 4096},
+                        {"max_batch", offsetof(md_config, max_batch), 1, 1024},
+                        {"max_queue", offsetof(md_config, max_queue), 0, 1u << 20},
+                        {"max_connections_per_uid", offsetof(md_config, max_connections_per_uid), 1, 1u << 20},
+                        {"prefill_chunk", offsetof(md_config, prefill_chunk), 1, 1u << 16},
+                };
+                for (size_t i = 0; i < MX_ELEMENTSOF(nums); i++) {
+                        if (strcmp(key, nums[i].key))
+                                continue;
+                        uint32_t x = 0;
+                        if (parse_u32(v, &x) < 0 || x < nums[i].min || x > nums[i].max)
+                                return mx_error_set(err, -EINVAL, "%s=%s: expected %u to %u", key, v,
+                                                    nums[i].min, nums[i].max);
+                        *(uint32_t *)((char *)c + nums[i].off) = x;
+                        return 0;
+                }
+                return mx_error_set(err, -EINVAL, "unknown key '%s' in [daemon]", key);
+        }
+        return r == -ENOMEM ? mx_error_set(err, r, "out of memory") : r;
+}
+
+static const char *const limit_keys[MD_LIMIT_FIELDS] = {
+        "tokens_per_hour", "tokens_per_day", "max_concurrent", "max_queued", "max_context", "max_tokens",
+};
+
+static void set_field(md_limits *l, unsigned i, uint64_t v) {
+        switch (i) {
+        case 0: l->tokens_per_hour = v; break;
+        case 1: l->tokens_per_day = v; break;
+        case 2: l->max_concurrent = (uint32_t)v; break;
+        case 3: l->max_queued = (uint32_t)v; break;
+        case 4: l->max_context = (uint32_t)v; break;
+        default: l->max_tokens = (uint32_t)v; break;
+        }
+}
+
+static int set_limit(md_limits *l, unsigned *set, const char *key, const char *v, mx_error *err) {
+        for (unsigned i = 0; i < MD_LIMIT_FIELDS; i++) {
+                if (strcmp(key, limit_keys[i]))
+                        continue;
+                uint64_t x;
+                if (parse_u64(v, i < 2 ? UINT64_MAX / 2 : UINT32_MAX, &x) < 0)
+                        return mx_error_set(err, -EINVAL, "%s=%s: expected a whole number (0: no limit)",
+                                            key, v);
+                set_field(l, i, x);
+                if (set)
+                        *set |= 1u << i;
+                return 0;
+        }
+        return mx_error_set(err, -EINVAL, "unknown quota key '%s'", key);
+}
+
+static md_quota_section *section_for(md_config *c, const char *name, bool group) {
+        for (size_t i = 0; i < c->n_sections; i++)
+                if (c->sections[i].is_group == group && !strcmp(c->sections[i].name, name))
+                        return &c->sections[i];
+        md_quota_section *p = realloc(c->sections, (c->n_sections + 1) * sizeof(*p));
+        if (!p)
+                return NULL;
+        c->sections = p;
+        md_quota_section *s = &p[c->n_sections];
+        *s = (md_quota_section){.name = strdup(name), .is_group = group};
+        if (!s->name)
+                return NULL;
+        c->n_sections++;
+        return s;
+}
+
+typedef struct parse_ctx {
+        md_config *c;
+        mx_error err;
+        int r;
+} parse_ctx;
+
+static int on_key(void *user, const char *section, const char *key, const char *value) {
+        parse_ctx *p = user;
+        if (p->r < 0)
+                return 0;
+        if (!strcmp(section, "daemon"))
+                p->r = md_config_set_daemon(p->c, key, value, &p->err);
+        else if (!strcmp(section, "quota"))
+                p->r = set_limit(&p->c->quota, NULL, key, value, &p->err);
+        else if (!strncmp(section, "user:", 5) || !strncmp(section, "group:", 6)) {
+                bool group = section[0] == 'g';
+                const char *name = section + (group ? 6 : 5);
+                md_quota_section *s = *name ? section_for(p->c, name, group) : NULL;
+                if (!*name)
+                        p->r = mx_error_set(&p->err, -EINVAL, "[%s] names nobody", section);
+                else if (!s)
+                        p->r = mx_error_set(&p->err, -ENOMEM, "out of memory");
+                else
+                        p->r = set_limit(&s->limits, &s->set, key, value, &p->err);
+        } else
+                p->r = mx_error_set(&p->err, -EINVAL, "unknown section [%s]", section);
+        return p->r == 0;
+}
+
+int md_config_load(md_config *c, const char *path, bool required, mx_error *err) {
+        _cleanup_fclose_ FILE *f = fopen(path, "re");
+        if (!f) {
+                if (errno == ENOENT && !required)
+                        return 0;
+                return mx_error_set(err, -errno, "%s: %s", path, strerror(errno));
+        }
+        struct stat st;
+        if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode))
+                return mx_error_set(err, -EINVAL, "%s: not a regular file", path);
+        parse_ctx p = {.c = c};
+        int line = ini_parse_file(f, on_key, &p);
+        if (line == 0)
+                return 0;
+        if (line < 0)
+                return mx_error_set(err, -EIO, "%s: cannot read it", path);
+        if (p.r < 0)
+                return mx_error_set(err, p.r, "%s:%d: %s", path, line, p.err.msg);
+        return mx_error_set(err, -EINVAL, "%s:%d: not a 'key = value' line or [section]", path, line);
+}
+
+static uint64_t limit_field(const md_limits *l, unsigned i) {
+        switch (i) {
+        case 0: return l->tokens_per_hour;
+        case 1: return l->tokens_per_day;
+        case 2: return l->max_concurrent;
+        case 3: return l->max_queued;
+        case 4: return l->max_context;
+        default: return l->max_tokens;
+        }
+}
+
+/* 0 is "no limit", so it beats any number. */
+static bool more_generous(uint64_t a, uint64_t b) {
+        return a == 0 ? b != 0 : b != 0 && a > b;
+}
+
+static bool in_group(const char *user, gid_t gid, gid_t want) {
+        if (gid == want)
+                return true;
+        gid_t groups[256];
+        int n = MX_ELEMENTSOF(groups);
+        if (!user || getgrouplist(user, gid, groups, &n) < 0)
+                return false;
+        for (int i = 0; i < n; i++)
+                if (groups[i] == want)
+                        return true;
+        return false;
+}
+
+void md_config_limits(const md_config *c, uid_t uid, gid_t gid, md_limits *out, bool *exempt) {
+        char pwbuf[4096], grbuf[4096];
+        struct passwd pw, *pwp = NULL;
+        getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &pwp);
+        const char *user = pwp ? pwp->pw_name : NULL;
+
+        *exempt = uid == 0;
+        if (!*exempt && c->admin_group) {
+                struct group gr, *grp = NULL;
+                getgrnam_r(c->admin_group, &gr, grbuf, sizeof(grbuf), &grp);
+                *exempt = grp && in_group(user, gid, grp->gr_gid);
+        }
+
+        md_limits l = c->quota;
+        unsigned from_user = 0, from_group = 0;
+        md_limits best = {0};
+        for (size_t i = 0; i < c->n_sections; i++) {
+                const md_quota_section *s = &c->sections[i];
+                if (!s->is_group) {
+                        if (!user || strcmp(s->name, user))
+                                continue;
+                        for (unsigned k = 0; k < MD_LIMIT_FIELDS; k++)
+                                if (s->set & (1u << k))
+                                        set_field(&l, k, limit_field(&s->limits, k));
+                        from_user |= s->set;
+                        continue;
+                }
+                struct group gr, *grp = NULL;
+                getgrnam_r(s->name, &gr, grbuf, sizeof(grbuf), &grp);
+                if (!grp || !in_group(user, gid, grp->gr_gid))
+                        continue;
+                for (unsigned k = 0; k < MD_LIMIT_FIELDS; k++) {
+                        if (!(s->set & (1u << k)))
+                                continue;
+                        uint64_t v = limit_field(&s->limits, k);
+                        if (!(from_group & (1u << k)) || more_generous(v, limit_field(&best, k)))
+                                set_field(&best, k, v);
+                        from_group |= 1u << k;
+                }
+        }
+        for (unsigned k = 0; k < MD_LIMIT_FIELDS; k++)
+                if ((from_group & (1u << k)) && !(from_user & (1u << k)))
+                        set_field(&l, k, limit_field(&best, k));
+        *out = l;
+}

@@ -1,0 +1,318 @@
+/* mixtrald: loads the model, then serves it on a Unix socket until told to
+ * stop. Under systemd (Type=notify) or by hand, as any user. */
+#include <getopt.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <syslog.h>
+#include <systemd/sd-daemon.h>
+#include <systemd/sd-event.h>
+#include <time.h>
+
+#include "mx_common.h"
+#include "mixtrald.h"
+
+#define SYSTEM_CONFIG "/etc/mixtrald/mixtrald.conf"
+
+static const char usage_text[] =
+        "Usage: mixtrald [--model DIR] [OPTIONS]\n"
+        "\n"
+        "The Mixtral inference daemon: keeps the model in memory and serves every\n"
+        "local user over a Unix socket (protobuf, DESIGN.md section 5), with\n"
+        "per-user quotas. Runs under systemd (socket activation, Type=notify,\n"
+        "watchdog) or by hand as any user.\n"
+        "\n"
+        "Options (each overrides the [daemon] key of the same name in the file):\n"
+        "  -m, --model DIR            the checkpoint directory (Hugging Face or\n"
+        "                             mistral-inference layout)\n"
+        "      --device DEV           cpu (default) or cuda\n"
+        "  -s, --socket PATH          the socket to create, when systemd passes none\n"
+        "                             (default: " MXP_SYSTEM_SOCKET " for root,\n"
+        "                             else $XDG_RUNTIME_DIR/mixtrald.sock)\n"
+        "  -c, --config PATH          the configuration file (default " SYSTEM_CONFIG
+        " for\n"
+        "                             root, else ~/.config/mixtrald/mixtrald.conf; a\n"
+        "                             missing default file means built-in defaults)\n"
+        "      --state-directory DIR  where usage is kept (default $STATE_DIRECTORY, or\n"
+        "                             /var/lib/mixtrald for root, else\n"
+        "                             ~/.local/state/mixtrald)\n"
+        "      --threads N            CPU threads for the engine (default: every core)\n"
+        "      --max-frame-bytes N    largest request accepted (default 1M)\n"
+        "      --socket-mode MODE     octal mode of a socket made here (default 0666)\n"
+        "      --check-config         read the configuration, report, and exit\n"
+        "  -h, --help                 this text\n"
+        "      --version              the version\n"
+        "\n"
+        "Configuration (INI; see mixtrald.conf(5) and docs/daemon.md):\n"
+        "  [daemon]  model device socket socket_mode state_directory max_frame_bytes\n"
+        "            threads admin_group max_batch max_queue max_connections_per_uid\n"
+        "            max_output_bytes prefill_chunk drain_seconds expert_memory host_cache\n"
+        "  [quota]   tokens_per_hour tokens_per_day max_concurrent max_queued\n"
+        "            max_context max_tokens   (0: no limit)\n"
+        "  [user:NAME] and [group:NAME]: the [quota] keys for that user or group\n"
+        "\n"
+        "Signals: SIGHUP reloads the configuration (limits and quotas; model, device,\n"
+        "socket and state directory change only at restart). SIGTERM stops: new\n"
+        "requests are refused, queued ones end with UNAVAILABLE, running ones may\n"
+        "finish for drain_seconds (default 30), then the rest are aborted; a second\n"
+        "SIGTERM aborts at once. Exit status 0 after a stop, 1 on a start-up error,\n"
+        "2 for a usage error.\n";
+
+typedef struct args {
+        const char *config;
+        bool check_only;
+} args;
+
+static int usage_error(const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        fputs("mixtrald: ", stderr);
+        vfprintf(stderr, fmt, ap);
+        fputs("\nTry 'mixtrald --help'.\n", stderr);
+        va_end(ap);
+        return 2;
+}
+
+static int override(md_server *srv, const char *key, const char *value) {
+        if (srv->n_overrides == MX_ELEMENTSOF(srv->overrides))
+                return usage_error("too many options");
+        srv->overrides[srv->n_overrides][0] = key;
+        srv->overrides[srv->n_overrides++][1] = value;
+        return 0;
+}
+
+static int parse_args(int argc, char **argv, md_server *srv, args *a) {
+        enum { OPT_DEVICE = 256, OPT_STATE, OPT_THREADS, OPT_FRAME, OPT_MODE, OPT_CHECK, OPT_VERSION };
+        static const struct option opts[] = {
+                {"model", required_argument, NULL, 'm'},     {"device", required_argument, NULL, OPT_DEVICE},
+                {"socket", required_argument, NULL, 's'},    {"config", required_argument, NULL, 'c'},
+                {"state-directory", required_argument, NULL, OPT_STATE},
+                {"threads", required_argument, NULL, OPT_THREADS},
+                {"max-frame-bytes", required_argument, NULL, OPT_FRAME},
+                {"socket-mode", required_argument, NULL, OPT_MODE},
+                {"check-config", no_argument, NULL, OPT_CHECK},
+                {"help", no_argument, NULL, 'h'},            {"version", no_argument, NULL, OPT_VERSION},
+                {0},
+        };
+        int c, r = 0;
+        opterr = 0;
+        while (r == 0 && (c = getopt_long(argc, argv, ":m:s:c:h", opts, NULL)) != -1) {
+                switch (c) {
+                case 'm': r = override(srv, "model", optarg); break;
+                case OPT_DEVICE: r = override(srv, "device", optarg); break;
+                case 's': r = override(srv, "socket", optarg); break;
+                case OPT_STATE: r = override(srv, "state_directory", optarg); break;
+                case OPT_THREADS: r = override(srv, "threads", optarg); break;
+                case OPT_FRAME: r = override(srv, "max_frame_bytes", optarg); break;
+                case OPT_MODE: r = override(srv, "socket_mode", optarg); break;
+                case 'c': a->config = optarg; break;
+                case OPT_CHECK: a->check_only = true; break;
+                case 'h': fputs(usage_text, stdout); exit(0);
+                case OPT_VERSION: puts("mixtrald " MX_VERSION_STRING); exit(0);
+                case ':': return usage_error("%s needs an argument", argv[optind - 1]);
+                default: return usage_error("unknown option '%s'", argv[optind - 1]);
+                }
+        }
+        if (r)
+                return r;
+        if (optind < argc)
+                return usage_error("unexpected argument '%s'", argv[optind]);
+        return 0;
+}
+
+/* Per-user defaults when not root: everything under the user's own dirs. */
+static char *user_path(const char *xdg_var, const char *fallback, const char *leaf) {
+        const char *base = getenv(xdg_var);
+        char *p = NULL;
+        if (base && *base == '/')
+                return asprintf(&p, "%s/%s", base, leaf) < 0 ? NULL : p;
+        const char *home = getenv("HOME");
+        struct passwd *pw = home ? NULL : getpwuid(getuid());
+        if (!home && pw)
+                home = pw->pw_dir;
+        if (!home)
+                return NULL;
+        return asprintf(&p, "%s/%s/%s", home, fallback, leaf) < 0 ? NULL : p;
+}
+
+int md_service_load_config(md_server *srv, md_config *out, mx_error *err) {
+        md_config c;
+        md_config_defaults(&c);
+        int r = md_config_load(&c, srv->config_path, srv->config_required, err);
+        for (size_t i = 0; r == 0 && i < srv->n_overrides; i++)
+                r = md_config_set_daemon(&c, srv->overrides[i][0], srv->overrides[i][1], err);
+        const char *state = getenv("STATE_DIRECTORY"); /* systemd's StateDirectory= */
+        if (r == 0 && !c.state_directory) {
+                if (state && *state == '/')
+                        c.state_directory = strndup(state, strcspn(state, ":"));
+                else
+                        c.state_directory = geteuid() == 0 ? strdup("/var/lib/mixtrald")
+                                                           : user_path("XDG_STATE_HOME", ".local/state", "mixtrald");
+                if (!c.state_directory)
+                        r = mx_error_set(err, -ENOMEM, "no state directory: set state_directory");
+        }
+        if (r == 0 && !c.socket) {
+                c.socket = geteuid() == 0 ? strdup(MXP_SYSTEM_SOCKET) : user_path("XDG_RUNTIME_DIR", ".", "mixtrald.sock");
+                if (!c.socket || (geteuid() != 0 && !getenv("XDG_RUNTIME_DIR")))
+                        r = mx_error_set(err, -EINVAL, "no socket path: give --socket PATH (XDG_RUNTIME_DIR is unset)");
+        }
+        if (r < 0) {
+                md_config_free(&c);
+                return r;
+        }
+        *out = c;
+        return 0;
+}
+
+/* ---- loading ---------------------------------------------------------------- */
+
+typedef struct load_progress {
+        time_t last;
+} load_progress;
+
+/* Every second while pages come in: progress for systemctl status, and
+ * more start-up time, so that a 90 GB model is not killed half-read. */
+static void on_progress(uint64_t done, uint64_t total, void *arg) {
+        load_progress *p = arg;
+        time_t now = time(NULL);
+        if (now == p->last && done != total)
+                return;
+        p->last = now;
+        sd_notifyf(false, "STATUS=Loading the model: %.1f of %.1f GiB (%d%%)\nEXTEND_TIMEOUT_USEC=%llu",
+                   (double)done / (1u << 30), (double)total / (1u << 30), total ? (int)(done * 100 / total) : 100,
+                   30000000ull);
+}
+
+static bool fits_in_memory(const mx_model *m) {
+        struct sysinfo si;
+        uint64_t total = 0;
+        for (size_t i = 0; i < m->n_files; i++)
+                total += m->files[i].size;
+        return sysinfo(&si) == 0 && total < (uint64_t)si.totalram * si.mem_unit / 10 * 8;
+}
+
+static int load(md_server *srv, mx_error *err) {
+        if (!srv->cfg.model)
+                return mx_error_set(err, -EINVAL, "no model: give --model DIR or model= in [daemon]");
+        srv->model_dir = srv->cfg.model;
+        sd_notifyf(false, "STATUS=Opening %s\nEXTEND_TIMEOUT_USEC=%llu", srv->model_dir, 30000000ull);
+        int r = mx_model_open(&srv->model, srv->model_dir, err);
+        _cleanup_free_ char *tp = NULL;
+        if (r < 0 || !(tp = mx_model_find_tokenizer(srv->model_dir, err)) ||
+            (r = mx_tokenizer_load(&srv->tok, tp, err)) < 0)
+                return r < 0 ? r : -ENOENT;
+        if (mx_tokenizer_vocab_size(srv->tok) != srv->model->cfg.vocab_size)
+                return mx_error_set(err, -EINVAL, "the tokenizer has %u pieces but the model a vocabulary of %u",
+                                    mx_tokenizer_vocab_size(srv->tok), srv->model->cfg.vocab_size);
+        if (fits_in_memory(srv->model))
+                mx_model_prefault(srv->model, on_progress, &(load_progress){0});
+        mx_engine_opts eo = {.device = srv->cfg.device, .threads = srv->cfg.threads};
+        if ((r = mx_engine_open(&srv->engine, srv->model, &eo, err)) < 0)
+                return r;
+        mx_footprint fp;
+        mx_model_footprint(srv->model, &fp);
+        srv->kv_bytes_per_token = fp.kv_bytes_per_token;
+        srv->context_length = srv->model->cfg.max_position_embeddings;
+        md_log(LOG_INFO, "model %s: %.2f GiB of weights on %s, context %u", srv->model_dir,
+               (double)fp.bytes / (1u << 30), mx_engine_describe(srv->engine), srv->context_length);
+        return 0;
+}
+
+/* ---- running ---------------------------------------------------------------- */
+
+static int serve(md_server *srv, mx_error *err) {
+        int r = md_usage_open(&srv->usage, srv->cfg.state_directory, err);
+        if (r < 0)
+                return r;
+        if ((r = sd_event_default(&srv->event)) < 0 || (r = md_service_signals(srv)) < 0)
+                return mx_error_set(err, r, "event loop: %s", strerror(-r));
+        if ((r = load(srv, err)) < 0)
+                return r;
+        if ((srv->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+                return mx_error_set(err, -errno, "eventfd: %s", strerror(errno));
+        md_sched_opts so = {srv->cfg.max_batch, srv->cfg.prefill_chunk};
+        if ((r = md_sched_start(&srv->sched, srv->engine, srv->tok, &so, srv->notify_fd, err)) < 0)
+                return r;
+        if ((r = sd_event_add_io(srv->event, &srv->notify_src, srv->notify_fd, EPOLLIN, md_service_after_engine,
+                                 srv)) < 0)
+                return mx_error_set(err, r, "event loop: %s", strerror(-r));
+        if ((r = md_service_listen(srv, srv->cfg.socket, err)) < 0)
+                return r;
+        srv->t_start = md_now();
+        sd_notifyf(false, "READY=1\nSTATUS=Serving %s on %s", srv->model_dir, mx_engine_describe(srv->engine));
+        md_log(LOG_INFO, "ready");
+        if ((r = sd_event_loop(srv->event)) < 0)
+                return mx_error_set(err, r, "event loop: %s", strerror(-r));
+        return 0;
+}
+
+static void teardown(md_server *srv) {
+        if (srv->sched) {
+                md_sched_stop(srv->sched, MIXTRALD__V1__ERROR_CODE__UNAVAILABLE, "the daemon stopped");
+                /* Requests the thread ended on its way out: charged and freed. */
+                if (srv->notify_fd >= 0)
+                        md_server_on_engine(NULL, srv->notify_fd, 0, srv);
+        }
+        while (srv->conns)
+                md_conn_free(srv->conns);
+        md_sched_free(srv->sched);
+        sd_event_source_disable_unref(srv->listen_src);
+        sd_event_source_disable_unref(srv->notify_src);
+        sd_event_source_disable_unref(srv->drain_timer);
+        if (srv->created_socket)
+                unlink(srv->created_socket);
+        free(srv->created_socket);
+        if (srv->notify_fd >= 0)
+                close(srv->notify_fd);
+        free(srv->live);
+        free(srv->ship);
+        mx_engine_free(srv->engine);
+        mx_tokenizer_free(srv->tok);
+        mx_model_free(srv->model);
+        md_usage_free(&srv->usage);
+        md_config_free(&srv->cfg);
+        sd_event_unref(srv->event);
+}
+
+int main(int argc, char **argv) {
+        md_log_init();
+        md_server srv = {.listen_fd = -1, .notify_fd = -1};
+        args a = {0};
+        int r = parse_args(argc, argv, &srv, &a);
+        if (r)
+                return r;
+        _cleanup_free_ char *user_config = NULL;
+        srv.config_required = a.config != NULL;
+        if (a.config)
+                srv.config_path = a.config;
+        else if (geteuid() == 0)
+                srv.config_path = SYSTEM_CONFIG;
+        else
+                srv.config_path = user_config = user_path("XDG_CONFIG_HOME", ".config", "mixtrald/mixtrald.conf");
+        mx_error err = {0};
+        if (!srv.config_path)
+                srv.config_path = SYSTEM_CONFIG;
+        if (md_service_load_config(&srv, &srv.cfg, &err) < 0) {
+                md_log(LOG_ERR, "%s", err.msg);
+                sd_notifyf(false, "STATUS=Configuration error: %s", err.msg);
+                return 1;
+        }
+        if (a.check_only) {
+                printf("%s: OK (model %s, socket %s, state %s, %zu user/group sections)\n", srv.config_path,
+                       srv.cfg.model ? srv.cfg.model : "(unset)", srv.cfg.socket, srv.cfg.state_directory,
+                       srv.cfg.n_sections);
+                md_config_free(&srv.cfg);
+                return 0;
+        }
+        r = serve(&srv, &err);
+        if (r < 0) {
+                md_log(LOG_ERR, "%s", err.msg);
+                sd_notifyf(false, "STATUS=Failed: %s\nERRNO=%d", err.msg, -r);
+        } else
+                md_log(LOG_INFO, "stopped");
+        teardown(&srv);
+        return r < 0 ? 1 : 0;
+}

@@ -1,0 +1,419 @@
+/* The requests, on the main thread: admission against quotas and the
+ * queue, cancel, status and quota replies, and shipping what the engine
+ * produced to each client as it comes. */
+#include <math.h>
+#include <string.h>
+#include <syslog.h>
+#include <time.h>
+
+#include "mx_common.h"
+#include "mixtrald.h"
+
+double md_now(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static uint64_t wall_now(void) {
+        return (uint64_t)time(NULL);
+}
+
+static void live_add(md_server *srv, md_request *r) {
+        srv->live[srv->n_live++] = r;
+}
+
+static void live_remove(md_server *srv, md_request *r) {
+        for (size_t i = 0; i < srv->n_live; i++)
+                if (srv->live[i] == r) {
+                        srv->live[i] = srv->live[--srv->n_live];
+                        return;
+                }
+}
+
+static void conn_remove(md_conn *c, md_request *r) {
+        for (md_request **p = &c->reqs; *p; p = &(*p)->conn_next)
+                if (*p == r) {
+                        *p = r->conn_next;
+                        return;
+                }
+}
+
+void md_server_detach(md_server *srv, md_conn *c) {
+        for (md_request *r = c->reqs, *next; r; r = next) {
+                next = r->conn_next;
+                r->conn = NULL;
+                r->conn_next = NULL;
+                md_sched_cancel(srv->sched, r);
+        }
+        c->reqs = NULL;
+}
+
+static void inflight_of(md_server *srv, uint32_t uid, md_inflight *f) {
+        *f = (md_inflight){0};
+        md_sched_lock(srv->sched);
+        for (size_t i = 0; i < srv->n_live; i++) {
+                md_request *r = srv->live[i];
+                if (r->uid != uid)
+                        continue;
+                if (r->state == MD_QUEUED)
+                        f->queued++;
+                else
+                        f->running++;
+                f->reserved += r->reserved;
+        }
+        md_sched_unlock(srv->sched);
+}
+
+static uint32_t queued_total(md_server *srv) {
+        uint32_t q, run;
+        md_sched_lock(srv->sched);
+        md_sched_counts_locked(srv->sched, &q, &run);
+        md_sched_unlock(srv->sched);
+        return q;
+}
+
+static void send_refusal(md_conn *c, uint64_t tag, const md_admission *a) {
+        Mixtrald__V1__Error e = MIXTRALD__V1__ERROR__INIT;
+        e.has_code = true, e.code = a->code, e.message = (char *)a->msg;
+        e.has_retry_at_unix = a->retry_at != 0, e.retry_at_unix = a->retry_at;
+        Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
+        resp.has_tag = true, resp.tag = tag;
+        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_ERROR, resp.error = &e;
+        md_conn_send(c, &resp);
+}
+
+static void send_busy(md_conn *c, uint64_t tag, uint32_t retry_ms) {
+        Mixtrald__V1__Error e = MIXTRALD__V1__ERROR__INIT;
+        e.has_code = true, e.code = MIXTRALD__V1__ERROR_CODE__BUSY;
+        e.message = "the daemon's queue is full";
+        e.has_retry_after_ms = true, e.retry_after_ms = retry_ms;
+        Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
+        resp.has_tag = true, resp.tag = tag;
+        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_ERROR, resp.error = &e;
+        md_conn_send(c, &resp);
+}
+
+/* A request ready for the engine, owning copies of what it needs. */
+static md_request *request_new(md_server *srv, md_conn *c, uint64_t tag, const md_gen_params *p,
+                               mx_ids *ids, const md_admission *a, const md_limits *l, bool exempt) {
+        md_request *r = calloc(1, sizeof(*r));
+        if (!r)
+                return NULL;
+        *r = (md_request){.id = ++srv->next_id, .tag = tag, .uid = c->uid, .conn = c, .prompt = *ids,
+                          .want_ids = p->want_ids, .reserved = a->reserve, .t_submit = md_now(),
+                          .max_concurrent = exempt ? 0 : l->max_concurrent};
+        *ids = (mx_ids){0};
+        r->opts = (mx_gen_opts){.sampling = p->sampling, .max_tokens = a->max_tokens,
+                                .max_context = (uint32_t)r->prompt.n + a->max_tokens,
+                                .prefill_chunk = srv->cfg.prefill_chunk, .keep_leading_space = p->raw};
+        /* The context holds the prompt and every granted token, plus the
+         * slot the last one is fed into. */
+        if (r->opts.max_context < srv->context_length)
+                r->opts.max_context++;
+        if (p->n_stop && !(r->stop = calloc(p->n_stop, sizeof(char *))))
+                goto fail;
+        for (size_t i = 0; i < p->n_stop; i++)
+                if (!(r->stop[i] = strdup(p->stop[i])))
+                        goto fail;
+        r->opts.n_stop = p->n_stop;
+        return r;
+fail:
+        r->opts.n_stop = p->n_stop;
+        md_request_destroy(r);
+        return NULL;
+}
+
+static void send_accepted(md_conn *c, const md_request *r, uint32_t position) {
+        Mixtrald__V1__Accepted a = MIXTRALD__V1__ACCEPTED__INIT;
+        a.has_queue_position = true, a.queue_position = position;
+        a.has_prompt_tokens = true, a.prompt_tokens = (uint32_t)r->prompt.n;
+        a.has_max_tokens = true, a.max_tokens = r->opts.max_tokens;
+        Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
+        resp.has_tag = true, resp.tag = r->tag;
+        resp.has_request_id = true, resp.request_id = r->id;
+        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_ACCEPTED, resp.accepted = &a;
+        md_conn_send(c, &resp);
+}
+
+void md_server_generate(md_conn *c, uint64_t tag, const Mixtrald__V1__Generate *g) {
+        md_server *srv = c->srv;
+        enum { INVALID = MIXTRALD__V1__ERROR_CODE__INVALID_ARGUMENT };
+        if (srv->draining)
+                return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__UNAVAILABLE,
+                                          "the daemon is stopping");
+        mx_error err = {0};
+        _cleanup_(md_gen_params_free) md_gen_params p = {0};
+        _cleanup_(mx_ids_free) mx_ids ids = {0};
+        if (md_gen_params_from(g, &p, &err) < 0 || md_gen_params_ids(&p, srv->tok, &ids, &err) < 0)
+                return md_conn_send_error(c, tag, 0, err.code == -ENOMEM ? MIXTRALD__V1__ERROR_CODE__INTERNAL
+                                                                         : INVALID, err.msg);
+        md_limits l;
+        bool exempt;
+        md_config_limits(&srv->cfg, c->uid, c->gid, &l, &exempt);
+        md_inflight f;
+        inflight_of(srv, c->uid, &f);
+        uint64_t now = wall_now();
+        md_usage_entry *e = md_usage_get(&srv->usage, c->uid, now);
+        if (!e)
+                return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__INTERNAL, "out of memory");
+        md_admission a;
+        uint32_t n = ids.n > UINT32_MAX ? UINT32_MAX : (uint32_t)ids.n;
+        md_quota_admit(&l, exempt, e, &f, n, p.max_tokens, srv->context_length, now, &a);
+        if (a.code)
+                return send_refusal(c, tag, &a);
+        uint32_t queued = queued_total(srv);
+        if (srv->cfg.max_queue && queued >= srv->cfg.max_queue)
+                return send_busy(c, tag, 1000);
+        if (mx_grow((void **)&srv->live, &srv->cap_live, srv->n_live + 1, sizeof(*srv->live)) < 0)
+                return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__INTERNAL, "out of memory");
+        md_request *r = request_new(srv, c, tag, &p, &ids, &a, &l, exempt);
+        if (!r)
+                return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__INTERNAL, "out of memory");
+        r->conn_next = c->reqs;
+        c->reqs = r;
+        live_add(srv, r);
+        srv->requests_total++;
+        md_log_request(LOG_INFO, &(md_log_fields){.request_id = r->id, .uid = r->uid, .prompt_tokens = n},
+                       "accepted: %u prompt tokens, up to %u more", n, a.max_tokens);
+        send_accepted(c, r, queued);
+        md_sched_submit(srv->sched, r);
+}
+
+void md_server_cancel(md_conn *c, uint64_t tag, const Mixtrald__V1__Cancel *m) {
+        md_server *srv = c->srv;
+        if (!m->has_request_id)
+                return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__INVALID_ARGUMENT,
+                                          "cancel needs a request_id");
+        for (size_t i = 0; i < srv->n_live; i++) {
+                md_request *r = srv->live[i];
+                /* Someone else's request is as good as absent: no probing. */
+                if (r->id != m->request_id || (r->uid != c->uid && c->uid != 0))
+                        continue;
+                md_sched_cancel(srv->sched, r);
+                Mixtrald__V1__CancelReply cr = MIXTRALD__V1__CANCEL_REPLY__INIT;
+                cr.has_request_id = true, cr.request_id = r->id;
+                Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
+                resp.has_tag = true, resp.tag = tag;
+                resp.has_request_id = true, resp.request_id = r->id;
+                resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_CANCELLED, resp.cancelled = &cr;
+                return md_conn_send(c, &resp);
+        }
+        char msg[96];
+        snprintf(msg, sizeof(msg), "no request %llu of yours is running or queued",
+                 (unsigned long long)m->request_id);
+        md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__NOT_FOUND, msg);
+}
+
+static uint64_t rss_bytes(void) {
+        _cleanup_fclose_ FILE *f = fopen("/proc/self/statm", "re");
+        unsigned long long size, rss;
+        if (!f || fscanf(f, "%llu %llu", &size, &rss) != 2)
+                return 0;
+        return rss * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+void md_server_status(md_conn *c, uint64_t tag) {
+        md_server *srv = c->srv;
+        md_limits l;
+        bool admin;
+        md_config_limits(&srv->cfg, c->uid, c->gid, &l, &admin);
+        Mixtrald__V1__Status st = MIXTRALD__V1__STATUS__INIT;
+        mx_engine_counters ec;
+        mx_engine_counters_get(srv->engine, &ec);
+        mx_footprint fp;
+        mx_model_footprint(srv->model, &fp);
+        st.version = MX_VERSION_STRING, st.model = (char *)srv->model_dir;
+        st.device = (char *)mx_engine_describe(srv->engine);
+        st.state = srv->draining ? "draining" : "serving";
+        st.has_weight_bytes = true, st.weight_bytes = fp.bytes;
+        st.has_rss_bytes = true, st.rss_bytes = rss_bytes();
+        st.has_max_batch = true, st.max_batch = srv->cfg.max_batch;
+        st.has_max_queue = true, st.max_queue = srv->cfg.max_queue;
+        st.has_connections = true, st.connections = srv->n_conns;
+        st.has_requests_total = true, st.requests_total = srv->requests_total;
+        st.has_tokens_total = true, st.tokens_total = srv->tokens_total;
+        st.has_uptime_s = true, st.uptime_s = md_now() - srv->t_start;
+        st.has_context_length = true, st.context_length = srv->context_length;
+
+        _cleanup_free_ Mixtrald__V1__RequestInfo *infos = calloc(srv->n_live + 1, sizeof(*infos));
+        _cleanup_free_ Mixtrald__V1__RequestInfo **ptrs = calloc(srv->n_live + 1, sizeof(*ptrs));
+        if (!infos || !ptrs)
+                return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__INTERNAL, "out of memory");
+        uint64_t kv_tokens = 0;
+        double now = md_now();
+        md_sched_lock(srv->sched);
+        md_sched_counts_locked(srv->sched, &st.queued, &st.running);
+        for (size_t i = 0; i < srv->n_live; i++) {
+                md_request *r = srv->live[i];
+                if (r->state == MD_PREFILL || r->state == MD_DECODE)
+                        kv_tokens += r->prompt.n + r->completion_tokens;
+                if (r->uid != c->uid && !admin)
+                        continue;
+                Mixtrald__V1__RequestInfo *ri = &infos[st.n_requests];
+                mixtrald__v1__request_info__init(ri);
+                ri->has_id = true, ri->id = r->id;
+                ri->has_uid = true, ri->uid = r->uid;
+                ri->state = (char *)md_state_name(r->state);
+                ri->has_prompt_tokens = true, ri->prompt_tokens = (uint32_t)r->prompt.n;
+                ri->has_completion_tokens = true, ri->completion_tokens = r->completion_tokens;
+                ri->has_age_s = true, ri->age_s = now - r->t_submit;
+                ptrs[st.n_requests++] = ri;
+        }
+        md_sched_unlock(srv->sched);
+        st.has_queued = st.has_running = true;
+        st.has_kv_bytes = true, st.kv_bytes = kv_tokens * srv->kv_bytes_per_token;
+        st.requests = ptrs;
+        Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
+        resp.has_tag = true, resp.tag = tag;
+        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_STATUS, resp.status = &st;
+        md_conn_send(c, &resp);
+}
+
+void md_server_quota(md_conn *c, uint64_t tag) {
+        md_server *srv = c->srv;
+        md_limits l;
+        bool exempt;
+        md_config_limits(&srv->cfg, c->uid, c->gid, &l, &exempt);
+        md_inflight f;
+        inflight_of(srv, c->uid, &f);
+        md_usage_entry *e = md_usage_get(&srv->usage, c->uid, wall_now());
+        if (!e)
+                return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__INTERNAL, "out of memory");
+        Mixtrald__V1__Limits lim = MIXTRALD__V1__LIMITS__INIT;
+        lim.has_tokens_per_hour = lim.has_tokens_per_day = lim.has_max_concurrent = true;
+        lim.has_max_queued = lim.has_max_context = lim.has_max_tokens = true;
+        lim.tokens_per_hour = l.tokens_per_hour, lim.tokens_per_day = l.tokens_per_day;
+        lim.max_concurrent = l.max_concurrent, lim.max_queued = l.max_queued;
+        lim.max_context = l.max_context ? l.max_context : srv->context_length;
+        lim.max_tokens = l.max_tokens;
+        Mixtrald__V1__Quota q = MIXTRALD__V1__QUOTA__INIT;
+        q.has_uid = true, q.uid = c->uid;
+        q.has_exempt = true, q.exempt = exempt;
+        q.limits = &lim;
+        q.has_used_hour = true, q.used_hour = e->hour_used;
+        q.has_used_day = true, q.used_day = e->day_used;
+        q.has_hour_resets_unix = true, q.hour_resets_unix = e->hour_start + 3600;
+        q.has_day_resets_unix = true, q.day_resets_unix = e->day_start + 86400;
+        q.has_running = true, q.running = f.running;
+        q.has_queued = true, q.queued = f.queued;
+        Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
+        resp.has_tag = true, resp.tag = tag;
+        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_QUOTA, resp.quota = &q;
+        md_conn_send(c, &resp);
+}
+
+/* ---- output -------------------------------------------------------------- */
+
+static void ship_chunk(md_request *r) {
+        if (!r->conn || (!r->ship_text.n && !r->ship_ids.n))
+                return;
+        if (mx_buf_append(&r->ship_text, "", 0) < 0) /* NUL-terminate */
+                return md_conn_kill(r->conn, "out of memory");
+        Mixtrald__V1__Chunk ch = MIXTRALD__V1__CHUNK__INIT;
+        ch.text = r->ship_text.p;
+        ch.n_token_ids = r->ship_ids.n, ch.token_ids = r->ship_ids.v;
+        Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
+        resp.has_tag = true, resp.tag = r->tag;
+        resp.has_request_id = true, resp.request_id = r->id;
+        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_CHUNK, resp.chunk = &ch;
+        md_conn_send(r->conn, &resp);
+}
+
+static void fill_usage(const md_request *r, Mixtrald__V1__Usage *u) {
+        uint32_t n = r->seen.completion_tokens;
+        u->has_prompt_tokens = true, u->prompt_tokens = (uint32_t)r->prompt.n;
+        u->has_completion_tokens = true, u->completion_tokens = n;
+        u->has_total_s = true, u->total_s = r->seen.t_end - r->t_submit;
+        u->has_queued_s = true, u->queued_s = r->seen.started ? r->seen.t_start - r->t_submit : u->total_s;
+        if (n) {
+                u->has_time_to_first_token_s = true, u->time_to_first_token_s = r->seen.t_first - r->t_submit;
+                double decode = r->seen.t_end - r->seen.t_first;
+                u->has_tokens_per_second = true;
+                u->tokens_per_second = n > 1 && decode > 0 ? (n - 1) / decode : 0;
+        }
+}
+
+static void ship_end(md_server *srv, md_request *r) {
+        Mixtrald__V1__Usage u = MIXTRALD__V1__USAGE__INIT;
+        fill_usage(r, &u);
+        md_log_fields lf = {.request_id = r->id, .uid = r->uid, .prompt_tokens = u.prompt_tokens,
+                            .completion_tokens = u.completion_tokens, .ttft_s = u.time_to_first_token_s,
+                            .tokens_per_s = u.tokens_per_second, .total_s = u.total_s};
+        if (r->seen.error_code) {
+                md_log_request(LOG_INFO, &lf, "%s: %s", mxp_error_name(r->seen.error_code), r->error_msg);
+                if (r->conn)
+                        md_conn_send_error(r->conn, r->tag, r->id, r->seen.error_code, r->error_msg);
+        } else {
+                md_log_request(LOG_INFO, &lf, "finished (%s): %u + %u tokens, %.2f s to the first, %.1f tokens/s",
+                               mx_finish_name(r->seen.finish), u.prompt_tokens, u.completion_tokens,
+                               u.time_to_first_token_s, u.tokens_per_second);
+                Mixtrald__V1__Finished fin = MIXTRALD__V1__FINISHED__INIT;
+                fin.reason = (char *)mx_finish_name(r->seen.finish);
+                fin.usage = &u;
+                Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
+                resp.has_tag = true, resp.tag = r->tag;
+                resp.has_request_id = true, resp.request_id = r->id;
+                resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_FINISHED, resp.finished = &fin;
+                if (r->conn)
+                        md_conn_send(r->conn, &resp);
+        }
+}
+
+/* Charges what a request used and saves the usage file, so that a crash
+ * right after loses nothing. */
+static void charge(md_server *srv, const md_request *r) {
+        if (!r->seen.started)
+                return;
+        uint64_t tokens = r->prompt.n + r->seen.completion_tokens;
+        srv->tokens_total += tokens;
+        mx_error err = {0};
+        if (md_usage_charge(&srv->usage, r->uid, tokens, wall_now()) < 0 ||
+            md_usage_save(&srv->usage, &err) < 0)
+                md_log(LOG_ERR, "usage of uid %u not saved: %s", r->uid, err.msg[0] ? err.msg : "out of memory");
+}
+
+static void take_snapshot(md_request *r) {
+        mx_buf t = r->ship_text;
+        r->ship_text = r->out_text, r->out_text = t;
+        r->out_text.n = 0;
+        mx_ids ids = r->ship_ids;
+        r->ship_ids = r->out_ids, r->out_ids = ids;
+        r->out_ids.n = 0;
+        r->seen.state = r->state, r->seen.started = r->started, r->seen.finish = r->finish;
+        r->seen.error_code = r->error_code, r->seen.completion_tokens = r->completion_tokens;
+        r->seen.t_start = r->t_start, r->seen.t_first = r->t_first, r->seen.t_end = r->t_end;
+}
+
+int md_server_on_engine(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        md_server *srv = userdata;
+        uint64_t count;
+        if (read(fd, &count, sizeof(count)) < 0 && errno != EAGAIN)
+                md_log(LOG_WARNING, "engine eventfd: %m");
+        /* Every request with news is live: room for all of them, before the
+         * lock, since the engine may relink dirty_next once it is released. */
+        if (mx_grow((void **)&srv->ship, &srv->cap_ship, srv->n_live, sizeof(*srv->ship)) < 0) {
+                md_log(LOG_ERR, "out of memory shipping output; retrying");
+                uint64_t one = 1;
+                return write(fd, &one, sizeof(one)) < 0 ? -errno : 0;
+        }
+        size_t n = 0;
+        for (md_request *r = md_sched_take_dirty(srv->sched); r && n < srv->n_live; r = r->dirty_next) {
+                take_snapshot(r);
+                srv->ship[n++] = r;
+        }
+        md_sched_unlock(srv->sched);
+        for (size_t i = 0; i < n; i++) {
+                md_request *r = srv->ship[i];
+                ship_chunk(r);
+                if (r->seen.state != MD_DONE)
+                        continue;
+                ship_end(srv, r);
+                charge(srv, r);
+                if (r->conn)
+                        conn_remove(r->conn, r);
+                live_remove(srv, r);
+                md_request_destroy(r);
+        }
+        return 0;
+}

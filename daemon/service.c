@@ -1,0 +1,237 @@
+/* The service's life under systemd or by hand: the listening socket (from
+ * sd_listen_fds or made here), accepting, SIGHUP reloads, SIGTERM drains,
+ * and the sd_notify states that go with them. */
+#include <fcntl.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <syslog.h>
+#include <systemd/sd-daemon.h>
+#include <systemd/sd-event.h>
+
+#include "mx_common.h"
+#include "mixtrald.h"
+
+static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        md_server *srv = userdata;
+        for (int i = 0; i < 64; i++) {
+                int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (c < 0) {
+                        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                                md_log(LOG_WARNING, "accept: %m");
+                        if (errno == EMFILE || errno == ENFILE) /* do not spin at the limit */
+                                sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+                        break;
+                }
+                md_conn_new(srv, c);
+        }
+        return 0;
+}
+
+/* mkdir -p for the socket's directory (mode 0755: the socket's own mode
+ * decides who may connect). */
+static int make_parent(const char *path) {
+        _cleanup_free_ char *dir = strdup(path);
+        if (!dir)
+                return -ENOMEM;
+        for (char *p = dir + 1; *p; p++) {
+                if (*p != '/')
+                        continue;
+                *p = '\0';
+                if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+                        return -errno;
+                *p = '/';
+        }
+        return 0;
+}
+
+/* A socket file left by a daemon that died is removed; one that answers
+ * belongs to a live daemon and is an error. */
+static int clear_stale(const char *path, const struct sockaddr_un *sa, mx_error *err) {
+        struct stat st;
+        if (lstat(path, &st) < 0)
+                return 0;
+        if (!S_ISSOCK(st.st_mode))
+                return mx_error_set(err, -EEXIST, "%s exists and is not a socket", path);
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) == 0)
+                return mx_error_set(err, -EADDRINUSE, "another mixtrald serves %s", path);
+        unlink(path);
+        return 0;
+}
+
+static int make_socket(md_server *srv, const char *path, mx_error *err) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return mx_error_set(err, -ENAMETOOLONG, "socket path too long: %s", path);
+        strcpy(sa.sun_path, path);
+        int r = make_parent(path);
+        if (r < 0)
+                return mx_error_set(err, r, "cannot create the directory of %s: %s", path, strerror(-r));
+        if ((r = clear_stale(path, &sa, err)) < 0)
+                return r;
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return mx_error_set(err, -errno, "socket: %s", strerror(errno));
+        /* Bind under a umask that leaves nobody a window before the chmod. */
+        mode_t old = umask(0177);
+        r = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+        umask(old);
+        if (r < 0)
+                return mx_error_set(err, -errno, "cannot bind %s: %s", path, strerror(errno));
+        if (!(srv->created_socket = strdup(path)))
+                return mx_error_set(err, -ENOMEM, "out of memory");
+        if (chmod(path, srv->cfg.socket_mode) < 0 || listen(fd, 256) < 0)
+                return mx_error_set(err, -errno, "%s: %s", path, strerror(errno));
+        srv->listen_fd = MX_TAKE_FD(fd);
+        md_log(LOG_INFO, "listening on %s (mode %04o)", path, srv->cfg.socket_mode);
+        return 0;
+}
+
+int md_service_listen(md_server *srv, const char *path, mx_error *err) {
+        int n = sd_listen_fds(true);
+        if (n < 0)
+                return mx_error_set(err, n, "sd_listen_fds: %s", strerror(-n));
+        if (n > 1)
+                return mx_error_set(err, -EINVAL, "systemd passed %d sockets; expected one", n);
+        if (n == 1) {
+                int fd = SD_LISTEN_FDS_START;
+                if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0)
+                        return mx_error_set(err, -EINVAL, "the socket from systemd is not a listening Unix stream socket");
+                if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
+                        return mx_error_set(err, -errno, "fcntl: %s", strerror(errno));
+                srv->listen_fd = fd;
+                md_log(LOG_INFO, "listening on the socket from systemd");
+        } else {
+                int r = make_socket(srv, path, err);
+                if (r < 0)
+                        return r;
+        }
+        int r = sd_event_add_io(srv->event, &srv->listen_src, srv->listen_fd, EPOLLIN, on_accept, srv);
+        return r < 0 ? mx_error_set(err, r, "sd_event_add_io: %s", strerror(-r)) : 0;
+}
+
+/* ---- stopping ---------------------------------------------------------------- */
+
+static void maybe_exit(md_server *srv) {
+        if (!srv->draining || srv->n_live)
+                return;
+        for (md_conn *c = srv->conns, *next; c; c = next) {
+                next = c->next;
+                if (c->dead)
+                        continue;
+                if (c->out_n > c->out_off)
+                        c->closing = true; /* the last answers go out first */
+                else
+                        md_conn_kill(c, NULL);
+        }
+        bool pending = false;
+        for (md_conn *c = srv->conns; c; c = c->next)
+                pending |= !c->dead;
+        if (!pending)
+                sd_event_exit(srv->event, 0);
+}
+
+static int on_drain_deadline(sd_event_source *s, uint64_t usec, void *userdata) {
+        md_server *srv = userdata;
+        if (srv->n_live) {
+                md_log(LOG_NOTICE, "drain time over: aborting %zu requests", srv->n_live);
+                md_sched_abort_all(srv->sched, MIXTRALD__V1__ERROR_CODE__UNAVAILABLE,
+                                   "the daemon stopped before the request finished");
+        }
+        /* Clients that do not read their last answers do not hold us up. */
+        return sd_event_add_time_relative(srv->event, NULL, CLOCK_MONOTONIC, 2000000, 0,
+                                          md_service_exit_now, srv);
+}
+
+int md_service_exit_now(sd_event_source *s, uint64_t usec, void *userdata) {
+        md_server *srv = userdata;
+        return sd_event_exit(srv->event, 0);
+}
+
+static int on_stop(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        md_server *srv = userdata;
+        if (srv->draining) {
+                md_log(LOG_NOTICE, "second stop signal: aborting everything now");
+                md_sched_abort_all(srv->sched, MIXTRALD__V1__ERROR_CODE__UNAVAILABLE, "the daemon is stopping");
+                return on_drain_deadline(NULL, 0, srv);
+        }
+        srv->draining = true;
+        sd_notifyf(false, "STOPPING=1\nSTATUS=Stopping: %zu requests to finish", srv->n_live);
+        md_log(LOG_INFO, "stopping: letting %zu requests finish (up to %.0f s)", srv->n_live, srv->cfg.drain_seconds);
+        sd_event_source_set_enabled(srv->listen_src, SD_EVENT_OFF);
+        /* Requests not yet started would only begin new work: end them now. */
+        md_sched_lock(srv->sched);
+        for (md_request *r = md_sched_queue_locked(srv->sched); r; r = r->sched_next) {
+                r->error_code = MIXTRALD__V1__ERROR_CODE__UNAVAILABLE;
+                snprintf(r->error_msg, sizeof(r->error_msg), "the daemon is stopping; the request had not started");
+                r->cancel = true;
+        }
+        md_sched_unlock(srv->sched);
+        md_sched_wake(srv->sched);
+        uint64_t usec = (uint64_t)(srv->cfg.drain_seconds * 1e6);
+        int r = sd_event_add_time_relative(srv->event, &srv->drain_timer, CLOCK_MONOTONIC, usec, 0,
+                                           on_drain_deadline, srv);
+        if (r < 0)
+                return r;
+        maybe_exit(srv);
+        return 0;
+}
+
+int md_service_after_engine(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        md_server *srv = userdata;
+        int r = md_server_on_engine(s, fd, revents, userdata);
+        maybe_exit(srv);
+        return r;
+}
+
+/* ---- reloading --------------------------------------------------------------- */
+
+static int on_reload(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        md_server *srv = userdata;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        sd_notifyf(false, "RELOADING=1\nSTATUS=Reloading the configuration\nMONOTONIC_USEC=%llu",
+                   (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+        mx_error err = {0};
+        md_config next;
+        if (md_service_load_config(srv, &next, &err) < 0) {
+                md_log(LOG_ERR, "reload failed, keeping the running configuration: %s", err.msg);
+        } else {
+                /* What the running engine and socket were built from stays. */
+                static const char *const fixed[] = {"model", "device", "socket", "state_directory"};
+                char **mine[] = {&srv->cfg.model, &srv->cfg.device, &srv->cfg.socket, &srv->cfg.state_directory};
+                char **theirs[] = {&next.model, &next.device, &next.socket, &next.state_directory};
+                for (size_t i = 0; i < MX_ELEMENTSOF(fixed); i++) {
+                        if ((*mine[i] || *theirs[i]) && (!*mine[i] || !*theirs[i] || strcmp(*mine[i], *theirs[i])))
+                                md_log(LOG_NOTICE, "%s changes only at restart", fixed[i]);
+                        char *t = *theirs[i];
+                        *theirs[i] = *mine[i], *mine[i] = t;
+                }
+                next.threads = srv->cfg.threads;
+                md_config_free(&srv->cfg);
+                srv->cfg = next;
+                md_sched_set_opts(srv->sched, &(md_sched_opts){srv->cfg.max_batch, srv->cfg.prefill_chunk});
+                md_log(LOG_INFO, "configuration reloaded");
+        }
+        sd_notify(false, "READY=1\nSTATUS=Serving");
+        return 0;
+}
+
+int md_service_signals(md_server *srv) {
+        sigset_t ss;
+        sigemptyset(&ss);
+        sigaddset(&ss, SIGTERM);
+        sigaddset(&ss, SIGINT);
+        sigaddset(&ss, SIGHUP);
+        sigprocmask(SIG_BLOCK, &ss, NULL);
+        signal(SIGPIPE, SIG_IGN);
+        int r;
+        if ((r = sd_event_add_signal(srv->event, NULL, SIGTERM, on_stop, srv)) < 0 ||
+            (r = sd_event_add_signal(srv->event, NULL, SIGINT, on_stop, srv)) < 0 ||
+            (r = sd_event_add_signal(srv->event, NULL, SIGHUP, on_reload, srv)) < 0)
+                return r;
+        /* WATCHDOG=1 from the loop itself: a stuck loop stops the pings. */
+        return sd_event_set_watchdog(srv->event, true);
+}

@@ -1,0 +1,146 @@
+/* Delimited framing: a varint byte count, then the message. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mxproto.h"
+
+int mxp_frame_find(const uint8_t *buf, size_t n, size_t max, size_t *hdr, size_t *body) {
+        uint64_t len = 0;
+        for (size_t i = 0; i < MXP_VARINT_MAX; i++) {
+                if (i == n)
+                        return 0;
+                len |= (uint64_t)(buf[i] & 0x7f) << (7 * i);
+                if (buf[i] & 0x80) {
+                        if (len > max) /* already too long: do not wait for the rest */
+                                return -EMSGSIZE;
+                        continue;
+                }
+                if (i == MXP_VARINT_MAX - 1 && buf[i] > 1)
+                        return -EBADMSG;
+                if (len > max)
+                        return -EMSGSIZE;
+                if (n - (i + 1) < len)
+                        return 0;
+                *hdr = i + 1;
+                *body = (size_t)len;
+                return 1;
+        }
+        return -EBADMSG;
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v) {
+        size_t i = 0;
+        for (; v >= 0x80; v >>= 7)
+                p[i++] = (uint8_t)(v | 0x80);
+        p[i++] = (uint8_t)v;
+        return i;
+}
+
+int mxp_frame_pack(const ProtobufCMessage *m, uint8_t **out, size_t *len) {
+        size_t body = protobuf_c_message_get_packed_size(m);
+        if (body > SIZE_MAX - MXP_VARINT_MAX)
+                return -EMSGSIZE;
+        uint8_t *p = malloc(body + MXP_VARINT_MAX);
+        if (!p)
+                return -ENOMEM;
+        size_t h = put_varint(p, body);
+        protobuf_c_message_pack(m, p + h);
+        *out = p;
+        *len = h + body;
+        return 0;
+}
+
+int mxp_write_all(int fd, const void *buf, size_t len) {
+        const uint8_t *p = buf;
+        while (len) {
+                ssize_t k = write(fd, p, len);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0)
+                        return -errno;
+                p += k;
+                len -= (size_t)k;
+        }
+        return 0;
+}
+
+int mxp_send(int fd, const ProtobufCMessage *m) {
+        uint8_t *buf;
+        size_t len;
+        int r = mxp_frame_pack(m, &buf, &len);
+        if (r < 0)
+                return r;
+        r = mxp_write_all(fd, buf, len);
+        free(buf);
+        return r;
+}
+
+/* n bytes, or -ECONNRESET when the stream ends before the first one and
+ * -EPROTO when it ends after. */
+static int read_exact(int fd, uint8_t *p, size_t n, bool started) {
+        size_t got = 0;
+        while (got < n) {
+                ssize_t k = read(fd, p + got, n - got);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0)
+                        return -errno;
+                if (k == 0)
+                        return got == 0 && !started ? -ECONNRESET : -EPROTO;
+                got += (size_t)k;
+        }
+        return 0;
+}
+
+int mxp_read_frame(int fd, size_t max, uint8_t **body, size_t *len) {
+        uint64_t v = 0;
+        for (size_t i = 0;; i++) {
+                uint8_t byte;
+                if (i == MXP_VARINT_MAX)
+                        return -EBADMSG;
+                int r = read_exact(fd, &byte, 1, i > 0);
+                if (r < 0)
+                        return r;
+                v |= (uint64_t)(byte & 0x7f) << (7 * i);
+                if (v > max)
+                        return -EMSGSIZE;
+                if (!(byte & 0x80))
+                        break;
+        }
+        uint8_t *p = malloc(v ? (size_t)v : 1);
+        if (!p)
+                return -ENOMEM;
+        int r = read_exact(fd, p, (size_t)v, true);
+        if (r < 0) {
+                free(p);
+                return r;
+        }
+        *body = p;
+        *len = (size_t)v;
+        return 0;
+}
+
+const char *mxp_error_name(int code) {
+        static const char *const names[] = {
+                "ERROR_UNSPECIFIED", "INVALID_ARGUMENT", "QUOTA_EXCEEDED", "BUSY", "TOO_LONG",
+                "CANCELLED", "INTERNAL", "NOT_FOUND", "UNAVAILABLE", "BAD_FRAME",
+        };
+        return code >= 0 && (size_t)code < sizeof(names) / sizeof(names[0]) ? names[code] : "UNKNOWN";
+}
+
+const char *mxp_default_socket(const char *option, char *buf, size_t size) {
+        if (option && *option)
+                return option;
+        const char *env = getenv("MIXTRALD_SOCKET");
+        if (env && *env)
+                return env;
+        if (access(MXP_SYSTEM_SOCKET, F_OK) == 0)
+                return MXP_SYSTEM_SOCKET;
+        const char *xdg = getenv("XDG_RUNTIME_DIR");
+        if (xdg && *xdg && snprintf(buf, size, "%s/mixtrald.sock", xdg) < (int)size)
+                return buf;
+        return MXP_SYSTEM_SOCKET;
+}

@@ -1,0 +1,83 @@
+/* Running the real mixtrald for tests and benchmarks: a private directory
+ * with its config, state and socket, a NOTIFY_SOCKET to watch its sd_notify
+ * messages, and a blocking protocol client. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "mxproto.h"
+
+typedef struct dh_daemon {
+        char dir[256];          /* private directory, removed by dh_cleanup */
+        char socket[300], config[300], state[300], log[300], notify_path[300];
+        int notify_fd;          /* datagrams the daemon sends to NOTIFY_SOCKET */
+        pid_t pid;
+        const char *binary, *model;
+} dh_daemon;
+
+/* Makes the directory and writes config_text as the config file. */
+int dh_init(dh_daemon *d, const char *binary, const char *model, const char *config_text);
+/* Starts the daemon (extra_env: NULL-terminated "K=V" list or NULL) and
+ * waits for READY=1; -ETIMEDOUT after 60 s. */
+int dh_start(dh_daemon *d, const char *const *extra_env);
+/* Waits for a notify message containing needle (timeout in ms). */
+bool dh_notify_wait(dh_daemon *d, const char *needle, int timeout_ms);
+/* SIGTERM and wait: the exit status (or 128 + signal). */
+int dh_stop(dh_daemon *d);
+void dh_kill9(dh_daemon *d);
+void dh_cleanup(dh_daemon *d);
+/* Resident memory of the daemon, in KiB. */
+long dh_rss_kib(const dh_daemon *d);
+bool dh_alive(const dh_daemon *d);
+
+int dh_connect(const dh_daemon *d);
+
+/* A generate request: everything optional except the prompt. */
+typedef struct dh_gen {
+        const char *prompt;
+        const char *system;
+        bool raw, want_ids;
+        double temperature;
+        bool has_temperature;
+        uint64_t seed;
+        uint32_t max_tokens;
+        const char *stop;
+} dh_gen;
+
+int dh_send_generate(int fd, uint64_t tag, const dh_gen *g);
+int dh_send_cancel(int fd, uint64_t tag, uint64_t request_id);
+int dh_send_simple(int fd, uint64_t tag, int kind); /* status or quota */
+
+/* The outcome of one generate request, as its responses came. */
+typedef struct dh_result {
+        uint64_t request_id;
+        char *text;
+        size_t text_len;
+        int32_t *ids;
+        size_t n_ids;
+        char reason[32];        /* "eos", "length", ... when finished */
+        int error;              /* error code, 0 when finished */
+        char message[256];
+        uint64_t retry_at;
+        uint32_t prompt_tokens, completion_tokens;
+        double ttft_s;
+        bool accepted;
+} dh_result;
+
+void dh_result_free(dh_result *r);
+
+/* Reads one response (NULL on EOF or error; *rc says which). */
+Mixtrald__V1__Response *dh_recv(int fd, int timeout_ms, int *rc);
+/* Reads responses until the request with this tag finishes or fails;
+ * responses for other tags go to others[tag] when given (tags < n). */
+int dh_collect(int fd, uint64_t tag, dh_result *out, int timeout_ms);
+/* Collects n requests multiplexed on one connection (tags 1..n). */
+int dh_collect_many(int fd, dh_result *out, size_t n, int timeout_ms);
+/* One request on a fresh connection, start to end. */
+int dh_run(const dh_daemon *d, const dh_gen *g, dh_result *out);
+
+/* Status and quota replies (free with mixtrald__v1__response__free_unpacked). */
+Mixtrald__V1__Response *dh_status(const dh_daemon *d);
+Mixtrald__V1__Response *dh_quota(const dh_daemon *d);
