@@ -265,6 +265,8 @@ static void teardown(md_server *srv) {
         if (srv->created_socket)
                 unlink(srv->created_socket);
         free(srv->created_socket);
+        if (srv->listen_fd >= 0)
+                close(srv->listen_fd);
         if (srv->notify_fd >= 0)
                 close(srv->notify_fd);
         free(srv->live);

@@ -185,10 +185,13 @@ static size_t build_batch(md_sched *s, md_request **run, size_t n, mx_batch_item
                         who[k++] = run[i];
                 }
         bool any = false;
+        /* Users after the one served last go first: pass 0 takes uids above
+         * the cursor, pass 1 the rest. */
+        uint32_t cursor = s->last_prefill_uid;
         for (int pass = 0; pass < 2; pass++)
                 for (size_t i = 0; i < n; i++) {
                         md_request *r = run[i];
-                        if (!r->gen || r->state != MD_PREFILL || (r->uid > s->last_prefill_uid) == pass)
+                        if (!r->gen || r->state != MD_PREFILL || (r->uid > cursor) != (pass == 0))
                                 continue;
                         mx_batch_item it;
                         mx_gen_prepare(r->gen, &it);

@@ -160,7 +160,15 @@ static int on_stop(sd_event_source *s, const struct signalfd_siginfo *si, void *
         srv->draining = true;
         sd_notifyf(false, "STOPPING=1\nSTATUS=Stopping: %zu requests to finish", srv->n_live);
         md_log(LOG_INFO, "stopping: letting %zu requests finish (up to %.0f s)", srv->n_live, srv->cfg.drain_seconds);
-        sd_event_source_set_enabled(srv->listen_src, SD_EVENT_OFF);
+        /* New clients are told at once (no socket, or refused) instead of
+         * waiting in a backlog nobody will accept from. */
+        srv->listen_src = sd_event_source_disable_unref(srv->listen_src);
+        if (srv->created_socket)
+                unlink(srv->created_socket);
+        free(srv->created_socket);
+        srv->created_socket = NULL; /* a successor may create it again */
+        close(srv->listen_fd);
+        srv->listen_fd = -1;
         /* Requests not yet started would only begin new work: end them now. */
         md_sched_lock(srv->sched);
         for (md_request *r = md_sched_queue_locked(srv->sched); r; r = r->sched_next) {

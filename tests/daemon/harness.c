@@ -93,8 +93,10 @@ bool dh_notify_wait(dh_daemon *d, const char *needle, int timeout_ms) {
         }
 }
 
+/* Without reaping it: dh_stop still gets its exit status. */
 bool dh_alive(const dh_daemon *d) {
-        return d->pid > 0 && waitpid(d->pid, NULL, WNOHANG) == 0;
+        siginfo_t si = {0};
+        return d->pid > 0 && waitid(P_PID, (id_t)d->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0;
 }
 
 static int wait_status(dh_daemon *d, int timeout_ms) {

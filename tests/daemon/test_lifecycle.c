@@ -1,0 +1,192 @@
+/* mixtrald's life as systemd sees it, on a test NOTIFY_SOCKET: READY=1,
+ * WATCHDOG=1 from the loop, RELOADING=1 on SIGHUP (connections kept, a bad
+ * file rejected), STOPPING=1 on SIGTERM with a drain, BUSY when the queue
+ * is full, and usage that survives kill -9.
+ *
+ *   test-lifecycle MIXTRALD DEMO_MODEL_DIR */
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "harness.h"
+#include "test_util.h"
+
+static const char *mixtrald, *model;
+
+static int start(dh_daemon *d, const char *config, const char *const *env) {
+        int r = dh_init(d, mixtrald, model, config);
+        if (r == 0)
+                r = dh_start(d, env);
+        CHECK(r == 0, "the daemon did not start: %s", strerror(-r));
+        return r;
+}
+
+static void rewrite(const dh_daemon *d, const char *text) {
+        FILE *f = fopen(d->config, "w");
+        fputs(text, f);
+        fclose(f);
+}
+
+static uint32_t status_max_queue(dh_daemon *d, int fd) {
+        int rc;
+        CHECK(dh_send_simple(fd, 1, MIXTRALD__V1__REQUEST__KIND_STATUS) == 0, "send status");
+        Mixtrald__V1__Response *r = dh_recv(fd, 10000, &rc);
+        uint32_t q = r && r->status ? r->status->max_queue : UINT32_MAX;
+        if (r)
+                mixtrald__v1__response__free_unpacked(r, NULL);
+        return q;
+}
+
+static void test_watchdog_and_reload(void) {
+        dh_daemon d;
+        const char *env[] = {"WATCHDOG_USEC=200000", NULL};
+        if (start(&d, "[daemon]\nthreads=1\nmax_queue=10\n", env) < 0)
+                return dh_cleanup(&d);
+        CHECK(dh_notify_wait(&d, "WATCHDOG=1", 3000), "no WATCHDOG=1 within 3 s (WATCHDOG_USEC=200 ms)");
+        CHECK(dh_notify_wait(&d, "WATCHDOG=1", 3000), "WATCHDOG=1 came only once");
+
+        int fd = dh_connect(&d);
+        CHECK(status_max_queue(&d, fd) == 10, "max_queue is not 10 before the reload");
+        rewrite(&d, "[daemon]\nthreads=1\nmax_queue=20\n");
+        kill(d.pid, SIGHUP);
+        CHECK(dh_notify_wait(&d, "RELOADING=1", 5000), "no RELOADING=1 after SIGHUP");
+        CHECK(dh_notify_wait(&d, "READY=1", 5000), "no READY=1 after the reload");
+        CHECK(status_max_queue(&d, fd) == 20, "the connection from before the reload does not see max_queue 20");
+
+        rewrite(&d, "[daemon]\nmax_queue=lots\n");
+        kill(d.pid, SIGHUP);
+        CHECK(dh_notify_wait(&d, "READY=1", 5000), "no READY=1 after a failed reload");
+        CHECK(status_max_queue(&d, fd) == 20, "a bad file replaced the running configuration");
+        close(fd);
+
+        CHECK(dh_stop(&d) == 0, "exit status after SIGTERM is not 0");
+        CHECK(dh_notify_wait(&d, "STOPPING=1", 1000), "no STOPPING=1");
+        dh_cleanup(&d);
+}
+
+/* With one place in the batch and two in the queue, the fourth request is
+ * BUSY; cancelling frees the places again. */
+static void test_busy(void) {
+        dh_daemon d;
+        if (start(&d, "[daemon]\nthreads=1\nmax_batch=1\nmax_queue=2\n", NULL) < 0)
+                return dh_cleanup(&d);
+        int fd = dh_connect(&d);
+        dh_gen g = {.prompt = "go", .raw = true, .seed = 1};
+        for (int i = 1; i <= 4; i++)
+                CHECK(dh_send_generate(fd, (uint64_t)i, &g) == 0, "send %d", i);
+        dh_result res = {0};
+        CHECK(dh_collect(fd, 4, &res, 10000) == 0 && res.error == MIXTRALD__V1__ERROR_CODE__BUSY,
+              "the fourth request was not BUSY (%d: %s)", res.error, res.message);
+        dh_result_free(&res);
+        close(fd);
+        for (int t = 0; t < 100; t++) {
+                Mixtrald__V1__Response *r = dh_status(&d);
+                bool idle = r && r->status->running + r->status->queued == 0;
+                if (r)
+                        mixtrald__v1__response__free_unpacked(r, NULL);
+                if (idle)
+                        break;
+                usleep(20000);
+        }
+        dh_gen small = {.prompt = "go", .raw = true, .max_tokens = 3};
+        CHECK(dh_run(&d, &small, &res) == 0 && res.error == 0, "not served after the queue emptied");
+        dh_result_free(&res);
+        CHECK(dh_stop(&d) == 0, "exit status");
+        dh_cleanup(&d);
+}
+
+/* SIGTERM: running requests finish, queued ones are told, new clients are
+ * refused; past drain_seconds the rest are aborted with a message. */
+static void test_drain(const char *config, bool expect_finish) {
+        dh_daemon d;
+        if (start(&d, config, NULL) < 0)
+                return dh_cleanup(&d);
+        int fd = dh_connect(&d), rc;
+        dh_gen run = {.prompt = "go", .raw = true, .seed = 2, .max_tokens = expect_finish ? 300 : 0};
+        dh_gen wait = {.prompt = "wait", .raw = true, .max_tokens = 5};
+        CHECK(dh_send_generate(fd, 1, &run) == 0 && dh_send_generate(fd, 2, &wait) == 0, "send");
+        /* The first is running once its first chunk comes. */
+        for (int i = 0; i < 10; i++) {
+                Mixtrald__V1__Response *r = dh_recv(fd, 10000, &rc);
+                bool chunk = r && r->kind_case == MIXTRALD__V1__RESPONSE__KIND_CHUNK;
+                if (r)
+                        mixtrald__v1__response__free_unpacked(r, NULL);
+                if (chunk)
+                        break;
+        }
+        kill(d.pid, SIGTERM);
+        CHECK(dh_notify_wait(&d, "STOPPING=1", 5000), "no STOPPING=1");
+        dh_result queued = {0}, running = {0};
+        CHECK(dh_collect(fd, 2, &queued, 10000) == 0 && queued.error == MIXTRALD__V1__ERROR_CODE__UNAVAILABLE,
+              "the queued request got %d (%s), not UNAVAILABLE", queued.error, queued.message);
+        int late = dh_connect(&d);
+        CHECK(late < 0, "a new client could connect while draining");
+        if (late >= 0)
+                close(late);
+        CHECK(dh_collect(fd, 1, &running, 60000) == 0, "the running request got no end");
+        if (expect_finish)
+                CHECK(running.error == 0 && running.completion_tokens == 300,
+                      "the running request did not finish in the drain: %d %s", running.error, running.message);
+        else
+                CHECK(running.error == MIXTRALD__V1__ERROR_CODE__UNAVAILABLE && strstr(running.message, "stopped"),
+                      "the running request was not aborted with a message: %d %s", running.error, running.message);
+        dh_result_free(&queued), dh_result_free(&running);
+        close(fd);
+        int st = -1;
+        for (int t = 0; t < 500 && dh_alive(&d); t++)
+                usleep(20000);
+        st = dh_stop(&d);
+        CHECK(st == 0 || st == -1, "the daemon did not exit 0 after draining (%d)", st);
+        dh_cleanup(&d);
+}
+
+static uint64_t used_hour(dh_daemon *d) {
+        Mixtrald__V1__Response *r = dh_quota(d);
+        uint64_t u = r ? r->quota->used_hour : UINT64_MAX;
+        if (r)
+                mixtrald__v1__response__free_unpacked(r, NULL);
+        return u;
+}
+
+/* Usage is on disk after every request: kill -9 and a restart keep it. */
+static void test_usage_survives_kill9(void) {
+        dh_daemon d;
+        if (start(&d, "[daemon]\nthreads=1\n", NULL) < 0)
+                return dh_cleanup(&d);
+        uint64_t before = used_hour(&d);
+        dh_gen g = {.prompt = "count me", .raw = true, .max_tokens = 7};
+        dh_result res = {0};
+        CHECK(dh_run(&d, &g, &res) == 0 && res.error == 0, "request failed");
+        uint64_t charged = res.prompt_tokens + res.completion_tokens;
+        dh_result_free(&res);
+        uint64_t after = used_hour(&d);
+        CHECK(after == before + charged, "usage went from %llu to %llu for %llu tokens", (unsigned long long)before,
+              (unsigned long long)after, (unsigned long long)charged);
+        /* Mid-request. */
+        int fd = dh_connect(&d);
+        dh_gen longer = {.prompt = "go", .raw = true};
+        dh_send_generate(fd, 1, &longer);
+        usleep(100000);
+        dh_kill9(&d);
+        close(fd);
+        CHECK(dh_start(&d, NULL) == 0, "restart after kill -9 failed");
+        CHECK(used_hour(&d) == after, "usage after kill -9 and restart is %llu, expected %llu",
+              (unsigned long long)used_hour(&d), (unsigned long long)after);
+        CHECK(dh_stop(&d) == 0, "exit status");
+        dh_cleanup(&d);
+}
+
+int main(int argc, char **argv) {
+        if (argc != 3) {
+                fprintf(stderr, "usage: test-lifecycle MIXTRALD DEMO_MODEL_DIR\n");
+                return 2;
+        }
+        mixtrald = argv[1], model = argv[2];
+        signal(SIGPIPE, SIG_IGN);
+        test_watchdog_and_reload();
+        test_busy();
+        test_drain("[daemon]\nthreads=1\nmax_batch=1\ndrain_seconds=30\n", true);
+        test_drain("[daemon]\nthreads=1\nmax_batch=1\ndrain_seconds=0\n", false);
+        test_usage_survives_kill9();
+        return test_result();
+}

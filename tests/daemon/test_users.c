@@ -1,0 +1,261 @@
+/* Several users of one daemon: each child drops to its own uid before it
+ * connects, so the daemon knows it by SO_PEERCRED alone. Quotas are per
+ * uid (and per [user:]/[group:] section), survive a restart, change on
+ * SIGHUP; nobody sees or cancels another user's requests. Needs root.
+ *
+ *   test-users MIXTRALD DEMO_MODEL_DIR */
+#include <grp.h>
+#include <sys/stat.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "harness.h"
+#include "test_util.h"
+
+enum { ALICE = 60001, BOB = 60002, CAROL = 60003, NOBODY = 65534, NOGROUP = 65534, STAFF = 50 };
+
+static const char *mixtrald, *model;
+static dh_daemon d;
+
+static const char config[] =
+        "[daemon]\n"
+        "threads = 1\n"
+        "admin_group = staff\n"
+        "[quota]\n"
+        "tokens_per_hour = 200\n"
+        "max_concurrent = 1\n"
+        "max_queued = 1\n"
+        "max_tokens = 40\n"
+        "[user:nobody]\n"
+        "tokens_per_hour = 0\n"
+        "max_tokens = 0\n";
+
+/* Runs fn as uid:gid in a child; its exit status comes back. */
+static int as_user(uid_t uid, gid_t gid, int (*fn)(void *), void *arg) {
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+                if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
+                        _exit(99);
+                _exit(fn(arg) ? 1 : 0);
+        }
+        int st;
+        waitpid(pid, &st, 0);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* Child bodies return 0 for "as expected"; they report why not on stderr. */
+static int fail(const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        fprintf(stderr, "[uid %u] ", getuid());
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+        va_end(ap);
+        return 1;
+}
+
+/* Spends the hourly budget: every request is admitted until one is
+ * refused with the next hour as its retry time; the total stays in it. */
+static int exhaust(void *arg) {
+        dh_gen g = {.prompt = "spend some tokens", .raw = true, .max_tokens = 40, .seed = 1};
+        int i;
+        for (i = 0; i < 50; i++) {
+                dh_result res = {0};
+                if (dh_run(&d, &g, &res) < 0)
+                        return fail("request %d got no answer", i);
+                int err = res.error;
+                uint64_t retry = res.retry_at;
+                dh_result_free(&res);
+                if (err == 0)
+                        continue;
+                if (err != MIXTRALD__V1__ERROR_CODE__QUOTA_EXCEEDED)
+                        return fail("request %d: error %d, expected QUOTA_EXCEEDED", i, err);
+                uint64_t now = (uint64_t)time(NULL);
+                if (retry != now - now % 3600 + 3600 && retry != now + 1)
+                        return fail("retry_at %llu is not the next hour", (unsigned long long)retry);
+                break;
+        }
+        if (i == 50 || i < 2)
+                return fail("the budget of 200 tokens allowed %d requests", i);
+        Mixtrald__V1__Response *q = dh_quota(&d);
+        if (!q || q->quota->used_hour > 200 || q->quota->limits->tokens_per_hour != 200 || q->quota->exempt)
+                return fail("quota after exhausting: used %llu", q ? (unsigned long long)q->quota->used_hour : 0);
+        mixtrald__v1__response__free_unpacked(q, NULL);
+        return 0;
+}
+
+static int one_request(void *arg) {
+        dh_gen g = {.prompt = "hello", .raw = true, .max_tokens = 5};
+        dh_result res = {0};
+        int rc = dh_run(&d, &g, &res);
+        int err = res.error;
+        dh_result_free(&res);
+        int want = arg ? *(int *)arg : 0;
+        return rc == 0 && err == want ? 0 : fail("request: rc %d error %d, expected %d", rc, err, want);
+}
+
+static int unlimited(void *arg) {
+        /* nobody's section lifts the hourly budget: far past 200 tokens. */
+        for (int i = 0; i < 8; i++)
+                if (one_request(NULL))
+                        return 1;
+        dh_gen g = {.prompt = "x", .raw = true, .max_tokens = 40};
+        for (int i = 0; i < 6; i++) {
+                dh_result res = {0};
+                if (dh_run(&d, &g, &res) < 0 || res.error)
+                        return fail("request %d refused: %s", i, res.message);
+                dh_result_free(&res);
+        }
+        return 0;
+}
+
+static int exempt_admin(void *arg) {
+        Mixtrald__V1__Response *q = dh_quota(&d);
+        bool ok = q && q->quota->exempt;
+        if (q)
+                mixtrald__v1__response__free_unpacked(q, NULL);
+        return ok ? 0 : fail("a member of admin_group is not exempt");
+}
+
+/* nobody ("Bob" here): one running, one queued, the third refused; Alice cannot see or
+ * cancel them, Bob can. */
+
+static int bob_fills_his_slots(void *arg) {
+        int *pipe_w = arg;
+        int fd = dh_connect(&d), rc;
+        dh_gen slow = {.prompt = "long", .raw = true, .seed = 9};
+        /* To the end of the context: nobody's section allows it. */
+        for (int i = 1; i <= 3; i++)
+                dh_send_generate(fd, (uint64_t)i, &slow);
+        int accepted = 0;
+        dh_result third = {0};
+        uint64_t ids[2] = {0};
+        for (int k = 0; k < 100 && (accepted < 2 || !third.error); k++) {
+                Mixtrald__V1__Response *r = dh_recv(fd, 10000, &rc);
+                if (!r)
+                        return fail("no answer");
+                if (r->kind_case == MIXTRALD__V1__RESPONSE__KIND_ACCEPTED && r->tag <= 2)
+                        ids[accepted++] = r->request_id;
+                if (r->tag == 3 && r->kind_case == MIXTRALD__V1__RESPONSE__KIND_ERROR)
+                        third.error = r->error->code;
+                mixtrald__v1__response__free_unpacked(r, NULL);
+        }
+        if (third.error != MIXTRALD__V1__ERROR_CODE__QUOTA_EXCEEDED)
+                return fail("the third request got %d, not QUOTA_EXCEEDED", third.error);
+        if (write(pipe_w[1], ids, sizeof(ids)) != sizeof(ids))
+                return fail("pipe");
+        /* Wait for the parent's go, then cancel the second ourselves. */
+        char go;
+        if (read(pipe_w[2], &go, 1) != 1)
+                return fail("pipe");
+        dh_send_cancel(fd, 50, ids[1]);
+        bool cancelled = false;
+        for (int k = 0; k < 200 && !cancelled; k++) {
+                Mixtrald__V1__Response *r = dh_recv(fd, 10000, &rc);
+                if (!r)
+                        break;
+                cancelled = r->kind_case == MIXTRALD__V1__RESPONSE__KIND_CANCELLED;
+                mixtrald__v1__response__free_unpacked(r, NULL);
+        }
+        close(fd);
+        return cancelled ? 0 : fail("Bob could not cancel his own request");
+}
+
+static int alice_snoops(void *arg) {
+        uint64_t *ids = arg;
+        Mixtrald__V1__Response *s = dh_status(&d);
+        if (!s)
+                return fail("no status");
+        size_t n = s->status->n_requests;
+        uint32_t running = s->status->running + s->status->queued;
+        mixtrald__v1__response__free_unpacked(s, NULL);
+        if (n != 0)
+                return fail("Alice sees %zu requests that are not hers", n);
+        if (running < 1)
+                return fail("the aggregate counts show no request");
+        int fd = dh_connect(&d), rc;
+        dh_send_cancel(fd, 1, ids[0]);
+        Mixtrald__V1__Response *r = dh_recv(fd, 10000, &rc);
+        bool not_found = r && r->kind_case == MIXTRALD__V1__RESPONSE__KIND_ERROR &&
+                         r->error->code == MIXTRALD__V1__ERROR_CODE__NOT_FOUND;
+        if (r)
+                mixtrald__v1__response__free_unpacked(r, NULL);
+        close(fd);
+        return not_found ? 0 : fail("Alice's cancel of Bob's request was not NOT_FOUND");
+}
+
+static void test_privacy(void) {
+        int p[2], go[2];
+        CHECK(pipe(p) == 0 && pipe(go) == 0, "pipe");
+        int fds[3] = {p[0], p[1], go[0]};
+        fflush(NULL);
+        pid_t bob = fork();
+        if (bob == 0) {
+                if (setgroups(0, NULL) < 0 || setresgid(NOGROUP, NOGROUP, NOGROUP) < 0 ||
+                    setresuid(NOBODY, NOBODY, NOBODY) < 0)
+                        _exit(99);
+                _exit(bob_fills_his_slots(fds) ? 1 : 0);
+        }
+        uint64_t ids[2] = {0};
+        CHECK(read(p[0], ids, sizeof(ids)) == sizeof(ids), "Bob did not report his requests");
+        CHECK(as_user(ALICE, ALICE, alice_snoops, ids) == 0, "Alice saw or cancelled Bob's requests");
+        /* Root sees everyone's. */
+        Mixtrald__V1__Response *s = dh_status(&d);
+        bool seen = false;
+        for (size_t i = 0; s && i < s->status->n_requests; i++)
+                seen |= s->status->requests[i]->uid == NOBODY;
+        CHECK(seen, "root does not see Bob's requests");
+        if (s)
+                mixtrald__v1__response__free_unpacked(s, NULL);
+        CHECK(write(go[1], "g", 1) == 1, "pipe");
+        int st;
+        waitpid(bob, &st, 0);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "Bob's part failed");
+        close(p[0]), close(p[1]), close(go[0]), close(go[1]);
+}
+
+int main(int argc, char **argv) {
+        if (argc != 3) {
+                fprintf(stderr, "usage: test-users MIXTRALD DEMO_MODEL_DIR\n");
+                return 2;
+        }
+        if (geteuid() != 0)
+                test_skip("several users need root to switch uids (run the tests as root)");
+        mixtrald = argv[1], model = argv[2];
+        signal(SIGPIPE, SIG_IGN);
+        CHECK(dh_init(&d, mixtrald, model, config) == 0, "init");
+        chmod(d.dir, 0755);
+        if (dh_start(&d, NULL) < 0) {
+                dh_cleanup(&d);
+                return 1;
+        }
+        CHECK(as_user(ALICE, ALICE, exhaust, NULL) == 0, "Alice's budget was not enforced");
+        CHECK(as_user(BOB, BOB, one_request, NULL) == 0, "Bob was refused for Alice's usage");
+        CHECK(as_user(NOBODY, NOBODY, unlimited, NULL) == 0, "[user:nobody] did not lift the budget");
+        CHECK(as_user(CAROL, STAFF, exempt_admin, NULL) == 0, "admin_group is not exempt");
+        test_privacy();
+
+        /* kill -9 and a restart: Alice is still over her budget. */
+        dh_kill9(&d);
+        CHECK(dh_start(&d, NULL) == 0, "restart");
+        int quota = MIXTRALD__V1__ERROR_CODE__QUOTA_EXCEEDED;
+        CHECK(as_user(ALICE, ALICE, one_request, &quota) == 0, "a restart forgot Alice's usage");
+
+        /* SIGHUP raises the budget; no restart needed. */
+        FILE *f = fopen(d.config, "w");
+        fputs("[daemon]\nthreads = 1\n[quota]\ntokens_per_hour = 100000\n", f);
+        fclose(f);
+        kill(d.pid, SIGHUP);
+        CHECK(dh_notify_wait(&d, "READY=1", 5000), "no READY=1 after SIGHUP");
+        CHECK(as_user(ALICE, ALICE, one_request, NULL) == 0, "the reloaded budget does not apply");
+        CHECK(dh_stop(&d) == 0, "exit status");
+        if (test_failures) {
+                char cmd[400];
+                snprintf(cmd, sizeof(cmd), "tail -n 30 %s >&2", d.log);
+                (void)!system(cmd);
+        }
+        dh_cleanup(&d);
+        return test_result();
+}
