@@ -1,0 +1,456 @@
+#!/bin/bash
+# mixtral, the thin client, as a user types it: usage and exit statuses
+# without a daemon, then against the real mixtrald serving the demo model:
+# the same text as mixtral-run token for token (raw, chat template, system
+# prompt, piped input, a conversation), JSON events, status, quota, the
+# daemon's errors as exit statuses, and Ctrl-C.
+#
+#   test_mixtral_client.sh MIXTRAL MIXTRALD MIXTRAL_RUN DEMO_MODEL_DIR
+#
+# Exits 77 (skipped) after the client-only checks when MIXTRALD is not built.
+set -u
+client=$1 daemon=$2 run=$3 demo=$4
+tmp=$(mktemp -d)
+failures=0
+daemon_pids=()
+unset MIXTRALD_SOCKET XDG_STATE_HOME
+export HOME=$tmp/home
+
+fail() {
+        echo "FAIL: $*" >&2
+        failures=$((failures + 1))
+}
+
+# expect CODE NEEDLE -- COMMAND...: exit status CODE, NEEDLE in stdout+stderr;
+# standard input is empty unless the caller redirects it.
+expect() {
+        local code=$1 needle=$2
+        shift 3
+        local out
+        out=$(timeout 60 "$@" 2>&1 </dev/null)
+        local got=$?
+        [ "$got" -eq "$code" ] || fail "$* exited $got, expected $code: $out"
+        case "$out" in *"$needle"*) ;; *) fail "$*: output lacks '$needle': $out" ;; esac
+}
+
+# stop_daemon PID: SIGTERM, and it must exit 0 within 20 s.
+stop_daemon() {
+        local pid=$1
+        if ! kill -TERM "$pid" 2>/dev/null; then
+                wait "$pid"
+                fail "mixtrald (pid $pid) ended before SIGTERM, with status $?"
+                return
+        fi
+        for _ in $(seq 200); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+                fail "mixtrald (pid $pid) still runs 20 s after SIGTERM"
+                kill -KILL "$pid" 2>/dev/null
+        fi
+        wait "$pid"
+        local rc=$?
+        [ "$rc" -eq 0 ] || fail "mixtrald (pid $pid) exited $rc after SIGTERM, expected 0"
+}
+
+cleanup() {
+        for pid in "${daemon_pids[@]}"; do
+                stop_daemon "$pid"
+        done
+        daemon_pids=()
+        rm -rf "$tmp"
+        if [ "$failures" -gt 0 ]; then
+                echo "$failures failure(s)" >&2
+                exit 1
+        fi
+}
+trap cleanup EXIT
+
+# --- without a daemon ----------------------------------------------------------
+expect 0 "Exit status" -- "$client" --help
+out=$("$client" -h)
+for code in "0  success" "2  usage error" "3  the daemon cannot be reached" "4  INVALID_ARGUMENT" \
+        "5  QUOTA_EXCEEDED" "6  BUSY" "7  TOO_LONG" "8  CANCELLED" "9  the connection" "130  interrupted"; do
+        grep -qF -- "$code" <<<"$out" || fail "--help does not list exit status '$code'"
+done
+for opt in --system --temperature --top-k --top-p --min-p --repeat-penalty --seed --max-tokens --stop \
+        --raw --json --ids --socket --version; do
+        grep -qF -- "$opt" <<<"$out" || fail "--help does not mention $opt"
+done
+expect 0 "mixtral " -- "$client" --version
+expect 2 "unknown option '--frobnicate'" -- "$client" --frobnicate x
+expect 2 "unknown option '-x'" -- "$client" -x y
+expect 2 "needs an argument" -- "$client" --temperature
+expect 2 "--temperature: 'abc' is not a number" -- "$client" --temperature abc x
+expect 2 "--temperature: 'nan' is not a number" -- "$client" --temperature nan x
+expect 2 "--top-k: '-1' is not" -- "$client" --top-k -1 x
+expect 2 "--top-k: '4294967296' is out of range" -- "$client" --top-k 4294967296 x
+expect 2 "--seed: 'x' is not" -- "$client" --seed x y
+expect 2 "-n: '1.5' is not" -- "$client" -n 1.5 y
+expect 2 "--max-tokens: '-3' is not" -- "$client" --max-tokens -3 y
+expect 2 "no prompt" -- "$client"
+expect 2 "no prompt" -- "$client" --socket "$tmp/none" --seed 1
+expect 2 "status takes none" -- "$client" status now
+expect 2 "--temperature does not apply to quota" -- "$client" quota --temperature 1
+expect 2 "--raw does not apply to chat" -- "$client" chat --raw
+expect 2 "--system needs the chat template" -- "$client" --raw --system s x
+# Piped text that is not text.
+printf 'a\0b' | timeout 20 "$client" --socket "$tmp/none" x >/dev/null 2>&1
+[ $? -eq 2 ] || fail "a NUL byte on standard input is not a usage error"
+
+# Nobody listening: exit 3 and one line that says how to start the daemon.
+for cmd in "x" "status" "quota" "chat"; do
+        out=$(timeout 20 "$client" --socket "$tmp/none" $cmd 2>&1 </dev/null)
+        rc=$?
+        [ "$rc" -eq 3 ] || fail "mixtral $cmd without a daemon exited $rc, expected 3: $out"
+        [ "$(wc -l <<<"$out")" -eq 1 ] || fail "mixtral $cmd without a daemon: not one line: $out"
+        case "$out" in
+        *"cannot reach mixtrald at $tmp/none: No such file or directory"*"systemctl start mixtrald"*"mixtrald --model"*) ;;
+        *) fail "mixtral $cmd without a daemon: unhelpful message: $out" ;;
+        esac
+done
+MIXTRALD_SOCKET=$tmp/from-env expect 3 "$tmp/from-env" -- "$client" hello
+MIXTRALD_SOCKET=$tmp/from-env expect 3 "$tmp/from-option" -- "$client" --socket "$tmp/from-option" hello
+: >"$tmp/plain-file"
+expect 3 "Connection refused" -- "$client" --socket "$tmp/plain-file" hello
+expect 3 "cannot reach" -- "$client" --socket "$tmp/$(printf 'x%.0s' {1..120})" hello
+
+if [ ! -x "$daemon" ]; then
+        echo "SKIP: daemon not built ($daemon)"
+        [ "$failures" -eq 0 ] && exit 77
+        exit 1
+fi
+
+# --- with a daemon -------------------------------------------------------------
+started_pid=
+# start_daemon DIR: DIR/conf is its configuration; it listens on DIR/sock.
+start_daemon() {
+        local d=$1
+        mkdir -p "$d/state"
+        "$daemon" --model "$demo" --socket "$d/sock" --config "$d/conf" --state-directory "$d/state" \
+                2>"$d/daemon.log" &
+        started_pid=$!
+        daemon_pids+=("$started_pid")
+        for _ in $(seq 300); do
+                if [ -S "$d/sock" ] && timeout 10 "$client" status --socket "$d/sock" >/dev/null 2>&1 </dev/null; then
+                        return 0
+                fi
+                kill -0 "$started_pid" 2>/dev/null || break
+                sleep 0.1
+        done
+        fail "mixtrald did not come up on $d/sock: $(tail -5 "$d/daemon.log")"
+        return 1
+}
+
+mkdir -p "$tmp/main" "$HOME"
+cat >"$tmp/main/conf" <<'EOF'
+[daemon]
+threads=1
+max_batch=8
+max_queue=16
+
+[quota]
+tokens_per_hour=1000000
+tokens_per_day=0
+max_concurrent=4
+max_queued=8
+max_context=4096
+max_tokens=0
+EOF
+start_daemon "$tmp/main" || exit 1
+S=$tmp/main/sock
+m() {
+        timeout 60 "$client" --socket "$S" "$@"
+}
+r() {
+        timeout 60 "$run" --model "$demo" --threads 1 "$@"
+}
+
+# same NAME EXPECTED_FILE ACTUAL_FILE
+same() {
+        cmp -s "$2" "$3" || fail "$1: mixtral printed '$(cat "$3")', mixtral-run '$(cat "$2")'"
+}
+
+# The daemon gives the text mixtral-run gives, token for token.
+m --raw --seed 7 --max-tokens 24 --temperature 0.7 "Once upon a time" </dev/null >"$tmp/a" ||
+        fail "raw generation exited $?"
+r --prompt "Once upon a time" --seed 7 --max-tokens 24 --temperature 0.7 >"$tmp/b"
+[ -s "$tmp/b" ] || fail "mixtral-run printed nothing"
+same "--raw" "$tmp/b" "$tmp/a"
+
+m --seed 3 -n 16 "Hello" </dev/null >"$tmp/a" || fail "chat-templated generation exited $?"
+r --chat Hello --seed 3 -n 16 >"$tmp/b"
+same "the chat template" "$tmp/b" "$tmp/a"
+
+m --system "Be brief." --seed 3 -n 16 "Hello" </dev/null >"$tmp/a" || fail "--system exited $?"
+r --system "Be brief." --chat Hello --seed 3 -n 16 >"$tmp/b"
+same "--system" "$tmp/b" "$tmp/a"
+
+m --seed 5 -n 12 --top-k 5 --top-p 0.9 --min-p 0.01 --repeat-penalty 1.3 two words </dev/null >"$tmp/a" ||
+        fail "sampling options exited $?"
+r --chat "two words" --seed 5 -n 12 --top-k 5 --top-p 0.9 --min-p 0.01 --repeat-penalty 1.3 >"$tmp/b"
+same "sampling options" "$tmp/b" "$tmp/a"
+
+# Piped input: PROMPT, a blank line, then the input exactly as read.
+echo body | m --raw --seed 1 -n 8 head >"$tmp/a" || fail "piped input exited $?"
+printf 'head\n\nbody\n' >"$tmp/prompt"
+r --prompt-file "$tmp/prompt" --seed 1 -n 8 >"$tmp/b"
+same "PROMPT and piped input" "$tmp/b" "$tmp/a"
+echo body | m --raw --seed 1 -n 8 >"$tmp/a" || fail "piped input alone exited $?"
+r --prompt "body
+" --seed 1 -n 8 >"$tmp/b"
+same "piped input alone" "$tmp/b" "$tmp/a"
+echo body | m --seed 1 -n 8 head >"$tmp/a" || fail "piped input, chat template exited $?"
+p=$(printf 'head\n\nbody\nX')
+r --chat "${p%X}" --seed 1 -n 8 >"$tmp/b"
+same "piped input in the chat template" "$tmp/b" "$tmp/a"
+
+# --stop: the text up to the stop string, as mixtral-run cuts it.
+text=$(r --prompt "Once upon a time" --seed 7 -n 24 --temperature 0)
+stop=${text:4:2}
+m --raw --seed 7 -n 24 --temperature 0 --stop "$stop" --stop "zzz-never" "Once upon a time" </dev/null >"$tmp/a"
+r --prompt "Once upon a time" --seed 7 -n 24 --temperature 0 --stop "$stop" --stop "zzz-never" >"$tmp/b"
+same "--stop '$stop'" "$tmp/b" "$tmp/a"
+
+# --json: one object per line; the chunks' text is the text; finished last.
+check_json=$(
+        cat <<'EOF'
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+ev = [json.loads(l) for l in lines]
+for l in lines:
+    assert l == l.strip() and ": " not in l.split('"text"')[0], "not compact: " + l
+assert ev[0]["event"] == "accepted", ev[0]
+for k in ("request_id", "prompt_tokens", "max_tokens", "queue_position"):
+    assert isinstance(ev[0][k], int), k
+assert ev[-1]["event"] == "finished", ev[-1]
+assert ev[-1]["reason"] in ("eos", "length", "stop", "context"), ev[-1]
+u = ev[-1]["usage"]
+for k in ("prompt_tokens", "completion_tokens", "time_to_first_token_s", "tokens_per_second", "total_s", "queued_s"):
+    assert k in u, k
+assert u["completion_tokens"] > 0 and u["prompt_tokens"] > 0, u
+chunks = [e for e in ev[1:-1]]
+assert all(e["event"] == "chunk" for e in chunks), chunks
+ids = sys.argv[2] == "ids"
+for e in chunks:
+    assert ("token_ids" in e) == ids, e
+    if ids:
+        assert all(isinstance(i, int) for i in e["token_ids"]), e
+text = "".join(e["text"] for e in chunks)
+out = open(sys.argv[3], "w")
+out.write(text + ("\n" if text and not text.endswith("\n") else ""))
+if ids:
+    open(sys.argv[4], "w").write(" ".join(str(i) for e in chunks for i in e["token_ids"]) + "\n")
+EOF
+)
+m --json --raw --seed 7 --max-tokens 24 --temperature 0.7 "Once upon a time" </dev/null >"$tmp/events" ||
+        fail "--json exited $?"
+/usr/bin/python3 -c "$check_json" "$tmp/events" noids "$tmp/a" || fail "--json events: $(cat "$tmp/events")"
+r --prompt "Once upon a time" --seed 7 --max-tokens 24 --temperature 0.7 >"$tmp/b"
+same "the text of the --json chunks" "$tmp/b" "$tmp/a"
+m --json --ids --raw --seed 7 --max-tokens 12 "Once upon a time" </dev/null >"$tmp/events" ||
+        fail "--json --ids exited $?"
+/usr/bin/python3 -c "$check_json" "$tmp/events" ids "$tmp/a" "$tmp/ids" ||
+        fail "--json --ids events: $(cat "$tmp/events")"
+r --prompt "Once upon a time" --seed 7 --max-tokens 12 --print-ids | sed 's/ 2$//' >"$tmp/b"
+same "the token ids of --json --ids" "$tmp/b" "$tmp/ids"
+# --ids without --json changes nothing.
+m --ids --raw --seed 7 --max-tokens 12 "Once upon a time" </dev/null >"$tmp/a"
+r --prompt "Once upon a time" --seed 7 --max-tokens 12 >"$tmp/b"
+same "--ids in text mode" "$tmp/b" "$tmp/a"
+
+# status and quota
+expect 0 "serving" -- "$client" status --socket "$S"
+out=$(m status </dev/null)
+for line in "model:" "device:" "state:" "queue:" "memory:" "uptime:"; do
+        grep -q "^$line" <<<"$out" || fail "status lacks '$line': $out"
+done
+grep -q "(max batch 8, queue 16)" <<<"$out" || fail "status does not show the configured batch and queue: $out"
+m status --json </dev/null >"$tmp/status.json" || fail "status --json exited $?"
+/usr/bin/python3 -c '
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+assert len(lines) == 1, lines
+s = json.loads(lines[0])
+assert s["state"] == "serving" and s["max_batch"] == 8 and s["max_queue"] == 16, s
+assert isinstance(s["requests"], list) and s["uptime_s"] >= 0, s
+for k in ("version", "model", "device", "weight_bytes", "kv_bytes", "rss_bytes", "queued", "running",
+          "connections", "requests_total", "tokens_total", "context_length"):
+    assert k in s, k
+' "$tmp/status.json" || fail "status --json: $(cat "$tmp/status.json")"
+out=$(m quota </dev/null) || fail "quota exited $?"
+for line in "tokens per hour: 1000000" "tokens per day:  unlimited" "concurrent:      4" "queued:          8" \
+        "max context:     4096 tokens" "max tokens:      unlimited"; do
+        grep -qF -- "$line" <<<"$out" || fail "quota lacks '$line': $out"
+done
+if [ "$(id -u)" -eq 0 ]; then
+        grep -qF "exempt (root or admin group)" <<<"$out" || fail "quota does not say root is exempt: $out"
+fi
+m quota --json </dev/null >"$tmp/quota.json" || fail "quota --json exited $?"
+/usr/bin/python3 -c '
+import json, sys, os
+q = json.loads(open(sys.argv[1]).read())
+l = q["limits"]
+assert l == {"tokens_per_hour": 1000000, "tokens_per_day": 0, "max_concurrent": 4, "max_queued": 8,
+             "max_context": 4096, "max_tokens": 0}, l
+assert q["uid"] == os.getuid() and q["exempt"] == (os.getuid() == 0), q
+for k in ("used_hour", "used_day", "hour_resets_unix", "day_resets_unix", "running", "queued"):
+    assert k in q, k
+' "$tmp/quota.json" || fail "quota --json: $(cat "$tmp/quota.json")"
+
+# The daemon's errors, as exit statuses.
+expect 4 "INVALID_ARGUMENT" -- "$client" --socket "$S" --temperature -1 hello
+expect 4 "INVALID_ARGUMENT" -- "$client" --socket "$S" --top-p 0 hello
+long=$(printf 'word %.0s' $(seq 6000))
+expect 7 "TOO_LONG" -- "$client" --socket "$S" --raw "$long"
+m --json --raw "$long" </dev/null >"$tmp/events" 2>/dev/null
+[ $? -eq 7 ] || fail "--json TOO_LONG: wrong exit status"
+/usr/bin/python3 -c '
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+assert ev[-1]["event"] == "error" and ev[-1]["code"] == "TOO_LONG" and ev[-1]["message"], ev
+' "$tmp/events" || fail "--json error event: $(cat "$tmp/events")"
+
+# A prompt over the daemon's frame limit (1 MiB by default): BAD_FRAME.
+head -c 3000000 /dev/zero | tr '\0' a | m -n 4 summarise >/dev/null 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 9 ] || fail "a 3 MB prompt exited $rc, expected 9: $(cat "$tmp/err")"
+grep -q "BAD_FRAME" "$tmp/err" || fail "a 3 MB prompt: no BAD_FRAME: $(cat "$tmp/err")"
+
+# chat: each line a turn, /reset forgets, the answers as mixtral-run's.
+printf 'hi\n/reset\nthere\n/quit\nnever sent\n' | m chat --seed 1 -n 8 >"$tmp/a"
+rc=$?
+[ "$rc" -eq 0 ] || fail "chat exited $rc"
+{
+        r --chat hi --seed 1 -n 8
+        r --chat there --seed 1 -n 8
+} >"$tmp/b"
+same "chat with /reset" "$tmp/b" "$tmp/a"
+printf '\n/system Be brief.\nhi\n' | m chat --seed 1 -n 8 >"$tmp/a" || fail "chat with /system exited $?"
+r --system "Be brief." --chat hi --seed 1 -n 8 >"$tmp/b"
+same "chat with /system" "$tmp/b" "$tmp/a"
+# The second turn sends the first question and answer along.
+printf 'hi\nthere\n' | m chat --json --seed 1 -n 8 >"$tmp/events" || fail "chat --json exited $?"
+/usr/bin/python3 -c '
+import json, sys
+turns, text = [], ""
+for l in open(sys.argv[1]):
+    e = json.loads(l)
+    if e["event"] == "chunk":
+        text += e["text"]
+    elif e["event"] == "finished":
+        turns.append(text)
+        text = ""
+assert len(turns) == 2, turns
+json.dump([{"role": "user", "content": "hi"}, {"role": "assistant", "content": turns[0]},
+           {"role": "user", "content": "there"}], open(sys.argv[2], "w"))
+open(sys.argv[3], "w").write(turns[1] + ("\n" if turns[1] and not turns[1].endswith("\n") else ""))
+' "$tmp/events" "$tmp/conv.json" "$tmp/a" || fail "chat --json: $(cat "$tmp/events")"
+r --messages "$tmp/conv.json" --seed 1 -n 8 >"$tmp/b"
+same "the second turn of a chat" "$tmp/b" "$tmp/a"
+
+# Ctrl-C: the request is cancelled in the daemon, the client exits 130.
+: >"$tmp/out"
+"$client" --socket "$S" -n 100000 --raw "x" </dev/null >"$tmp/out" 2>"$tmp/err" &
+pid=$!
+for _ in $(seq 100); do
+        [ -s "$tmp/out" ] && break
+        sleep 0.05
+done
+sleep 0.5
+if kill -0 "$pid" 2>/dev/null; then
+        kill -INT "$pid"
+        wait "$pid"
+        rc=$?
+        [ "$rc" -eq 130 ] || fail "Ctrl-C: exit status $rc, expected 130: $(cat "$tmp/err")"
+        [ ! -s "$tmp/err" ] || fail "Ctrl-C: unexpected complaint: $(cat "$tmp/err")"
+        [ "$(tail -c 1 "$tmp/out" | od -An -c | tr -d ' ')" = '\n' ] || fail "Ctrl-C: the output does not end a line"
+        idle=no
+        for _ in $(seq 30); do
+                if m status --json </dev/null | /usr/bin/python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if not s["requests"] and s["running"] == 0 and s["queued"] == 0 else 1)'; then
+                        idle=yes
+                        break
+                fi
+                sleep 0.1
+        done
+        [ "$idle" = yes ] || fail "Ctrl-C: the request still runs in the daemon: $(m status </dev/null)"
+else
+        wait "$pid"
+        fail "Ctrl-C: the generation ended (status $?) before Ctrl-C could interrupt it"
+fi
+
+# --- quotas, with a second daemon ---------------------------------------------
+# Root and the admin group are exempt: quotas are tried as nobody then.
+as_user() {
+        "$@"
+}
+if [ "$(id -u)" -eq 0 ]; then
+        as_user() {
+                setpriv --reuid=65534 --regid=65534 --clear-groups "$@"
+        }
+        chmod 0755 "$tmp"
+fi
+mkdir -p "$tmp/q"
+chmod 0755 "$tmp/q"
+cat >"$tmp/q/conf" <<'EOF'
+[daemon]
+threads=1
+max_batch=8
+max_queue=16
+
+[quota]
+tokens_per_hour=60
+tokens_per_day=0
+max_concurrent=2
+max_queued=2
+max_context=64
+max_tokens=16
+EOF
+# quota_checks SOCKET: as a user the quotas apply to.
+quota_checks() {
+        local q=$1 out rc i got5=no
+        out=$(as_user timeout 60 "$client" --socket "$q" --raw "$(printf 'word %.0s' $(seq 100))" 2>&1 </dev/null)
+        rc=$?
+        [ "$rc" -eq 7 ] || fail "a prompt longer than max_context exited $rc, expected 7: $out"
+        for i in $(seq 12); do
+                out=$(as_user timeout 60 "$client" --socket "$q" --seed "$i" -n 16 hello 2>&1 </dev/null)
+                rc=$?
+                if [ "$rc" -eq 5 ]; then
+                        got5=yes
+                        case "$out" in
+                        *"QUOTA_EXCEEDED"*"; retry after "*) ;;
+                        *) fail "QUOTA_EXCEEDED message: $out" ;;
+                        esac
+                        break
+                fi
+                if [ "$rc" -ne 0 ]; then
+                        fail "request $i under the quota exited $rc: $out"
+                        return
+                fi
+        done
+        [ "$got5" = yes ] || fail "tokens_per_hour=60 never ran out (exit 5)"
+        as_user timeout 60 "$client" --socket "$q" --json -n 4 hello </dev/null >"$tmp/events" 2>/dev/null
+        rc=$?
+        [ "$rc" -eq 5 ] || fail "--json over the quota exited $rc, expected 5"
+        /usr/bin/python3 -c '
+import json, sys
+e = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+assert e["event"] == "error" and e["code"] == "QUOTA_EXCEEDED" and e["retry_at_unix"] > 0, e
+' "$tmp/events" || fail "--json QUOTA_EXCEEDED event: $(cat "$tmp/events")"
+        out=$(as_user timeout 60 "$client" --socket "$q" quota 2>&1 </dev/null) || fail "quota exited $?"
+        case "$out" in
+        *"tokens per hour: 60 (used "*", resets at "*) ;;
+        *) fail "quota does not show the hour's use: $out" ;;
+        esac
+}
+if ! as_user "$client" --version >/dev/null 2>&1; then
+        echo "SKIP: quotas: cannot run mixtral as an unprivileged user"
+elif start_daemon "$tmp/q"; then
+        quota_checks "$tmp/q/sock"
+fi
+
+echo "all mixtral client checks done"
