@@ -216,6 +216,69 @@ static void test_privacy(void) {
         close(p[0]), close(p[1]), close(go[0]), close(go[1]);
 }
 
+static double mono(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static dh_daemon fair;
+
+static int late_user(void *arg) {
+        int *pipe_fds = arg;
+        dh_gen g = {.prompt = "my turn", .raw = true, .max_tokens = 300, .seed = 4};
+        dh_result res = {0};
+        int rc = dh_run(&fair, &g, &res);
+        double t = mono();
+        bool ok = rc == 0 && res.error == 0;
+        dh_result_free(&res);
+        return ok && write(pipe_fds[1], &t, sizeof(t)) == sizeof(t) ? 0 : fail("the late user was not served");
+}
+
+/* One place in the batch; root queues four requests, then another user
+ * one: the other user goes next, not after all of root's. */
+static void test_fair_between_users(void) {
+        if (dh_init(&fair, mixtrald, model, "[daemon]\nthreads = 1\nmax_batch = 1\n") < 0 || dh_start(&fair, NULL) < 0) {
+                CHECK(0, "the second daemon did not start");
+                return dh_cleanup(&fair);
+        }
+        int fd = dh_connect(&fair), rc, p[2];
+        CHECK(pipe(p) == 0, "pipe");
+        dh_gen g = {.prompt = "root's turn", .raw = true, .max_tokens = 300, .seed = 3};
+        for (uint64_t tag = 1; tag <= 4; tag++)
+                dh_send_generate(fd, tag, &g);
+        Mixtrald__V1__Response *r;
+        while ((r = dh_recv(fd, 10000, &rc)) && r->kind_case != MIXTRALD__V1__RESPONSE__KIND_CHUNK)
+                mixtrald__v1__response__free_unpacked(r, NULL);
+        if (r)
+                mixtrald__v1__response__free_unpacked(r, NULL);
+        fflush(NULL);
+        pid_t child = fork();
+        if (child == 0) {
+                if (setgroups(0, NULL) < 0 || setresgid(BOB, BOB, BOB) < 0 || setresuid(BOB, BOB, BOB) < 0)
+                        _exit(99);
+                _exit(late_user(p));
+        }
+        double ends[4] = {0};
+        for (uint64_t tag = 1; tag <= 4; tag++) {
+                dh_result res = {0};
+                CHECK(dh_collect(fd, tag, &res, 60000) == 0 && res.error == 0, "root's request %llu failed",
+                      (unsigned long long)tag);
+                ends[tag - 1] = mono();
+                dh_result_free(&res);
+        }
+        int st;
+        waitpid(child, &st, 0);
+        double late = 0;
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0 && read(p[0], &late, sizeof(late)) == sizeof(late),
+              "the late user's part failed");
+        CHECK(late > 0 && late < ends[1], "the other user waited behind root's queue: done at %.3f, root's at "
+              "%.3f %.3f %.3f %.3f", late, ends[0], ends[1], ends[2], ends[3]);
+        close(fd), close(p[0]), close(p[1]);
+        CHECK(dh_stop(&fair) == 0, "exit status");
+        dh_cleanup(&fair);
+}
+
 int main(int argc, char **argv) {
         if (argc != 3) {
                 fprintf(stderr, "usage: test-users MIXTRALD DEMO_MODEL_DIR\n");
@@ -236,6 +299,7 @@ int main(int argc, char **argv) {
         CHECK(as_user(NOBODY, NOBODY, unlimited, NULL) == 0, "[user:nobody] did not lift the budget");
         CHECK(as_user(CAROL, STAFF, exempt_admin, NULL) == 0, "admin_group is not exempt");
         test_privacy();
+        test_fair_between_users();
 
         /* kill -9 and a restart: Alice is still over her budget. */
         dh_kill9(&d);

@@ -67,3 +67,71 @@ texts = [b"Hello world", b" Hello", b"a\n\nb", b"   spaces", b"", b"\xff\xfe\xe6
          "Ἀθῆναι ∞ ≈ €".encode()]
 for i, t in enumerate(texts):
     write("corpus/tokenize", f"text-{i}", t)
+
+
+# mixtrald.v1 requests (../../proto/mixtrald.proto), framed as on the socket:
+# a varint length, then the message. Encoded by hand so that no protobuf
+# package is needed here.
+def varint(v):
+    out = bytearray()
+    while v >= 0x80:
+        out.append(v & 0x7F | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def fv(num, v):  # varint field
+    return varint(num << 3) + varint(v)
+
+
+def fd(num, v):  # double field
+    return varint(num << 3 | 1) + struct.pack("<d", v)
+
+
+def fb(num, v):  # length-delimited field
+    if isinstance(v, str):
+        v = v.encode()
+    return varint(num << 3 | 2) + varint(len(v)) + v
+
+
+def frame(msg):
+    return varint(len(msg)) + msg
+
+
+def request(tag, kind, body):
+    return fv(1, tag) + fb({"generate": 2, "cancel": 3, "status": 4, "quota": 5}[kind], body)
+
+
+def chat(role, content):
+    return fb(1, role) + fb(2, content)
+
+
+def req(name, *frames):
+    write("corpus/request", name, b"".join(frame(f) for f in frames))
+
+
+gen_hello = request(1, "generate", fb(1, "Hello"))
+req("generate-prompt", gen_hello)
+req("generate-every-option", request(2, "generate", b"".join([
+    fb(1, "Write a haiku about the sea."), fb(3, "Be brief."), fv(4, 0), fd(5, 0.7), fv(6, 40),
+    fd(7, 0.9), fd(8, 0.05), fd(9, 1.1), fv(10, 42), fv(11, 64), fb(12, "\n\n"), fb(12, "User:"),
+    fv(13, 1)])))
+req("generate-raw", request(3, "generate", fb(1, " Once upon a time") + fv(4, 1) + fd(5, 0) + fv(10, 7)))
+req("chat-messages", request(4, "generate", b"".join([
+    fb(2, chat("system", "Answer in English.")), fb(2, chat("user", "Hi")),
+    fb(2, chat("assistant", "Hello! How can I help?")), fb(2, chat("user", "Ünïcödé 日本語 🙂 [INST] </s>")),
+    fb(3, "Be brief."), fv(11, 16)])))
+req("cancel", request(5, "cancel", fv(1, 17)))
+req("status", request(6, "status", b""))
+req("quota", request(7, "quota", b""))
+req("two-frames", gen_hello, request(8, "cancel", fv(1, 1)))
+req("every-kind", gen_hello, request(9, "status", b""), request(10, "quota", b""),
+    request(11, "cancel", fv(1, 2**64 - 1)), b"")
+req("generate-rejected", request(12, "generate", fb(1, b"bad \xed\xa0\x80") + fd(5, float("nan"))),
+    request(13, "generate", fb(2, chat("robot", "x"))),
+    request(14, "generate", fb(1, "x") + b"".join(fb(12, "s") for _ in range(17))),
+    request(15, "generate", fb(1, "x") + fv(4, 1) + fb(3, "system")))
+write("corpus/request", "truncated", frame(gen_hello) + varint(200) + b"\x08\x01\x12")
+write("corpus/request", "oversize", varint(1 << 20) + b"\x08\x01")
+write("corpus/request", "not-a-request", frame(b"\xff\xff\xff\xff") + frame(gen_hello))
