@@ -186,33 +186,64 @@ static md_quota_section *section_for(md_config *c, const char *name, bool group)
         return s;
 }
 
+/* inih goes on after an error and reports the first bad line, so the
+ * context keeps the first error and the line it was on; it also reads
+ * lines through us, so that one longer than its buffer is an error instead
+ * of two lines. */
 typedef struct parse_ctx {
         md_config *c;
+        FILE *f;
+        unsigned line, error_line;
         mx_error err;
         int r;
 } parse_ctx;
 
+static void fail_at(parse_ctx *p, int r) {
+        if (p->r == 0)
+                p->r = r, p->error_line = p->line;
+}
+
+static char *read_line(char *str, int num, void *stream) {
+        parse_ctx *p = stream;
+        if (!fgets(str, num, p->f))
+                return NULL;
+        p->line++;
+        size_t n = strlen(str);
+        if (n == (size_t)num - 1 && str[n - 1] != '\n' && !feof(p->f)) {
+                fail_at(p, mx_error_set(&p->err, -EINVAL, "the line is longer than %d bytes", num - 2));
+                int ch;
+                while ((ch = fgetc(p->f)) != EOF && ch != '\n')
+                        ;
+                str[0] = '\0'; /* the rest is not parsed */
+        }
+        return str;
+}
+
 static int on_key(void *user, const char *section, const char *key, const char *value) {
         parse_ctx *p = user;
         if (p->r < 0)
-                return 0;
+                return 1;
+        mx_error *err = &p->err;
+        int r;
         if (!strcmp(section, "daemon"))
-                p->r = md_config_set_daemon(p->c, key, value, &p->err);
+                r = md_config_set_daemon(p->c, key, value, err);
         else if (!strcmp(section, "quota"))
-                p->r = set_limit(&p->c->quota, NULL, key, value, &p->err);
+                r = set_limit(&p->c->quota, NULL, key, value, err);
         else if (!strncmp(section, "user:", 5) || !strncmp(section, "group:", 6)) {
                 bool group = section[0] == 'g';
                 const char *name = section + (group ? 6 : 5);
                 md_quota_section *s = *name ? section_for(p->c, name, group) : NULL;
                 if (!*name)
-                        p->r = mx_error_set(&p->err, -EINVAL, "[%s] names nobody", section);
+                        r = mx_error_set(err, -EINVAL, "[%s] names nobody", section);
                 else if (!s)
-                        p->r = mx_error_set(&p->err, -ENOMEM, "out of memory");
+                        r = mx_error_set(err, -ENOMEM, "out of memory");
                 else
-                        p->r = set_limit(&s->limits, &s->set, key, value, &p->err);
+                        r = set_limit(&s->limits, &s->set, key, value, err);
         } else
-                p->r = mx_error_set(&p->err, -EINVAL, "unknown section [%s]", section);
-        return p->r == 0;
+                r = mx_error_set(err, -EINVAL, "unknown section [%s]", section);
+        if (r < 0)
+                fail_at(p, r);
+        return 1;
 }
 
 int md_config_load(md_config *c, const char *path, bool required, mx_error *err) {
@@ -225,15 +256,16 @@ int md_config_load(md_config *c, const char *path, bool required, mx_error *err)
         struct stat st;
         if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode))
                 return mx_error_set(err, -EINVAL, "%s: not a regular file", path);
-        parse_ctx p = {.c = c};
-        int line = ini_parse_file(f, on_key, &p);
-        if (line == 0)
-                return 0;
-        if (line < 0)
+        parse_ctx p = {.c = c, .f = f};
+        int line = ini_parse_stream(read_line, &p, on_key, &p);
+        if (line < 0 || ferror(f))
                 return mx_error_set(err, -EIO, "%s: cannot read it", path);
-        if (p.r < 0)
-                return mx_error_set(err, p.r, "%s:%d: %s", path, line, p.err.msg);
-        return mx_error_set(err, -EINVAL, "%s:%d: not a 'key = value' line or [section]", path, line);
+        /* Whichever came first: ours, or a line inih could not parse. */
+        if (p.r < 0 && (line == 0 || (unsigned)line >= p.error_line))
+                return mx_error_set(err, p.r, "%s:%u: %s", path, p.error_line, p.err.msg);
+        if (line > 0)
+                return mx_error_set(err, -EINVAL, "%s:%d: not a 'key = value' line or [section]", path, line);
+        return 0;
 }
 
 static uint64_t limit_field(const md_limits *l, unsigned i) {
@@ -252,31 +284,65 @@ static bool more_generous(uint64_t a, uint64_t b) {
         return a == 0 ? b != 0 : b != 0 && a > b;
 }
 
-static bool in_group(const char *user, gid_t gid, gid_t want) {
+/* The user's groups, however many (getgrouplist says how many it needs). */
+static gid_t *groups_of(const char *user, gid_t gid, int *n) {
+        int want = 64;
+        for (int tries = 0; user && tries < 4; tries++) {
+                gid_t *g = calloc((size_t)want, sizeof(gid_t));
+                int have = want;
+                if (!g)
+                        break;
+                if (getgrouplist(user, gid, g, &have) >= 0) {
+                        *n = have;
+                        return g;
+                }
+                free(g);
+                if (have <= want)
+                        break;
+                want = have;
+        }
+        *n = 0;
+        return NULL;
+}
+
+static bool in_groups(const gid_t *groups, int n, gid_t gid, gid_t want) {
         if (gid == want)
                 return true;
-        gid_t groups[256];
-        int n = MX_ELEMENTSOF(groups);
-        if (!user || getgrouplist(user, gid, groups, &n) < 0)
-                return false;
         for (int i = 0; i < n; i++)
                 if (groups[i] == want)
                         return true;
         return false;
 }
 
+/* getgrnam_r with a buffer that grows until a big group fits. */
+static bool group_gid(const char *name, gid_t *out) {
+        size_t size = 4096;
+        for (int tries = 0; tries < 8; tries++, size *= 4) {
+                _cleanup_free_ char *buf = malloc(size);
+                struct group gr, *grp = NULL;
+                if (!buf)
+                        return false;
+                int r = getgrnam_r(name, &gr, buf, size, &grp);
+                if (r == ERANGE)
+                        continue;
+                if (r || !grp)
+                        return false;
+                *out = grp->gr_gid;
+                return true;
+        }
+        return false;
+}
+
 void md_config_limits(const md_config *c, uid_t uid, gid_t gid, md_limits *out, bool *exempt) {
-        char pwbuf[4096], grbuf[4096];
+        char pwbuf[16384];
         struct passwd pw, *pwp = NULL;
         getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &pwp);
         const char *user = pwp ? pwp->pw_name : NULL;
+        int n_groups;
+        _cleanup_free_ gid_t *groups = groups_of(user, gid, &n_groups);
+        gid_t g;
 
-        *exempt = uid == 0;
-        if (!*exempt && c->admin_group) {
-                struct group gr, *grp = NULL;
-                getgrnam_r(c->admin_group, &gr, grbuf, sizeof(grbuf), &grp);
-                *exempt = grp && in_group(user, gid, grp->gr_gid);
-        }
+        *exempt = uid == 0 || (c->admin_group && group_gid(c->admin_group, &g) && in_groups(groups, n_groups, gid, g));
 
         md_limits l = c->quota;
         unsigned from_user = 0, from_group = 0;
@@ -292,9 +358,7 @@ void md_config_limits(const md_config *c, uid_t uid, gid_t gid, md_limits *out, 
                         from_user |= s->set;
                         continue;
                 }
-                struct group gr, *grp = NULL;
-                getgrnam_r(s->name, &gr, grbuf, sizeof(grbuf), &grp);
-                if (!grp || !in_group(user, gid, grp->gr_gid))
+                if (!group_gid(s->name, &g) || !in_groups(groups, n_groups, gid, g))
                         continue;
                 for (unsigned k = 0; k < MD_LIMIT_FIELDS; k++) {
                         if (!(s->set & (1u << k)))

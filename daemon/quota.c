@@ -56,16 +56,22 @@ void md_quota_admit(const md_limits *l, bool exempt, const md_usage_entry *e, co
         }
         if (l->max_tokens && grant > l->max_tokens)
                 grant = l->max_tokens;
+        uint64_t need = (uint64_t)prompt_tokens + 1;
+        if ((l->tokens_per_hour && need > l->tokens_per_hour) || (l->tokens_per_day && need > l->tokens_per_day))
+                return refuse(a, MIXTRALD__V1__ERROR_CODE__QUOTA_EXCEEDED,
+                              "this request needs %" PRIu64 " tokens, more than your limit of %" PRIu64
+                              " per %s: it can never run",
+                              need, l->tokens_per_hour && need > l->tokens_per_hour ? l->tokens_per_hour : l->tokens_per_day,
+                              l->tokens_per_hour && need > l->tokens_per_hour ? "hour" : "day");
         uint64_t slots = (uint64_t)(l->max_concurrent ? l->max_concurrent : UINT32_MAX) +
                          (l->max_concurrent ? l->max_queued : 0);
-        if (f->running + f->queued >= slots)
+        if ((uint64_t)f->running + f->queued >= slots)
                 return refuse(a, MIXTRALD__V1__ERROR_CODE__QUOTA_EXCEEDED,
                               "you have %u requests running and %u queued; your limit is %u running "
                               "and %u queued",
                               f->running, f->queued, l->max_concurrent, l->max_queued);
         uint64_t avail = min_u64(left(l->tokens_per_hour, e->hour_used, f->reserved),
                                  left(l->tokens_per_day, e->day_used, f->reserved));
-        uint64_t need = (uint64_t)prompt_tokens + 1;
         if (avail < need) {
                 /* Reservations come back when running requests end; used tokens
                  * only when their window turns. */

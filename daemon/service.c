@@ -158,8 +158,6 @@ static int on_stop(sd_event_source *s, const struct signalfd_siginfo *si, void *
                 return on_drain_deadline(NULL, 0, srv);
         }
         srv->draining = true;
-        sd_notifyf(false, "STOPPING=1\nSTATUS=Stopping: %zu requests to finish", srv->n_live);
-        md_log(LOG_INFO, "stopping: letting %zu requests finish (up to %.0f s)", srv->n_live, srv->cfg.drain_seconds);
         /* New clients are told at once (no socket, or refused) instead of
          * waiting in a backlog nobody will accept from. */
         srv->listen_src = sd_event_source_disable_unref(srv->listen_src);
@@ -169,6 +167,8 @@ static int on_stop(sd_event_source *s, const struct signalfd_siginfo *si, void *
         srv->created_socket = NULL; /* a successor may create it again */
         close(srv->listen_fd);
         srv->listen_fd = -1;
+        sd_notifyf(false, "STOPPING=1\nSTATUS=Stopping: %zu requests to finish", srv->n_live);
+        md_log(LOG_INFO, "stopping: letting %zu requests finish (up to %.0f s)", srv->n_live, srv->cfg.drain_seconds);
         /* Requests not yet started would only begin new work: end them now. */
         md_sched_lock(srv->sched);
         for (md_request *r = md_sched_queue_locked(srv->sched); r; r = r->sched_next) {

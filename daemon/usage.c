@@ -35,16 +35,39 @@ static md_usage_entry *add(md_usage *u, uint32_t uid) {
         return e;
 }
 
+/* One unsigned decimal field and the separator after it; nothing scanf
+ * would also take (signs, spaces, overflow). */
+static bool field(const char **p, char sep, uint64_t max, uint64_t *out) {
+        const char *s = *p;
+        uint64_t v = 0;
+        if (*s < '0' || *s > '9')
+                return false;
+        for (; *s >= '0' && *s <= '9'; s++)
+                if (!mx_mul_u64(v, 10, &v) || !mx_add_u64(v, (uint64_t)(*s - '0'), &v))
+                        return false;
+        if (*s != sep || v > max)
+                return false;
+        *p = s + 1;
+        *out = v;
+        return true;
+}
+
+static bool parse_line(const char *line, md_usage_entry *e) {
+        uint64_t uid;
+        bool ok = field(&line, ' ', UINT32_MAX, &uid) && field(&line, ' ', UINT64_MAX, &e->hour_start) &&
+                  field(&line, ' ', UINT64_MAX, &e->hour_used) && field(&line, ' ', UINT64_MAX, &e->day_start) &&
+                  field(&line, '\n', UINT64_MAX, &e->day_used) && *line == '\0';
+        e->uid = (uint32_t)uid;
+        return ok;
+}
+
 static int parse(md_usage *u, FILE *f, mx_error *err) {
         char line[256];
         if (!fgets(line, sizeof(line), f) || strcmp(line, HEADER))
                 return mx_error_set(err, -EBADMSG, "%s: not a mixtrald usage file", u->path);
         for (unsigned n = 2; fgets(line, sizeof(line), f); n++) {
                 md_usage_entry e;
-                char end;
-                if (sscanf(line, "%" SCNu32 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 "%c", &e.uid,
-                           &e.hour_start, &e.hour_used, &e.day_start, &e.day_used, &end) != 6 ||
-                    end != '\n' || find(u, e.uid))
+                if (!parse_line(line, &e) || find(u, e.uid))
                         return mx_error_set(err, -EBADMSG, "%s:%u: corrupt line", u->path, n);
                 md_usage_entry *p = add(u, e.uid);
                 if (!p)
@@ -109,7 +132,9 @@ int md_usage_save(const md_usage *u, mx_error *err) {
         if (!dir || asprintf(&tmp, "%s.tmp", u->path) < 0)
                 return mx_error_set(err, -ENOMEM, "out of memory");
         *strrchr(dir, '/') = '\0';
-        _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        /* A fresh file, so that a leftover's looser mode does not carry over. */
+        unlink(tmp);
+        _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd < 0)
                 return mx_error_set(err, -errno, "%s: %s", tmp, strerror(errno));
         int r = write_all(fd, u);
