@@ -219,8 +219,6 @@ void md_server_status(md_conn *c, uint64_t tag) {
         bool admin;
         md_config_limits(&srv->cfg, c->uid, c->gid, &l, &admin);
         Mixtrald__V1__Status st = MIXTRALD__V1__STATUS__INIT;
-        mx_engine_counters ec;
-        mx_engine_counters_get(srv->engine, &ec);
         mx_footprint fp;
         mx_model_footprint(srv->model, &fp);
         st.version = MX_VERSION_STRING, st.model = (char *)srv->model_dir;

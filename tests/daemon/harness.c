@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -51,9 +52,12 @@ int dh_start(dh_daemon *d, const char *const *extra_env) {
         if (pid < 0)
                 return -errno;
         if (pid == 0) {
+                /* A test that dies takes its daemon along, and the daemon holds
+                 * none of the test's output pipes open for the runner. */
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
                 int fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
                 if (fd >= 0)
-                        dup2(fd, STDERR_FILENO);
+                        dup2(fd, STDERR_FILENO), dup2(fd, STDOUT_FILENO);
                 setenv("NOTIFY_SOCKET", d->notify_path, 1);
                 unsetenv("JOURNAL_STREAM");
                 for (size_t i = 0; extra_env && extra_env[i]; i++)
@@ -81,6 +85,9 @@ bool dh_notify_wait(dh_daemon *d, const char *needle, int timeout_ms) {
                 ssize_t k = recv(d->notify_fd, buf, sizeof(buf) - 1, 0);
                 if (k > 0) {
                         buf[k] = '\0';
+                        int w = snprintf(d->seen + d->n_seen, sizeof(d->seen) - d->n_seen, "%s\n", buf);
+                        if (w > 0 && d->n_seen + (size_t)w < sizeof(d->seen))
+                                d->n_seen += (size_t)w;
                         if (strstr(buf, needle))
                                 return true;
                         continue;
@@ -254,7 +261,8 @@ static bool fold(dh_result *res, const Mixtrald__V1__Response *r) {
                 memcpy(res->text + res->text_len, r->chunk->text, n + 1);
                 res->text_len += n;
                 res->ids = realloc(res->ids, (res->n_ids + r->chunk->n_token_ids + 1) * sizeof(int32_t));
-                memcpy(res->ids + res->n_ids, r->chunk->token_ids, r->chunk->n_token_ids * sizeof(int32_t));
+                if (r->chunk->n_token_ids)
+                        memcpy(res->ids + res->n_ids, r->chunk->token_ids, r->chunk->n_token_ids * sizeof(int32_t));
                 res->n_ids += r->chunk->n_token_ids;
                 return false;
         }

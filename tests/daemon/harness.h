@@ -15,6 +15,8 @@ typedef struct dh_daemon {
         int notify_fd;          /* datagrams the daemon sends to NOTIFY_SOCKET */
         pid_t pid;
         const char *binary, *model;
+        char seen[16384];       /* every notify message so far, in order */
+        size_t n_seen;
 } dh_daemon;
 
 /* Makes the directory and writes config_text as the config file. */

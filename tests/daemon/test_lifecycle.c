@@ -42,6 +42,11 @@ static void test_watchdog_and_reload(void) {
         const char *env[] = {"WATCHDOG_USEC=200000", NULL};
         if (start(&d, "[daemon]\nthreads=1\nmax_queue=10\n", env) < 0)
                 return dh_cleanup(&d);
+        /* Loading says how far it got and asks for more time, before READY. */
+        const char *extend = strstr(d.seen, "EXTEND_TIMEOUT_USEC="), *loading = strstr(d.seen, "STATUS=Loading"),
+                   *ready = strstr(d.seen, "READY=1");
+        CHECK(extend && loading && ready && extend < ready && loading < ready,
+              "no STATUS=Loading and EXTEND_TIMEOUT_USEC before READY=1: %s", d.seen);
         CHECK(dh_notify_wait(&d, "WATCHDOG=1", 3000), "no WATCHDOG=1 within 3 s (WATCHDOG_USEC=200 ms)");
         CHECK(dh_notify_wait(&d, "WATCHDOG=1", 3000), "WATCHDOG=1 came only once");
 
