@@ -113,8 +113,8 @@ static void print_status(const Mixtrald__V1__Status *s) {
         printf("device:      %s\n", or_unknown(s->device));
         printf("version:     %s\n", or_unknown(s->version));
         printf("state:       %s\n", or_unknown(s->state));
-        printf("queue:       %u running, %u queued (max batch %u, queue %u)\n", s->running, s->queued, s->max_batch,
-               s->max_queue);
+        printf("queue:       %u running (%u reading prompts, %u generating), %u queued (max batch %u, queue %u)\n",
+               s->running, s->prefilling, s->decoding, s->queued, s->max_batch, s->max_queue);
         if (s->has_context_length)
                 printf("context:     %u tokens\n", s->context_length);
         printf("memory:      weights %s, KV cache %s, resident %s\n", bytes_text(s->weight_bytes, a, sizeof(a)),

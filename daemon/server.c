@@ -246,6 +246,8 @@ void md_server_status(md_conn *c, uint64_t tag) {
                 md_request *r = srv->live[i];
                 if (r->state == MD_PREFILL || r->state == MD_DECODE)
                         kv_tokens += r->prompt.n + r->completion_tokens;
+                st.prefilling += r->state == MD_PREFILL;
+                st.decoding += r->state == MD_DECODE;
                 if (r->uid != c->uid && !admin)
                         continue;
                 Mixtrald__V1__RequestInfo *ri = &infos[st.n_requests];
@@ -259,7 +261,7 @@ void md_server_status(md_conn *c, uint64_t tag) {
                 ptrs[st.n_requests++] = ri;
         }
         md_sched_unlock(srv->sched);
-        st.has_queued = st.has_running = true;
+        st.has_queued = st.has_running = st.has_prefilling = st.has_decoding = true;
         st.has_kv_bytes = true, st.kv_bytes = kv_tokens * srv->kv_bytes_per_token;
         st.requests = ptrs;
         Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;

@@ -388,6 +388,37 @@ static void test_slow_reader(dh_daemon *d) {
         dh_result_free(&res);
 }
 
+/* A long prompt read in small chunks: while it is being read, status and
+ * new connections are answered (the engine has its own thread). */
+static void test_answers_during_prefill(dh_daemon *d) {
+        static char prompt[20000];
+        for (size_t i = 0; i + 5 < sizeof(prompt); i += 5)
+                memcpy(prompt + i, "rain ", 5);
+        dh_gen g = {.prompt = prompt, .raw = true, .max_tokens = 1};
+        int fd = dh_connect(d), rc;
+        CHECK(dh_send_generate(fd, 1, &g) == 0, "send");
+        Mixtrald__V1__Response *r = dh_recv(fd, 10000, &rc);
+        CHECK(r && r->kind_case == MIXTRALD__V1__RESPONSE__KIND_ACCEPTED && r->accepted->prompt_tokens > 3000,
+              "the long prompt was not accepted");
+        if (r)
+                mixtrald__v1__response__free_unpacked(r, NULL);
+        bool seen_prefill = false;
+        for (int i = 0; i < 50 && !seen_prefill; i++) {
+                Mixtrald__V1__Response *s = dh_status(d);
+                CHECK(s, "no status while a prompt is read");
+                if (!s)
+                        break;
+                seen_prefill = s->status->prefilling == 1 && s->status->running == 1;
+                mixtrald__v1__response__free_unpacked(s, NULL);
+        }
+        CHECK(seen_prefill, "status never answered while the prompt was being read");
+        dh_result res = {0};
+        CHECK(dh_collect(fd, 1, &res, 60000) == 0 && res.error == 0 && res.completion_tokens == 1,
+              "the long prompt did not finish: %s", res.message);
+        dh_result_free(&res);
+        close(fd);
+}
+
 #define N_CLIENTS 200
 
 static void test_many_clients(dh_daemon *d) {
@@ -455,6 +486,7 @@ int main(int argc, char **argv) {
                 {"cancel and disconnect", test_cancel_and_disconnect},
                 {"bad frames", test_bad_frames},
                 {"validation", test_validation},
+                {"answers during prefill", test_answers_during_prefill},
                 {"slow reader", test_slow_reader},
                 {"200 clients", test_many_clients},
         };
