@@ -46,7 +46,7 @@ static const char usage_text[] =
         "  -h, --help                 this text\n"
         "      --version              the version\n"
         "\n"
-        "Configuration (INI; see mixtrald.conf(5) and docs/daemon.md):\n"
+        "Configuration (INI; see mixtrald(8) and docs/daemon.md):\n"
         "  [daemon]  model device socket socket_mode state_directory max_frame_bytes\n"
         "            threads admin_group max_batch max_queue max_connections_per_uid\n"
         "            max_output_bytes prefill_chunk drain_seconds expert_memory host_cache\n"
