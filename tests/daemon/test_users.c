@@ -22,6 +22,7 @@ static const char config[] =
         "[daemon]\n"
         "threads = 1\n"
         "admin_group = staff\n"
+        "max_connections_per_uid = 5\n"
         "[quota]\n"
         "tokens_per_hour = 200\n"
         "max_concurrent = 1\n"
@@ -108,6 +109,36 @@ static int unlimited(void *arg) {
                         return fail("request %d refused: %s", i, res.message);
                 dh_result_free(&res);
         }
+        return 0;
+}
+
+/* Five connections are fine; the sixth is told BUSY and closed. */
+static int too_many_connections(void *arg) {
+        int fds[6], rc;
+        for (int i = 0; i < 5; i++) {
+                fds[i] = dh_connect(&d);
+                if (fds[i] < 0 || dh_send_simple(fds[i], 1, MIXTRALD__V1__REQUEST__KIND_QUOTA) < 0)
+                        return fail("connection %d failed", i);
+                Mixtrald__V1__Response *r = dh_recv(fds[i], 10000, &rc);
+                bool ok = r && r->kind_case == MIXTRALD__V1__RESPONSE__KIND_QUOTA;
+                if (r)
+                        mixtrald__v1__response__free_unpacked(r, NULL);
+                if (!ok)
+                        return fail("connection %d was not served", i);
+        }
+        fds[5] = dh_connect(&d);
+        Mixtrald__V1__Response *r = fds[5] >= 0 ? dh_recv(fds[5], 10000, &rc) : NULL;
+        bool busy = r && r->kind_case == MIXTRALD__V1__RESPONSE__KIND_ERROR &&
+                    r->error->code == MIXTRALD__V1__ERROR_CODE__BUSY;
+        if (r)
+                mixtrald__v1__response__free_unpacked(r, NULL);
+        if (!busy)
+                return fail("the sixth connection was not BUSY");
+        r = dh_recv(fds[5], 10000, &rc);
+        if (r || rc != -ECONNRESET)
+                return fail("the sixth connection stayed open");
+        for (int i = 0; i < 6; i++)
+                close(fds[i]);
         return 0;
 }
 
@@ -298,6 +329,7 @@ int main(int argc, char **argv) {
         CHECK(as_user(BOB, BOB, one_request, NULL) == 0, "Bob was refused for Alice's usage");
         CHECK(as_user(NOBODY, NOBODY, unlimited, NULL) == 0, "[user:nobody] did not lift the budget");
         CHECK(as_user(CAROL, STAFF, exempt_admin, NULL) == 0, "admin_group is not exempt");
+        CHECK(as_user(BOB, BOB, too_many_connections, NULL) == 0, "max_connections_per_uid is not enforced");
         test_privacy();
         test_fair_between_users();
 
