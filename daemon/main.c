@@ -6,7 +6,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
-#include <sys/sysinfo.h>
 #include <syslog.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
@@ -186,13 +185,6 @@ static void on_progress(uint64_t done, uint64_t total, void *arg) {
                    30000000ull);
 }
 
-static bool fits_in_memory(const mx_model *m) {
-        struct sysinfo si;
-        uint64_t total = 0;
-        for (size_t i = 0; i < m->n_files; i++)
-                total += m->files[i].size;
-        return sysinfo(&si) == 0 && total < (uint64_t)si.totalram * si.mem_unit / 10 * 8;
-}
 
 static int load(md_server *srv, mx_error *err) {
         if (!srv->cfg.model)
@@ -207,7 +199,7 @@ static int load(md_server *srv, mx_error *err) {
         if (mx_tokenizer_vocab_size(srv->tok) != srv->model->cfg.vocab_size)
                 return mx_error_set(err, -EINVAL, "the tokenizer has %u pieces but the model a vocabulary of %u",
                                     mx_tokenizer_vocab_size(srv->tok), srv->model->cfg.vocab_size);
-        if (fits_in_memory(srv->model))
+        if (mx_model_fits_in_memory(srv->model))
                 mx_model_prefault(srv->model, on_progress, &(load_progress){0});
         mx_engine_opts eo = {.device = srv->cfg.device, .threads = srv->cfg.threads};
         if ((r = mx_engine_open(&srv->engine, srv->model, &eo, err)) < 0)

@@ -266,6 +266,9 @@ void mx_model_footprint(const mx_model *m, mx_footprint *fp);
  * (may be NULL). */
 int mx_model_prefault(const mx_model *m, void (*progress)(uint64_t done, uint64_t total, void *arg),
                       void *arg);
+/* Whether paging in helps: the files fit in memory with a fifth to spare
+ * (otherwise the pass would only evict its own beginning). */
+bool mx_model_fits_in_memory(const mx_model *m);
 
 /* ---- engine: forward pass and sequences ---------------------------------- */
 

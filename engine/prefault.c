@@ -2,6 +2,7 @@
  * over every file, with the kernel asked to read ahead, so that decoding
  * does not stall on page faults scattered over tens of gigabytes. */
 #include <sys/mman.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include "mixtral.h"
@@ -28,4 +29,12 @@ int mx_model_prefault(const mx_model *m, void (*progress)(uint64_t done, uint64_
                 progress(total, total, arg);
         (void)sink;
         return 0;
+}
+
+bool mx_model_fits_in_memory(const mx_model *m) {
+        struct sysinfo si;
+        uint64_t total = 0;
+        for (size_t i = 0; i < m->n_files; i++)
+                total += m->files[i].size;
+        return sysinfo(&si) == 0 && total < (uint64_t)si.totalram * si.mem_unit / 10 * 8;
 }

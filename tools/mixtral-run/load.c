@@ -1,7 +1,6 @@
 /* Loading for generation and benchmarks: open (headers only), page the
  * weights in with a progress bar on a terminal, start the engine. */
 #include <stdio.h>
-#include <sys/sysinfo.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,16 +30,6 @@ static void progress(uint64_t done, uint64_t total, void *arg) {
         fflush(stderr);
 }
 
-/* Paging in helps only when the model fits in memory with room to spare;
- * a model larger than that would just evict itself. */
-static bool fits_in_memory(const mx_model *m) {
-        struct sysinfo si;
-        uint64_t total = 0;
-        for (size_t i = 0; i < m->n_files; i++)
-                total += m->files[i].size;
-        return sysinfo(&si) == 0 && total < (uint64_t)si.totalram * si.mem_unit / 10 * 8;
-}
-
 int run_load_tokenizer(const run_opts *o, mx_tokenizer **tok, mx_error *err) {
         _cleanup_free_ char *found = NULL;
         const char *path = o->tokenizer;
@@ -53,7 +42,7 @@ int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err) {
         int r = mx_model_open(m, o->model, err);
         if (r < 0)
                 return r;
-        if (fits_in_memory(*m)) {
+        if (mx_model_fits_in_memory(*m)) {
                 bar b = {isatty(STDERR_FILENO) == 1, -1};
                 mx_model_prefault(*m, progress, &b);
         }
