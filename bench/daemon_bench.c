@@ -30,12 +30,12 @@ typedef struct run_stats {
 } run_stats;
 
 static dh_gen request(int i, uint32_t tokens) {
-        /* Different prompts, greedy: every request decodes exactly `tokens`
-         * unless EOS comes, which random weights almost never pick. */
+        /* Different prompts, greedy, EOS ignored: every request decodes
+         * exactly `tokens`. */
         static const char *prompts[] = {"The history of", "Once upon a time", "In the beginning",
                                         "A recipe for", "Dear diary,", "The theorem states"};
         return (dh_gen){.prompt = prompts[i % 6], .raw = true, .has_temperature = true, .temperature = 0,
-                        .seed = (uint64_t)i, .max_tokens = tokens};
+                        .seed = (uint64_t)i, .max_tokens = tokens, .ignore_eos = true};
 }
 
 static int finish(int n, dh_result *res, double t0, run_stats *st) {

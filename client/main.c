@@ -59,6 +59,8 @@ static const char usage_text[] =
         "      --seed N           the sampling seed: the same seed, the same text\n"
         "                         (default: a random one)\n"
         "      --stop STR         stop when STR appears (not printed); may be repeated\n"
+        "      --ignore-eos       go on past the end of the answer, until --max-tokens\n"
+        "                         or the context (for benchmarks)\n"
         "\n"
         "Output and connection:\n"
         "      --json             one JSON object per line: the events accepted, chunk,\n"
@@ -117,6 +119,7 @@ enum {
         OPT_SEED,
         OPT_STOP,
         OPT_RAW,
+        OPT_IGNORE_EOS,
         OPT_JSON,
         OPT_IDS,
         OPT_SOCKET,
@@ -238,6 +241,10 @@ static int parse_option(args *a, int c, const char *name, char *arg) {
                 g->has_raw = true;
                 g->raw = true;
                 break;
+        case OPT_IGNORE_EOS:
+                g->has_ignore_eos = true;
+                g->ignore_eos = true;
+                break;
         case OPT_IDS:
                 a->opts.ids = true;
                 g->has_want_token_ids = true;
@@ -263,6 +270,7 @@ static int parse_args(int argc, char **argv, args *a) {
                 {"seed", required_argument, NULL, OPT_SEED},
                 {"stop", required_argument, NULL, OPT_STOP},
                 {"raw", no_argument, NULL, OPT_RAW},
+                {"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS},
                 {"json", no_argument, NULL, OPT_JSON},
                 {"ids", no_argument, NULL, OPT_IDS},
                 {"socket", required_argument, NULL, OPT_SOCKET},

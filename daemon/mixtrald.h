@@ -112,7 +112,7 @@ typedef struct md_gen_params {
         mx_message *messages;
         size_t n_messages;
         const char *system;
-        bool raw, want_ids;
+        bool raw, want_ids, ignore_eos;
         mx_sampling sampling;
         uint32_t max_tokens;    /* 0: as many as allowed */
         const char *const *stop;

@@ -102,6 +102,7 @@ static int messages_from(const Mixtrald__V1__Generate *g, md_gen_params *p, mx_e
 
 int md_gen_params_from(const Mixtrald__V1__Generate *g, md_gen_params *p, mx_error *err) {
         *p = (md_gen_params){.raw = g->has_raw && g->raw, .want_ids = g->has_want_token_ids && g->want_token_ids,
+                             .ignore_eos = g->has_ignore_eos && g->ignore_eos,
                              .max_tokens = g->has_max_tokens ? g->max_tokens : 0, .system = g->system};
         if (!g->prompt == !g->n_messages)
                 return mx_error_set(err, -EINVAL, "give either a prompt or messages");

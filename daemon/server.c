@@ -106,7 +106,8 @@ static md_request *request_new(md_server *srv, md_conn *c, uint64_t tag, const m
         *ids = (mx_ids){0};
         r->opts = (mx_gen_opts){.sampling = p->sampling, .max_tokens = a->max_tokens,
                                 .max_context = (uint32_t)r->prompt.n + a->max_tokens,
-                                .prefill_chunk = srv->cfg.prefill_chunk, .keep_leading_space = p->raw};
+                                .prefill_chunk = srv->cfg.prefill_chunk, .keep_leading_space = p->raw,
+                                .ignore_eos = p->ignore_eos};
         /* The context holds the prompt and every granted token, plus the
          * slot the last one is fed into. */
         if (r->opts.max_context < srv->context_length)

@@ -26,7 +26,7 @@ struct mx_gen {
         char **stop;
         size_t n_stop;
         uint32_t max_tokens, chunk;
-        int32_t eos;
+        int32_t eos;               /* -1 with ignore_eos */
         mx_finish finish;
 };
 
@@ -77,7 +77,7 @@ int mx_gen_new(mx_engine *e, const mx_tokenizer *tok, const int32_t *prompt, siz
                 return mx_error_set(err, -ENOMEM, "out of memory");
         g->e = e, g->tok = tok, g->n_prompt = n_prompt, g->max_tokens = o->max_tokens;
         g->chunk = o->prefill_chunk ? o->prefill_chunk : UINT32_MAX;
-        g->eos = tok ? mx_tokenizer_eos(tok) : c->eos_token_id;
+        g->eos = o->ignore_eos ? -1 : tok ? mx_tokenizer_eos(tok) : c->eos_token_id;
         if ((r = copy_stops(g, o, err)) < 0)
                 return r;
         if ((r = mx_seq_new(e, o->max_context, &g->seq, err)) < 0)

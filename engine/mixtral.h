@@ -390,6 +390,9 @@ typedef struct mx_gen_opts {
         /* The first generated piece keeps its leading space: right when the
          * text continues a raw prompt; a chat answer drops it. */
         bool keep_leading_space;
+        /* EOS does not end the answer (benchmarks, tests): it is generated
+         * like any token, and decodes to no text. */
+        bool ignore_eos;
 } mx_gen_opts;
 
 /* One request: its sequence, sampler, streaming decoder and stop strings.

@@ -352,7 +352,7 @@ same "the second turn of a chat" "$tmp/b" "$tmp/a"
 
 # Ctrl-C: the request is cancelled in the daemon, the client exits 130.
 : >"$tmp/out"
-"$client" --socket "$S" -n 100000 --raw "x" </dev/null >"$tmp/out" 2>"$tmp/err" &
+"$client" --socket "$S" -n 100000 --ignore-eos --raw "x" </dev/null >"$tmp/out" 2>"$tmp/err" &
 pid=$!
 for _ in $(seq 100); do
         [ -s "$tmp/out" ] && break

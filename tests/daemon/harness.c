@@ -188,6 +188,7 @@ int dh_send_generate(int fd, uint64_t tag, const dh_gen *g) {
         gen.system = (char *)g->system;
         gen.has_raw = true, gen.raw = g->raw;
         gen.has_want_token_ids = true, gen.want_token_ids = g->want_ids;
+        gen.has_ignore_eos = g->ignore_eos, gen.ignore_eos = g->ignore_eos;
         gen.has_temperature = g->has_temperature, gen.temperature = g->temperature;
         gen.has_seed = true, gen.seed = g->seed;
         gen.has_max_tokens = g->max_tokens != 0, gen.max_tokens = g->max_tokens;

@@ -40,7 +40,7 @@ int dh_connect(const dh_daemon *d);
 typedef struct dh_gen {
         const char *prompt;
         const char *system;
-        bool raw, want_ids;
+        bool raw, want_ids, ignore_eos;
         double temperature;
         bool has_temperature;
         uint64_t seed;

@@ -177,7 +177,7 @@ static bool wait_idle(dh_daemon *d, int ms) {
 
 static void test_cancel_and_disconnect(dh_daemon *d) {
         /* A request that would run to the end of the context. */
-        dh_gen g = {.prompt = "Tell me everything", .raw = true, .seed = 5};
+        dh_gen g = {.prompt = "Tell me everything", .raw = true, .seed = 5, .ignore_eos = true};
         int fd = dh_connect(d);
         CHECK(dh_send_generate(fd, 1, &g) == 0, "send");
         int rc;
@@ -270,7 +270,7 @@ static void test_bad_frames(dh_daemon *d) {
               "an empty request is not INVALID_ARGUMENT");
         if (r)
                 mixtrald__v1__response__free_unpacked(r, NULL);
-        dh_gen g = {.prompt = "still here", .raw = true, .max_tokens = 3};
+        dh_gen g = {.prompt = "still here", .raw = true, .max_tokens = 3, .ignore_eos = true};
         dh_result res = {0};
         CHECK(dh_send_generate(fd, 6, &g) == 0 && dh_collect(fd, 6, &res, 10000) == 0 && res.error == 0 &&
                       res.completion_tokens == 3,
@@ -368,7 +368,7 @@ static void test_slow_reader(dh_daemon *d) {
         int fd = dh_connect(d);
         int small = 4096;
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
-        dh_gen g = {.prompt = "Talk", .raw = true, .seed = 3};
+        dh_gen g = {.prompt = "Talk", .raw = true, .seed = 3, .ignore_eos = true};
         for (int i = 0; i < 8; i++)
                 CHECK(dh_send_generate(fd, (uint64_t)i + 1, &g) == 0, "send %d", i);
         CHECK(wait_idle(d, 60000), "the slow reader's requests were not dropped");
@@ -383,7 +383,7 @@ static void test_slow_reader(dh_daemon *d) {
         long after = dh_rss_kib(d);
         CHECK(after - before < RSS_SLACK_KIB, "RSS grew from %ld to %ld KiB", before, after);
         dh_result res = {0};
-        dh_gen ok = {.prompt = "fine", .raw = true, .max_tokens = 2};
+        dh_gen ok = {.prompt = "fine", .raw = true, .max_tokens = 2, .ignore_eos = true};
         CHECK(dh_run(d, &ok, &res) == 0 && res.error == 0, "the daemon does not serve after a slow reader");
         dh_result_free(&res);
 }
@@ -391,14 +391,14 @@ static void test_slow_reader(dh_daemon *d) {
 /* A long prompt read in small chunks: while it is being read, status and
  * new connections are answered (the engine has its own thread). */
 static void test_answers_during_prefill(dh_daemon *d) {
-        static char prompt[20000];
+        static char prompt[6000]; /* 1200 words: 1202 tokens, 3602 with the trained tokenizer */
         for (size_t i = 0; i + 5 < sizeof(prompt); i += 5)
                 memcpy(prompt + i, "rain ", 5);
         dh_gen g = {.prompt = prompt, .raw = true, .max_tokens = 1};
         int fd = dh_connect(d), rc;
         CHECK(dh_send_generate(fd, 1, &g) == 0, "send");
         Mixtrald__V1__Response *r = dh_recv(fd, 10000, &rc);
-        CHECK(r && r->kind_case == MIXTRALD__V1__RESPONSE__KIND_ACCEPTED && r->accepted->prompt_tokens > 3000,
+        CHECK(r && r->kind_case == MIXTRALD__V1__RESPONSE__KIND_ACCEPTED && r->accepted->prompt_tokens > 1000,
               "the long prompt was not accepted");
         if (r)
                 mixtrald__v1__response__free_unpacked(r, NULL);
@@ -427,7 +427,7 @@ static void test_many_clients(dh_daemon *d) {
         for (int i = 0; i < N_CLIENTS; i++) {
                 fds[i] = dh_connect(d);
                 CHECK(fds[i] >= 0, "client %d cannot connect: %s", i, strerror(-fds[i]));
-                dh_gen g = {.prompt = "Hi", .raw = i % 2, .seed = (uint64_t)i, .max_tokens = 4};
+                dh_gen g = {.prompt = "Hi", .raw = i % 2, .seed = (uint64_t)i, .max_tokens = 4, .ignore_eos = true};
                 if (fds[i] >= 0)
                         CHECK(dh_send_generate(fds[i], 1, &g) == 0, "client %d cannot send", i);
         }
@@ -449,7 +449,7 @@ static void test_many_clients(dh_daemon *d) {
                 pid_t pid = fork();
                 if (pid == 0) {
                         int fd = dh_connect(d);
-                        dh_gen g = {.prompt = "Go on", .raw = true};
+                        dh_gen g = {.prompt = "Go on", .raw = true, .ignore_eos = true};
                         dh_send_generate(fd, 1, &g);
                         pause();
                         _exit(0);

@@ -76,7 +76,7 @@ static void test_busy(void) {
         if (start(&d, "[daemon]\nthreads=1\nmax_batch=1\nmax_queue=2\n", NULL) < 0)
                 return dh_cleanup(&d);
         int fd = dh_connect(&d);
-        dh_gen g = {.prompt = "go", .raw = true, .seed = 1};
+        dh_gen g = {.prompt = "go", .raw = true, .seed = 1, .ignore_eos = true};
         for (int i = 1; i <= 4; i++)
                 CHECK(dh_send_generate(fd, (uint64_t)i, &g) == 0, "send %d", i);
         dh_result res = {0};
@@ -107,7 +107,8 @@ static void test_drain(const char *config, bool expect_finish) {
         if (start(&d, config, NULL) < 0)
                 return dh_cleanup(&d);
         int fd = dh_connect(&d), rc;
-        dh_gen run = {.prompt = "go", .raw = true, .seed = 2, .max_tokens = expect_finish ? 300 : 0};
+        dh_gen run = {.prompt = "go", .raw = true, .seed = 2, .max_tokens = expect_finish ? 300 : 0,
+                      .ignore_eos = true};
         dh_gen wait = {.prompt = "wait", .raw = true, .max_tokens = 5};
         CHECK(dh_send_generate(fd, 1, &run) == 0 && dh_send_generate(fd, 2, &wait) == 0, "send");
         /* The first is running once its first chunk comes. */
@@ -171,7 +172,7 @@ static void test_usage_survives_kill9(void) {
               (unsigned long long)after, (unsigned long long)charged);
         /* Mid-request. */
         int fd = dh_connect(&d);
-        dh_gen longer = {.prompt = "go", .raw = true};
+        dh_gen longer = {.prompt = "go", .raw = true, .ignore_eos = true};
         dh_send_generate(fd, 1, &longer);
         usleep(100000);
         dh_kill9(&d);

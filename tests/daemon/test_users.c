@@ -156,7 +156,7 @@ static int exempt_admin(void *arg) {
 static int bob_fills_his_slots(void *arg) {
         int *pipe_w = arg;
         int fd = dh_connect(&d), rc;
-        dh_gen slow = {.prompt = "long", .raw = true, .seed = 9};
+        dh_gen slow = {.prompt = "long", .raw = true, .seed = 9, .ignore_eos = true};
         /* To the end of the context: nobody's section allows it. */
         for (int i = 1; i <= 3; i++)
                 dh_send_generate(fd, (uint64_t)i, &slow);
@@ -257,7 +257,7 @@ static dh_daemon fair;
 
 static int late_user(void *arg) {
         int *pipe_fds = arg;
-        dh_gen g = {.prompt = "my turn", .raw = true, .max_tokens = 300, .seed = 4};
+        dh_gen g = {.prompt = "my turn", .raw = true, .max_tokens = 300, .seed = 4, .ignore_eos = true};
         dh_result res = {0};
         int rc = dh_run(&fair, &g, &res);
         double t = mono();
@@ -275,7 +275,7 @@ static void test_fair_between_users(void) {
         }
         int fd = dh_connect(&fair), rc, p[2];
         CHECK(pipe(p) == 0, "pipe");
-        dh_gen g = {.prompt = "root's turn", .raw = true, .max_tokens = 300, .seed = 3};
+        dh_gen g = {.prompt = "root's turn", .raw = true, .max_tokens = 300, .seed = 3, .ignore_eos = true};
         for (uint64_t tag = 1; tag <= 4; tag++)
                 dh_send_generate(fd, tag, &g);
         Mixtrald__V1__Response *r;

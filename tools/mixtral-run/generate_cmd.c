@@ -57,7 +57,7 @@ int run_generate(const run_opts *o) {
         }
         mx_gen_opts go = {.sampling = o->sampling, .max_tokens = o->max_tokens, .stop = o->stop,
                           .n_stop = o->n_stop, .max_context = o->ctx, .prefill_chunk = 512,
-                          .keep_leading_space = !(o->messages || o->chat)};
+                          .keep_leading_space = !(o->messages || o->chat), .ignore_eos = o->ignore_eos};
         double t0 = run_now();
         if (mx_gen_new(e, tok, prompt.v, prompt.n, &go, &g, &err) < 0 || loop(e, g, o, &err) < 0)
                 return run_fail(&err);

@@ -60,6 +60,8 @@ static const char usage_text[] =
         "      --simd ISA         auto, scalar, avx2 or avx512 (default auto; all give the\n"
         "                         same numbers, bit for bit)\n"
         "      --device DEV       cpu (default)\n"
+        "      --ignore-eos       go on past the end of the answer (until --max-tokens or\n"
+        "                         the context)\n"
         "      --print-ids        print the generated token ids (space-separated, one line)\n"
         "                         instead of text\n"
         "      --bench            measure prefill and decode speed and print one JSON object;\n"
@@ -116,6 +118,7 @@ enum {
         OPT_SIMD,
         OPT_DEVICE,
         OPT_PRINT_IDS,
+        OPT_IGNORE_EOS,
         OPT_BENCH,
         OPT_SHAPE,
 };
@@ -206,6 +209,7 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 {"simd", required_argument, NULL, OPT_SIMD},
                 {"device", required_argument, NULL, OPT_DEVICE},
                 {"print-ids", no_argument, NULL, OPT_PRINT_IDS},
+                {"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS},
                 {"bench", no_argument, NULL, OPT_BENCH},
                 {"shape", required_argument, NULL, OPT_SHAPE},
                 {0},
@@ -245,6 +249,7 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 case OPT_STOP: r = add_stop(o, optarg); break;
                 case OPT_DEVICE: o->device = optarg; break;
                 case OPT_PRINT_IDS: o->print_ids = true; break;
+                case OPT_IGNORE_EOS: o->ignore_eos = true; break;
                 case OPT_BENCH: o->bench = true; break;
                 case OPT_SHAPE: o->shape = optarg; break;
                 case OPT_SIMD:

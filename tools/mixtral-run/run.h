@@ -10,7 +10,7 @@ typedef struct run_opts {
         const char *prompt, *prompt_file, *messages, *chat, *system;
         const char *make_demo, *decode, *device, *shape;
         unsigned long long seed;
-        bool tokenize, info, devices, print_ids, bench;
+        bool tokenize, info, devices, print_ids, bench, ignore_eos;
         /* generation */
         mx_sampling sampling;
         uint32_t max_tokens, threads, ctx;
