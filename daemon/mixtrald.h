@@ -296,6 +296,28 @@ void md_conn_free(md_conn *c);
 void md_conn_send(md_conn *c, const Mixtrald__V1__Response *resp);
 void md_conn_send_error(md_conn *c, uint64_t tag, uint64_t request_id, int code, const char *msg);
 
+/* admission.c: shared by the socket and D-Bus */
+typedef struct md_refusal {
+        int code;                /* MIXTRALD__V1__ERROR_CODE__* */
+        char msg[sizeof(((mx_error *)0)->msg)];
+        uint64_t retry_at;       /* QUOTA_EXCEEDED: unix seconds */
+        uint32_t retry_after_ms; /* BUSY */
+} md_refusal;
+
+/* A validated, tokenized request within the user's quotas, not yet
+ * submitted (the caller links it to its client first), or NULL and why. */
+md_request *md_admit(md_server *srv, uint32_t uid, uint32_t gid, uint64_t tag, const Mixtrald__V1__Generate *g,
+                     uint32_t *position, md_refusal *ref);
+void md_submit(md_server *srv, md_request *r);
+/* uid's live request id (any user's for root), or NULL. */
+md_request *md_find_request(md_server *srv, uint32_t uid, uint64_t id);
+int md_fill_quota(md_server *srv, uint32_t uid, uint32_t gid, Mixtrald__V1__Quota *q, Mixtrald__V1__Limits *lim);
+/* At a request's end: its usage charged and saved. */
+void md_charge(md_server *srv, const md_request *r);
+void md_live_add(md_server *srv, md_request *r);
+void md_live_remove(md_server *srv, md_request *r);
+uint64_t md_wall_now(void);
+
 /* server.c: the requests */
 void md_server_generate(md_conn *c, uint64_t tag, const Mixtrald__V1__Generate *g);
 void md_server_cancel(md_conn *c, uint64_t tag, const Mixtrald__V1__Cancel *m);

@@ -15,22 +15,6 @@ double md_now(void) {
         return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static uint64_t wall_now(void) {
-        return (uint64_t)time(NULL);
-}
-
-static void live_add(md_server *srv, md_request *r) {
-        srv->live[srv->n_live++] = r;
-}
-
-static void live_remove(md_server *srv, md_request *r) {
-        for (size_t i = 0; i < srv->n_live; i++)
-                if (srv->live[i] == r) {
-                        srv->live[i] = srv->live[--srv->n_live];
-                        return;
-                }
-}
-
 static void conn_remove(md_conn *c, md_request *r) {
         for (md_request **p = &c->reqs; *p; p = &(*p)->conn_next)
                 if (*p == r) {
@@ -49,82 +33,6 @@ void md_server_detach(md_server *srv, md_conn *c) {
         c->reqs = NULL;
 }
 
-static void inflight_of(md_server *srv, uint32_t uid, md_inflight *f) {
-        *f = (md_inflight){0};
-        md_sched_lock(srv->sched);
-        for (size_t i = 0; i < srv->n_live; i++) {
-                md_request *r = srv->live[i];
-                if (r->uid != uid)
-                        continue;
-                if (r->state == MD_QUEUED)
-                        f->queued++;
-                else
-                        f->running++;
-                f->reserved += r->reserved;
-        }
-        md_sched_unlock(srv->sched);
-}
-
-static uint32_t queued_total(md_server *srv) {
-        uint32_t q, run;
-        md_sched_lock(srv->sched);
-        md_sched_counts_locked(srv->sched, &q, &run);
-        md_sched_unlock(srv->sched);
-        return q;
-}
-
-static void send_refusal(md_conn *c, uint64_t tag, const md_admission *a) {
-        Mixtrald__V1__Error e = MIXTRALD__V1__ERROR__INIT;
-        e.has_code = true, e.code = a->code, e.message = (char *)a->msg;
-        e.has_retry_at_unix = a->retry_at != 0, e.retry_at_unix = a->retry_at;
-        Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
-        resp.has_tag = true, resp.tag = tag;
-        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_ERROR, resp.error = &e;
-        md_conn_send(c, &resp);
-}
-
-static void send_busy(md_conn *c, uint64_t tag, uint32_t retry_ms) {
-        Mixtrald__V1__Error e = MIXTRALD__V1__ERROR__INIT;
-        e.has_code = true, e.code = MIXTRALD__V1__ERROR_CODE__BUSY;
-        e.message = "the daemon's queue is full";
-        e.has_retry_after_ms = true, e.retry_after_ms = retry_ms;
-        Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
-        resp.has_tag = true, resp.tag = tag;
-        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_ERROR, resp.error = &e;
-        md_conn_send(c, &resp);
-}
-
-/* A request ready for the engine, owning copies of what it needs. */
-static md_request *request_new(md_server *srv, md_conn *c, uint64_t tag, const md_gen_params *p,
-                               mx_ids *ids, const md_admission *a, const md_limits *l, bool exempt) {
-        md_request *r = calloc(1, sizeof(*r));
-        if (!r)
-                return NULL;
-        *r = (md_request){.id = ++srv->next_id, .tag = tag, .uid = c->uid, .conn = c, .prompt = *ids,
-                          .want_ids = p->want_ids, .reserved = a->reserve, .t_submit = md_now(),
-                          .max_concurrent = exempt ? 0 : l->max_concurrent};
-        *ids = (mx_ids){0};
-        r->opts = (mx_gen_opts){.sampling = p->sampling, .max_tokens = a->max_tokens,
-                                .max_context = (uint32_t)r->prompt.n + a->max_tokens,
-                                .prefill_chunk = srv->cfg.prefill_chunk, .keep_leading_space = p->raw,
-                                .ignore_eos = p->ignore_eos};
-        /* The context holds the prompt and every granted token, plus the
-         * slot the last one is fed into. */
-        if (r->opts.max_context < srv->context_length)
-                r->opts.max_context++;
-        if (p->n_stop && !(r->stop = calloc(p->n_stop, sizeof(char *))))
-                goto fail;
-        for (size_t i = 0; i < p->n_stop; i++)
-                if (!(r->stop[i] = strdup(p->stop[i])))
-                        goto fail;
-        r->opts.n_stop = p->n_stop;
-        return r;
-fail:
-        r->opts.n_stop = p->n_stop;
-        md_request_destroy(r);
-        return NULL;
-}
-
 static void send_accepted(md_conn *c, const md_request *r, uint32_t position) {
         Mixtrald__V1__Accepted a = MIXTRALD__V1__ACCEPTED__INIT;
         a.has_queue_position = true, a.queue_position = position;
@@ -137,48 +45,28 @@ static void send_accepted(md_conn *c, const md_request *r, uint32_t position) {
         md_conn_send(c, &resp);
 }
 
+static void send_refusal(md_conn *c, uint64_t tag, const md_refusal *ref) {
+        Mixtrald__V1__Error e = MIXTRALD__V1__ERROR__INIT;
+        e.has_code = true, e.code = ref->code, e.message = (char *)ref->msg;
+        e.has_retry_at_unix = ref->retry_at != 0, e.retry_at_unix = ref->retry_at;
+        e.has_retry_after_ms = ref->retry_after_ms != 0, e.retry_after_ms = ref->retry_after_ms;
+        Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
+        resp.has_tag = true, resp.tag = tag;
+        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_ERROR, resp.error = &e;
+        md_conn_send(c, &resp);
+}
+
 void md_server_generate(md_conn *c, uint64_t tag, const Mixtrald__V1__Generate *g) {
-        md_server *srv = c->srv;
-        enum { INVALID = MIXTRALD__V1__ERROR_CODE__INVALID_ARGUMENT };
-        if (srv->draining)
-                return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__UNAVAILABLE,
-                                          "the daemon is stopping");
-        mx_error err = {0};
-        _cleanup_(md_gen_params_free) md_gen_params p = {0};
-        _cleanup_(mx_ids_free) mx_ids ids = {0};
-        if (md_gen_params_from(g, &p, &err) < 0 || md_gen_params_ids(&p, srv->tok, &ids, &err) < 0)
-                return md_conn_send_error(c, tag, 0, err.code == -ENOMEM ? MIXTRALD__V1__ERROR_CODE__INTERNAL
-                                                                         : INVALID, err.msg);
-        md_limits l;
-        bool exempt;
-        md_config_limits(&srv->cfg, c->uid, c->gid, &l, &exempt);
-        md_inflight f;
-        inflight_of(srv, c->uid, &f);
-        uint64_t now = wall_now();
-        md_usage_entry *e = md_usage_get(&srv->usage, c->uid, now);
-        if (!e)
-                return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__INTERNAL, "out of memory");
-        md_admission a;
-        uint32_t n = ids.n > UINT32_MAX ? UINT32_MAX : (uint32_t)ids.n;
-        md_quota_admit(&l, exempt, e, &f, n, p.max_tokens, srv->context_length, now, &a);
-        if (a.code)
-                return send_refusal(c, tag, &a);
-        uint32_t queued = queued_total(srv);
-        if (srv->cfg.max_queue && queued >= srv->cfg.max_queue)
-                return send_busy(c, tag, 1000);
-        if (mx_grow((void **)&srv->live, &srv->cap_live, srv->n_live + 1, sizeof(*srv->live)) < 0)
-                return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__INTERNAL, "out of memory");
-        md_request *r = request_new(srv, c, tag, &p, &ids, &a, &l, exempt);
+        md_refusal ref;
+        uint32_t position;
+        md_request *r = md_admit(c->srv, c->uid, c->gid, tag, g, &position, &ref);
         if (!r)
-                return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__INTERNAL, "out of memory");
+                return send_refusal(c, tag, &ref);
+        r->conn = c;
         r->conn_next = c->reqs;
         c->reqs = r;
-        live_add(srv, r);
-        srv->requests_total++;
-        md_log_request(LOG_INFO, &(md_log_fields){.request_id = r->id, .uid = r->uid, .prompt_tokens = n},
-                       "accepted: %u prompt tokens, up to %u more", n, a.max_tokens);
-        send_accepted(c, r, queued);
-        md_sched_submit(srv->sched, r);
+        send_accepted(c, r, position);
+        md_submit(c->srv, r);
 }
 
 void md_server_cancel(md_conn *c, uint64_t tag, const Mixtrald__V1__Cancel *m) {
@@ -186,24 +74,21 @@ void md_server_cancel(md_conn *c, uint64_t tag, const Mixtrald__V1__Cancel *m) {
         if (!m->has_request_id)
                 return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__INVALID_ARGUMENT,
                                           "cancel needs a request_id");
-        for (size_t i = 0; i < srv->n_live; i++) {
-                md_request *r = srv->live[i];
-                /* Someone else's request is as good as absent: no probing. */
-                if (r->id != m->request_id || (r->uid != c->uid && c->uid != 0))
-                        continue;
-                md_sched_cancel(srv->sched, r);
-                Mixtrald__V1__CancelReply cr = MIXTRALD__V1__CANCEL_REPLY__INIT;
-                cr.has_request_id = true, cr.request_id = r->id;
-                Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
-                resp.has_tag = true, resp.tag = tag;
-                resp.has_request_id = true, resp.request_id = r->id;
-                resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_CANCELLED, resp.cancelled = &cr;
-                return md_conn_send(c, &resp);
+        md_request *r = md_find_request(srv, c->uid, m->request_id);
+        if (!r) {
+                char msg[96];
+                snprintf(msg, sizeof(msg), "no request %llu of yours is running or queued",
+                         (unsigned long long)m->request_id);
+                return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__NOT_FOUND, msg);
         }
-        char msg[96];
-        snprintf(msg, sizeof(msg), "no request %llu of yours is running or queued",
-                 (unsigned long long)m->request_id);
-        md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__NOT_FOUND, msg);
+        md_sched_cancel(srv->sched, r);
+        Mixtrald__V1__CancelReply cr = MIXTRALD__V1__CANCEL_REPLY__INIT;
+        cr.has_request_id = true, cr.request_id = r->id;
+        Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
+        resp.has_tag = true, resp.tag = tag;
+        resp.has_request_id = true, resp.request_id = r->id;
+        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_CANCELLED, resp.cancelled = &cr;
+        md_conn_send(c, &resp);
 }
 
 static uint64_t rss_bytes(void) {
@@ -272,32 +157,10 @@ void md_server_status(md_conn *c, uint64_t tag) {
 }
 
 void md_server_quota(md_conn *c, uint64_t tag) {
-        md_server *srv = c->srv;
-        md_limits l;
-        bool exempt;
-        md_config_limits(&srv->cfg, c->uid, c->gid, &l, &exempt);
-        md_inflight f;
-        inflight_of(srv, c->uid, &f);
-        md_usage_entry *e = md_usage_get(&srv->usage, c->uid, wall_now());
-        if (!e)
+        Mixtrald__V1__Limits lim;
+        Mixtrald__V1__Quota q;
+        if (md_fill_quota(c->srv, c->uid, c->gid, &q, &lim) < 0)
                 return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__INTERNAL, "out of memory");
-        Mixtrald__V1__Limits lim = MIXTRALD__V1__LIMITS__INIT;
-        lim.has_tokens_per_hour = lim.has_tokens_per_day = lim.has_max_concurrent = true;
-        lim.has_max_queued = lim.has_max_context = lim.has_max_tokens = true;
-        lim.tokens_per_hour = l.tokens_per_hour, lim.tokens_per_day = l.tokens_per_day;
-        lim.max_concurrent = l.max_concurrent, lim.max_queued = l.max_queued;
-        lim.max_context = l.max_context ? l.max_context : srv->context_length;
-        lim.max_tokens = l.max_tokens;
-        Mixtrald__V1__Quota q = MIXTRALD__V1__QUOTA__INIT;
-        q.has_uid = true, q.uid = c->uid;
-        q.has_exempt = true, q.exempt = exempt;
-        q.limits = &lim;
-        q.has_used_hour = true, q.used_hour = e->hour_used;
-        q.has_used_day = true, q.used_day = e->day_used;
-        q.has_hour_resets_unix = true, q.hour_resets_unix = e->hour_start + 3600;
-        q.has_day_resets_unix = true, q.day_resets_unix = e->day_start + 86400;
-        q.has_running = true, q.running = f.running;
-        q.has_queued = true, q.queued = f.queued;
         Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
         resp.has_tag = true, resp.tag = tag;
         resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_QUOTA, resp.quota = &q;
@@ -361,19 +224,6 @@ static void ship_end(md_server *srv, md_request *r) {
         }
 }
 
-/* Charges what a request used and saves the usage file, so that a crash
- * right after loses nothing. */
-static void charge(md_server *srv, const md_request *r) {
-        if (!r->seen.started)
-                return;
-        uint64_t tokens = r->prompt.n + r->seen.completion_tokens;
-        srv->tokens_total += tokens;
-        mx_error err = {0};
-        if (md_usage_charge(&srv->usage, r->uid, tokens, wall_now()) < 0 ||
-            md_usage_save(&srv->usage, &err) < 0)
-                md_log(LOG_ERR, "usage of uid %u not saved: %s", r->uid, err.msg[0] ? err.msg : "out of memory");
-}
-
 static void take_snapshot(md_request *r) {
         mx_buf t = r->ship_text;
         r->ship_text = r->out_text, r->out_text = t;
@@ -410,10 +260,10 @@ int md_server_on_engine(sd_event_source *s, int fd, uint32_t revents, void *user
                 if (r->seen.state != MD_DONE)
                         continue;
                 ship_end(srv, r);
-                charge(srv, r);
+                md_charge(srv, r);
                 if (r->conn)
                         conn_remove(r->conn, r);
-                live_remove(srv, r);
+                md_live_remove(srv, r);
                 md_request_destroy(r);
         }
         return 0;
