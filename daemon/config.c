@@ -29,7 +29,7 @@ void md_config_defaults(md_config *c) {
 
 void md_config_free(md_config *c) {
         free(c->model), free(c->device), free(c->socket), free(c->state_directory);
-        free(c->admin_group);
+        free(c->admin_group), free(c->bus);
         for (size_t i = 0; i < c->n_sections; i++)
                 free(c->sections[i].name);
         free(c->sections);
@@ -92,6 +92,10 @@ int md_config_set_daemon(md_config *c, const char *key, const char *v, mx_error 
                 if (errno || *end || !*v || m > 0777)
                         return mx_error_set(err, -EINVAL, "socket_mode=%s: expected octal like 0666", v);
                 c->socket_mode = (unsigned)m;
+        } else if (!strcmp(key, "bus")) {
+                if (strcmp(v, "auto") && strcmp(v, "system") && strcmp(v, "session") && strcmp(v, "none"))
+                        return mx_error_set(err, -EINVAL, "bus=%s: expected auto, system, session or none", v);
+                r = set_string(&c->bus, v);
         } else if (!strcmp(key, "state_directory"))
                 r = set_string(&c->state_directory, v);
         else if (!strcmp(key, "admin_group"))

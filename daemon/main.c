@@ -41,12 +41,18 @@ static const char usage_text[] =
         "      --threads N            CPU threads for the engine (default: every core)\n"
         "      --max-frame-bytes N    largest request accepted (default 1M)\n"
         "      --socket-mode MODE     octal mode of a socket made here (default 0666)\n"
+        "      --bus BUS              D-Bus: system, session, none, or auto (default: the\n"
+        "                             system bus for root, the session bus with --user;\n"
+        "                             auto goes on without one when it is not there)\n"
+        "      --user                 a per-user instance: session bus, and the socket,\n"
+        "                             configuration and state under the user's own\n"
+        "                             directories even when run as root\n"
         "      --check-config         read the configuration, report, and exit\n"
         "  -h, --help                 this text\n"
         "      --version              the version\n"
         "\n"
         "Configuration (INI; see mixtrald(8) and docs/daemon.md):\n"
-        "  [daemon]  model device socket socket_mode state_directory max_frame_bytes\n"
+        "  [daemon]  model device socket socket_mode state_directory max_frame_bytes bus\n"
         "            threads admin_group max_batch max_queue max_connections_per_uid\n"
         "            max_output_bytes prefill_chunk drain_seconds expert_memory host_cache\n"
         "  [quota]   tokens_per_hour tokens_per_day max_concurrent max_queued\n"
@@ -84,7 +90,8 @@ static int override(md_server *srv, const char *key, const char *value) {
 }
 
 static int parse_args(int argc, char **argv, md_server *srv, args *a) {
-        enum { OPT_DEVICE = 256, OPT_STATE, OPT_THREADS, OPT_FRAME, OPT_MODE, OPT_CHECK, OPT_VERSION };
+        enum { OPT_DEVICE = 256, OPT_STATE, OPT_THREADS, OPT_FRAME, OPT_MODE, OPT_CHECK, OPT_VERSION, OPT_BUS,
+               OPT_USER };
         static const struct option opts[] = {
                 {"model", required_argument, NULL, 'm'},     {"device", required_argument, NULL, OPT_DEVICE},
                 {"socket", required_argument, NULL, 's'},    {"config", required_argument, NULL, 'c'},
@@ -93,6 +100,8 @@ static int parse_args(int argc, char **argv, md_server *srv, args *a) {
                 {"max-frame-bytes", required_argument, NULL, OPT_FRAME},
                 {"socket-mode", required_argument, NULL, OPT_MODE},
                 {"check-config", no_argument, NULL, OPT_CHECK},
+                {"bus", required_argument, NULL, OPT_BUS},
+                {"user", no_argument, NULL, OPT_USER},
                 {"help", no_argument, NULL, 'h'},            {"version", no_argument, NULL, OPT_VERSION},
                 {0},
         };
@@ -107,6 +116,8 @@ static int parse_args(int argc, char **argv, md_server *srv, args *a) {
                 case OPT_THREADS: r = override(srv, "threads", optarg); break;
                 case OPT_FRAME: r = override(srv, "max_frame_bytes", optarg); break;
                 case OPT_MODE: r = override(srv, "socket_mode", optarg); break;
+                case OPT_BUS: r = override(srv, "bus", optarg); break;
+                case OPT_USER: srv->user_instance = true; break;
                 case 'c': a->config = optarg; break;
                 case OPT_CHECK: a->check_only = true; break;
                 case 'h': fputs(usage_text, stdout); exit(0);
@@ -138,6 +149,7 @@ static char *user_path(const char *xdg_var, const char *fallback, const char *le
 }
 
 int md_service_load_config(md_server *srv, md_config *out, mx_error *err) {
+        bool system = geteuid() == 0 && !srv->user_instance;
         md_config c;
         md_config_defaults(&c);
         int r = md_config_load(&c, srv->config_path, srv->config_required, err);
@@ -148,14 +160,14 @@ int md_service_load_config(md_server *srv, md_config *out, mx_error *err) {
                 if (state && *state == '/')
                         c.state_directory = strndup(state, strcspn(state, ":"));
                 else
-                        c.state_directory = geteuid() == 0 ? strdup("/var/lib/mixtrald")
+                        c.state_directory = system ? strdup("/var/lib/mixtrald")
                                                            : user_path("XDG_STATE_HOME", ".local/state", "mixtrald");
                 if (!c.state_directory)
                         r = mx_error_set(err, -ENOMEM, "no state directory: set state_directory");
         }
         if (r == 0 && !c.socket) {
-                c.socket = geteuid() == 0 ? strdup(MXP_SYSTEM_SOCKET) : user_path("XDG_RUNTIME_DIR", ".", "mixtrald.sock");
-                if (!c.socket || (geteuid() != 0 && !getenv("XDG_RUNTIME_DIR")))
+                c.socket = system ? strdup(MXP_SYSTEM_SOCKET) : user_path("XDG_RUNTIME_DIR", ".", "mixtrald.sock");
+                if (!c.socket || (!system && !getenv("XDG_RUNTIME_DIR")))
                         r = mx_error_set(err, -EINVAL, "no socket path: give --socket PATH (XDG_RUNTIME_DIR is unset)");
         }
         if (r < 0) {
@@ -189,7 +201,9 @@ static void on_progress(uint64_t done, uint64_t total, void *arg) {
 static int load(md_server *srv, mx_error *err) {
         if (!srv->cfg.model)
                 return mx_error_set(err, -EINVAL, "no model: give --model DIR or model= in [daemon]");
-        srv->model_dir = srv->cfg.model;
+        /* Status and D-Bus show where the model is, whatever the cwd was. */
+        if (!(srv->model_dir = realpath(srv->cfg.model, NULL)))
+                return mx_error_set(err, -errno, "%s: %s", srv->cfg.model, strerror(errno));
         sd_notifyf(false, "STATUS=Opening %s\nEXTEND_TIMEOUT_USEC=%llu", srv->model_dir, 30000000ull);
         int r = mx_model_open(&srv->model, srv->model_dir, err);
         _cleanup_free_ char *tp = NULL;
@@ -231,7 +245,7 @@ static int serve(md_server *srv, mx_error *err) {
         if ((r = sd_event_add_io(srv->event, &srv->notify_src, srv->notify_fd, EPOLLIN, md_service_after_engine,
                                  srv)) < 0)
                 return mx_error_set(err, r, "event loop: %s", strerror(-r));
-        if ((r = md_service_listen(srv, srv->cfg.socket, err)) < 0)
+        if ((r = md_service_listen(srv, srv->cfg.socket, err)) < 0 || (r = md_dbus_start(srv, err)) < 0)
                 return r;
         srv->t_start = md_now();
         sd_notifyf(false, "READY=1\nSTATUS=Serving %s on %s", srv->model_dir, mx_engine_describe(srv->engine));
@@ -248,6 +262,7 @@ static void teardown(md_server *srv) {
                 if (srv->notify_fd >= 0)
                         md_server_on_engine(NULL, srv->notify_fd, 0, srv);
         }
+        md_dbus_stop(srv);
         while (srv->conns)
                 md_conn_free(srv->conns);
         md_sched_free(srv->sched);
@@ -266,6 +281,7 @@ static void teardown(md_server *srv) {
         mx_engine_free(srv->engine);
         mx_tokenizer_free(srv->tok);
         mx_model_free(srv->model);
+        free((char *)srv->model_dir);
         md_usage_free(&srv->usage);
         md_config_free(&srv->cfg);
         sd_event_unref(srv->event);
@@ -282,7 +298,7 @@ int main(int argc, char **argv) {
         srv.config_required = a.config != NULL;
         if (a.config)
                 srv.config_path = a.config;
-        else if (geteuid() == 0)
+        else if (geteuid() == 0 && !srv.user_instance)
                 srv.config_path = SYSTEM_CONFIG;
         else
                 srv.config_path = user_config = user_path("XDG_CONFIG_HOME", ".config", "mixtrald/mixtrald.conf");

@@ -31,6 +31,7 @@ typedef struct md_quota_section {
 
 typedef struct md_config {
         char *model, *device, *socket, *state_directory, *admin_group;
+        char *bus;                    /* auto (NULL), system, session, none */
         unsigned socket_mode;
         uint32_t max_frame_bytes, threads;
         uint32_t max_batch;           /* sequences advanced together */
@@ -167,7 +168,8 @@ typedef struct md_sched md_sched;
 typedef struct md_request {
         uint64_t id, tag;
         uint32_t uid;
-        md_conn *conn;             /* main thread; NULL once the client is gone */
+        md_conn *conn;             /* main thread: a socket client, NULL once gone */
+        struct md_bus_call *bus;   /* main thread: or a D-Bus caller (dbus.c) */
         struct md_request *conn_next;
         mx_ids prompt;
         mx_gen_opts opts;
@@ -258,6 +260,7 @@ typedef struct md_server {
         uint32_t n_conns;
         md_request **live;           /* every request not yet ended, by the main thread */
         size_t n_live, cap_live;
+        struct sd_bus *bus;          /* D-Bus, when on one */
         md_request **ship;           /* scratch for md_server_on_engine */
         size_t cap_ship;
         uint64_t next_id, requests_total, tokens_total;
@@ -267,6 +270,7 @@ typedef struct md_server {
         char *created_socket;        /* unlinked at exit */
         const char *overrides[16][2];/* command-line [daemon] keys, over the file's */
         size_t n_overrides;
+        bool user_instance;          /* --user */
 } md_server;
 
 struct md_conn {
@@ -335,3 +339,18 @@ int md_service_after_engine(sd_event_source *s, int fd, uint32_t revents, void *
 int md_service_exit_now(sd_event_source *s, uint64_t usec, void *userdata);
 /* main.c: defaults, then the file, then the command line */
 int md_service_load_config(md_server *srv, md_config *out, mx_error *err);
+/* server.c */
+void md_fill_usage(const md_request *r, Mixtrald__V1__Usage *u);
+
+/* dbus.c: org.mixtrald.Mixtral1 on the system or session bus */
+/* Connects as cfg.bus says: "none", "system", "session", or "auto" (the
+ * system bus for root, the session bus for a user instance; quietly none
+ * when that bus is not there). */
+int md_dbus_start(md_server *srv, mx_error *err);
+void md_dbus_stop(md_server *srv);
+/* A request's news, to its D-Bus caller only. */
+void md_dbus_chunk(md_server *srv, md_request *r);
+void md_dbus_end(md_server *srv, md_request *r, const Mixtrald__V1__Usage *u);
+void md_dbus_forget(md_request *r);
+/* The State property changed (draining). */
+void md_dbus_state_changed(md_server *srv);

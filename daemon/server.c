@@ -169,7 +169,9 @@ void md_server_quota(md_conn *c, uint64_t tag) {
 
 /* ---- output -------------------------------------------------------------- */
 
-static void ship_chunk(md_request *r) {
+static void ship_chunk(md_server *srv, md_request *r) {
+        if (r->bus && r->ship_text.n)
+                md_dbus_chunk(srv, r);
         if (!r->conn || (!r->ship_text.n && !r->ship_ids.n))
                 return;
         if (mx_buf_append(&r->ship_text, "", 0) < 0) /* NUL-terminate */
@@ -184,7 +186,7 @@ static void ship_chunk(md_request *r) {
         md_conn_send(r->conn, &resp);
 }
 
-static void fill_usage(const md_request *r, Mixtrald__V1__Usage *u) {
+void md_fill_usage(const md_request *r, Mixtrald__V1__Usage *u) {
         uint32_t n = r->seen.completion_tokens;
         u->has_prompt_tokens = true, u->prompt_tokens = (uint32_t)r->prompt.n;
         u->has_completion_tokens = true, u->completion_tokens = n;
@@ -200,7 +202,7 @@ static void fill_usage(const md_request *r, Mixtrald__V1__Usage *u) {
 
 static void ship_end(md_server *srv, md_request *r) {
         Mixtrald__V1__Usage u = MIXTRALD__V1__USAGE__INIT;
-        fill_usage(r, &u);
+        md_fill_usage(r, &u);
         md_log_fields lf = {.request_id = r->id, .uid = r->uid, .prompt_tokens = u.prompt_tokens,
                             .completion_tokens = u.completion_tokens, .ttft_s = u.time_to_first_token_s,
                             .tokens_per_s = u.tokens_per_second, .total_s = u.total_s};
@@ -208,6 +210,8 @@ static void ship_end(md_server *srv, md_request *r) {
                 md_log_request(LOG_INFO, &lf, "%s: %s", mxp_error_name(r->seen.error_code), r->error_msg);
                 if (r->conn)
                         md_conn_send_error(r->conn, r->tag, r->id, r->seen.error_code, r->error_msg);
+                if (r->bus)
+                        md_dbus_end(srv, r, &u);
         } else {
                 md_log_request(LOG_INFO, &lf, "finished (%s): %u + %u tokens, %.2f s to the first, %.1f tokens/s",
                                mx_finish_name(r->seen.finish), u.prompt_tokens, u.completion_tokens,
@@ -221,6 +225,8 @@ static void ship_end(md_server *srv, md_request *r) {
                 resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_FINISHED, resp.finished = &fin;
                 if (r->conn)
                         md_conn_send(r->conn, &resp);
+                if (r->bus)
+                        md_dbus_end(srv, r, &u);
         }
 }
 
@@ -256,7 +262,7 @@ int md_server_on_engine(sd_event_source *s, int fd, uint32_t revents, void *user
         md_sched_unlock(srv->sched);
         for (size_t i = 0; i < n; i++) {
                 md_request *r = srv->ship[i];
-                ship_chunk(r);
+                ship_chunk(srv, r);
                 if (r->seen.state != MD_DONE)
                         continue;
                 ship_end(srv, r);
@@ -264,6 +270,7 @@ int md_server_on_engine(sd_event_source *s, int fd, uint32_t revents, void *user
                 if (r->conn)
                         conn_remove(r->conn, r);
                 md_live_remove(srv, r);
+                md_dbus_forget(r);
                 md_request_destroy(r);
         }
         return 0;

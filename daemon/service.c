@@ -169,6 +169,7 @@ static int on_stop(sd_event_source *s, const struct signalfd_siginfo *si, void *
         srv->listen_fd = -1;
         sd_notifyf(false, "STOPPING=1\nSTATUS=Stopping: %zu requests to finish", srv->n_live);
         md_log(LOG_INFO, "stopping: letting %zu requests finish (up to %.0f s)", srv->n_live, srv->cfg.drain_seconds);
+        md_dbus_state_changed(srv);
         /* Requests not yet started would only begin new work: end them now. */
         md_sched_lock(srv->sched);
         for (md_request *r = md_sched_queue_locked(srv->sched); r; r = r->sched_next) {

@@ -128,7 +128,7 @@ started_pid=
 start_daemon() {
         local d=$1
         mkdir -p "$d/state"
-        "$daemon" --model "$demo" --socket "$d/sock" --config "$d/conf" --state-directory "$d/state" \
+        "$daemon" --model "$demo" --socket "$d/sock" --config "$d/conf" --state-directory "$d/state" --bus none \
                 2>"$d/daemon.log" &
         started_pid=$!
         daemon_pids+=("$started_pid")

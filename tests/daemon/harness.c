@@ -62,8 +62,13 @@ int dh_start(dh_daemon *d, const char *const *extra_env) {
                 unsetenv("JOURNAL_STREAM");
                 for (size_t i = 0; extra_env && extra_env[i]; i++)
                         putenv((char *)extra_env[i]);
-                execl(d->binary, d->binary, "--model", d->model, "--socket", d->socket, "--config", d->config,
-                      "--state-directory", d->state, (char *)NULL);
+                const char *argv[32] = {d->binary, "--model", d->model, "--socket", d->socket, "--config",
+                                        d->config, "--state-directory", d->state};
+                size_t n = 9;
+                static const char *const no_bus[] = {"--bus", "none", NULL};
+                for (const char *const *a = d->args ? d->args : no_bus; *a && n < 31; a++)
+                        argv[n++] = *a;
+                execv(d->binary, (char *const *)argv);
                 _exit(127);
         }
         d->pid = pid;

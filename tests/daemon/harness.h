@@ -15,6 +15,7 @@ typedef struct dh_daemon {
         int notify_fd;          /* datagrams the daemon sends to NOTIFY_SOCKET */
         pid_t pid;
         const char *binary, *model;
+        const char *const *args;/* more daemon arguments (default: --bus none) */
         char seen[16384];       /* every notify message so far, in order */
         size_t n_seen;
 } dh_daemon;

@@ -23,7 +23,7 @@ fail() {
 
 printf '[daemon]\nthreads = 1\n' >"$tmp/conf"
 systemd-socket-activate -l "$tmp/sock" \
-        "$daemon" --model "$demo" --config "$tmp/conf" --state-directory "$tmp/state" 2>"$tmp/log" &
+        "$daemon" --model "$demo" --config "$tmp/conf" --state-directory "$tmp/state" --bus none 2>"$tmp/log" &
 pid=$!
 for _ in $(seq 100); do [ -S "$tmp/sock" ] && break; sleep 0.05; done
 [ -S "$tmp/sock" ] || fail "systemd-socket-activate made no socket"
