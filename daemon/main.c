@@ -192,7 +192,9 @@ static void on_progress(uint64_t done, uint64_t total, void *arg) {
         if (now == p->last && done != total)
                 return;
         p->last = now;
-        sd_notifyf(false, "STATUS=Loading the model: %.1f of %.1f GiB (%d%%)\nEXTEND_TIMEOUT_USEC=%llu",
+        /* WATCHDOG=1 too: the event loop that otherwise sends it is not
+         * running yet. */
+        sd_notifyf(false, "STATUS=Loading the model: %.1f of %.1f GiB (%d%%)\nEXTEND_TIMEOUT_USEC=%llu\nWATCHDOG=1",
                    (double)done / (1u << 30), (double)total / (1u << 30), total ? (int)(done * 100 / total) : 100,
                    30000000ull);
 }
