@@ -253,17 +253,23 @@ static int start(sd_bus_message *m, md_server *srv, bus_options *o, bool complet
         return 0;
 }
 
-static int method_generate(sd_bus_message *m, void *userdata, sd_bus_error *e) {
+/* Generate and Complete: a prompt and options. */
+static int start_prompt(sd_bus_message *m, md_server *srv, bool complete, md_request **req, sd_bus_error *e) {
         _cleanup_(bus_options_free) bus_options o = {.g = MIXTRALD__V1__GENERATE__INIT};
         const char *prompt;
-        md_request *req;
         int r = sd_bus_message_read(m, "s", &prompt);
         if (r < 0)
                 return r;
         o.g.prompt = (char *)prompt;
-        if ((r = read_options(m, &o, e)) < 0 || (r = start(m, userdata, &o, false, &req, e)) < 0)
+        if ((r = read_options(m, &o, e)) < 0)
                 return r;
-        return sd_bus_reply_method_return(m, "o", req->bus->path);
+        return start(m, srv, &o, complete, req, e);
+}
+
+static int method_generate(sd_bus_message *m, void *userdata, sd_bus_error *e) {
+        md_request *req;
+        int r = start_prompt(m, userdata, false, &req, e);
+        return r < 0 ? r : sd_bus_reply_method_return(m, "o", req->bus->path);
 }
 
 static int method_chat(sd_bus_message *m, void *userdata, sd_bus_error *e) {
@@ -279,16 +285,9 @@ static int method_chat(sd_bus_message *m, void *userdata, sd_bus_error *e) {
 /* Replied to when the answer is complete: the bus and the daemon go on
  * meanwhile. */
 static int method_complete(sd_bus_message *m, void *userdata, sd_bus_error *e) {
-        _cleanup_(bus_options_free) bus_options o = {.g = MIXTRALD__V1__GENERATE__INIT};
-        const char *prompt;
         md_request *req;
-        int r = sd_bus_message_read(m, "s", &prompt);
-        if (r < 0)
-                return r;
-        o.g.prompt = (char *)prompt;
-        if ((r = read_options(m, &o, e)) < 0 || (r = start(m, userdata, &o, true, &req, e)) < 0)
-                return r;
-        return 1;
+        int r = start_prompt(m, userdata, true, &req, e);
+        return r < 0 ? r : 1;
 }
 
 static int method_cancel(sd_bus_message *m, void *userdata, sd_bus_error *e) {
