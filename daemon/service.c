@@ -167,7 +167,9 @@ static int on_stop(sd_event_source *s, const struct signalfd_siginfo *si, void *
         srv->created_socket = NULL; /* a successor may create it again */
         close(srv->listen_fd);
         srv->listen_fd = -1;
-        sd_notifyf(false, "STOPPING=1\nSTATUS=Stopping: %zu requests to finish", srv->n_live);
+        /* The drain may be longer than the unit's stop timeout: ask for it. */
+        sd_notifyf(false, "STOPPING=1\nSTATUS=Stopping: %zu requests to finish\nEXTEND_TIMEOUT_USEC=%llu",
+                   srv->n_live, (unsigned long long)((srv->cfg.drain_seconds + 10) * 1e6));
         md_log(LOG_INFO, "stopping: letting %zu requests finish (up to %.0f s)", srv->n_live, srv->cfg.drain_seconds);
         md_dbus_state_changed(srv);
         /* Requests not yet started would only begin new work: end them now. */

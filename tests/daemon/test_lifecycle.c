@@ -122,6 +122,8 @@ static void test_drain(const char *config, bool expect_finish) {
         }
         kill(d.pid, SIGTERM);
         CHECK(dh_notify_wait(&d, "STOPPING=1", 5000), "no STOPPING=1");
+        CHECK(strstr(d.seen, "STOPPING=1\nSTATUS=Stopping") && strstr(strstr(d.seen, "STOPPING=1"), "EXTEND_TIMEOUT_USEC="),
+              "STOPPING=1 does not ask for the drain's time: %s", d.seen);
         /* Both ends may come in either order: collect them together. */
         dh_result both[2] = {{0}, {0}};
         int late = dh_connect(&d);
