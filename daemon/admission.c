@@ -12,7 +12,7 @@ uint64_t md_wall_now(void) {
         return (uint64_t)time(NULL);
 }
 
-void md_live_add(md_server *srv, md_request *r) {
+static void live_add(md_server *srv, md_request *r) {
         srv->live[srv->n_live++] = r;
 }
 
@@ -127,7 +127,7 @@ md_request *md_admit(md_server *srv, uint32_t uid, uint32_t gid, uint64_t tag, c
 }
 
 void md_submit(md_server *srv, md_request *r) {
-        md_live_add(srv, r);
+        live_add(srv, r);
         srv->requests_total++;
         md_log_request(LOG_INFO, &(md_log_fields){.request_id = r->id, .uid = r->uid,
                                                  .prompt_tokens = (uint32_t)r->prompt.n},

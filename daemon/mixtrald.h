@@ -229,8 +229,7 @@ md_request *md_sched_take_dirty(md_sched *s);
 void md_sched_lock(md_sched *s);
 void md_sched_unlock(md_sched *s);
 void md_sched_free(md_sched *s);
-/* Under the lock: the running requests, and the queue (by sched_next). */
-size_t md_sched_running_locked(md_sched *s, md_request ***out);
+/* Under the lock: the queue (by sched_next). */
 md_request *md_sched_queue_locked(md_sched *s);
 void md_sched_counts_locked(md_sched *s, uint32_t *queued, uint32_t *running);
 
@@ -318,7 +317,6 @@ md_request *md_find_request(md_server *srv, uint32_t uid, uint64_t id);
 int md_fill_quota(md_server *srv, uint32_t uid, uint32_t gid, Mixtrald__V1__Quota *q, Mixtrald__V1__Limits *lim);
 /* At a request's end: its usage charged and saved. */
 void md_charge(md_server *srv, const md_request *r);
-void md_live_add(md_server *srv, md_request *r);
 void md_live_remove(md_server *srv, md_request *r);
 uint64_t md_wall_now(void);
 

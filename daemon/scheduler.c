@@ -423,11 +423,6 @@ void md_sched_counts_locked(md_sched *s, uint32_t *queued, uint32_t *running) {
         *running = (uint32_t)s->n_running;
 }
 
-size_t md_sched_running_locked(md_sched *s, md_request ***out) {
-        *out = s->running;
-        return s->n_running;
-}
-
 md_request *md_sched_queue_locked(md_sched *s) {
         return s->queue;
 }

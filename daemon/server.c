@@ -1,7 +1,6 @@
 /* The requests, on the main thread: admission against quotas and the
  * queue, cancel, status and quota replies, and shipping what the engine
  * produced to each client as it comes. */
-#include <math.h>
 #include <string.h>
 #include <syslog.h>
 #include <time.h>
