@@ -1,6 +1,7 @@
 /* The real daemon under test: started as a child in its own directory. */
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -74,10 +75,7 @@ int dh_start(dh_daemon *d, const char *const *extra_env) {
         d->pid = pid;
         if (!dh_notify_wait(d, "READY=1", 60000)) {
                 fprintf(stderr, "the daemon did not become ready; its log (%s):\n", d->log);
-                char cmd[400];
-                snprintf(cmd, sizeof(cmd), "cat %s >&2", d->log);
-                if (system(cmd) < 0)
-                        perror("system");
+                dh_show_log(d, 1000);
                 return -ETIMEDOUT;
         }
         return 0;
@@ -158,6 +156,31 @@ void dh_cleanup(dh_daemon *d) {
                 if (system(cmd) != 0)
                         fprintf(stderr, "cannot remove %s\n", d->dir);
         }
+}
+
+void dh_show_log(const dh_daemon *d, int lines) {
+        char cmd[400];
+        snprintf(cmd, sizeof(cmd), "tail -n %d '%s' >&2", lines, d->log);
+        if (system(cmd) < 0)
+                perror("system");
+}
+
+int dh_drop_to(uid_t uid, gid_t gid) {
+        if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
+                return -errno;
+        return 0;
+}
+
+int dh_as_user(uid_t uid, gid_t gid, int (*fn)(void *), void *arg) {
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid < 0)
+                return -errno;
+        if (pid == 0)
+                _exit(dh_drop_to(uid, gid) < 0 ? 99 : fn(arg));
+        int st;
+        waitpid(pid, &st, 0);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
 long dh_rss_kib(const dh_daemon *d) {

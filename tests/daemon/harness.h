@@ -31,11 +31,19 @@ bool dh_notify_wait(dh_daemon *d, const char *needle, int timeout_ms);
 int dh_stop(dh_daemon *d);
 void dh_kill9(dh_daemon *d);
 void dh_cleanup(dh_daemon *d);
+/* The last lines of the daemon's log, on stderr (after a failure). */
+void dh_show_log(const dh_daemon *d, int lines);
 /* Resident memory of the daemon, in KiB. */
 long dh_rss_kib(const dh_daemon *d);
 bool dh_alive(const dh_daemon *d);
 
 int dh_connect(const dh_daemon *d);
+
+/* For tests of several users (root only): drops this process to uid:gid
+ * with no supplementary groups; and runs fn(arg) so in a child, returning
+ * its exit status (fn's return value; 99 when the uid could not be taken). */
+int dh_drop_to(uid_t uid, gid_t gid);
+int dh_as_user(uid_t uid, gid_t gid, int (*fn)(void *), void *arg);
 
 /* A generate request: everything optional except the prompt. */
 typedef struct dh_gen {

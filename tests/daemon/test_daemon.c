@@ -504,11 +504,8 @@ int main(int argc, char **argv) {
         }
         int st = dh_stop(&d);
         CHECK(st == 0, "the daemon exited with %d after SIGTERM", st);
-        if (test_failures) {
-                char cmd[400];
-                snprintf(cmd, sizeof(cmd), "tail -n 40 %s >&2", d.log);
-                (void)!system(cmd);
-        }
+        if (test_failures)
+                dh_show_log(&d, 40);
         dh_cleanup(&d);
         return test_result();
 }

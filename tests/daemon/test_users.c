@@ -32,20 +32,6 @@ static const char config[] =
         "tokens_per_hour = 0\n"
         "max_tokens = 0\n";
 
-/* Runs fn as uid:gid in a child; its exit status comes back. */
-static int as_user(uid_t uid, gid_t gid, int (*fn)(void *), void *arg) {
-        fflush(NULL);
-        pid_t pid = fork();
-        if (pid == 0) {
-                if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
-                        _exit(99);
-                _exit(fn(arg) ? 1 : 0);
-        }
-        int st;
-        waitpid(pid, &st, 0);
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 /* Child bodies return 0 for "as expected"; they report why not on stderr. */
 static int fail(const char *fmt, ...) {
         va_list ap;
@@ -224,14 +210,13 @@ static void test_privacy(void) {
         fflush(NULL);
         pid_t bob = fork();
         if (bob == 0) {
-                if (setgroups(0, NULL) < 0 || setresgid(NOGROUP, NOGROUP, NOGROUP) < 0 ||
-                    setresuid(NOBODY, NOBODY, NOBODY) < 0)
+                if (dh_drop_to(NOBODY, NOGROUP) < 0)
                         _exit(99);
                 _exit(bob_fills_his_slots(fds) ? 1 : 0);
         }
         uint64_t ids[2] = {0};
         CHECK(read(p[0], ids, sizeof(ids)) == sizeof(ids), "Bob did not report his requests");
-        CHECK(as_user(ALICE, ALICE, alice_snoops, ids) == 0, "Alice saw or cancelled Bob's requests");
+        CHECK(dh_as_user(ALICE, ALICE, alice_snoops, ids) == 0, "Alice saw or cancelled Bob's requests");
         /* Root sees everyone's. */
         Mixtrald__V1__Response *s = dh_status(&d);
         bool seen = false;
@@ -286,7 +271,7 @@ static void test_fair_between_users(void) {
         fflush(NULL);
         pid_t child = fork();
         if (child == 0) {
-                if (setgroups(0, NULL) < 0 || setresgid(BOB, BOB, BOB) < 0 || setresuid(BOB, BOB, BOB) < 0)
+                if (dh_drop_to(BOB, BOB) < 0)
                         _exit(99);
                 _exit(late_user(p));
         }
@@ -325,11 +310,11 @@ int main(int argc, char **argv) {
                 dh_cleanup(&d);
                 return 1;
         }
-        CHECK(as_user(ALICE, ALICE, exhaust, NULL) == 0, "Alice's budget was not enforced");
-        CHECK(as_user(BOB, BOB, one_request, NULL) == 0, "Bob was refused for Alice's usage");
-        CHECK(as_user(NOBODY, NOBODY, unlimited, NULL) == 0, "[user:nobody] did not lift the budget");
-        CHECK(as_user(CAROL, STAFF, exempt_admin, NULL) == 0, "admin_group is not exempt");
-        CHECK(as_user(BOB, BOB, too_many_connections, NULL) == 0, "max_connections_per_uid is not enforced");
+        CHECK(dh_as_user(ALICE, ALICE, exhaust, NULL) == 0, "Alice's budget was not enforced");
+        CHECK(dh_as_user(BOB, BOB, one_request, NULL) == 0, "Bob was refused for Alice's usage");
+        CHECK(dh_as_user(NOBODY, NOBODY, unlimited, NULL) == 0, "[user:nobody] did not lift the budget");
+        CHECK(dh_as_user(CAROL, STAFF, exempt_admin, NULL) == 0, "admin_group is not exempt");
+        CHECK(dh_as_user(BOB, BOB, too_many_connections, NULL) == 0, "max_connections_per_uid is not enforced");
         test_privacy();
         test_fair_between_users();
 
@@ -337,7 +322,7 @@ int main(int argc, char **argv) {
         dh_kill9(&d);
         CHECK(dh_start(&d, NULL) == 0, "restart");
         int quota = MIXTRALD__V1__ERROR_CODE__QUOTA_EXCEEDED;
-        CHECK(as_user(ALICE, ALICE, one_request, &quota) == 0, "a restart forgot Alice's usage");
+        CHECK(dh_as_user(ALICE, ALICE, one_request, &quota) == 0, "a restart forgot Alice's usage");
 
         /* SIGHUP raises the budget; no restart needed. */
         FILE *f = fopen(d.config, "w");
@@ -345,13 +330,10 @@ int main(int argc, char **argv) {
         fclose(f);
         kill(d.pid, SIGHUP);
         CHECK(dh_notify_wait(&d, "READY=1", 5000), "no READY=1 after SIGHUP");
-        CHECK(as_user(ALICE, ALICE, one_request, NULL) == 0, "the reloaded budget does not apply");
+        CHECK(dh_as_user(ALICE, ALICE, one_request, NULL) == 0, "the reloaded budget does not apply");
         CHECK(dh_stop(&d) == 0, "exit status");
-        if (test_failures) {
-                char cmd[400];
-                snprintf(cmd, sizeof(cmd), "tail -n 30 %s >&2", d.log);
-                (void)!system(cmd);
-        }
+        if (test_failures)
+                dh_show_log(&d, 30);
         dh_cleanup(&d);
         return test_result();
 }

@@ -404,27 +404,14 @@ static int spend(void *arg) {
         return 6;
 }
 
-static int as_user(uid_t uid, int (*fn)(void *), void *arg) {
-        fflush(NULL);
-        pid_t pid = fork();
-        if (pid == 0) {
-                if (setgroups(0, NULL) < 0 || setresgid(uid, uid, uid) < 0 || setresuid(uid, uid, uid) < 0)
-                        _exit(99);
-                _exit(fn(arg));
-        }
-        int st;
-        waitpid(pid, &st, 0);
-        return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 static void test_quotas_per_uid(void) {
         if (geteuid() != 0) {
                 printf("quotas per uid: skipped (needs root to switch uids)\n");
                 return;
         }
-        int r = as_user(ALICE, spend, NULL);
+        int r = dh_as_user(ALICE, ALICE, spend, NULL);
         CHECK(r == 0, "Alice's budget was not enforced over D-Bus (%d)", r);
-        r = as_user(BOB, spend, (void *)1);
+        r = dh_as_user(BOB, BOB, spend, (void *)1);
         CHECK(r == 0, "Bob was refused for Alice's usage (%d)", r);
 }
 
@@ -643,11 +630,8 @@ int main(int argc, char **argv) {
                 fflush(stdout);
         }
         CHECK(dh_stop(&d) == 0, "the daemon did not exit 0");
-        if (test_failures) {
-                char cmd[400];
-                snprintf(cmd, sizeof(cmd), "tail -n 30 %s >&2", d.log);
-                (void)!system(cmd);
-        }
+        if (test_failures)
+                dh_show_log(&d, 30);
         dh_cleanup(&d);
         kill(bus_pid, SIGTERM);
         waitpid(bus_pid, NULL, 0);
