@@ -59,6 +59,21 @@ static int finish_text(void) {
         return MXC_EXIT_OK;
 }
 
+/* One query's reply, as JSON or through print (given the reply's part). */
+static int show(const mxc_opts *opts, Mixtrald__V1__Request *req, Mixtrald__V1__Response__KindCase want,
+                void (*print)(const ProtobufCMessage *)) {
+        _cleanup_(free_response) Mixtrald__V1__Response *resp = NULL;
+        int status = query(opts, req, want, &resp);
+        if (status)
+                return status;
+        const ProtobufCMessage *part =
+                want == MIXTRALD__V1__RESPONSE__KIND_STATUS ? &resp->status->base : &resp->quota->base;
+        if (opts->json)
+                return print_json(part);
+        print(part);
+        return finish_text();
+}
+
 static const char *bytes_text(uint64_t b, char *buf, size_t size) {
         if (b < 1024)
                 snprintf(buf, size, "%llu B", (unsigned long long)b);
@@ -107,7 +122,8 @@ static void print_requests(const Mixtrald__V1__Status *s) {
         }
 }
 
-static void print_status(const Mixtrald__V1__Status *s) {
+static void print_status(const ProtobufCMessage *m) {
+        const Mixtrald__V1__Status *s = (const Mixtrald__V1__Status *)m;
         char a[32], b[32], c[32];
         printf("model:       %s\n", or_unknown(s->model));
         printf("device:      %s\n", or_unknown(s->device));
@@ -131,14 +147,7 @@ int mxc_cmd_status(const mxc_opts *opts) {
         Mixtrald__V1__Request req = MIXTRALD__V1__REQUEST__INIT;
         req.kind_case = MIXTRALD__V1__REQUEST__KIND_STATUS;
         req.status = &q;
-        _cleanup_(free_response) Mixtrald__V1__Response *resp = NULL;
-        int status = query(opts, &req, MIXTRALD__V1__RESPONSE__KIND_STATUS, &resp);
-        if (status)
-                return status;
-        if (opts->json)
-                return print_json(&resp->status->base);
-        print_status(resp->status);
-        return finish_text();
+        return show(opts, &req, MIXTRALD__V1__RESPONSE__KIND_STATUS, print_status);
 }
 
 /* A limit of 0 is no limit. */
@@ -159,7 +168,8 @@ static void print_used(const char *label, uint64_t limit, uint64_t used, bool ha
         printf(")\n");
 }
 
-static void print_quota(const Mixtrald__V1__Quota *q) {
+static void print_quota(const ProtobufCMessage *m) {
+        const Mixtrald__V1__Quota *q = (const Mixtrald__V1__Quota *)m;
         static const Mixtrald__V1__Limits none = MIXTRALD__V1__LIMITS__INIT;
         const Mixtrald__V1__Limits *l = q->limits ? q->limits : &none;
         char buf[32];
@@ -183,12 +193,5 @@ int mxc_cmd_quota(const mxc_opts *opts) {
         Mixtrald__V1__Request req = MIXTRALD__V1__REQUEST__INIT;
         req.kind_case = MIXTRALD__V1__REQUEST__KIND_QUOTA;
         req.quota = &q;
-        _cleanup_(free_response) Mixtrald__V1__Response *resp = NULL;
-        int status = query(opts, &req, MIXTRALD__V1__RESPONSE__KIND_QUOTA, &resp);
-        if (status)
-                return status;
-        if (opts->json)
-                return print_json(&resp->quota->base);
-        print_quota(resp->quota);
-        return finish_text();
+        return show(opts, &req, MIXTRALD__V1__RESPONSE__KIND_QUOTA, print_quota);
 }

@@ -4,7 +4,6 @@
  * SIGHUP; nobody sees or cancels another user's requests. Needs root.
  *
  *   test-users MIXTRALD DEMO_MODEL_DIR */
-#include <grp.h>
 #include <sys/stat.h>
 #include <signal.h>
 #include <sys/wait.h>

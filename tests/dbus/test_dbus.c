@@ -10,7 +10,6 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <grp.h>
 #include <systemd/sd-bus.h>
 #include <time.h>
 
