@@ -73,7 +73,7 @@ int main(int argc, char **argv) {
                 mx_seq_new(e, n + 1, &s, &err);
                 mx_engine_counters_get(e, &c0);
                 double t0 = now();
-                mx_batch_item it = {s, ids, n, logits, false};
+                mx_batch_item it = {.seq = s, .tokens = ids, .n_tokens = n, .logits = logits, .all_logits = false};
                 if (mx_forward(e, &it, 1, &err) < 0) {
                         fprintf(stderr, "%s\n", err.msg);
                         return 1;

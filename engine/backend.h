@@ -17,6 +17,26 @@ typedef struct mx_attn_seq {
         uint32_t pos0, n, row0;
 } mx_attn_seq;
 
+/* The whole step, handed to backends that keep their own copy of it on
+ * the device (CUDA) before any operation runs; the operations then get
+ * the same host arrays again. */
+typedef struct mx_step {
+        const int32_t *tokens;
+        const uint32_t *pos, *logit_rows;
+        uint32_t n_tokens, n_logit_rows;
+        const mx_attn_seq *seqs;
+        size_t n_seqs;
+} mx_step;
+
+/* A token to draw on the device from row `row` of the step's logits. */
+typedef struct mx_sample_req {
+        uint32_t row;
+        const mx_sampling *p;
+        const int32_t *history;
+        size_t n_history;
+        double u; /* from the sequence's sampler (mx_sampler_uniform) */
+} mx_sample_req;
+
 typedef struct mx_backend_ops {
         const char *name;
         void (*destroy)(mx_backend *b);
@@ -56,6 +76,20 @@ typedef struct mx_backend_ops {
         /* acc[n][hidden] += MoE(x): router softmax over all experts, top-k,
          * renormalised weights, SwiGLU experts; touches only chosen experts. */
         int (*moe)(mx_backend *b, const mx_layer *layer, const float *x, float *acc, uint32_t n);
+
+        /* Optional: q, k, v = x times the layer's wq, wk, wv at once. */
+        int (*qkv)(mx_backend *b, const mx_layer *layer, const float *x, float *q, float *k, float *v,
+                   uint32_t n);
+        /* Optional. Before a step's operations; and after them, with the
+         * first error of an asynchronous device (message in err). */
+        int (*step_begin)(mx_backend *b, const mx_step *s);
+        int (*step_end)(mx_backend *b, mx_error *err);
+        /* Optional: draws tokens on the device from the step's logits
+         * (after the logits rows were made): ids[i] for reqs[i]. */
+        int (*sample)(mx_backend *b, const float *logits, const mx_sample_req *reqs, size_t n,
+                      int32_t *ids);
+        /* Optional: brings counters kept on the device up to date. */
+        void (*sync_counters)(mx_backend *b);
 } mx_backend_ops;
 
 struct mx_backend {
@@ -72,3 +106,11 @@ struct mx_backend {
  * (MX_SIMD_AUTO = the best the CPU has). */
 int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, mx_backend **out,
                        mx_error *err);
+
+/* The CUDA backend on device `index`: every weight uploaded once (bf16),
+ * through a few pinned buffers, with progress(done, total, arg) as it goes.
+ * -ENODEV with a clear message where there is no usable GPU or the build
+ * has no CUDA. */
+int mx_cuda_backend_new(const mx_model *m, int index,
+                        void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg,
+                        mx_backend **out, mx_error *err);

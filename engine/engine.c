@@ -28,6 +28,9 @@ struct mx_engine {
         uint32_t *pos, *logit_rows, cap_host;
         mx_attn_seq *seqs;
         size_t cap_seqs;
+        mx_sample_req *reqs; /* [cap_seqs] */
+        int32_t *ids;        /* [cap_seqs] */
+        float *host_logits;  /* one row, for sampling on the host */
 };
 
 struct mx_seq {
@@ -65,22 +68,40 @@ void mx_engine_free(mx_engine *e) {
                 e->be->ops->destroy(e->be);
         }
         free(e->tokens), free(e->pos), free(e->logit_rows), free(e->seqs);
+        free(e->reqs), free(e->ids), free(e->host_logits);
         free(e);
+}
+
+/* "cpu" (or none), "cuda", "cuda:N". */
+static int parse_device(const char *d, int *cuda_index, mx_error *err) {
+        *cuda_index = -1;
+        if (!d || strcmp(d, "cpu") == 0)
+                return 0;
+        if (strncmp(d, "cuda", 4) == 0) {
+                char *end = NULL;
+                long i = d[4] == ':' ? strtol(d + 5, &end, 10) : 0;
+                if (d[4] == '\0' || (d[4] == ':' && end != d + 5 && *end == '\0' && i >= 0 && i < 64)) {
+                        *cuda_index = (int)i;
+                        return 0;
+                }
+        }
+        return mx_error_set(err, -EINVAL, "device \"%s\": expected cpu, cuda or cuda:N", d);
 }
 
 int mx_engine_open(mx_engine **out, const mx_model *m, const mx_engine_opts *o, mx_error *err) {
         static const mx_engine_opts defaults = {0};
         if (!o)
                 o = &defaults;
-        if (o->device && strcmp(o->device, "cpu") != 0)
-                return mx_error_set(err, -ENODEV,
-                                    "device \"%s\": this engine runs on the cpu (CUDA comes with the GPU backend)",
-                                    o->device);
+        int cuda = -1;
+        int r = parse_device(o->device, &cuda, err);
+        if (r < 0)
+                return r;
         _cleanup_(mx_engine_freep) mx_engine *e = calloc(1, sizeof(*e));
         if (!e)
                 return mx_error_set(err, -ENOMEM, "out of memory");
         e->model = m;
-        int r = mx_cpu_backend_new(m, o->threads, o->simd, &e->be, err);
+        r = cuda >= 0 ? mx_cuda_backend_new(m, cuda, o->progress, o->progress_arg, &e->be, err)
+                      : mx_cpu_backend_new(m, o->threads, o->simd, &e->be, err);
         if (r < 0)
                 return r;
         *out = MX_TAKE_PTR(e);
@@ -88,6 +109,8 @@ int mx_engine_open(mx_engine **out, const mx_model *m, const mx_engine_opts *o, 
 }
 
 void mx_engine_counters_get(const mx_engine *e, mx_engine_counters *c) {
+        if (e->be->ops->sync_counters)
+                e->be->ops->sync_counters(e->be);
         *c = (mx_engine_counters){e->be->weight_bytes, e->be->kv_bytes, e->be->matmul_flops};
 }
 
@@ -156,11 +179,20 @@ static int reserve_host(mx_engine *e, uint32_t tokens, size_t seqs) {
         }
         if (seqs > e->cap_seqs) {
                 mx_attn_seq *s = realloc(e->seqs, seqs * sizeof(mx_attn_seq));
-                if (!s)
+                if (s)
+                        e->seqs = s;
+                mx_sample_req *q = s ? realloc(e->reqs, seqs * sizeof(mx_sample_req)) : NULL;
+                if (q)
+                        e->reqs = q;
+                int32_t *ids = q ? realloc(e->ids, seqs * sizeof(int32_t)) : NULL;
+                if (ids)
+                        e->ids = ids;
+                if (!ids)
                         return -ENOMEM;
-                e->seqs = s;
                 e->cap_seqs = seqs;
         }
+        if (!e->host_logits && !(e->host_logits = malloc(e->model->cfg.vocab_size * sizeof(float))))
+                return -ENOMEM;
         return 0;
 }
 
@@ -222,7 +254,8 @@ static int plan(mx_engine *e, const mx_batch_item *items, size_t n, uint32_t *to
                                                     i, id);
                         e->tokens[T + j] = id;
                         e->pos[T + j] = it->seq->len + j;
-                        if (it->logits && (it->all_logits || j + 1 == it->n_tokens))
+                        bool last = j + 1 == it->n_tokens;
+                        if ((it->logits && (it->all_logits || last)) || (it->sampler && last))
                                 e->logit_rows[L++] = T + j;
                 }
                 e->seqs[i] = (mx_attn_seq){it->seq->kv, it->seq->len, it->n_tokens, T};
@@ -244,11 +277,16 @@ static int run_layer(mx_engine *e, const mx_layer *l, uint32_t L, size_t n_seqs,
         float eps = (float)c->rms_norm_eps;
 
         op->rmsnorm(b, l->attn_norm, eps, a->x, a->xn, T);
-        int r = op->matmul(b, l->wq, a->xn, a->q, T, false);
-        if (r == 0)
-                r = op->matmul(b, l->wk, a->xn, a->k, T, false);
-        if (r == 0)
-                r = op->matmul(b, l->wv, a->xn, a->v, T, false);
+        int r;
+        if (op->qkv) {
+                r = op->qkv(b, l, a->xn, a->q, a->k, a->v, T);
+        } else {
+                r = op->matmul(b, l->wq, a->xn, a->q, T, false);
+                if (r == 0)
+                        r = op->matmul(b, l->wk, a->xn, a->k, T, false);
+                if (r == 0)
+                        r = op->matmul(b, l->wv, a->xn, a->v, T, false);
+        }
         if (r < 0)
                 return r;
         op->rope(b, a->q, a->k, e->pos, T);
@@ -259,16 +297,51 @@ static int run_layer(mx_engine *e, const mx_layer *l, uint32_t L, size_t n_seqs,
         return op->moe(b, l, a->xn, a->x, T);
 }
 
-static void deliver_logits(mx_engine *e, const mx_batch_item *items, size_t n) {
-        size_t vocab = e->model->cfg.vocab_size, row = 0;
+/* Logits to the items that want them; tokens drawn for those with a
+ * sampler: by the device in one go where it can, else here. */
+static int deliver(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err) {
+        mx_backend *b = e->be;
+        size_t vocab = e->model->cfg.vocab_size, row = 0, n_req = 0;
         for (size_t i = 0; i < n; i++) {
                 const mx_batch_item *it = &items[i];
-                if (!it->logits || it->n_tokens == 0)
+                if ((!it->logits && !it->sampler) || it->n_tokens == 0)
                         continue;
-                size_t rows = it->all_logits ? it->n_tokens : 1;
-                e->be->ops->download(e->be, it->logits, e->act.logits + row * vocab, rows * vocab);
+                size_t rows = it->logits && it->all_logits ? it->n_tokens : 1;
+                const float *dev = e->act.logits + row * vocab;
+                if (it->logits)
+                        b->ops->download(b, it->logits, dev, rows * vocab);
+                if (it->sampler && b->ops->sample) {
+                        const mx_sampling *p = mx_sampler_settings(it->sampler);
+                        e->reqs[n_req++] = (mx_sample_req){(uint32_t)(row + rows - 1), p, it->history,
+                                                           it->n_history,
+                                                           p->temperature > 0 ? mx_sampler_uniform(it->sampler) : 0};
+                } else if (it->sampler) {
+                        float *last = e->host_logits;
+                        if (it->logits)
+                                last = it->logits + (rows - 1) * vocab;
+                        else
+                                b->ops->download(b, last, dev + (rows - 1) * vocab, vocab);
+                        *it->sampled = mx_sampler_next(it->sampler, last, it->history, it->n_history);
+                }
                 row += rows;
         }
+        if (n_req == 0)
+                return 0;
+        int r = b->ops->sample(b, e->act.logits, e->reqs, n_req, e->ids);
+        if (r < 0)
+                return b->ops->step_end && b->ops->step_end(b, err) < 0 ? r
+                                                                         : mx_error_set(err, r, "out of memory for sampling");
+        for (size_t i = 0, k = 0; i < n; i++)
+                if (items[i].sampler && items[i].n_tokens > 0)
+                        *items[i].sampled = e->ids[k++];
+        return 0;
+}
+
+/* A device reports its own errors (CUDA's message beats "out of memory"). */
+static int step_failed(mx_engine *e, int r, uint32_t layer, mx_error *err) {
+        if (e->be->ops->step_end && e->be->ops->step_end(e->be, err) < 0)
+                return r;
+        return mx_error_set(err, r, "out of memory in layer %u", layer);
 }
 
 int mx_forward(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err) {
@@ -281,17 +354,23 @@ int mx_forward(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err
         if ((r = reserve_activations(e, T, L)) < 0)
                 return mx_error_set(err, r, "out of memory for the activations of %u tokens", T);
         activations *a = &e->act;
+        mx_step step = {e->tokens, e->pos, e->logit_rows, T, L, e->seqs, n};
+        if (b->ops->step_begin && (r = b->ops->step_begin(b, &step)) < 0)
+                return mx_error_set(err, r, "out of memory on the device for a step of %u tokens", T);
         b->ops->embed(b, m->embed, e->tokens, T, a->x);
         for (uint32_t layer = 0; layer < m->cfg.n_layers; layer++)
                 if ((r = run_layer(e, &m->layers[layer], layer, n, T)) < 0)
-                        return mx_error_set(err, r, "out of memory in layer %u", layer);
+                        return step_failed(e, r, layer, err);
         if (L > 0) {
                 b->ops->gather(b, a->x, m->cfg.hidden_size, e->logit_rows, L, a->out_rows);
                 b->ops->rmsnorm(b, m->norm, (float)m->cfg.rms_norm_eps, a->out_rows, a->xn, L);
                 if ((r = b->ops->matmul(b, m->lm_head, a->xn, a->logits, L, false)) < 0)
                         return mx_error_set(err, r, "out of memory for the logits");
-                deliver_logits(e, items, n);
+                if ((r = deliver(e, items, n, err)) < 0)
+                        return r;
         }
+        if (b->ops->step_end && (r = b->ops->step_end(b, err)) < 0)
+                return r;
         for (size_t i = 0; i < n; i++)
                 items[i].seq->len += items[i].n_tokens;
         return 0;

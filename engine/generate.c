@@ -20,7 +20,7 @@ struct mx_gen {
         size_t fed;        /* tokens the model has seen */
         uint32_t last_fed; /* tokens fed by the last prepare */
         bool wants_logits;
-        float *logits;
+        int32_t next;      /* what the engine sampled */
         mx_decoder dec;
         mx_buf pending;    /* decoded, not yet released (a stop string may start in it) */
         char **stop;
@@ -41,7 +41,6 @@ void mx_gen_free(mx_gen *g) {
         mx_seq_free(g->seq);
         mx_sampler_free(g->sampler);
         mx_ids_free(&g->all);
-        free(g->logits);
         mx_buf_free(&g->pending);
         for (size_t i = 0; i < g->n_stop; i++)
                 free(g->stop[i]);
@@ -85,7 +84,7 @@ int mx_gen_new(mx_engine *e, const mx_tokenizer *tok, const int32_t *prompt, siz
         if (n_prompt >= mx_seq_capacity(g->seq))
                 return mx_error_set(err, -E2BIG, "the prompt of %zu tokens does not fit the context of %u",
                                     n_prompt, mx_seq_capacity(g->seq));
-        if (mx_ids_append(&g->all, prompt, n_prompt) < 0 || !(g->logits = malloc(c->vocab_size * sizeof(float))) ||
+        if (mx_ids_append(&g->all, prompt, n_prompt) < 0 ||
             mx_sampler_new(&o->sampling, c->vocab_size, &g->sampler) < 0 ||
             mx_buf_append(&g->pending, "", 0) < 0)
                 return mx_error_set(err, -ENOMEM, "out of memory");
@@ -97,7 +96,9 @@ int mx_gen_new(mx_engine *e, const mx_tokenizer *tok, const int32_t *prompt, siz
 }
 
 void mx_gen_prepare(mx_gen *g, mx_batch_item *item) {
-        *item = (mx_batch_item){.seq = g->seq, .logits = g->logits};
+        /* The engine samples (on the GPU where it runs), so no logits come
+         * back: only the id. */
+        *item = (mx_batch_item){.seq = g->seq, .sampler = g->sampler, .sampled = &g->next};
         g->last_fed = 0;
         g->wants_logits = false;
         if (g->finish != MX_FINISH_NONE)
@@ -108,8 +109,10 @@ void mx_gen_prepare(mx_gen *g, mx_batch_item *item) {
         item->n_tokens = n;
         g->last_fed = n;
         g->wants_logits = g->fed + n == g->all.n;
+        item->history = g->all.v;
+        item->n_history = g->all.n;
         if (!g->wants_logits)
-                item->logits = NULL;
+                item->sampler = NULL, item->sampled = NULL;
 }
 
 /* Length of the longest tail of text that begins some stop string. */
@@ -161,7 +164,7 @@ int mx_gen_advance(mx_gen *g, mx_buf *text, int32_t *token) {
         g->fed += g->last_fed;
         if (g->finish != MX_FINISH_NONE || !g->wants_logits)
                 return 0;
-        int32_t id = mx_sampler_next(g->sampler, g->logits, g->all.v, g->all.n);
+        int32_t id = g->next;
         *token = id;
         if (id == g->eos)
                 return finish(g, MX_FINISH_EOS, text);

@@ -154,6 +154,10 @@ typedef struct mx_tensor {
         /* Non-zero when q/k rows are stored in the interleaved RoPE order of
          * the mistral-inference layout; see mx_tensor_row. */
         uint32_t rope_head_dim;
+        /* Synthetic weights (no file): element i is mx_synth_bf16(synth_seed,
+         * i, synth_scale); data is NULL unless they were made on the host. */
+        uint64_t synth_seed;
+        float synth_scale;
 } mx_tensor;
 
 size_t mx_dtype_size(mx_dtype t);
@@ -261,6 +265,17 @@ typedef struct mx_footprint {
 
 void mx_model_footprint(const mx_model *m, mx_footprint *fp);
 
+/* A model of a known shape with random weights and no file (DESIGN.md
+ * section 6): shape "mixtral-8x7b" (the real Mixtral's) or "b1" (the CPU
+ * benchmark's), with `layers` of its layers (0: all). host_weights makes
+ * every weight in host memory (for the CPU engine); otherwise matrices are
+ * left for the device to generate (data NULL) and only the norms exist on
+ * the host. Never zeros; the same values on host and device. */
+int mx_model_synthetic(mx_model **out, const char *shape, uint32_t layers, bool host_weights,
+                       mx_error *err);
+/* Bytes of one layer's weights and of everything else, for a shape. */
+int mx_synthetic_sizes(const char *shape, uint64_t *per_layer, uint64_t *rest, uint32_t *max_layers);
+
 /* Reads every page of the model's files once, so that the first tokens do
  * not wait on page faults; progress(done, total, arg) is called as it goes
  * (may be NULL). */
@@ -283,9 +298,12 @@ typedef enum mx_simd {
 int mx_simd_from_string(const char *s, mx_simd *out);
 
 typedef struct mx_engine_opts {
-        const char *device; /* "cpu" (default) */
+        const char *device; /* "cpu" (default), "cuda" or "cuda:N" */
         uint32_t threads;   /* 0: every online core */
         mx_simd simd;
+        /* Optional: called as the weights go to the device. */
+        void (*progress)(uint64_t done, uint64_t total, void *arg);
+        void *progress_arg;
 } mx_engine_opts;
 
 typedef struct mx_engine mx_engine;
@@ -329,12 +347,22 @@ void mx_seq_reset(mx_seq *s);
 /* One sequence's part of a forward step: n_tokens more tokens; logits of
  * the last one (vocab floats), or of each (n_tokens x vocab) when
  * all_logits, or none when logits is NULL. */
+typedef struct mx_sampler mx_sampler; /* (sampling, below) */
+
 typedef struct mx_batch_item {
         mx_seq *seq;
         const int32_t *tokens;
         uint32_t n_tokens;
         float *logits;
         bool all_logits;
+        /* Optional: the engine picks the next token itself from the last
+         * position's logits, with this sampler and the sequence's tokens so
+         * far (for the repetition penalty), and stores it in *sampled. On a
+         * GPU only the id comes back; logits may then be NULL. */
+        mx_sampler *sampler;
+        const int32_t *history;
+        size_t n_history;
+        int32_t *sampled;
 } mx_batch_item;
 
 /* Advances every item's sequence in one step. Each token's results are the
@@ -367,6 +395,11 @@ void mx_sampler_free(mx_sampler *s);
 /* Picks the next token from logits (vocab floats, changed in place);
  * history is the sequence so far, for the repetition penalty. */
 int32_t mx_sampler_next(mx_sampler *s, float *logits, const int32_t *history, size_t n_history);
+/* For samplers that run elsewhere (the GPU): the settings, and the next
+ * number in [0, 1) of the sampler's own sequence, drawn as
+ * mx_sampler_next draws it (once per non-greedy token). */
+const mx_sampling *mx_sampler_settings(const mx_sampler *s);
+double mx_sampler_uniform(mx_sampler *s);
 
 /* ---- generation -------------------------------------------------------------- */
 

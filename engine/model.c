@@ -142,7 +142,7 @@ static int bind_layer(mx_model *m, const layout_names *nm, uint32_t L, mx_error 
         return 0;
 }
 
-static int bind_all(mx_model *m, mx_error *err) {
+int mx_model_bind(mx_model *m, mx_error *err) {
         const mx_config *c = &m->cfg;
         const layout_names *nm = m->layout == MX_LAYOUT_HF ? &hf_names : &consolidated_names;
         model_priv *p = m->priv;
@@ -203,6 +203,7 @@ void mx_model_free(mx_model *m) {
                 free(p->by_name);
                 free(p->used);
                 free(p->experts);
+                free(p->synth_data);
                 free(p);
         }
         free(m->layers);
@@ -218,7 +219,7 @@ int mx_model_open(mx_model **out, const char *dir, mx_error *err) {
         if (r == 0)
                 r = mx_model_files_open(m, err);
         if (r == 0)
-                r = bind_all(m, err);
+                r = mx_model_bind(m, err);
         if (r < 0)
                 return r;
         *out = MX_TAKE_PTR(m);

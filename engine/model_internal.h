@@ -7,6 +7,7 @@ typedef struct model_priv {
         mx_tensor **by_name;  /* all tensors, sorted by name */
         bool *used;           /* parallel to mx_model.tensors */
         const mx_tensor **experts; /* backing store of every layer's w1/w2/w3 */
+        void *synth_data;          /* host weights of a synthetic model */
 } model_priv;
 
 char *mx_path_join(const char *dir, const char *name);
@@ -22,3 +23,6 @@ void mx_model_files_close(mx_model *m);
 /* Sorts the tensors by name for lookup; a name in two files is an error. */
 int mx_model_index_tensors(mx_model *m, mx_error *err);
 mx_tensor *mx_model_find(const mx_model *m, const char *name);
+
+/* Binds every tensor the architecture needs by name and shape. */
+int mx_model_bind(mx_model *m, mx_error *err);

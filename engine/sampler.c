@@ -183,3 +183,11 @@ int32_t mx_sampler_next(mx_sampler *s, float *logits, const int32_t *history, si
         }
         return s->c[keep - 1].id;
 }
+
+const mx_sampling *mx_sampler_settings(const mx_sampler *s) {
+        return &s->p;
+}
+
+double mx_sampler_uniform(mx_sampler *s) {
+        return uniform(s);
+}

@@ -223,6 +223,10 @@ static mx_isa isa_for(mx_simd simd) {
 
 int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, mx_backend **out,
                        mx_error *err) {
+        for (size_t i = 0; i < m->n_tensors; i++)
+                if (!m->tensors[i].data)
+                        return mx_error_set(err, -EINVAL, "%s: the weights are not in host memory (a synthetic "
+                                            "model made for the GPU): the CPU cannot run it", m->dir);
         mx_isa isa = isa_for(simd);
         if (!mx_isa_supported(isa))
                 return mx_error_set(err, -EOPNOTSUPP, "this CPU (or build) cannot run %s kernels",

@@ -147,8 +147,15 @@ expect 2 "--simd: 'neon' is not" -- "$run" -m "$tiny" -p x --simd neon
 expect 2 "--threads: '0' is out of range" -- "$run" -m "$tiny" -p x --threads 0
 expect 2 "needs the weights: --model DIR" -- "$run" -t "$trained" -p x
 expect 1 "does not fit the context of 2" -- "$run" -m "$tiny" -p "Hello world" --ctx 2
-expect 1 "device \"cuda\"" -- "$run" -m "$tiny" -p x --device cuda
-bench=$("$run" -m "$tiny" --bench -n 4 --threads 1) || fail "--bench"
+expect 1 "device cuda:0: " -- "$run" -m "$tiny" -p x --device cuda
+expect 1 "expected cpu, cuda or cuda:N" -- "$run" -m "$tiny" -p x --device tpu
+expect 2 "exclude each other" -- "$run" -m "$tiny" --synthetic b1 --bench
+expect 2 "--layers goes with --synthetic" -- "$run" -m "$tiny" --layers 2 --bench
+expect 2 "--batch: '0' is out of range" -- "$run" -m "$tiny" --bench --batch 1,0
+expect 1 "synthetic shape \"nope\"" -- "$run" --synthetic nope --info
+info=$("$run" --synthetic mixtral-8x7b --info) || fail "--synthetic mixtral-8x7b --info"
+case "$info" in *46.7*) ;; *) fail "--synthetic mixtral-8x7b --info shows no 46.7 B parameters: $info" ;; esac
+bench=$("$run" -m "$tiny" --bench -n 4 --threads 1 --batch 1,3) || fail "--bench"
 /usr/bin/python3 -c '
 import json, sys
 d = json.loads(sys.argv[1])
@@ -156,7 +163,19 @@ for k in ("prompt_tokens", "prefill_tokens_per_s", "decode_tokens_per_s", "weigh
           "achieved_GBps", "memcpy_GBps", "read_GBps", "fraction_of_bandwidth"):
     assert k in d, k
 assert d["prompt_tokens"] == 512 and d["decode_tokens"] == 4 and d["decode_tokens_per_s"] > 0
+assert [b["batch"] for b in d["batches"]] == [1, 3], d["batches"]
+for b in d["batches"]:
+    assert b["tokens_per_s"] > 0 and b["weight_bytes_per_step"] > 0 and b["step_ms"] > 0, b
+# Three sequences share the dense weights: a step reads less than three single steps.
+assert d["batches"][1]["weight_bytes_per_step"] < 3 * d["batches"][0]["weight_bytes_per_step"]
 ' "$bench" || fail "--bench JSON: $bench"
+# The synthetic b1 shape on the CPU, one layer: the same JSON.
+bench=$("$run" --synthetic b1 --layers 1 --bench -n 2 --threads 1) || fail "--synthetic b1 --bench"
+/usr/bin/python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+assert d["model"] == "synthetic:b1" and d["decode_tokens_per_s"] > 0, d
+' "$bench" || fail "--synthetic --bench JSON: $bench"
 
 if [ "$failures" -gt 0 ]; then
         echo "$failures failure(s)" >&2

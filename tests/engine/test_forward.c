@@ -75,7 +75,7 @@ static float *full_pass(mx_engine *e, const mx_ids *ids) {
         mx_error err = {0};
         float *out = malloc(ids->n * vocab * sizeof(float));
         CHECK(mx_seq_new(e, 0, &s, &err) == 0, "%s", err.msg);
-        mx_batch_item it = {s, ids->v, (uint32_t)ids->n, out, true};
+        mx_batch_item it = {.seq = s, .tokens = ids->v, .n_tokens = (uint32_t)ids->n, .logits = out, .all_logits = true};
         CHECK(mx_forward(e, &it, 1, &err) == 0, "%s", err.msg);
         mx_seq_free(s);
         return out;
@@ -95,14 +95,14 @@ static void greedy_pass(mx_engine *e, const mx_ids *prompt, mx_ids *gen, float *
         mx_seq *s = NULL;
         mx_error err = {0};
         CHECK(mx_seq_new(e, 0, &s, &err) == 0, "%s", err.msg);
-        mx_batch_item it = {s, prompt->v, (uint32_t)prompt->n, logits, true};
+        mx_batch_item it = {.seq = s, .tokens = prompt->v, .n_tokens = (uint32_t)prompt->n, .logits = logits, .all_logits = true};
         CHECK(mx_forward(e, &it, 1, &err) == 0, "%s", err.msg);
         float *last = logits + (prompt->n - 1) * vocab;
         for (int i = 0; i < GREEDY; i++) {
                 int32_t id = argmax(last);
                 mx_ids_push(gen, id);
                 last += vocab;
-                it = (mx_batch_item){s, &gen->v[gen->n - 1], 1, last, false};
+                it = (mx_batch_item){.seq = s, .tokens = &gen->v[gen->n - 1], .n_tokens = 1, .logits = last, .all_logits = false};
                 CHECK(mx_forward(e, &it, 1, &err) == 0, "%s", err.msg);
         }
         mx_seq_free(s);
@@ -146,7 +146,7 @@ static float **batched(mx_engine *e) {
         for (size_t c = 0; c < n_cases; c++) {
                 CHECK(mx_seq_new(e, 0, &s[c], &err) == 0, "%s", err.msg);
                 out[c] = malloc(cases[c].prompt.n * vocab * sizeof(float));
-                it[c] = (mx_batch_item){s[c], cases[c].prompt.v, (uint32_t)cases[c].prompt.n, out[c], true};
+                it[c] = (mx_batch_item){.seq = s[c], .tokens = cases[c].prompt.v, .n_tokens = (uint32_t)cases[c].prompt.n, .logits = out[c], .all_logits = true};
         }
         CHECK(mx_forward(e, it, n_cases, &err) == 0, "%s", err.msg);
         for (size_t c = 0; c < n_cases; c++)

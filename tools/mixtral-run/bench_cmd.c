@@ -1,15 +1,22 @@
 /* --bench: prefill and decode speed, and decode as a fraction of the
  * memory bandwidth measured in the same run (DESIGN.md section 6). Decode
- * is greedy and ignores EOS so every run does the same work. The bandwidth
- * is the larger of memcpy and a read pass on the same threads, each the
- * median of three measurements taken after decoding. */
+ * is greedy and ignores EOS so every run does the same work; --batch runs
+ * it for several sequences in lockstep. The ceilings: on the CPU the larger
+ * of memcpy and a read pass (medians of three, taken after decoding); on a
+ * GPU a device-to-device copy and a large cuBLAS bf16 GEMM. */
 #include <stdio.h>
 #include <string.h>
 
 #include "mx_common.h"
+#include "mx_config.h"
 #include "run.h"
 
+#if MX_HAVE_CUDA
+#include "mixtral_kernels.h"
+#endif
+
 #define DEFAULT_PROMPT 512
+#define BATCH_PROMPT 128
 #define DEFAULT_DECODE 64
 
 /* The given prompt, or BOS and DEFAULT_PROMPT - 1 fixed pseudo-random ids. */
@@ -33,6 +40,130 @@ static double median3(const double v[3]) {
         return a > b ? (b > c ? b : a > c ? c : a) : (a > c ? a : b > c ? c : b);
 }
 
+typedef struct ceilings {
+        double memcpy_gbps, read_gbps, bw_gbps; /* bw: what decode is compared with */
+        double gemm_tflops;                     /* 0 on the CPU */
+        double gpu_used_gib;
+} ceilings;
+
+static void measure_cpu(const run_opts *o, ceilings *c) {
+        double cp[3] = {0}, rd[3] = {0};
+        for (int i = 0; i < 3; i++)
+                mx_measure_bandwidth(1u << 30, o->threads, &cp[i], &rd[i]);
+        c->memcpy_gbps = median3(cp), c->read_gbps = median3(rd);
+        c->bw_gbps = c->memcpy_gbps > c->read_gbps ? c->memcpy_gbps : c->read_gbps;
+}
+
+static int measure_gpu(const run_opts *o, ceilings *c, mx_error *err) {
+#if MX_HAVE_CUDA
+        int index = strncmp(o->device, "cuda:", 5) == 0 ? atoi(o->device + 5) : 0;
+        mxk_ctx *ctx = NULL;
+        char why[256];
+        if (mxk_ctx_new(index, &ctx, why, sizeof(why)) < 0)
+                return mx_error_set(err, -ENODEV, "%s", why);
+        size_t free_b = 0, total_b = 0;
+        mxk_free_memory(ctx, &free_b, &total_b);
+        c->gpu_used_gib = (double)(total_b - free_b) / (1u << 30);
+        /* As large a copy as free memory allows, up to 1 GiB each way. */
+        int r = -ENOMEM;
+        for (size_t bytes = (size_t)1 << 30; r == -ENOMEM && bytes >= (16u << 20); bytes /= 2)
+                r = mxk_measure_copy(ctx, bytes, &c->memcpy_gbps);
+        if (r == 0)
+                r = mxk_measure_gemm(ctx, 8192, 8192, 8192, &c->gemm_tflops);
+        if (r == -ENOMEM)
+                r = mxk_measure_gemm(ctx, 4096, 4096, 4096, &c->gemm_tflops);
+        if (r < 0)
+                mxk_status(ctx, why, sizeof(why));
+        mxk_ctx_free(ctx);
+        c->bw_gbps = c->memcpy_gbps;
+        return r < 0 ? mx_error_set(err, r, "measuring the GPU: %s", why) : 0;
+#else
+        return mx_error_set(err, -ENODEV, "this build has no CUDA support");
+#endif
+}
+
+static bool on_gpu(const run_opts *o) {
+        return o->device && strncmp(o->device, "cuda", 4) == 0;
+}
+
+typedef struct decode_result {
+        uint32_t batch;
+        double tokens_per_s, step_s, weight_bytes, kv_bytes; /* bytes per step */
+} decode_result;
+
+/* B sequences, each prefilled with BATCH_PROMPT tokens of the prompt
+ * (shifted so they route differently), then `decode` greedy steps of all
+ * of them together. */
+static void free_samplers(mx_sampler **p, uint32_t n) {
+        for (uint32_t i = 0; p && i < n; i++)
+                mx_sampler_free(p[i]);
+        free(p);
+}
+
+/* B sequences, each prefilled with BATCH_PROMPT tokens of the prompt
+ * (shifted so they route differently), then `decode` greedy steps of all
+ * of them together. The engine draws the tokens (on the GPU there), as
+ * the daemon has it do. */
+static int decode_batch(mx_engine *e, const mx_ids *prompt, uint32_t B, uint32_t decode,
+                        decode_result *out, mx_error *err) {
+        uint32_t vocab = mx_engine_model(e)->cfg.vocab_size;
+        uint32_t plen = prompt->n < BATCH_PROMPT ? (uint32_t)prompt->n : BATCH_PROMPT;
+        mx_seq **seqs = calloc(B, sizeof(*seqs));
+        mx_sampler **pick = calloc(B, sizeof(*pick));
+        mx_batch_item *items = calloc(B, sizeof(*items));
+        int32_t *toks = calloc((size_t)B * plen, sizeof(int32_t));
+        mx_sampling greedy = {.temperature = 0, .top_p = 1, .repeat_penalty = 1};
+        int r = seqs && pick && items && toks ? 0 : mx_error_set(err, -ENOMEM, "out of memory");
+        for (uint32_t i = 0; r == 0 && i < B; i++) {
+                if (mx_sampler_new(&greedy, vocab, &pick[i]) < 0) {
+                        r = mx_error_set(err, -ENOMEM, "out of memory");
+                        break;
+                }
+                r = mx_seq_new(e, plen + decode + 3, &seqs[i], err);
+                for (uint32_t j = 0; j < plen; j++)
+                        toks[(size_t)i * plen + j] = prompt->v[j ? 1 + (j - 1 + i * 7) % (prompt->n - 1) : 0];
+                items[i] = (mx_batch_item){.seq = seqs[i], .tokens = toks + (size_t)i * plen, .n_tokens = plen,
+                                           .sampler = pick[i], .sampled = &toks[(size_t)i * plen]};
+        }
+        if (r == 0)
+                r = mx_forward(e, items, B, err);
+        mx_engine_counters c0, c1;
+        double t0 = 0;
+        /* Two steps untimed: first calls of a shape load kernels and record
+         * CUDA graphs. */
+        for (uint32_t s = 0; r == 0 && s < decode + 2; s++) {
+                if (s == 2) {
+                        mx_engine_counters_get(e, &c0);
+                        t0 = run_now();
+                }
+                for (uint32_t i = 0; i < B; i++)
+                        items[i] = (mx_batch_item){.seq = seqs[i], .tokens = &toks[(size_t)i * plen], .n_tokens = 1,
+                                                   .sampler = pick[i], .sampled = &toks[(size_t)i * plen]};
+                r = mx_forward(e, items, B, err);
+        }
+        double secs = run_now() - t0;
+        mx_engine_counters_get(e, &c1);
+        if (r == 0)
+                *out = (decode_result){B, (double)B * decode / secs, secs / decode,
+                                       (double)(c1.weight_bytes - c0.weight_bytes) / decode,
+                                       (double)(c1.kv_bytes - c0.kv_bytes) / decode};
+        for (uint32_t i = 0; seqs && i < B; i++)
+                mx_seq_free(seqs[i]);
+        free_samplers(pick, B);
+        free(seqs), free(items), free(toks);
+        return r;
+}
+
+static void print_decode(const decode_result *d, const ceilings *c, bool first) {
+        double bytes = d->weight_bytes + d->kv_bytes, achieved = bytes / d->step_s / 1e9;
+        double bound = bytes / (c->bw_gbps * 1e9);
+        printf("%s{\"batch\": %u, \"tokens_per_s\": %.3f, \"step_ms\": %.3f, \"weight_bytes_per_step\": %.0f, "
+               "\"kv_bytes_per_step\": %.0f, \"achieved_GBps\": %.2f, \"fraction_of_bandwidth\": %.3f, "
+               "\"bound_ms\": %.3f, \"step_over_bound\": %.3f}",
+               first ? "" : ", ", d->batch, d->tokens_per_s, d->step_s * 1e3, d->weight_bytes, d->kv_bytes,
+               achieved, achieved / c->bw_gbps, bound * 1e3, d->step_s / bound);
+}
+
 int run_bench(const run_opts *o) {
         mx_error err = {0};
         _cleanup_(mx_model_freep) mx_model *m = NULL;
@@ -43,50 +174,53 @@ int run_bench(const run_opts *o) {
                 return run_fail(&err);
         uint32_t decode = o->max_tokens ? o->max_tokens : DEFAULT_DECODE, vocab = m->cfg.vocab_size;
         _cleanup_free_ float *logits = malloc(vocab * sizeof(float));
-        mx_sampling greedy = {.temperature = 0, .top_p = 1, .repeat_penalty = 1};
-        mx_sampler *pick = NULL;
-        if (!logits || mx_sampler_new(&greedy, vocab, &pick) < 0)
+        if (!logits)
                 return run_fail(&(mx_error){.msg = "out of memory"});
-        if (mx_seq_new(e, o->ctx ? o->ctx : (uint32_t)prompt.n + decode + 1, &s, &err) < 0) {
-                mx_sampler_free(pick);
+        if (mx_seq_new(e, o->ctx ? o->ctx : (uint32_t)prompt.n + 1, &s, &err) < 0)
                 return run_fail(&err);
-        }
-
+        /* Once untimed: first calls load kernels and pick cuBLAS algorithms,
+         * and the CPU's pages come in. */
+        mx_batch_item it = {.seq = s, .tokens = prompt.v, .n_tokens = (uint32_t)prompt.n, .logits = logits, .all_logits = false};
+        if (mx_forward(e, &it, 1, &err) < 0)
+                return run_fail(&err);
+        mx_seq_reset(s);
+        mx_engine_counters c0, c1;
+        mx_engine_counters_get(e, &c0);
         double t0 = run_now();
-        mx_batch_item it = {s, prompt.v, (uint32_t)prompt.n, logits, false};
         if (mx_forward(e, &it, 1, &err) < 0)
                 return run_fail(&err);
         double prefill_s = run_now() - t0;
-
-        mx_engine_counters c0, c1;
-        mx_engine_counters_get(e, &c0);
-        t0 = run_now();
-        int r = 0;
-        for (uint32_t i = 0; r == 0 && i < decode; i++) {
-                int32_t tok = mx_sampler_next(pick, logits, NULL, 0);
-                it = (mx_batch_item){s, &tok, 1, logits, false};
-                r = mx_forward(e, &it, 1, &err);
-        }
-        mx_sampler_free(pick);
-        if (r < 0)
-                return run_fail(&err);
-        double decode_s = run_now() - t0;
         mx_engine_counters_get(e, &c1);
+        double prefill_flops = (double)(c1.matmul_flops - c0.matmul_flops);
 
-        /* Shared machines swing: the median of three measurements. */
-        double cp[3] = {0}, rd[3] = {0};
-        for (int i = 0; i < 3; i++)
-                mx_measure_bandwidth(1u << 30, o->threads, &cp[i], &rd[i]);
-        double memcpy_gbps = median3(cp), read_gbps = median3(rd);
-        double bw = memcpy_gbps > read_gbps ? memcpy_gbps : read_gbps;
-        double wpt = (double)(c1.weight_bytes - c0.weight_bytes) / decode;
-        double kpt = (double)(c1.kv_bytes - c0.kv_bytes) / decode;
-        double tps = decode / decode_s, achieved = (wpt + kpt) * tps / 1e9;
+        size_t nb = o->n_batch ? o->n_batch : 1;
+        decode_result res[16];
+        for (size_t i = 0; i < nb && i < MX_ELEMENTSOF(res); i++)
+                if (decode_batch(e, &prompt, o->n_batch ? o->batch[i] : 1, decode, &res[i], &err) < 0)
+                        return run_fail(&err);
+        ceilings c = {0};
+        if (on_gpu(o)) {
+                if (measure_gpu(o, &c, &err) < 0)
+                        return run_fail(&err);
+        } else {
+                measure_cpu(o, &c);
+        }
+        const decode_result *d = &res[0];
+        double achieved = (d->weight_bytes + d->kv_bytes) / d->step_s / 1e9;
         printf("{\"model\": \"%s\", \"engine\": \"%s\", \"prompt_tokens\": %zu, "
-               "\"prefill_tokens_per_s\": %.2f, \"decode_tokens\": %u, \"decode_tokens_per_s\": %.3f, "
-               "\"weight_bytes_per_token\": %.0f, \"kv_bytes_per_token\": %.0f, \"achieved_GBps\": %.2f, "
-               "\"memcpy_GBps\": %.2f, \"read_GBps\": %.2f, \"fraction_of_bandwidth\": %.3f}\n",
-               o->model, mx_engine_describe(e), prompt.n, (double)prompt.n / prefill_s, decode, tps, wpt,
-               kpt, achieved, memcpy_gbps, read_gbps, achieved / bw);
+               "\"prefill_tokens_per_s\": %.2f, \"prefill_TFLOPs\": %.3f, \"decode_tokens\": %u, "
+               "\"decode_tokens_per_s\": %.3f, \"weight_bytes_per_token\": %.0f, \"kv_bytes_per_token\": %.0f, "
+               "\"achieved_GBps\": %.2f, \"memcpy_GBps\": %.2f, \"read_GBps\": %.2f, "
+               "\"fraction_of_bandwidth\": %.3f",
+               m->dir, mx_engine_describe(e), prompt.n, (double)prompt.n / prefill_s,
+               prefill_flops / prefill_s / 1e12, decode, d->tokens_per_s / d->batch, d->weight_bytes,
+               d->kv_bytes, achieved, c.memcpy_gbps, c.read_gbps, achieved / c.bw_gbps);
+        if (on_gpu(o))
+                printf(", \"gemm_TFLOPs\": %.1f, \"prefill_fraction_of_gemm\": %.3f, \"gpu_memory_used_GiB\": %.2f",
+                       c.gemm_tflops, prefill_flops / prefill_s / 1e12 / c.gemm_tflops, c.gpu_used_gib);
+        printf(", \"batches\": [");
+        for (size_t i = 0; i < nb && i < MX_ELEMENTSOF(res); i++)
+                print_decode(&res[i], &c, i == 0);
+        printf("]}\n");
         return 0;
 }

@@ -1,11 +1,17 @@
 /* Loading for generation and benchmarks: open (headers only), page the
  * weights in with a progress bar on a terminal, start the engine. */
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "mx_common.h"
+#include "mx_config.h"
 #include "run.h"
+
+#if MX_HAVE_CUDA
+#include "mixtral_kernels.h"
+#endif
 
 typedef struct bar {
         bool tty;
@@ -38,15 +44,60 @@ int run_load_tokenizer(const run_opts *o, mx_tokenizer **tok, mx_error *err) {
         return mx_tokenizer_load(tok, path, err);
 }
 
+static bool on_gpu(const run_opts *o) {
+        return o->device && strncmp(o->device, "cuda", 4) == 0;
+}
+
+/* The most layers of the synthetic shape that fit the GPU's free memory,
+ * leaving room for KV caches, activations and cuBLAS. */
+static int layers_that_fit(const run_opts *o, uint32_t *layers, mx_error *err) {
+        uint64_t per_layer, rest;
+        uint32_t most;
+        if (mx_synthetic_sizes(o->synthetic, &per_layer, &rest, &most) < 0)
+                return mx_error_set(err, -EINVAL, "synthetic shape \"%s\": expected mixtral-8x7b or b1",
+                                    o->synthetic);
+        *layers = most;
+        if (!on_gpu(o))
+                return 0;
+#if MX_HAVE_CUDA
+        int index = strncmp(o->device, "cuda:", 5) == 0 ? atoi(o->device + 5) : 0;
+        char why[256] = "";
+        mxk_device d;
+        if (mxk_device_count(why, sizeof(why)) <= index || mxk_device_query(index, &d, why, sizeof(why)) < 0)
+                return mx_error_set(err, -ENODEV, "device %s: %s", o->device, why[0] ? why : "no such device");
+        const uint64_t margin = (uint64_t)4 << 30;
+        uint64_t avail = d.free_bytes > rest + margin ? d.free_bytes - rest - margin : 0;
+        uint32_t fit = (uint32_t)(avail / per_layer);
+        if (fit == 0)
+                return mx_error_set(err, -ENOMEM, "not even one layer of %s fits in %.1f GiB free",
+                                    o->synthetic, (double)d.free_bytes / (1u << 30));
+        if (fit < most)
+                *layers = fit;
+        fprintf(stderr, "mixtral-run: synthetic %s: %u of its %u layers fit in %.1f GiB free on %s; using %u\n",
+                o->synthetic, fit < most ? fit : most, most, (double)d.free_bytes / (1u << 30), d.name, *layers);
+#endif
+        return 0;
+}
+
+int run_open_model(const run_opts *o, mx_model **m, mx_error *err) {
+        if (!o->synthetic)
+                return mx_model_open(m, o->model, err);
+        uint32_t layers = o->layers;
+        int r = layers ? 0 : layers_that_fit(o, &layers, err);
+        /* The CPU engine reads weights from host memory; the GPU makes its own. */
+        return r < 0 ? r : mx_model_synthetic(m, o->synthetic, layers, !on_gpu(o), err);
+}
+
 int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err) {
-        int r = mx_model_open(m, o->model, err);
+        int r = run_open_model(o, m, err);
         if (r < 0)
                 return r;
-        if (mx_model_fits_in_memory(*m)) {
-                bar b = {isatty(STDERR_FILENO) == 1, -1};
+        bar b = {isatty(STDERR_FILENO) == 1, -1};
+        if (!o->synthetic && mx_model_fits_in_memory(*m))
                 mx_model_prefault(*m, progress, &b);
-        }
-        mx_engine_opts eo = {.device = o->device, .threads = o->threads, .simd = o->simd};
+        bar up = {isatty(STDERR_FILENO) == 1, -1};
+        mx_engine_opts eo = {.device = o->device, .threads = o->threads, .simd = o->simd,
+                             .progress = progress, .progress_arg = &up};
         return mx_engine_open(e, *m, &eo, err);
 }
 

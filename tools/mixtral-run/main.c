@@ -17,6 +17,7 @@ static const char usage_text[] =
         "  mixtral-run --model DIR [GENERATION OPTIONS] PROMPT\n"
         "  mixtral-run --model DIR --bench [PROMPT] [--max-tokens N] [--threads N]\n"
         "  mixtral-run --model DIR --info\n"
+        "  mixtral-run --synthetic SHAPE [--layers N] --device cuda --bench [--batch 1,8,32]\n"
         "  mixtral-run (--tokenizer FILE | --model DIR) --tokenize PROMPT\n"
         "  mixtral-run (--tokenizer FILE | --model DIR) --decode \"ID ID ...\"\n"
         "  mixtral-run --devices\n"
@@ -33,6 +34,14 @@ static const char usage_text[] =
         "                         (params.json and consolidated*.safetensors); its\n"
         "                         tokenizer is DIR/tokenizer.model or tokenizer.model.v1\n"
         "  -t, --tokenizer FILE   a SentencePiece tokenizer.model (overrides the one in DIR)\n"
+        "      --synthetic SHAPE  instead of --model: random weights of a known shape, made\n"
+        "                         in memory (on the GPU with --device cuda), no file:\n"
+        "                         mixtral-8x7b (the real Mixtral's) or b1 (the CPU\n"
+        "                         benchmark's); for --bench and --info where the real\n"
+        "                         checkpoint is not at hand\n"
+        "      --layers N         with --synthetic: use its first N layers (default: all;\n"
+        "                         with --device cuda, as many as fit the GPU, said on\n"
+        "                         standard error)\n"
         "\n"
         "Prompt (PROMPT is one of these):\n"
         "  -p, --prompt TEXT      raw text; the model sees BOS then its tokens\n"
@@ -59,7 +68,9 @@ static const char usage_text[] =
         "      --threads N        CPU threads (default: every online core)\n"
         "      --simd ISA         auto, scalar, avx2 or avx512 (default auto; all give the\n"
         "                         same numbers, bit for bit)\n"
-        "      --device DEV       cpu (default)\n"
+        "      --device DEV       cpu (default), cuda or cuda:N (the N-th GPU): weights\n"
+        "                         resident on the GPU in bf16 (f16/f32 checkpoints are\n"
+        "                         rounded to it); needs the NVIDIA driver and cuBLAS\n"
         "      --ignore-eos       go on past the end of the answer (until --max-tokens or\n"
         "                         the context)\n"
         "      --print-ids        print the generated token ids (space-separated, one line)\n"
@@ -67,6 +78,8 @@ static const char usage_text[] =
         "      --bench            measure prefill and decode speed and print one JSON object;\n"
         "                         without a prompt it uses 512 fixed tokens, decodes\n"
         "                         --max-tokens (default 64) greedily and ignores EOS\n"
+        "      --batch LIST       with --bench: decode batch sizes, comma-separated\n"
+        "                         (default 1); each sequence first reads 128 tokens\n"
         "\n"
         "Actions:\n"
         "      --tokenize         print the ids the model would see, BOS first, separated\n"
@@ -121,6 +134,9 @@ enum {
         OPT_IGNORE_EOS,
         OPT_BENCH,
         OPT_SHAPE,
+        OPT_SYNTHETIC,
+        OPT_LAYERS,
+        OPT_BATCH,
 };
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -172,6 +188,26 @@ static int add_stop(run_opts *o, const char *s) {
         return 0;
 }
 
+/* "1,8,32": up to 16 sizes, each 1..1024. */
+static int parse_batches(const char *arg, run_opts *o) {
+        char copy[256];
+        if (snprintf(copy, sizeof(copy), "%s", arg) >= (int)sizeof(copy))
+                return usage_error("--batch: '%s' is too long", arg);
+        o->n_batch = 0;
+        char *save = NULL;
+        for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                uint32_t b = 0;
+                if (o->n_batch == MX_ELEMENTSOF(o->batch))
+                        return usage_error("--batch: at most %zu sizes", MX_ELEMENTSOF(o->batch));
+                if (parse_u32("--batch", t, 1, &b) != 0)
+                        return EXIT_USAGE;
+                if (b > 1024)
+                        return usage_error("--batch: %u is more than 1024 sequences", b);
+                o->batch[o->n_batch++] = b;
+        }
+        return o->n_batch ? 0 : usage_error("--batch: '%s' names no size", arg);
+}
+
 static uint64_t random_seed(void) {
         uint64_t s = 0;
         if (getrandom(&s, sizeof(s), 0) != sizeof(s))
@@ -212,6 +248,9 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 {"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS},
                 {"bench", no_argument, NULL, OPT_BENCH},
                 {"shape", required_argument, NULL, OPT_SHAPE},
+                {"synthetic", required_argument, NULL, OPT_SYNTHETIC},
+                {"layers", required_argument, NULL, OPT_LAYERS},
+                {"batch", required_argument, NULL, OPT_BATCH},
                 {0},
         };
         int c;
@@ -252,6 +291,9 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 case OPT_IGNORE_EOS: o->ignore_eos = true; break;
                 case OPT_BENCH: o->bench = true; break;
                 case OPT_SHAPE: o->shape = optarg; break;
+                case OPT_SYNTHETIC: o->synthetic = optarg; break;
+                case OPT_LAYERS: r = parse_u32("--layers", optarg, 1, &o->layers); break;
+                case OPT_BATCH: r = parse_batches(optarg, o); break;
                 case OPT_SIMD:
                         if (mx_simd_from_string(optarg, &o->simd) < 0)
                                 r = usage_error("--simd: '%s' is not one of auto, scalar, avx2, avx512", optarg);
@@ -279,8 +321,16 @@ static int check_args(const run_opts *o) {
                                          "--tokenize, --decode, --bench, --info, --devices or --make-demo");
         if (actions > 1)
                 return usage_error("%s", "give only one of --tokenize, --decode, --bench, --info, --devices, --make-demo");
-        if ((actions == 0 || o->bench) && !o->model)
+        if (o->model && o->synthetic)
+                return usage_error("%s", "--model and --synthetic exclude each other");
+        if (o->layers && !o->synthetic)
+                return usage_error("%s", "--layers goes with --synthetic");
+        if (o->n_batch && !o->bench)
+                return usage_error("%s", "--batch goes with --bench");
+        if ((actions == 0 || o->bench) && !o->model && !o->synthetic)
                 return usage_error("%s", "generating needs the weights: --model DIR");
+        if (o->synthetic && actions == 0 && !o->tokenizer)
+                return usage_error("%s", "generating text with --synthetic needs --tokenizer FILE");
         if (o->prompt && o->prompt_file)
                 return usage_error("%s", "--prompt and --prompt-file exclude each other");
         if ((o->prompt || o->prompt_file) && (o->messages || o->chat))
@@ -291,8 +341,8 @@ static int check_args(const run_opts *o) {
                 return usage_error("%s", "--tokenize needs a prompt: --prompt, --prompt-file, --messages or --chat");
         if ((o->tokenize || o->decode) && !o->model && !o->tokenizer)
                 return usage_error("%s", "--tokenize and --decode need --tokenizer FILE or --model DIR");
-        if (o->info && !o->model)
-                return usage_error("%s", "--info needs --model DIR");
+        if (o->info && !o->model && !o->synthetic)
+                return usage_error("%s", "--info needs --model DIR (or --synthetic SHAPE)");
         if (o->make_demo && !o->tokenizer && !(o->shape && strcmp(o->shape, "b1") == 0))
                 return usage_error("%s", "--make-demo needs --tokenizer FILE");
         return 0;
@@ -355,7 +405,10 @@ static int do_decode(const run_opts *o, mx_error *err) {
 
 static int do_info(const run_opts *o, mx_error *err) {
         _cleanup_(mx_model_freep) mx_model *m = NULL;
-        if (mx_model_open(&m, o->model, err) < 0)
+        /* The shape is all --info needs: no synthetic weights are made. */
+        int r = o->synthetic ? mx_model_synthetic(&m, o->synthetic, o->layers, false, err)
+                             : mx_model_open(&m, o->model, err);
+        if (r < 0)
                 return run_fail(err);
         return run_info(m);
 }

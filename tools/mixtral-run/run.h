@@ -8,12 +8,14 @@
 typedef struct run_opts {
         const char *model, *tokenizer;
         const char *prompt, *prompt_file, *messages, *chat, *system;
-        const char *make_demo, *decode, *device, *shape;
+        const char *make_demo, *decode, *device, *shape, *synthetic;
         unsigned long long seed;
         bool tokenize, info, devices, print_ids, bench, ignore_eos;
         /* generation */
         mx_sampling sampling;
-        uint32_t max_tokens, threads, ctx;
+        uint32_t max_tokens, threads, ctx, layers;
+        uint32_t batch[16]; /* --batch: decode batch sizes for --bench */
+        size_t n_batch;
         mx_simd simd;
         const char **stop;
         size_t n_stop;
@@ -34,6 +36,9 @@ int run_bench(const run_opts *o);
 /* Opens the model, shows a progress bar on a terminal while its pages
  * come in, and starts an engine on it. */
 int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err);
+/* The checkpoint of --model, or the --synthetic model (its layers chosen
+ * to fit the GPU when --layers is not given). */
+int run_open_model(const run_opts *o, mx_model **m, mx_error *err);
 int run_load_tokenizer(const run_opts *o, mx_tokenizer **tok, mx_error *err);
 
 /* Seconds on a monotonic clock. */

@@ -1,0 +1,523 @@
+/* The CUDA backend: weights resident on the GPU (weights_cuda.c), fp32
+ * activations and KV caches in device memory, every operation a kernel or
+ * cuBLAS call on one stream (kernels/). The host enqueues a whole step and
+ * waits only where results come back (logits) or where cuBLAS needs the
+ * experts' token counts (more than MXK_GEMV_MAX tokens). */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cuda_backend.h"
+#include "mx_common.h"
+
+/* This backend's KV cache: one device allocation [layer][K|V][cap][kv*hd]
+ * of fp32 (a private type: the CPU backend has its own). */
+struct mx_kv {
+        float *d;
+        uint32_t cap, max;
+};
+
+static cuda_backend *cuda(mx_backend *b) {
+        return (cuda_backend *)b;
+}
+
+/* MX_CUDA_PROFILE=1: GPU time from here to the next mark is `label`'s. */
+static void prof(cuda_backend *cb, const char *label, uint32_t n) {
+        if (cb->profiling)
+                mxk_prof_mark(cb->ctx, label, n);
+}
+
+static uint32_t kv_stride(const mx_config *c) {
+        return c->n_kv_heads * c->head_dim;
+}
+
+/* ---- memory ------------------------------------------------------------------ */
+
+static float *cuda_alloc(mx_backend *b, size_t n) {
+        void *p = NULL;
+        size_t bytes;
+        if (!mx_mul_size(n ? n : 1, sizeof(float), &bytes) || mxk_malloc(cuda(b)->ctx, &p, bytes) < 0)
+                return NULL;
+        cuda(b)->epoch++;
+        return p;
+}
+
+static void cuda_release(mx_backend *b, float *p) {
+        cuda(b)->epoch++;
+        mxk_free(cuda(b)->ctx, p);
+}
+
+static void cuda_download(mx_backend *b, float *dst, const float *src, size_t n) {
+        mx_cuda_graph_finish(cuda(b));
+        mxk_download(cuda(b)->ctx, dst, src, n * sizeof(float));
+}
+
+static mx_kv *cuda_kv_new(mx_backend *b, uint32_t max_tokens) {
+        mx_kv *kv = calloc(1, sizeof(*kv));
+        if (kv)
+                kv->max = max_tokens;
+        return kv;
+}
+
+static void cuda_kv_free(mx_backend *b, mx_kv *kv) {
+        if (!kv)
+                return;
+        mxk_free(cuda(b)->ctx, kv->d);
+        free(kv);
+}
+
+/* Grows by doubling (at least 256 tokens); the old contents move over
+ * layer by layer since the layout depends on the capacity. */
+static int cuda_kv_reserve(mx_backend *b, mx_kv *kv, uint32_t tokens) {
+        const mx_config *c = &b->model->cfg;
+        mxk_ctx *ctx = cuda(b)->ctx;
+        if (tokens > kv->max)
+                return -ENOSPC;
+        if (tokens <= kv->cap)
+                return 0;
+        uint32_t cap = kv->cap ? kv->cap : 256;
+        while (cap < tokens)
+                cap = cap > kv->max / 2 ? kv->max : cap * 2;
+        size_t block = (size_t)kv_stride(c) * sizeof(float), bytes;
+        if (!mx_mul_size((size_t)cap * 2 * c->n_layers, block, &bytes))
+                return -ENOMEM;
+        float *d = NULL;
+        if (mxk_malloc(ctx, (void **)&d, bytes) < 0)
+                return -ENOMEM;
+        for (uint32_t i = 0; kv->d && i < 2 * c->n_layers; i++)
+                mxk_copy(ctx, d + (size_t)i * cap * kv_stride(c), kv->d + (size_t)i * kv->cap * kv_stride(c),
+                         (size_t)kv->cap * block);
+        mxk_free(ctx, kv->d);
+        kv->d = d;
+        kv->cap = cap;
+        return 0;
+}
+
+/* Frees *p and allocates bytes when *cap_bytes is short. */
+static int grow(cuda_backend *cb, void **p, size_t *cap_bytes, size_t bytes) {
+        mxk_ctx *c = cb->ctx;
+        if (bytes <= *cap_bytes && *p)
+                return 0;
+        cb->epoch++;
+        mxk_free(c, *p);
+        *p = NULL;
+        *cap_bytes = 0;
+        if (mxk_malloc(c, p, bytes) < 0)
+                return -ENOMEM;
+        *cap_bytes = bytes;
+        return 0;
+}
+
+/* ---- the step ------------------------------------------------------------------ */
+
+static int reserve_step(cuda_backend *cb, uint32_t T, uint32_t L) {
+        const mx_config *c = &cb->base.model->cfg;
+        mxk_ctx *ctx = cb->ctx;
+        if (T > cb->step_cap || L > cb->logit_cap)
+                cb->epoch++;
+        if (T > cb->step_cap) {
+                void **bufs[] = {(void **)&cb->d_tokens, (void **)&cb->d_pos, (void **)&cb->d_rows,
+                                 (void **)&cb->d_cos, (void **)&cb->d_sin};
+                size_t sizes[] = {4, 4, sizeof(mxk_row), 2 * c->head_dim, 2 * c->head_dim};
+                for (size_t i = 0; i < MX_ELEMENTSOF(bufs); i++) {
+                        mxk_free(ctx, *bufs[i]);
+                        *bufs[i] = NULL;
+                        if (mxk_malloc(ctx, bufs[i], (size_t)T * sizes[i]) < 0)
+                                return -ENOMEM;
+                }
+                cb->step_cap = T;
+        }
+        if (L > cb->logit_cap) {
+                mxk_free(ctx, cb->d_logit_rows);
+                cb->d_logit_rows = NULL;
+                if (mxk_malloc(ctx, (void **)&cb->d_logit_rows, (size_t)L * 4) < 0)
+                        return -ENOMEM;
+                cb->logit_cap = L;
+        }
+        size_t widest = c->hidden_size > c->n_heads * c->head_dim ? c->hidden_size : c->n_heads * c->head_dim;
+        /* Two bf16 terms per activation (gemm.cu). */
+        if (grow(cb, (void **)&cb->bf16_scratch, &cb->bf16_cap, 2 * (size_t)T * widest * 2) < 0)
+                return -ENOMEM;
+        size_t host = (size_t)T * (4 + 4 + sizeof(mxk_row)) + (size_t)L * 4;
+        /* Pinned memory is slow to free (and see mxk_host_free): room for a
+         * full context at once, from the start. */
+        size_t most = (size_t)(c->max_position_embeddings > 4096 ? c->max_position_embeddings : 4096) *
+                      (8 + sizeof(mxk_row) + 4);
+        host = host > most ? host : most;
+        if (host > cb->h_step_cap) {
+                cb->epoch++;
+                mxk_host_free(cb->h_step);
+                mxk_host_free(cb->h_sample);
+                cb->h_step_cap = 0;
+                if (mxk_host_alloc(&cb->h_step, host) < 0)
+                        return -ENOMEM;
+                cb->h_step_cap = host;
+        }
+        return 0;
+}
+
+static int reserve_moe(cuda_backend *cb, uint32_t n) {
+        const mx_config *c = &cb->base.model->cfg;
+        mxk_ctx *ctx = cb->ctx;
+        if (n <= cb->moe_cap)
+                return 0;
+        cb->epoch++;
+        mxk_moe_buffers *m = &cb->moe;
+        void **bufs[] = {(void **)&m->choice, (void **)&m->weight, (void **)&m->list_tok,
+                         (void **)&m->list_w, (void **)&m->slot_of, (void **)&m->counts,
+                         (void **)&m->act, (void **)&m->y, (void **)&m->xe,
+                         (void **)&m->act16, (void **)&m->h13, (void **)&m->ytmp,
+                         (void **)&cb->router_logits};
+        size_t nk = (size_t)n * c->n_experts_per_tok, H = c->hidden_size, F = c->intermediate_size;
+        size_t few = (size_t)MXK_GEMV_MAX * c->n_experts_per_tok, n2 = 2 * (size_t)n;
+        size_t sizes[] = {nk * 4, nk * 4, nk * 4, nk * 4, nk * 4, (3 * (size_t)c->n_experts + 1) * 4,
+                          (few > n ? few : n) * F * 4, nk * H * 4, n2 * H * 2, n2 * F * 2,
+                          n2 * 2 * F * 4, n2 * H * 4, (size_t)n * c->n_experts * 4};
+        for (size_t i = 0; i < MX_ELEMENTSOF(bufs); i++) {
+                mxk_free(ctx, *bufs[i]);
+                *bufs[i] = NULL;
+        }
+        cb->moe_cap = 0;
+        for (size_t i = 0; i < MX_ELEMENTSOF(bufs); i++)
+                if (mxk_malloc(ctx, bufs[i], sizes[i]) < 0)
+                        return -ENOMEM;
+        cb->moe_cap = n;
+        return 0;
+}
+
+/* Uploads tokens, positions, each row's KV cache and the logit rows, and
+ * makes the rotary table once for all layers. */
+static int cuda_step_begin(mx_backend *b, const mx_step *s) {
+        cuda_backend *cb = cuda(b);
+        const mx_config *c = &b->model->cfg;
+        uint32_t T = s->n_tokens, L = s->n_logit_rows;
+        /* The daemon steps on another thread than the one that opened us. */
+        mxk_bind_thread(cb->ctx);
+        /* The last step's upload must have left the pinned buffer before it
+         * is rewritten or replaced. */
+        mxk_wait_mark(cb->ctx, MXK_MARK_STEP_INPUT);
+        int r = reserve_step(cb, T, L);
+        if (r == 0)
+                r = reserve_moe(cb, T);
+        if (r < 0)
+                return r;
+        uint8_t *h = cb->h_step;
+        int32_t *tokens = (int32_t *)h;
+        uint32_t *pos = (uint32_t *)(h + (size_t)T * 4);
+        mxk_row *rows = (mxk_row *)(h + (size_t)T * 8);
+        uint32_t *logit_rows = (uint32_t *)(h + (size_t)T * (8 + sizeof(mxk_row)));
+        memcpy(tokens, s->tokens, (size_t)T * 4);
+        memcpy(pos, s->pos, (size_t)T * 4);
+        memcpy(logit_rows, s->logit_rows, (size_t)L * 4);
+        uint32_t longest = 0;
+        for (size_t i = 0; i < s->n_seqs; i++) {
+                const mx_attn_seq *a = &s->seqs[i];
+                for (uint32_t j = 0; j < a->n; j++)
+                        rows[a->row0 + j] = (mxk_row){a->kv->d, a->kv->cap, a->pos0 + j};
+                longest = a->pos0 + a->n > longest ? a->pos0 + a->n : longest;
+        }
+        cb->T = T;
+        cb->longest = longest;
+        size_t att = mxk_attention_scratch(T, c->n_heads, c->head_dim, c->n_kv_heads, longest);
+        if (grow(cb, (void **)&cb->att_scratch, &cb->att_cap, att * sizeof(float)) < 0)
+                return -ENOMEM;
+        mx_cuda_graph_begin(cb, T, L, mxk_attention_slices(T, c->n_kv_heads, longest));
+        if (mx_cuda_replaying(cb))
+                return 0;
+        prof(cb, "step input", T);
+        mxk_upload(cb->ctx, cb->d_tokens, tokens, (size_t)T * 4);
+        mxk_upload(cb->ctx, cb->d_pos, pos, (size_t)T * 4);
+        mxk_upload(cb->ctx, cb->d_rows, rows, (size_t)T * sizeof(mxk_row));
+        mxk_upload(cb->ctx, cb->d_logit_rows, logit_rows, (size_t)L * 4);
+        if (cb->mode == RUN_DIRECT) /* (a graph's step ends with a synchronisation) */
+                mxk_mark(cb->ctx, MXK_MARK_STEP_INPUT);
+        mxk_rope_table(cb->ctx, cb->d_pos, T, cb->inv_freq, c->head_dim / 2, cb->d_cos, cb->d_sin);
+        return 0;
+}
+
+static int cuda_step_end(mx_backend *b, mx_error *err) {
+        char why[256] = "";
+        if (cuda(b)->mode != RUN_DIRECT)
+                mx_cuda_graph_finish(cuda(b));
+        prof(cuda(b), "(between steps)", cuda(b)->T);
+        int r = mxk_sync(cuda(b)->ctx, why, sizeof(why));
+        if (cuda(b)->profiling)
+                mxk_prof_collect(cuda(b)->ctx);
+        return r < 0 ? mx_error_set(err, r, "CUDA: %s", why) : 0;
+}
+
+static void cuda_sync_counters(mx_backend *b) {
+        cuda_backend *cb = cuda(b);
+        unsigned long long experts = 0;
+        if (mxk_download(cb->ctx, &experts, cb->d_experts_read, sizeof(experts)) == 0)
+                b->weight_bytes = cb->dense_bytes + experts * cb->expert_bytes;
+}
+
+/* ---- operations ------------------------------------------------------------------ */
+
+static void cuda_embed(mx_backend *b, const mx_tensor *table, const int32_t *tokens, uint32_t n,
+                       float *out) {
+        cuda_backend *cb = cuda(b);
+        uint32_t h = (uint32_t)table->shape[1];
+        cb->dense_bytes += (uint64_t)n * h * 2;
+        if (mx_cuda_replaying(cb))
+                return;
+        prof(cb, "embed", n);
+        mxk_embed(cb->ctx, mx_cuda_dev(cb, table), MXK_BF16, h, cb->d_tokens, n, out);
+}
+
+static void cuda_rmsnorm(mx_backend *b, const mx_tensor *w, float eps, const float *x, float *out,
+                         uint32_t n) {
+        cuda_backend *cb = cuda(b);
+        if (mx_cuda_replaying(cb))
+                return;
+        prof(cb, "rmsnorm", n);
+        mxk_rmsnorm(cb->ctx, mx_cuda_dev(cb, w), eps, x, out, n, (uint32_t)w->shape[0]);
+}
+
+static int matmul(cuda_backend *cb, const mx_tensor *w, const float *x, float *out, uint32_t n,
+                  bool accumulate) {
+        uint32_t rows = (uint32_t)w->shape[0], cols = (uint32_t)w->shape[1];
+        cb->dense_bytes += (uint64_t)rows * cols * 2;
+        cb->base.matmul_flops += 2ull * rows * cols * n;
+        if (mx_cuda_replaying(cb))
+                return 0;
+        prof(cb, w == cb->base.model->lm_head ? "lm_head" : rows == cb->base.model->cfg.n_experts ? "router" : "dense matmul", n);
+        mxk_matmul(cb->ctx, mx_cuda_dev(cb, w), rows, cols, x, out, n, accumulate, cb->bf16_scratch);
+        return mxk_status(cb->ctx, NULL, 0);
+}
+
+static int cuda_matmul(mx_backend *b, const mx_tensor *w, const float *x, float *out, uint32_t n,
+                       bool accumulate) {
+        return matmul(cuda(b), w, x, out, n, accumulate);
+}
+
+static int cuda_qkv(mx_backend *b, const mx_layer *l, const float *x, float *q, float *k, float *v,
+                    uint32_t n) {
+        cuda_backend *cb = cuda(b);
+        uint32_t qr = (uint32_t)l->wq->shape[0], kr = (uint32_t)l->wk->shape[0], cols = (uint32_t)l->wq->shape[1];
+        cb->dense_bytes += (uint64_t)(qr + 2 * kr) * cols * 2;
+        b->matmul_flops += 2ull * (qr + 2 * kr) * cols * n;
+        if (mx_cuda_replaying(cb))
+                return 0;
+        prof(cb, "qkv", n);
+        mxk_qkv(cb->ctx, mx_cuda_dev(cb, l->wq), qr, kr, cols, x, q, k, v, n, cb->bf16_scratch);
+        return mxk_status(cb->ctx, NULL, 0);
+}
+
+static void cuda_rope(mx_backend *b, float *q, float *k, const uint32_t *pos, uint32_t n) {
+        cuda_backend *cb = cuda(b);
+        const mx_config *c = &b->model->cfg;
+        if (mx_cuda_replaying(cb))
+                return;
+        prof(cb, "rope", n);
+        mxk_rope(cb->ctx, q, k, cb->d_cos, cb->d_sin, n, c->n_heads, c->n_kv_heads, c->head_dim);
+}
+
+static int cuda_attention(mx_backend *b, uint32_t layer, const mx_attn_seq *seqs, size_t n_seqs,
+                          const float *q, const float *k, const float *v, float *out) {
+        cuda_backend *cb = cuda(b);
+        const mx_config *c = &b->model->cfg;
+        uint32_t stride = kv_stride(c);
+        for (size_t s = 0; s < n_seqs; s++) {
+                const mx_attn_seq *a = &seqs[s];
+                b->kv_bytes += 2ull * stride * sizeof(float) *
+                               ((uint64_t)a->n * a->pos0 + (uint64_t)a->n * (a->n + 1) / 2);
+        }
+        if (mx_cuda_replaying(cb))
+                return 0;
+        prof(cb, "attention", cb->T);
+        mxk_kv_append(cb->ctx, cb->d_rows, cb->T, layer, k, v, stride);
+        mxk_attention(cb->ctx, cb->d_rows, cb->T, layer, q, out, c->n_heads, c->n_kv_heads, c->head_dim,
+                      cb->longest, cb->att_scratch);
+        return mxk_status(cb->ctx, NULL, 0);
+}
+
+static int cuda_moe(mx_backend *b, const mx_layer *l, const float *x, float *acc, uint32_t n) {
+        cuda_backend *cb = cuda(b);
+        const mx_config *c = &b->model->cfg;
+        uint32_t E = c->n_experts, k = c->n_experts_per_tok, H = c->hidden_size, F = c->intermediate_size;
+        size_t L = (size_t)(l - b->model->layers);
+        int r = matmul(cb, l->router, x, cb->router_logits, n, false);
+        b->matmul_flops += 2ull * n * k * 3 * H * F;
+        if (r < 0 || mx_cuda_replaying(cb))
+                return r;
+        uint16_t **d = cb->d_experts + L * 2 * E, **h = cb->h_experts + L * 2 * E;
+        prof(cb, "experts", n);
+        r = mxk_moe(cb->ctx, &cb->moe, (const uint16_t *const *)d, (const uint16_t *const *)(d + E),
+                    (const uint16_t *const *)h, (const uint16_t *const *)(h + E), cb->router_logits, x,
+                    acc, n, E, k, H, F);
+        return r;
+}
+
+static void cuda_gather(mx_backend *b, const float *src, uint64_t cols, const uint32_t *rows,
+                        uint32_t n, float *dst) {
+        cuda_backend *cb = cuda(b);
+        if (mx_cuda_replaying(cb))
+                return;
+        prof(cb, "gather", n);
+        mxk_gather(cb->ctx, src, (uint32_t)cols, cb->d_logit_rows, n, dst);
+}
+
+/* Recent tokens a request's penalty looks at. */
+static void recent(const mx_sample_req *q, const int32_t **h, size_t *n) {
+        size_t from = 0, last = q->p->repeat_last_n;
+        if (q->p->repeat_penalty == 1.0f) {
+                *h = NULL, *n = 0;
+                return;
+        }
+        if (last && q->n_history > last)
+                from = q->n_history - last;
+        *h = q->history + from;
+        *n = q->n_history - from;
+}
+
+static int cuda_sample(mx_backend *b, const float *logits, const mx_sample_req *reqs, size_t n,
+                       int32_t *ids) {
+        cuda_backend *cb = cuda(b);
+        uint32_t V = b->model->cfg.vocab_size;
+        mxk_checkpoint(cb->ctx, "the step before sampling");
+        mx_cuda_graph_finish(cb); /* the step's graph, when no logits were read */
+        size_t hist = 0;
+        for (size_t i = 0; i < n; i++) {
+                const int32_t *h;
+                size_t k;
+                recent(&reqs[i], &h, &k);
+                hist += k;
+        }
+        size_t bytes = n * sizeof(mxk_sample_req) + hist * sizeof(int32_t);
+        size_t room = bytes > ((size_t)1 << 20) ? 2 * bytes : (size_t)1 << 20;
+        if (bytes > cb->h_sample_cap) {
+                mxk_host_free(cb->h_sample);
+                cb->h_sample_cap = 0;
+                if (mxk_host_alloc(&cb->h_sample, room) < 0)
+                        return -ENOMEM;
+                cb->h_sample_cap = room;
+        }
+        if (grow(cb, &cb->d_sample, &cb->d_sample_cap, bytes) < 0 ||
+            grow(cb, (void **)&cb->d_sample_work, &cb->d_work_cap, n * 2 * (size_t)V * sizeof(float)) < 0 ||
+            grow(cb, (void **)&cb->d_ids, &cb->d_ids_cap, n * sizeof(int32_t)) < 0)
+                return -ENOMEM;
+        mxk_sample_req *q = cb->h_sample;
+        int32_t *h_hist = (int32_t *)(q + n);
+        size_t off = 0;
+        for (size_t i = 0; i < n; i++) {
+                const mx_sample_req *r = &reqs[i];
+                const int32_t *h;
+                size_t k;
+                recent(r, &h, &k);
+                memcpy(h_hist + off, h, k * sizeof(int32_t));
+                q[i] = (mxk_sample_req){r->row, r->p->top_k, (uint32_t)off, (uint32_t)k, r->p->temperature,
+                                        r->p->top_p, r->p->min_p, r->p->repeat_penalty, r->u};
+                off += k;
+        }
+        prof(cb, "sample", (uint32_t)n);
+        mxk_upload(cb->ctx, cb->d_sample, cb->h_sample, bytes);
+        mxk_sample(cb->ctx, logits, V, cb->d_sample, (uint32_t)n, (const int32_t *)((mxk_sample_req *)cb->d_sample + n),
+                   cb->d_sample_work, cb->d_ids);
+        return mxk_download(cb->ctx, ids, cb->d_ids, n * sizeof(int32_t));
+}
+
+static const char *cuda_describe(mx_backend *b) {
+        return cuda(b)->desc;
+}
+
+static void cuda_destroy(mx_backend *b) {
+        cuda_backend *cb = cuda(b);
+        if (!cb)
+                return;
+        if (cb->ctx) {
+                mxk_sync(cb->ctx, NULL, 0);
+                mx_cuda_graphs_free(cb);
+                mx_cuda_weights_free(cb);
+                void *bufs[] = {cb->d_tokens, cb->d_pos, cb->d_rows, cb->d_cos, cb->d_sin,
+                                cb->d_logit_rows, cb->bf16_scratch, cb->att_scratch, cb->router_logits,
+                                cb->moe.choice, cb->moe.weight, cb->moe.list_tok, cb->moe.list_w,
+                                cb->moe.slot_of, cb->moe.counts, cb->moe.act, cb->moe.y, cb->moe.xe,
+                                cb->moe.act16, cb->moe.h13, cb->moe.ytmp, cb->d_experts_read, cb->inv_freq,
+                                cb->d_sample, cb->d_sample_work, cb->d_ids};
+                for (size_t i = 0; i < MX_ELEMENTSOF(bufs); i++)
+                        mxk_free(cb->ctx, bufs[i]);
+                mxk_host_free(cb->h_step);
+                mxk_host_free(cb->h_sample);
+                mxk_ctx_free(cb->ctx);
+        }
+        free(cb);
+}
+
+static const mx_backend_ops cuda_ops = {
+        .name = "cuda",
+        .destroy = cuda_destroy,
+        .describe = cuda_describe,
+        .alloc = cuda_alloc,
+        .release = cuda_release,
+        .download = cuda_download,
+        .kv_new = cuda_kv_new,
+        .kv_free = cuda_kv_free,
+        .kv_reserve = cuda_kv_reserve,
+        .embed = cuda_embed,
+        .rmsnorm = cuda_rmsnorm,
+        .matmul = cuda_matmul,
+        .qkv = cuda_qkv,
+        .rope = cuda_rope,
+        .attention = cuda_attention,
+        .moe = cuda_moe,
+        .gather = cuda_gather,
+        .step_begin = cuda_step_begin,
+        .step_end = cuda_step_end,
+        .sync_counters = cuda_sync_counters,
+        .sample = cuda_sample,
+};
+
+/* inv_freq as the CPU backend computes it, uploaded once. */
+static int upload_inv_freq(cuda_backend *cb, mx_error *err) {
+        const mx_config *c = &cb->base.model->cfg;
+        uint32_t half = c->head_dim / 2;
+        size_t cap;
+        float *stage = mxk_stage_acquire(cb->ctx, &cap);
+        for (uint32_t i = 0; i < half; i++)
+                stage[i] = 1.0f / powf((float)c->rope_theta, (float)(2 * i) / (float)c->head_dim);
+        if (mxk_malloc(cb->ctx, (void **)&cb->inv_freq, half * sizeof(float)) < 0 ||
+            mxk_malloc(cb->ctx, (void **)&cb->d_experts_read, sizeof(unsigned long long)) < 0)
+                return mx_error_set(err, -ENOMEM, "out of GPU memory");
+        mxk_stage_submit(cb->ctx, cb->inv_freq, half * sizeof(float));
+        mxk_memset(cb->ctx, cb->d_experts_read, 0, sizeof(unsigned long long));
+        cb->moe.experts_read = cb->d_experts_read;
+        return 0;
+}
+
+int mx_cuda_backend_new(const mx_model *m, int index,
+                        void (*progress)(uint64_t, uint64_t, void *), void *arg, mx_backend **out,
+                        mx_error *err) {
+        char why[256] = "";
+        if (mxk_device_count(why, sizeof(why)) <= index)
+                return mx_error_set(err, -ENODEV, "device cuda:%d: %s", index,
+                                    why[0] ? why : "no such CUDA device");
+        mxk_device d;
+        if (mxk_device_query(index, &d, why, sizeof(why)) < 0)
+                return mx_error_set(err, -ENODEV, "device cuda:%d: %s", index, why);
+        cuda_backend *cb = calloc(1, sizeof(*cb));
+        if (!cb)
+                return mx_error_set(err, -ENOMEM, "out of memory");
+        cb->base = (mx_backend){&cuda_ops, m};
+        int r = mxk_ctx_new(index, &cb->ctx, why, sizeof(why));
+        if (r < 0)
+                r = mx_error_set(err, r, "device cuda:%d: %s", index, why);
+        if (r == 0)
+                r = upload_inv_freq(cb, err);
+        if (r == 0) {
+                cb->profiling = mxk_prof_enabled(cb->ctx);
+                const char *g = getenv("MX_CUDA_GRAPHS");
+                cb->graphs_off = cb->profiling || (g && strcmp(g, "0") == 0);
+        }
+        if (r == 0)
+                r = mx_cuda_weights_load(cb, progress, arg, err);
+        if (r < 0) {
+                cuda_destroy(&cb->base);
+                return r;
+        }
+        snprintf(cb->desc, sizeof(cb->desc), "cuda:%d, %s, %.1f GiB of weights", index, d.name,
+                 (double)cb->device_bytes / (1u << 30));
+        *out = &cb->base;
+        return 0;
+}

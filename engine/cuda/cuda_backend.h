@@ -1,0 +1,86 @@
+/* The CUDA backend's state, shared by its files: private to it. */
+#pragma once
+
+#include "backend.h"
+#include "mixtral_kernels.h"
+
+typedef struct cuda_backend {
+        mx_backend base;
+        mxk_ctx *ctx;
+        char desc[320];
+        void **dev;            /* per tensor (index in model->tensors): its device copy */
+        bool *owned;           /* dev[i] is its own allocation (not an expert's) */
+        uint64_t device_bytes; /* weights on the device */
+        /* Per layer, device and host arrays of the experts' pointers:
+         * [layer][0: w13, 1: w2][expert]. */
+        uint16_t **d_experts, **h_experts;
+        uint64_t expert_bytes; /* one expert's three matrices */
+        uint64_t dense_bytes;  /* weight bytes read outside the experts */
+        unsigned long long *d_experts_read;
+        float *inv_freq;       /* device, head_dim / 2 */
+
+        /* The step, on the device. */
+        uint32_t step_cap, logit_cap, T, longest;
+        int32_t *d_tokens;
+        uint32_t *d_pos, *d_logit_rows;
+        mxk_row *d_rows;
+        float *d_cos, *d_sin;
+        void *h_step;          /* pinned: what the step uploads */
+        size_t h_step_cap;
+
+        uint16_t *bf16_scratch;
+        size_t bf16_cap;
+        float *att_scratch;
+        size_t att_cap;
+        float *router_logits;
+        mxk_moe_buffers moe;
+        uint32_t moe_cap;
+        bool profiling; /* MX_CUDA_PROFILE=1 */
+
+        /* Sampling on the device. */
+        void *h_sample;        /* pinned: requests, then recent tokens */
+        size_t h_sample_cap;
+        void *d_sample;        /* the same on the device */
+        size_t d_sample_cap;
+        float *d_sample_work;
+        size_t d_work_cap;
+        int32_t *d_ids;
+        size_t d_ids_cap;
+
+        /* Decode steps as CUDA graphs (graphs_cuda.c). */
+        enum { RUN_DIRECT, RUN_RECORD, RUN_REPLAY } mode;
+        bool graphs_off;     /* MX_CUDA_GRAPHS=0, profiling, or a capture failed */
+        uint64_t epoch;      /* bumped whenever a buffer a graph holds moves */
+        uint64_t tick;
+        struct cuda_graph {
+                uint32_t T, L, slices;
+                uint64_t epoch, used;
+                void *exec;
+        } graphs[8], *current;
+} cuda_backend;
+
+/* Called by step_begin once the step's host data is ready and before it
+ * enqueues anything: a decode step of a shape seen before replays its
+ * graph (and the operations enqueue nothing); a new one is recorded. */
+void mx_cuda_graph_begin(cuda_backend *cb, uint32_t T, uint32_t L, uint32_t slices);
+/* Before results are read: ends a recording and launches the graph. */
+int mx_cuda_graph_finish(cuda_backend *cb);
+void mx_cuda_graphs_free(cuda_backend *cb);
+
+static inline bool mx_cuda_replaying(const cuda_backend *cb) {
+        return cb->mode == RUN_REPLAY;
+}
+
+/* Uploads every weight (or generates a synthetic model's), checking first
+ * that they fit. */
+int mx_cuda_weights_load(cuda_backend *cb, void (*progress)(uint64_t, uint64_t, void *), void *arg,
+                         mx_error *err);
+void mx_cuda_weights_free(cuda_backend *cb);
+
+static inline size_t mx_cuda_tensor_index(const cuda_backend *cb, const mx_tensor *t) {
+        return (size_t)(t - cb->base.model->tensors);
+}
+
+static inline void *mx_cuda_dev(const cuda_backend *cb, const mx_tensor *t) {
+        return cb->dev[mx_cuda_tensor_index(cb, t)];
+}
