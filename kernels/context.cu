@@ -60,7 +60,10 @@ static void load_blas(void) {
         f.set_stream = (decltype(f.set_stream))dlsym(h, "cublasSetStream_v2");
         f.set_math_mode = (decltype(f.set_math_mode))dlsym(h, "cublasSetMathMode");
         f.gemm_ex = (decltype(f.gemm_ex))dlsym(h, "cublasGemmEx");
-        if (!f.create || !f.destroy || !f.set_stream || !f.set_math_mode || !f.gemm_ex) {
+        f.gemm_strided_batched_ex = (decltype(f.gemm_strided_batched_ex))dlsym(h, "cublasGemmStridedBatchedEx");
+        f.set_workspace = (decltype(f.set_workspace))dlsym(h, "cublasSetWorkspace_v2");
+        if (!f.create || !f.destroy || !f.set_stream || !f.set_math_mode || !f.gemm_ex ||
+            !f.gemm_strided_batched_ex || !f.set_workspace) {
                 snprintf(blas_why, sizeof(blas_why), "cuBLAS lacks an entry point this build needs");
                 return;
         }
@@ -91,6 +94,11 @@ extern "C" int mxk_ctx_new(int index, mxk_ctx **out, char *why, size_t why_len) 
                 if (r == 0)
                         r = mxk_blas_check(c, blas_fn.set_math_mode(c->blas, CUBLAS_DEFAULT_MATH),
                                            "cublasSetMathMode");
+                if (r == 0)
+                        r = mxk_check(c, cudaMalloc(&c->blas_workspace, MXK_BLAS_WORKSPACE), "cudaMalloc (cuBLAS workspace)");
+                if (r == 0)
+                        r = mxk_blas_check(c, blas_fn.set_workspace(c->blas, c->blas_workspace, MXK_BLAS_WORKSPACE),
+                                           "cublasSetWorkspace");
         }
         for (int i = 0; r == 0 && i < MXK_STAGES; i++) {
                 r = mxk_check(c, cudaHostAlloc(&c->stage[i], MXK_STAGE_BYTES, cudaHostAllocDefault),
@@ -127,6 +135,8 @@ extern "C" void mxk_ctx_free(mxk_ctx *c) {
                         cudaEventDestroy(c->marks[i]);
         if (c->blas)
                 c->fn->destroy(c->blas);
+        if (c->blas_workspace)
+                cudaFree(c->blas_workspace);
         if (c->tmp)
                 cudaFree(c->tmp);
         if (c->prof) {
@@ -149,6 +159,10 @@ float *mxk_tmp(mxk_ctx *c, size_t n) {
                 return nullptr;
         c->tmp_cap = n;
         return c->tmp;
+}
+
+extern "C" int mxk_reserve_tmp(mxk_ctx *c, size_t floats) {
+        return mxk_tmp(c, floats) ? 0 : -ENOMEM;
 }
 
 extern "C" void mxk_bind_thread(mxk_ctx *c) {

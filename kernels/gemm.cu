@@ -112,3 +112,77 @@ void mxk_expert_gemm(mxk_ctx *c, const uint16_t *w13, const uint16_t *w2, const 
         add_terms_kernel<<<mxk_blocks(m, 256), 256, 0, c->stream>>>(b->ytmp, m, c->split, false, y);
         mxk_launched(c, "add_terms");
 }
+
+// xe[e] = the hi terms of expert e's tokens in rows [0, n) and their lo
+// terms in rows [n, 2n); rows past the expert's count are zero.
+__global__ static void split_padded_kernel(const float *x, const uint32_t *counts, const uint32_t *list_tok,
+                                           uint32_t H, uint32_t n, bool with_lo, __nv_bfloat16 *xe) {
+        uint32_t j = blockIdx.y, e = blockIdx.z;
+        bool live = j < counts[e];
+        const float *src = x + (size_t)(live ? list_tok[(size_t)e * n + j] : 0) * H;
+        __nv_bfloat16 *dst = xe + (size_t)e * 2 * n * H;
+        for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < H; i += gridDim.x * blockDim.x) {
+                __nv_bfloat16 hi, lo;
+                split(live ? src[i] : 0.0f, &hi, &lo);
+                dst[(size_t)j * H + i] = hi;
+                if (with_lo)
+                        dst[((size_t)n + j) * H + i] = lo;
+        }
+}
+
+// For E blocks of terms*n rows: act[e][j] = silu(g) * u, then its terms.
+__global__ static void swiglu_padded_kernel(const float *h, uint32_t F, uint32_t n, bool two,
+                                            __nv_bfloat16 *act16) {
+        // Each expert's block holds 2n rows (lo terms from row n), used or not.
+        uint32_t j = blockIdx.y, e = blockIdx.z;
+        const float *a = h + ((size_t)e * 2 * n + j) * 2 * F, *b = a + (size_t)n * 2 * F;
+        __nv_bfloat16 *dst = act16 + (size_t)e * 2 * n * F;
+        for (uint32_t f = blockIdx.x * blockDim.x + threadIdx.x; f < F; f += gridDim.x * blockDim.x) {
+                float g = two ? a[f] + b[f] : a[f], u = two ? a[F + f] + b[F + f] : a[F + f];
+                __nv_bfloat16 hi, lo;
+                split(g / (1.0f + expf(-g)) * u, &hi, &lo);
+                dst[(size_t)j * F + f] = hi;
+                if (two)
+                        dst[((size_t)n + j) * F + f] = lo;
+        }
+}
+
+// y[e][j] = the sum of the two terms' rows of ytmp[e].
+__global__ static void add_padded_kernel(const float *t, uint32_t H, uint32_t n, bool two, float *y) {
+        uint32_t j = blockIdx.y, e = blockIdx.z;
+        const float *a = t + ((size_t)e * 2 * n + j) * H, *b = a + (size_t)n * H;
+        float *dst = y + ((size_t)e * n + j) * H;
+        for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < H; i += gridDim.x * blockDim.x)
+                dst[i] = two ? a[i] + b[i] : a[i];
+}
+
+static void gemm_batched(mxk_ctx *c, const uint16_t *W, uint32_t rows, uint32_t cols, long long w_stride,
+                         const uint16_t *X, uint32_t n, long long x_stride, float *out, long long out_stride,
+                         uint32_t batch) {
+        const float one = 1.0f, zero = 0.0f;
+        mxk_blas_check(c,
+                       c->fn->gemm_strided_batched_ex(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n,
+                                                      (int)cols, &one, W, CUDA_R_16BF, (int)cols, w_stride, X,
+                                                      CUDA_R_16BF, (int)cols, x_stride, &zero, out, CUDA_R_32F,
+                                                      (int)rows, out_stride, (int)batch, CUBLAS_COMPUTE_32F,
+                                                      CUBLAS_GEMM_DEFAULT),
+                       "cublasGemmStridedBatchedEx");
+        mxk_checkpoint(c, "cublasGemmStridedBatchedEx");
+}
+
+void mxk_expert_gemm_padded(mxk_ctx *c, const uint16_t *w13, const uint16_t *w2, const float *x,
+                            const mxk_moe_buffers *b, uint32_t n, uint32_t E, uint32_t H, uint32_t F) {
+        uint32_t terms = c->split ? 2 : 1, rows = terms * n;
+        split_padded_kernel<<<dim3((H + 255) / 256, n, E), 256, 0, c->stream>>>(x, b->counts, b->list_tok, H, n,
+                                                                               c->split, (__nv_bfloat16 *)b->xe);
+        mxk_launched(c, "split_padded");
+        gemm_batched(c, w13, 2 * F, H, (long long)2 * F * H, b->xe, rows, (long long)2 * n * H, b->h13,
+                     (long long)2 * n * 2 * F, E);
+        swiglu_padded_kernel<<<dim3((F + 255) / 256, n, E), 256, 0, c->stream>>>(b->h13, F, n, c->split,
+                                                                                (__nv_bfloat16 *)b->act16);
+        mxk_launched(c, "swiglu_padded");
+        gemm_batched(c, w2, H, F, (long long)H * F, b->act16, rows, (long long)2 * n * F, b->ytmp,
+                     (long long)2 * n * H, E);
+        add_padded_kernel<<<dim3((H + 255) / 256, n, E), 256, 0, c->stream>>>(b->ytmp, H, n, c->split, b->y);
+        mxk_launched(c, "add_padded");
+}

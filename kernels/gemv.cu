@@ -166,7 +166,9 @@ __device__ static inline float silu(float v) {
         return v / (1.0f + expf(-v));
 }
 
-// act[p][f] = silu(w1[f] . x) * (w3[f] . x) for each token p of the expert.
+// act[p][f] = silu(w1[f] . x) * (w3[f] . x) for each token p of the expert
+// (at most NT of them).
+template <int NT>
 __global__ static void __launch_bounds__(GEMV_WARPS * 32)
     expert_up_kernel(const uint16_t *const *w13, const uint32_t *counts, const uint32_t *list_tok,
                      const float *x, float *act, uint32_t E, uint32_t H, uint32_t F) {
@@ -178,12 +180,12 @@ __global__ static void __launch_bounds__(GEMV_WARPS * 32)
         if (f >= F)
                 return;
         const uint16_t *w = w13[e];
-        float a1[MXK_GEMV_MAX] = {}, a3[MXK_GEMV_MAX] = {};
+        float a1[NT] = {}, a3[NT] = {};
         const uint32_t *tok = list_tok + start;
-        dot_any<MXK_GEMV_MAX>(w + (size_t)f * H, H, x, H, tok, (int)cnt, a1);
-        dot_any<MXK_GEMV_MAX>(w + ((size_t)F + f) * H, H, x, H, tok, (int)cnt, a3);
+        dot_any<NT>(w + (size_t)f * H, H, x, H, tok, (int)cnt, a1);
+        dot_any<NT>(w + ((size_t)F + f) * H, H, x, H, tok, (int)cnt, a3);
 #pragma unroll
-        for (int t = 0; t < MXK_GEMV_MAX; t++) {
+        for (int t = 0; t < NT; t++) {
                 if (t >= (int)cnt)
                         break;
                 float g = warp_sum(a1[t]), u = warp_sum(a3[t]);
@@ -193,6 +195,7 @@ __global__ static void __launch_bounds__(GEMV_WARPS * 32)
 }
 
 // y[p][h] = w2[h] . act[p] for each token p of the expert.
+template <int NT>
 __global__ static void __launch_bounds__(GEMV_WARPS * 32)
     expert_down_kernel(const uint16_t *const *w2, const uint32_t *counts, const float *act,
                        float *y, uint32_t E, uint32_t H, uint32_t F) {
@@ -203,11 +206,10 @@ __global__ static void __launch_bounds__(GEMV_WARPS * 32)
         uint32_t h = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
         if (h >= H)
                 return;
-        float acc[MXK_GEMV_MAX] = {};
-        dot_any<MXK_GEMV_MAX>(w2[e] + (size_t)h * F, F, act + (size_t)start * F, F, nullptr, (int)cnt,
-                              acc);
+        float acc[NT] = {};
+        dot_any<NT>(w2[e] + (size_t)h * F, F, act + (size_t)start * F, F, nullptr, (int)cnt, acc);
 #pragma unroll
-        for (int t = 0; t < MXK_GEMV_MAX; t++) {
+        for (int t = 0; t < NT; t++) {
                 if (t >= (int)cnt)
                         break;
                 float s = warp_sum(acc[t]);
@@ -221,8 +223,14 @@ void mxk_expert_gemv(mxk_ctx *c, const uint16_t *const *w13, const uint16_t *con
                      float *y, uint32_t n, uint32_t E, uint32_t k, uint32_t H, uint32_t F) {
         uint32_t slots = n * k < E ? n * k : E;
         dim3 up((F + GEMV_WARPS - 1) / GEMV_WARPS, slots), down((H + GEMV_WARPS - 1) / GEMV_WARPS, slots);
-        expert_up_kernel<<<up, GEMV_WARPS * 32, 0, c->stream>>>(w13, counts, list_tok, x, act, E, H, F);
-        mxk_launched(c, "expert_up");
-        expert_down_kernel<<<down, GEMV_WARPS * 32, 0, c->stream>>>(w2, counts, act, y, E, H, F);
+        if (n <= 4) {
+                expert_up_kernel<4><<<up, GEMV_WARPS * 32, 0, c->stream>>>(w13, counts, list_tok, x, act, E, H, F);
+                mxk_launched(c, "expert_up");
+                expert_down_kernel<4><<<down, GEMV_WARPS * 32, 0, c->stream>>>(w2, counts, act, y, E, H, F);
+        } else {
+                expert_up_kernel<8><<<up, GEMV_WARPS * 32, 0, c->stream>>>(w13, counts, list_tok, x, act, E, H, F);
+                mxk_launched(c, "expert_up");
+                expert_down_kernel<8><<<down, GEMV_WARPS * 32, 0, c->stream>>>(w2, counts, act, y, E, H, F);
+        }
         mxk_launched(c, "expert_down");
 }

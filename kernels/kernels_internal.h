@@ -20,6 +20,12 @@ typedef struct mxk_blas {
                                   int, const void *, const void *, cudaDataType, int, const void *,
                                   cudaDataType, int, const void *, void *, cudaDataType, int,
                                   cublasComputeType_t, cublasGemmAlgo_t);
+        cublasStatus_t (*gemm_strided_batched_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t,
+                                                  int, int, int, const void *, const void *, cudaDataType,
+                                                  int, long long, const void *, cudaDataType, int,
+                                                  long long, const void *, void *, cudaDataType, int,
+                                                  long long, int, cublasComputeType_t, cublasGemmAlgo_t);
+        cublasStatus_t (*set_workspace)(cublasHandle_t, void *, size_t);
 } mxk_blas;
 
 struct mxk_ctx {
@@ -38,7 +44,10 @@ struct mxk_ctx {
         float *tmp;      // cuBLAS output of the two terms, before they are added
         size_t tmp_cap;  // floats
         struct mxk_prof *prof;
+        void *blas_workspace; // ours, so cuBLAS never allocates inside a graph capture
 };
+
+#define MXK_BLAS_WORKSPACE ((size_t)64 << 20)
 
 // Grows c->tmp to n floats; NULL (error recorded) when out of memory.
 float *mxk_tmp(mxk_ctx *c, size_t n);
@@ -67,6 +76,10 @@ void mxk_gemv(mxk_ctx *c, const uint16_t *W, uint32_t rows, uint32_t cols, const
 void mxk_expert_gemv(mxk_ctx *c, const uint16_t *const *w13, const uint16_t *const *w2,
                      const uint32_t *counts, const uint32_t *list_tok, const float *x, float *act,
                      float *y, uint32_t n, uint32_t E, uint32_t k, uint32_t H, uint32_t F);
+// Every expert of a layer at once for n tokens padded per expert (no host
+// synchronisation): w13 and w2 are the layer's contiguous expert blocks.
+void mxk_expert_gemm_padded(mxk_ctx *c, const uint16_t *w13, const uint16_t *w2, const float *x,
+                            const mxk_moe_buffers *b, uint32_t n, uint32_t E, uint32_t H, uint32_t F);
 void mxk_expert_gemm(mxk_ctx *c, const uint16_t *w13, const uint16_t *w2, const uint32_t *list_tok,
                      uint32_t cnt, const float *x, const mxk_moe_buffers *b, float *y, uint32_t H,
                      uint32_t F);

@@ -48,6 +48,9 @@ int mxk_ctx_new(int index, mxk_ctx **out, char *why, size_t why_len);
 void mxk_ctx_free(mxk_ctx *c);
 /* Records an error some unchecked CUDA call left behind, naming `where`. */
 void mxk_checkpoint(mxk_ctx *c, const char *where);
+/* Room for the cuBLAS outputs of products of up to `floats` results (two
+ * terms each counted), made before a graph capture, which cannot allocate. */
+int mxk_reserve_tmp(mxk_ctx *c, size_t floats);
 /* Makes the context's device current on the calling thread. */
 void mxk_bind_thread(mxk_ctx *c);
 /* 0, or the first error since the context was made (message in why). */
@@ -109,6 +112,9 @@ void mxk_gather(mxk_ctx *c, const float *src, uint32_t cols, const uint32_t *row
 /* Largest token count the bandwidth-bound kernels (GEMV, expert GEMV) take;
  * more tokens go through cuBLAS. */
 #define MXK_GEMV_MAX 4
+/* The same for the experts: a step of this many tokens reads only the
+ * experts its tokens chose (each of which sees few of them). */
+#define MXK_EXPERT_GEMV_MAX 8
 
 /* out[t][r] (+)= W[r] . x[t]; W bf16 [rows][cols], x f32 [n][cols].
  * n <= MXK_GEMV_MAX: our GEMV with fp32 activations; otherwise cuBLAS
@@ -159,22 +165,30 @@ void mxk_attention(mxk_ctx *c, const mxk_row *rows, uint32_t n, uint32_t layer, 
 typedef struct mxk_moe_buffers {
         uint32_t *choice;     /* [n][k] */
         float *weight;        /* [n][k] */
-        uint32_t *list_tok;   /* [n*k]: tokens grouped by expert, in token order */
-        float *list_w;        /* [n*k] */
+        uint32_t *list_tok;   /* [n*k], or [E*n] padded: tokens grouped by expert, in token order */
+        float *list_w;        /* the same */
         uint32_t *slot_of;    /* [n][k]: a token's list positions, by expert index */
         uint32_t *counts;     /* [2*E + 1 + E]: count, start, active experts, their ids */
-        float *act;           /* [max(MXK_GEMV_MAX * k, n)][F] */
-        float *y;             /* [n*k][H] */
-        uint16_t *xe, *act16; /* bf16 terms for cuBLAS: [2n][H], [2n][F] */
-        float *h13;           /* [2n][2F] for cuBLAS (two terms) */
-        float *ytmp;          /* [2n][H] for cuBLAS (two terms) */
+        /* r = E*n when n <= MXK_PADDED_MAX, else n: */
+        float *act;           /* [max(MXK_EXPERT_GEMV_MAX * k, n)][F] */
+        float *y;             /* [max(n*k, r)][H] */
+        uint16_t *xe, *act16; /* bf16 terms for cuBLAS: [2r][H], [2r][F] */
+        float *h13;           /* [2r][2F] for cuBLAS (two terms) */
+        float *ytmp;          /* [2r][H] for cuBLAS (two terms) */
         unsigned long long *experts_read; /* device counter: experts whose weights were read */
 } mxk_moe_buffers;
 
-/* acc[t] += MoE(x[t]) given router logits [n][E]. Fewer than
- * MXK_GEMV_MAX tokens: no host synchronisation, only chosen experts are
- * read. More: the per-expert counts come back to the host and each chosen
- * expert runs as cuBLAS products over exactly its tokens. */
+/* Largest token count whose experts run as one batched cuBLAS product
+ * with n places per expert (batched decode); more tokens (prefill) bring
+ * the counts to the host and run each chosen expert on exactly its own. */
+#define MXK_PADDED_MAX 64
+
+/* acc[t] += MoE(x[t]) given router logits [n][E]. Up to MXK_EXPERT_GEMV_MAX
+ * tokens: expert GEMVs, only chosen experts are read; up to MXK_PADDED_MAX:
+ * all experts, batched and padded; both without host synchronisation.
+ * More: per-expert cuBLAS products after the counts come back. The padded
+ * path needs each layer's experts contiguous: w13_host[0] and w2_host[0]
+ * start blocks of E matrices each. */
 int mxk_moe(mxk_ctx *c, const mxk_moe_buffers *b, const uint16_t *const *w13,
             const uint16_t *const *w2, const uint16_t *const *w13_host,
             const uint16_t *const *w2_host, const float *logits, const float *x, float *acc,

@@ -38,7 +38,7 @@ __device__ static void route_token(const float *l, uint32_t E, uint32_t k, uint3
 // One block: routes every token, then lists each expert's tokens with a
 // block-wide prefix sum per chunk of ROUTE_THREADS tokens.
 __global__ static void __launch_bounds__(ROUTE_THREADS)
-    route_kernel(const float *logits, uint32_t n, uint32_t E, uint32_t k, mxk_moe_buffers b) {
+    route_kernel(const float *logits, uint32_t n, uint32_t E, uint32_t k, bool padded, mxk_moe_buffers b) {
         __shared__ uint32_t warp_off[32], chunk_total, running, active;
         uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
         for (uint32_t t = tid; t < n; t += blockDim.x)
@@ -75,7 +75,10 @@ __global__ static void __launch_bounds__(ROUTE_THREADS)
                         }
                         __syncthreads();
                         if (rank >= 0) {
+                                // Packed lists, or n places per expert.
                                 uint32_t p = running + warp_off[warp] + before;
+                                if (padded)
+                                        p = e * n + (p - start);
                                 b.list_tok[p] = t;
                                 b.list_w[p] = b.weight[(size_t)t * k + rank];
                                 b.slot_of[(size_t)t * k + below] = p;
@@ -95,7 +98,7 @@ __global__ static void __launch_bounds__(ROUTE_THREADS)
         }
         if (tid == 0) {
                 b.counts[2 * E] = active;
-                atomicAdd(b.experts_read, (unsigned long long)active);
+                atomicAdd(b.experts_read, (unsigned long long)(padded ? E : active));
         }
 }
 
@@ -123,10 +126,15 @@ extern "C" int mxk_moe(mxk_ctx *c, const mxk_moe_buffers *b, const uint16_t *con
                                 MAX_EXPERTS, MAX_TOPK);
         if (!n)
                 return 0;
-        route_kernel<<<1, ROUTE_THREADS, 0, c->stream>>>(logits, n, E, k, *b);
+        bool padded = n > MXK_EXPERT_GEMV_MAX && n <= MXK_PADDED_MAX;
+        route_kernel<<<1, ROUTE_THREADS, 0, c->stream>>>(logits, n, E, k, padded, *b);
         mxk_launched(c, "route");
-        if (n <= MXK_GEMV_MAX) {
+        if (n <= MXK_EXPERT_GEMV_MAX) {
                 mxk_expert_gemv(c, w13, w2, b->counts, b->list_tok, x, b->act, b->y, n, E, k, H, F);
+        } else if (padded) {
+                // All experts as one batched product each way, n places each:
+                // no host synchronisation (a decode step stays one graph).
+                mxk_expert_gemm_padded(c, w13_host[0], w2_host[0], x, b, n, E, H, F);
         } else {
                 // Enough tokens that cuBLAS wins: it needs each expert's
                 // count on the host.

@@ -2,7 +2,7 @@
  * activations and KV caches in device memory, every operation a kernel or
  * cuBLAS call on one stream (kernels/). The host enqueues a whole step and
  * waits only where results come back (logits) or where cuBLAS needs the
- * experts' token counts (more than MXK_GEMV_MAX tokens). */
+ * experts' token counts (prefill: more than MXK_PADDED_MAX tokens). */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -169,10 +169,13 @@ static int reserve_moe(cuda_backend *cb, uint32_t n) {
                          (void **)&m->act16, (void **)&m->h13, (void **)&m->ytmp,
                          (void **)&cb->router_logits};
         size_t nk = (size_t)n * c->n_experts_per_tok, H = c->hidden_size, F = c->intermediate_size;
-        size_t few = (size_t)MXK_GEMV_MAX * c->n_experts_per_tok, n2 = 2 * (size_t)n;
-        size_t sizes[] = {nk * 4, nk * 4, nk * 4, nk * 4, nk * 4, (3 * (size_t)c->n_experts + 1) * 4,
-                          (few > n ? few : n) * F * 4, nk * H * 4, n2 * H * 2, n2 * F * 2,
-                          n2 * 2 * F * 4, n2 * H * 4, (size_t)n * c->n_experts * 4};
+        size_t few = (size_t)MXK_EXPERT_GEMV_MAX * c->n_experts_per_tok;
+        /* Batched decode gives every expert n places (MXK_PADDED_MAX). */
+        size_t r = n <= MXK_PADDED_MAX ? (size_t)c->n_experts * n : n, r2 = 2 * r;
+        size_t lists = nk > r ? nk : r;
+        size_t sizes[] = {nk * 4, nk * 4, lists * 4, lists * 4, nk * 4, (3 * (size_t)c->n_experts + 1) * 4,
+                          (few > n ? few : n) * F * 4, lists * H * 4, r2 * H * 2, r2 * F * 2,
+                          r2 * 2 * F * 4, r2 * H * 4, (size_t)n * c->n_experts * 4};
         for (size_t i = 0; i < MX_ELEMENTSOF(bufs); i++) {
                 mxk_free(ctx, *bufs[i]);
                 *bufs[i] = NULL;
@@ -220,6 +223,13 @@ static int cuda_step_begin(mx_backend *b, const mx_step *s) {
         cb->longest = longest;
         size_t att = mxk_attention_scratch(T, c->n_heads, c->head_dim, c->n_kv_heads, longest);
         if (grow(cb, (void **)&cb->att_scratch, &cb->att_cap, att * sizeof(float)) < 0)
+                return -ENOMEM;
+        /* cuBLAS outputs (two terms) of the step's widest product: made
+         * now, since a graph capture cannot allocate. */
+        size_t qh = (size_t)c->n_heads * c->head_dim > c->hidden_size ? (size_t)c->n_heads * c->head_dim
+                                                                          : c->hidden_size;
+        size_t tmp = 2 * ((size_t)T * qh > (size_t)L * c->vocab_size ? (size_t)T * qh : (size_t)L * c->vocab_size);
+        if (T > MXK_GEMV_MAX && mxk_reserve_tmp(cb->ctx, tmp) < 0)
                 return -ENOMEM;
         mx_cuda_graph_begin(cb, T, L, mxk_attention_slices(T, c->n_kv_heads, longest));
         if (mx_cuda_replaying(cb))

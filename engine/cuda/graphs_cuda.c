@@ -1,4 +1,4 @@
-/* Decode steps as CUDA graphs. A step of a few tokens (the GEMV path, no
+/* Decode steps as CUDA graphs. A step of up to MXK_PADDED_MAX tokens (no
  * host synchronisation inside) is recorded once per shape (tokens, logit
  * rows, attention slices) and replayed afterwards: one launch instead of
  * hundreds. What changes between steps (tokens, positions, KV caches) is
@@ -12,7 +12,8 @@
 void mx_cuda_graph_begin(cuda_backend *cb, uint32_t T, uint32_t L, uint32_t slices) {
         cb->mode = RUN_DIRECT;
         cb->current = NULL;
-        if (cb->graphs_off || T > MXK_GEMV_MAX || L == 0)
+        /* Up to MXK_PADDED_MAX tokens nothing in a step waits on the host. */
+        if (cb->graphs_off || T > MXK_PADDED_MAX || L == 0)
                 return;
         struct cuda_graph *g = NULL, *lru = &cb->graphs[0];
         for (size_t i = 0; i < sizeof(cb->graphs) / sizeof(cb->graphs[0]); i++) {

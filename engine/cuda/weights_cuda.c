@@ -2,8 +2,8 @@
  * and f32 checkpoints are rounded to it), norms as fp32. A file's bytes go
  * through the context's few pinned staging buffers, so there is never a
  * second host copy of the model; a synthetic model's matrices are generated
- * in place. Each layer's w1 and w3 of an expert share one allocation
- * ([2F][H]) so one kernel reads both. */
+ * in place. An expert's w1 and w3 are stacked ([2F][H]) so one kernel reads
+ * both, a layer's experts lie side by side, and so do its wq, wk, wv. */
 #include <string.h>
 
 #include "bf16.h"
@@ -84,13 +84,16 @@ static int load_experts(loader *ld, mx_error *err) {
                 return mx_error_set(err, -ENOMEM, "out of memory for the experts' pointers");
         for (uint32_t L = 0; L < c->n_layers; L++) {
                 const mx_layer *l = &m->layers[L];
+                /* One block per layer and kind, experts side by side: batched
+                 * products take them with a stride. */
+                uint16_t *b13 = NULL, *b2 = NULL;
+                if (mxk_malloc(cb->ctx, (void **)&b13, E * 2 * F * H * 2) < 0 ||
+                    mxk_malloc(cb->ctx, (void **)&b2, E * H * F * 2) < 0) {
+                        mxk_free(cb->ctx, b13);
+                        return mx_error_set(err, -ENOMEM, "out of GPU memory in layer %u", L);
+                }
                 for (uint32_t e = 0; e < E; e++) {
-                        uint16_t *w13 = NULL, *w2 = NULL;
-                        if (mxk_malloc(cb->ctx, (void **)&w13, 2 * F * H * 2) < 0 ||
-                            mxk_malloc(cb->ctx, (void **)&w2, H * F * 2) < 0) {
-                                mxk_free(cb->ctx, w13);
-                                return mx_error_set(err, -ENOMEM, "out of GPU memory in layer %u", L);
-                        }
+                        uint16_t *w13 = b13 + e * 2 * F * H, *w2 = b2 + e * H * F;
                         cb->dev[mx_cuda_tensor_index(cb, l->w1[e])] = w13;
                         cb->dev[mx_cuda_tensor_index(cb, l->w3[e])] = w13 + F * H;
                         cb->dev[mx_cuda_tensor_index(cb, l->w2[e])] = w2;
@@ -187,8 +190,10 @@ void mx_cuda_weights_free(cuda_backend *cb) {
         for (size_t i = 0; cb->owned && i < m->n_tensors; i++)
                 if (cb->owned[i])
                         mxk_free(cb->ctx, cb->dev[i]);
+        /* Expert 0 of each layer and kind starts its block. */
         for (size_t i = 0; cb->h_experts && i < (size_t)m->cfg.n_layers * 2 * m->cfg.n_experts; i++)
-                mxk_free(cb->ctx, cb->h_experts[i]);
+                if (i % m->cfg.n_experts == 0)
+                        mxk_free(cb->ctx, cb->h_experts[i]);
         free(cb->dev), free(cb->owned), free(cb->h_experts);
         cb->dev = NULL, cb->owned = NULL, cb->h_experts = NULL;
         mxk_free(cb->ctx, cb->d_experts);
