@@ -63,6 +63,18 @@ static int parse_u32(const char *s, uint32_t *out) {
         return r;
 }
 
+/* cpu, cuda, or cuda:N with N a small decimal number. */
+static bool valid_device(const char *v) {
+        if (!strcmp(v, "cpu") || !strcmp(v, "cuda"))
+                return true;
+        if (strncmp(v, "cuda:", 5) || !v[5] || strlen(v + 5) > 2)
+                return false;
+        for (const char *p = v + 5; *p; p++)
+                if (*p < '0' || *p > '9')
+                        return false;
+        return true;
+}
+
 static int set_string(char **dst, const char *v) {
         char *p = strdup(v);
         if (!p)
@@ -78,8 +90,8 @@ int md_config_set_daemon(md_config *c, const char *key, const char *v, mx_error 
         if (!strcmp(key, "model"))
                 r = set_string(&c->model, v);
         else if (!strcmp(key, "device")) {
-                if (strcmp(v, "cpu") && strcmp(v, "cuda"))
-                        return mx_error_set(err, -EINVAL, "device=%s: expected cpu or cuda", v);
+                if (!valid_device(v))
+                        return mx_error_set(err, -EINVAL, "device=%s: expected cpu, cuda or cuda:N", v);
                 r = set_string(&c->device, v);
         } else if (!strcmp(key, "socket")) {
                 if (*v != '/')

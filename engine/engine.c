@@ -162,32 +162,30 @@ void mx_seq_reset(mx_seq *s) {
 
 /* ---- the forward pass ------------------------------------------------------- */
 
+/* Grows each array to count elements of its size. On failure the ones
+ * grown stay grown: capacities only ever increase. */
+static int realloc_all(void **arrays[], const size_t sizes[], size_t n, size_t count) {
+        for (size_t i = 0; i < n; i++) {
+                void *p = realloc(*arrays[i], count * sizes[i]);
+                if (!p)
+                        return -ENOMEM;
+                *arrays[i] = p;
+        }
+        return 0;
+}
+
 static int reserve_host(mx_engine *e, uint32_t tokens, size_t seqs) {
         if (tokens > e->cap_host) {
-                int32_t *t = realloc(e->tokens, tokens * sizeof(int32_t));
-                if (t)
-                        e->tokens = t;
-                uint32_t *p = t ? realloc(e->pos, tokens * sizeof(uint32_t)) : NULL;
-                if (p)
-                        e->pos = p;
-                uint32_t *l = p ? realloc(e->logit_rows, tokens * sizeof(uint32_t)) : NULL;
-                if (l)
-                        e->logit_rows = l;
-                if (!l)
+                void **a[] = {(void **)&e->tokens, (void **)&e->pos, (void **)&e->logit_rows};
+                const size_t sz[] = {sizeof(int32_t), sizeof(uint32_t), sizeof(uint32_t)};
+                if (realloc_all(a, sz, MX_ELEMENTSOF(a), tokens) < 0)
                         return -ENOMEM;
                 e->cap_host = tokens;
         }
         if (seqs > e->cap_seqs) {
-                mx_attn_seq *s = realloc(e->seqs, seqs * sizeof(mx_attn_seq));
-                if (s)
-                        e->seqs = s;
-                mx_sample_req *q = s ? realloc(e->reqs, seqs * sizeof(mx_sample_req)) : NULL;
-                if (q)
-                        e->reqs = q;
-                int32_t *ids = q ? realloc(e->ids, seqs * sizeof(int32_t)) : NULL;
-                if (ids)
-                        e->ids = ids;
-                if (!ids)
+                void **a[] = {(void **)&e->seqs, (void **)&e->reqs, (void **)&e->ids};
+                const size_t sz[] = {sizeof(mx_attn_seq), sizeof(mx_sample_req), sizeof(int32_t)};
+                if (realloc_all(a, sz, MX_ELEMENTSOF(a), seqs) < 0)
                         return -ENOMEM;
                 e->cap_seqs = seqs;
         }

@@ -12,6 +12,7 @@
 #define MAX_TOPK 8
 #define ROUTE_THREADS 1024
 
+// The CPU engine's route() (engine/cpu/moe.c), token by token on the device.
 __device__ static void route_token(const float *l, uint32_t E, uint32_t k, uint32_t *choice, float *weight) {
         float p[MAX_EXPERTS], max = -INFINITY, sum = 0, top = 0;
         for (uint32_t e = 0; e < E; e++)

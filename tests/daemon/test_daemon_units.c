@@ -191,6 +191,9 @@ static void test_config_errors(void) {
                 {"[daemon]\nsocket_mode = -1\n", 2, "socket_mode"},
                 {"[daemon]\nsocket = run/mixtrald.sock\n", 2, "socket"},
                 {"[daemon]\ndevice = gpu\n", 2, "device"},
+                {"[daemon]\ndevice = cuda:\n", 2, "device"},
+                {"[daemon]\ndevice = cuda:x1\n", 2, "device"},
+                {"[daemon]\ndevice = cuda:123\n", 2, "device"},
                 {"[user:]\nmax_tokens = 1\n", 2, "[user:]"},
                 {"[group:]\nmax_tokens = 1\n", 2, "[group:]"},
                 {"[user:nobody]\nthreads = 1\n", 2, "threads"},
@@ -270,6 +273,7 @@ static void test_config_set_daemon(void) {
         } keys[] = {
                 {"model", "/m", NULL},
                 {"device", "cpu", "tpu"},
+                {"device", "cuda:1", "cuda1"},
                 {"socket", "/tmp/x.sock", "x.sock"},
                 {"socket_mode", "0600", "0800"},
                 {"state_directory", "/var/lib/x", NULL},
@@ -315,7 +319,7 @@ static void test_config_set_daemon(void) {
                 if (keys[i].good)
                         md_config_set_daemon(&c, keys[i].key, keys[i].good, &err);
         CHECK(c.model && !strcmp(c.model, "/m"), "model");
-        CHECK(c.device && !strcmp(c.device, "cpu"), "device");
+        CHECK(c.device && !strcmp(c.device, "cuda:1"), "device (the last good value)");
         CHECK(c.socket && !strcmp(c.socket, "/tmp/x.sock"), "socket");
         CHECK(c.socket_mode == 0600, "socket_mode %o", c.socket_mode);
         CHECK(c.state_directory && !strcmp(c.state_directory, "/var/lib/x"), "state_directory");
