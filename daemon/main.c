@@ -182,6 +182,7 @@ int md_service_load_config(md_server *srv, md_config *out, mx_error *err) {
 
 typedef struct load_progress {
         time_t last;
+        const char *what; /* "Loading the model", "Loading the model onto the GPU" */
 } load_progress;
 
 /* Every second while pages come in: progress for systemctl status, and
@@ -194,7 +195,7 @@ static void on_progress(uint64_t done, uint64_t total, void *arg) {
         p->last = now;
         /* WATCHDOG=1 too: the event loop that otherwise sends it is not
          * running yet. */
-        sd_notifyf(false, "STATUS=Loading the model: %.1f of %.1f GiB (%d%%)\nEXTEND_TIMEOUT_USEC=%llu\nWATCHDOG=1",
+        sd_notifyf(false, "STATUS=%s: %.1f of %.1f GiB (%d%%)\nEXTEND_TIMEOUT_USEC=%llu\nWATCHDOG=1", p->what,
                    (double)done / (1u << 30), (double)total / (1u << 30), total ? (int)(done * 100 / total) : 100,
                    30000000ull);
 }
@@ -216,8 +217,10 @@ static int load(md_server *srv, mx_error *err) {
                 return mx_error_set(err, -EINVAL, "the tokenizer has %u pieces but the model a vocabulary of %u",
                                     mx_tokenizer_vocab_size(srv->tok), srv->model->cfg.vocab_size);
         if (mx_model_fits_in_memory(srv->model))
-                mx_model_prefault(srv->model, on_progress, &(load_progress){0});
-        mx_engine_opts eo = {.device = srv->cfg.device, .threads = srv->cfg.threads};
+                mx_model_prefault(srv->model, on_progress, &(load_progress){0, "Loading the model"});
+        /* A GPU engine uploads the weights as it opens: the same progress. */
+        mx_engine_opts eo = {.device = srv->cfg.device, .threads = srv->cfg.threads, .progress = on_progress,
+                             .progress_arg = &(load_progress){0, "Loading the model onto the GPU"}};
         if ((r = mx_engine_open(&srv->engine, srv->model, &eo, err)) < 0)
                 return r;
         mx_footprint fp;
