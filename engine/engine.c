@@ -295,6 +295,14 @@ static int run_layer(mx_engine *e, const mx_layer *l, uint32_t L, size_t n_seqs,
         return op->moe(b, l, a->xn, a->x, T);
 }
 
+/* An operation failed: a device says why itself (CUDA's message beats
+ * "out of memory"); otherwise it was memory, for `what`. */
+static int step_failed(mx_engine *e, int r, const char *what, mx_error *err) {
+        if (e->be->ops->step_end && e->be->ops->step_end(e->be, err) < 0)
+                return r;
+        return mx_error_set(err, r, "out of memory for %s", what);
+}
+
 /* Logits to the items that want them; tokens drawn for those with a
  * sampler: by the device in one go where it can, else here. */
 static int deliver(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err) {
@@ -327,19 +335,11 @@ static int deliver(mx_engine *e, const mx_batch_item *items, size_t n, mx_error 
                 return 0;
         int r = b->ops->sample(b, e->act.logits, e->reqs, n_req, e->ids);
         if (r < 0)
-                return b->ops->step_end && b->ops->step_end(b, err) < 0 ? r
-                                                                         : mx_error_set(err, r, "out of memory for sampling");
+                return step_failed(e, r, "sampling", err);
         for (size_t i = 0, k = 0; i < n; i++)
                 if (items[i].sampler && items[i].n_tokens > 0)
                         *items[i].sampled = e->ids[k++];
         return 0;
-}
-
-/* A device reports its own errors (CUDA's message beats "out of memory"). */
-static int step_failed(mx_engine *e, int r, uint32_t layer, mx_error *err) {
-        if (e->be->ops->step_end && e->be->ops->step_end(e->be, err) < 0)
-                return r;
-        return mx_error_set(err, r, "out of memory in layer %u", layer);
 }
 
 int mx_forward(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err) {
@@ -358,12 +358,12 @@ int mx_forward(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err
         b->ops->embed(b, m->embed, e->tokens, T, a->x);
         for (uint32_t layer = 0; layer < m->cfg.n_layers; layer++)
                 if ((r = run_layer(e, &m->layers[layer], layer, n, T)) < 0)
-                        return step_failed(e, r, layer, err);
+                        return step_failed(e, r, "a layer's activations", err);
         if (L > 0) {
                 b->ops->gather(b, a->x, m->cfg.hidden_size, e->logit_rows, L, a->out_rows);
                 b->ops->rmsnorm(b, m->norm, (float)m->cfg.rms_norm_eps, a->out_rows, a->xn, L);
                 if ((r = b->ops->matmul(b, m->lm_head, a->xn, a->logits, L, false)) < 0)
-                        return mx_error_set(err, r, "out of memory for the logits");
+                        return step_failed(e, r, "the logits", err);
                 if ((r = deliver(e, items, n, err)) < 0)
                         return r;
         }
