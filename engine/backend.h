@@ -88,6 +88,8 @@ typedef struct mx_backend_ops {
          * (after the logits rows were made): ids[i] for reqs[i]. */
         int (*sample)(mx_backend *b, const float *logits, const mx_sample_req *reqs, size_t n,
                       int32_t *ids);
+        /* Optional: expert streaming's counters. */
+        void (*expert_stats)(mx_backend *b, mx_expert_stats *s);
         /* Optional: brings counters kept on the device up to date. */
         void (*sync_counters)(mx_backend *b);
 } mx_backend_ops;
@@ -102,10 +104,11 @@ struct mx_backend {
         uint64_t matmul_flops; /* 2 x rows x cols x tokens per product */
 };
 
-/* The CPU backend: threads (0 = all online cores) and an instruction set
- * (MX_SIMD_AUTO = the best the CPU has). */
-int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, mx_backend **out,
-                       mx_error *err);
+/* The CPU backend: threads (0 = all online cores), an instruction set
+ * (MX_SIMD_AUTO = the best the CPU has), and a budget for streamed experts
+ * (0: all mapped). */
+int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, uint64_t expert_memory,
+                       mx_backend **out, mx_error *err);
 
 /* The CUDA backend on device `index`: every weight uploaded once (bf16),
  * through a few pinned buffers, with progress(done, total, arg) as it goes.

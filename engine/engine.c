@@ -100,8 +100,11 @@ int mx_engine_open(mx_engine **out, const mx_model *m, const mx_engine_opts *o, 
         if (!e)
                 return mx_error_set(err, -ENOMEM, "out of memory");
         e->model = m;
+        if (cuda >= 0 && o->expert_memory)
+                return mx_error_set(err, -EOPNOTSUPP, "expert streaming runs on the cpu for now: the GPU's "
+                                    "streaming path is not built yet");
         r = cuda >= 0 ? mx_cuda_backend_new(m, cuda, o->progress, o->progress_arg, &e->be, err)
-                      : mx_cpu_backend_new(m, o->threads, o->simd, &e->be, err);
+                      : mx_cpu_backend_new(m, o->threads, o->simd, o->expert_memory, &e->be, err);
         if (r < 0)
                 return r;
         *out = MX_TAKE_PTR(e);
@@ -112,6 +115,13 @@ void mx_engine_counters_get(const mx_engine *e, mx_engine_counters *c) {
         if (e->be->ops->sync_counters)
                 e->be->ops->sync_counters(e->be);
         *c = (mx_engine_counters){e->be->weight_bytes, e->be->kv_bytes, e->be->matmul_flops};
+}
+
+void mx_engine_expert_stats(const mx_engine *e, mx_expert_stats *s) {
+        if (e->be->ops->expert_stats)
+                e->be->ops->expert_stats(e->be, s);
+        else
+                *s = (mx_expert_stats){0};
 }
 
 const mx_model *mx_engine_model(const mx_engine *e) {

@@ -301,6 +301,10 @@ typedef struct mx_engine_opts {
         const char *device; /* "cpu" (default), "cuda" or "cuda:N" */
         uint32_t threads;   /* 0: every online core */
         mx_simd simd;
+        /* Expert streaming: bytes of expert weights to keep in memory (the
+         * rest is read from the files on demand); 0 keeps them all, mapped.
+         * At least top-k experts per layer are kept whatever it says. */
+        uint64_t expert_memory;
         /* Optional: called as the weights go to the device. */
         void (*progress)(uint64_t done, uint64_t total, void *arg);
         void *progress_arg;
@@ -326,6 +330,24 @@ typedef struct mx_engine_counters {
 } mx_engine_counters;
 
 void mx_engine_counters_get(const mx_engine *e, mx_engine_counters *c);
+
+/* Expert streaming (mx_engine_opts.expert_memory), since the engine opened. */
+typedef struct mx_expert_stats {
+        bool streaming;             /* false: every expert resident */
+        uint64_t budget;            /* bytes of experts it may hold */
+        uint64_t resident;          /* bytes of experts held now */
+        uint64_t resident_max;      /* the most held at once */
+        uint32_t slots_per_layer;
+        uint64_t hits, misses;      /* experts wanted and there (or on the way) / not */
+        uint64_t bytes_read, reads; /* from the files */
+        uint64_t uring_reads;       /* of those, through io_uring */
+        double read_wait_s;         /* time the step waited on reads */
+        uint64_t predicted, predicted_used; /* next-layer guesses, and those the router then chose */
+        char how[160];              /* how reads are made (io_uring, O_DIRECT, ... or pread and why) */
+} mx_expert_stats;
+
+/* Zeros (streaming false) when the engine holds every expert. */
+void mx_engine_expert_stats(const mx_engine *e, mx_expert_stats *s);
 
 /* The machine's memory bandwidth as DESIGN.md section 6 measures it: a
  * memcpy of `bytes` (each byte counted once) and a read-only pass over

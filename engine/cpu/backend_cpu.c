@@ -9,6 +9,7 @@
 
 #include "backend.h"
 #include "cpu_backend.h"
+#include "expert_cache.h"
 #include "kernels.h"
 #include "mx_common.h"
 #include "pool.h"
@@ -177,7 +178,25 @@ static void cpu_destroy(mx_backend *b) {
         free(cb->rope_cos);
         free(cb->rope_sin);
         mx_cpu_moe_free(cb);
+        mx_expert_cache_free(cb->experts);
         free(cb);
+}
+
+/* A streamed expert that could not be read fails the step with its reason. */
+static int cpu_step_end(mx_backend *b, mx_error *err) {
+        cpu_backend *cb = cpu(b);
+        if (!cb->err.code)
+                return 0;
+        int r = mx_error_set(err, cb->err.code, "%s", cb->err.msg);
+        cb->err = (mx_error){0};
+        return r;
+}
+
+static void cpu_expert_stats(mx_backend *b, mx_expert_stats *s) {
+        if (cpu(b)->experts)
+                mx_expert_cache_stats(cpu(b)->experts, s);
+        else
+                *s = (mx_expert_stats){0};
 }
 
 static const mx_backend_ops cpu_ops = {
@@ -197,6 +216,8 @@ static const mx_backend_ops cpu_ops = {
         .attention = mx_cpu_attention,
         .moe = mx_cpu_moe,
         .gather = cpu_gather,
+        .step_end = cpu_step_end,
+        .expert_stats = cpu_expert_stats,
 };
 
 float *mx_kv_keys(mx_kv *kv, uint32_t layer) {
@@ -221,8 +242,8 @@ static mx_isa isa_for(mx_simd simd) {
         return mx_isa_detect();
 }
 
-int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, mx_backend **out,
-                       mx_error *err) {
+int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, uint64_t expert_memory,
+                       mx_backend **out, mx_error *err) {
         for (size_t i = 0; i < m->n_tensors; i++)
                 if (!m->tensors[i].data)
                         return mx_error_set(err, -EINVAL, "%s: the weights are not in host memory (a synthetic "
@@ -256,8 +277,18 @@ int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, mx_bac
                 float e = (float)(2 * i) / (float)m->cfg.head_dim;
                 cb->inv_freq[i] = 1.0f / powf((float)m->cfg.rope_theta, e);
         }
-        snprintf(cb->desc, sizeof(cb->desc), "cpu, %u thread%s, %s", threads, threads == 1 ? "" : "s",
-                 mx_isa_name(isa));
+        if (expert_memory && (r = mx_expert_cache_new(m, expert_memory, &cb->experts, err)) < 0) {
+                cpu_destroy(&cb->base);
+                return r;
+        }
+        int k = snprintf(cb->desc, sizeof(cb->desc), "cpu, %u thread%s, %s", threads, threads == 1 ? "" : "s",
+                         mx_isa_name(isa));
+        if (cb->experts) {
+                mx_expert_stats st;
+                mx_expert_cache_stats(cb->experts, &st);
+                snprintf(cb->desc + k, sizeof(cb->desc) - (size_t)k, ", experts streamed: %u per layer, %s",
+                         st.slots_per_layer, st.how);
+        }
         *out = &cb->base;
         return 0;
 }

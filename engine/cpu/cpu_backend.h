@@ -20,12 +20,14 @@ typedef struct cpu_backend {
         mx_pool *pool;
         const mx_kernels *k;
         uint32_t threads;
-        char desc[96];
+        char desc[320];
         float *inv_freq, *rope_cos, *rope_sin; /* head_dim / 2 each */
         cpu_f32 *f32;                          /* norm weights as fp32 (tiny) */
         size_t n_f32;
         cpu_scratch *scratch;                  /* one per thread */
         struct cpu_moe *moe;
+        struct mx_expert_cache *experts; /* NULL: every expert mapped */
+        mx_error err;                    /* what failed in a step, for step_end */
 } cpu_backend;
 
 /* Row r of a tensor (Hugging Face row order) as fp32. */

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cpu_backend.h"
+#include "expert_cache.h"
 #include "mx_common.h"
 
 typedef struct cpu_moe {
@@ -20,6 +21,8 @@ typedef struct cpu_moe {
         uint32_t *rows;    /* tokens routed to the current expert */
         float *rows_w;
         float *prob;       /* [experts], for routing one token */
+        uint32_t *pred;    /* [cap][k]: the next layer's likely experts */
+        float *pred_w;
 } cpu_moe;
 
 void mx_cpu_moe_free(cpu_backend *cb) {
@@ -28,6 +31,7 @@ void mx_cpu_moe_free(cpu_backend *cb) {
                 return;
         free(m->logits), free(m->xe), free(m->h1), free(m->h3), free(m->y), free(m->sum);
         free(m->choice), free(m->weight), free(m->rows), free(m->rows_w), free(m->prob);
+        free(m->pred), free(m->pred_w);
         free(m);
         cb->moe = NULL;
 }
@@ -42,8 +46,8 @@ static int reserve(cpu_backend *cb, uint32_t n) {
         if (n <= m->cap)
                 return 0;
         size_t h = c->hidden_size, f = c->intermediate_size, e = c->n_experts, k = c->n_experts_per_tok;
-        float **fl[] = {&m->logits, &m->xe, &m->h1, &m->h3, &m->y, &m->sum, &m->weight, &m->rows_w};
-        size_t fl_n[] = {e, h, f, f, h, h, k, 1};
+        float **fl[] = {&m->logits, &m->xe, &m->h1, &m->h3, &m->y, &m->sum, &m->weight, &m->rows_w, &m->pred_w};
+        size_t fl_n[] = {e, h, f, f, h, h, k, 1, k};
         for (size_t i = 0; i < MX_ELEMENTSOF(fl); i++) {
                 float *p = realloc(*fl[i], (size_t)n * fl_n[i] * sizeof(float));
                 if (!p)
@@ -56,7 +60,10 @@ static int reserve(cpu_backend *cb, uint32_t n) {
         uint32_t *rows = choice ? realloc(m->rows, (size_t)n * sizeof(uint32_t)) : NULL;
         if (rows)
                 m->rows = rows;
-        if (!choice || !rows)
+        uint32_t *pred = rows ? realloc(m->pred, (size_t)n * k * sizeof(uint32_t)) : NULL;
+        if (pred)
+                m->pred = pred;
+        if (!pred)
                 return -ENOMEM;
         m->cap = n;
         return 0;
@@ -93,19 +100,20 @@ static void swiglu(float *h1, const float *h3, size_t n) {
                 h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h3[i];
 }
 
-static int run_expert(mx_backend *b, const mx_layer *l, uint32_t e, const float *x, uint32_t count) {
+static int run_expert(mx_backend *b, const mx_tensor *w1, const mx_tensor *w2, const mx_tensor *w3,
+                      const float *x, uint32_t count) {
         cpu_moe *m = ((cpu_backend *)b)->moe;
         const mx_config *c = &b->model->cfg;
         size_t h = c->hidden_size, f = c->intermediate_size;
         for (uint32_t i = 0; i < count; i++)
                 memcpy(m->xe + i * h, x + (size_t)m->rows[i] * h, h * sizeof(float));
-        int r = mx_cpu_matmul(b, l->w1[e], m->xe, m->h1, count, false);
+        int r = mx_cpu_matmul(b, w1, m->xe, m->h1, count, false);
         if (r == 0)
-                r = mx_cpu_matmul(b, l->w3[e], m->xe, m->h3, count, false);
+                r = mx_cpu_matmul(b, w3, m->xe, m->h3, count, false);
         if (r < 0)
                 return r;
         swiglu(m->h1, m->h3, (size_t)count * f);
-        if ((r = mx_cpu_matmul(b, l->w2[e], m->h1, m->y, count, false)) < 0)
+        if ((r = mx_cpu_matmul(b, w2, m->h1, m->y, count, false)) < 0)
                 return r;
         for (uint32_t i = 0; i < count; i++) {
                 float *s = m->sum + (size_t)m->rows[i] * h;
@@ -114,6 +122,42 @@ static int run_expert(mx_backend *b, const mx_layer *l, uint32_t e, const float 
                         s[j] += y[j] * m->rows_w[i];
         }
         return 0;
+}
+
+/* Streaming: this layer's chosen experts start loading at once, and so do
+ * the ones the next layer's router picks for the same hidden states (the
+ * next layer's input differs only by this layer's output, so its router
+ * mostly agrees), while this layer computes. */
+static int prefetch(cpu_backend *cb, const mx_layer *l, const float *x, uint32_t n) {
+        const mx_model *md = cb->base.model;
+        const mx_config *c = &md->cfg;
+        cpu_moe *m = cb->moe;
+        uint32_t L = (uint32_t)(l - md->layers), E = c->n_experts, k = c->n_experts_per_tok;
+        mx_expert_cache_next_layer(cb->experts);
+        for (size_t i = 0; i < (size_t)n * k; i++)
+                mx_expert_cache_want(cb->experts, L, m->choice[i]);
+        if (L + 1 >= c->n_layers)
+                return 0;
+        int r = mx_cpu_matmul(&cb->base, md->layers[L + 1].router, x, m->logits, n, false);
+        /* A guess, not the model's work: not counted as such. */
+        cb->base.weight_bytes -= md->layers[L + 1].router->nbytes;
+        cb->base.matmul_flops -= 2ull * E * c->hidden_size * n;
+        for (uint32_t t = 0; r == 0 && t < n; t++) {
+                route(m->logits + (size_t)t * E, E, k, m->prob, m->pred + (size_t)t * k, m->pred_w + (size_t)t * k);
+                for (uint32_t i = 0; i < k; i++)
+                        mx_expert_cache_prefetch(cb->experts, L + 1, m->pred[(size_t)t * k + i]);
+        }
+        return r;
+}
+
+/* Expert e's weights: mapped, or from the cache (pinned until released). */
+static int expert_weights(cpu_backend *cb, const mx_layer *l, uint32_t e, mx_expert_view *v) {
+        if (!cb->experts) {
+                v->w1 = *l->w1[e], v->w2 = *l->w2[e], v->w3 = *l->w3[e];
+                return 0;
+        }
+        uint32_t L = (uint32_t)(l - cb->base.model->layers);
+        return mx_expert_cache_acquire(cb->experts, L, e, v, &cb->err);
 }
 
 int mx_cpu_moe(mx_backend *b, const mx_layer *l, const float *x, float *acc, uint32_t n) {
@@ -130,6 +174,8 @@ int mx_cpu_moe(mx_backend *b, const mx_layer *l, const float *x, float *acc, uin
         for (uint32_t t = 0; t < n; t++)
                 route(m->logits + (size_t)t * E, E, k, m->prob, m->choice + (size_t)t * k,
                       m->weight + (size_t)t * k);
+        if (cb->experts && (r = prefetch(cb, l, x, n)) < 0)
+                return r;
         memset(m->sum, 0, (size_t)n * h * sizeof(float));
         for (uint32_t e = 0; e < E; e++) {
                 uint32_t count = 0;
@@ -139,7 +185,15 @@ int mx_cpu_moe(mx_backend *b, const mx_layer *l, const float *x, float *acc, uin
                                         m->rows[count] = t;
                                         m->rows_w[count++] = m->weight[t * k + i];
                                 }
-                if (count && (r = run_expert(b, l, e, x, count)) < 0)
+                if (!count)
+                        continue;
+                mx_expert_view v;
+                if ((r = expert_weights(cb, l, e, &v)) < 0)
+                        return r;
+                r = run_expert(b, &v.w1, &v.w2, &v.w3, x, count);
+                if (cb->experts)
+                        mx_expert_cache_release(cb->experts, (uint32_t)(l - b->model->layers), e);
+                if (r < 0)
                         return r;
         }
         for (size_t i = 0; i < (size_t)n * h; i++)

@@ -218,6 +218,20 @@ int run_bench(const run_opts *o) {
         if (on_gpu(o))
                 printf(", \"gemm_TFLOPs\": %.1f, \"prefill_fraction_of_gemm\": %.3f, \"gpu_memory_used_GiB\": %.2f",
                        c.gemm_tflops, prefill_flops / prefill_s / 1e12 / c.gemm_tflops, c.gpu_used_gib);
+        mx_expert_stats xs;
+        mx_engine_expert_stats(e, &xs);
+        if (xs.streaming)
+                printf(", \"experts\": {\"budget_bytes\": %llu, \"slots_per_layer\": %u, \"resident_max_bytes\": %llu, "
+                       "\"hits\": %llu, \"misses\": %llu, \"hit_rate\": %.4f, \"bytes_read\": %llu, \"reads\": %llu, "
+                       "\"uring_reads\": %llu, \"read_wait_s\": %.4f, \"predicted\": %llu, \"predicted_used\": %llu, "
+                       "\"prediction_accuracy\": %.4f, \"how\": \"%s\"}",
+                       (unsigned long long)xs.budget, xs.slots_per_layer, (unsigned long long)xs.resident_max,
+                       (unsigned long long)xs.hits, (unsigned long long)xs.misses,
+                       xs.hits + xs.misses ? (double)xs.hits / (double)(xs.hits + xs.misses) : 0,
+                       (unsigned long long)xs.bytes_read, (unsigned long long)xs.reads,
+                       (unsigned long long)xs.uring_reads, xs.read_wait_s, (unsigned long long)xs.predicted,
+                       (unsigned long long)xs.predicted_used,
+                       xs.predicted ? (double)xs.predicted_used / (double)xs.predicted : 0, xs.how);
         printf(", \"batches\": [");
         for (size_t i = 0; i < nb && i < MX_ELEMENTSOF(res); i++)
                 print_decode(&res[i], &c, i == 0);

@@ -71,6 +71,10 @@ static const char usage_text[] =
         "      --device DEV       cpu (default), cuda or cuda:N (the N-th GPU): weights\n"
         "                         resident on the GPU in bf16 (f16/f32 checkpoints are\n"
         "                         rounded to it); needs the NVIDIA driver and cuBLAS\n"
+        "      --expert-memory M  keep at most M of expert weights in memory and read the\n"
+        "                         rest from the files as the router asks for them\n"
+        "                         (io_uring): bytes with K, M, G, a percentage of all\n"
+        "                         experts (50%), or min (top-k per layer); default all\n"
         "      --ignore-eos       go on past the end of the answer (until --max-tokens or\n"
         "                         the context)\n"
         "      --print-ids        print the generated token ids (space-separated, one line)\n"
@@ -137,6 +141,7 @@ enum {
         OPT_SYNTHETIC,
         OPT_LAYERS,
         OPT_BATCH,
+        OPT_EXPERT_MEMORY,
 };
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -251,6 +256,7 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 {"synthetic", required_argument, NULL, OPT_SYNTHETIC},
                 {"layers", required_argument, NULL, OPT_LAYERS},
                 {"batch", required_argument, NULL, OPT_BATCH},
+                {"expert-memory", required_argument, NULL, OPT_EXPERT_MEMORY},
                 {0},
         };
         int c;
@@ -294,6 +300,7 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 case OPT_SYNTHETIC: o->synthetic = optarg; break;
                 case OPT_LAYERS: r = parse_u32("--layers", optarg, 1, &o->layers); break;
                 case OPT_BATCH: r = parse_batches(optarg, o); break;
+                case OPT_EXPERT_MEMORY: o->expert_memory = optarg; break;
                 case OPT_SIMD:
                         if (mx_simd_from_string(optarg, &o->simd) < 0)
                                 r = usage_error("--simd: '%s' is not one of auto, scalar, avx2, avx512", optarg);

@@ -1,0 +1,228 @@
+/* Expert reads through io_uring. Files are opened with O_DIRECT where the
+ * file system allows (page cache bypassed: a streamed model must not push
+ * everything else out of memory), else buffered; both are registered with
+ * the ring, and so is the arena the reads land in, so the kernel pins it
+ * once instead of on every read. Where io_uring cannot be set up (kernel
+ * too old, disabled by sysctl, refused by seccomp) every read is a pread,
+ * and the info line says so.
+ *
+ * MX_IO_URING=0 makes every read a pread (to test that path), and
+ * MX_IO_FAULT=eio:N[:M] or short:N[:M] in the environment makes M
+ * completions (default 1) from the N-th on fail or come back half read:
+ * the fault-injection tests' hook. */
+#include <fcntl.h>
+#include <liburing.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "expert_io.h"
+#include "mx_common.h"
+
+#define RING_ENTRIES 64
+#define FIFO 256
+
+struct mx_io {
+        size_t n;
+        int *fds;
+        char **paths;
+        bool any_direct;
+        bool uring, registered_buffers;
+        struct io_uring ring;
+        uint8_t *arena;
+        unsigned in_flight;
+        char how[160];
+        /* pread: results wait here for mx_io_wait */
+        struct {
+                uint64_t tag;
+                int64_t res;
+        } done[FIFO];
+        unsigned head, tail;
+        /* fault injection */
+        int fault_kind; /* 0 none, 1 eio, 2 short */
+        uint64_t fault_at, fault_n, completions;
+};
+
+static void read_fault(mx_io *io) {
+        const char *f = getenv("MX_IO_FAULT");
+        unsigned long long at = 0, n = 1;
+        if (!f)
+                return;
+        if (sscanf(f, "eio:%llu:%llu", &at, &n) >= 1 && strncmp(f, "eio:", 4) == 0)
+                io->fault_kind = 1;
+        else if (sscanf(f, "short:%llu:%llu", &at, &n) >= 1 && strncmp(f, "short:", 6) == 0)
+                io->fault_kind = 2;
+        io->fault_at = at, io->fault_n = n;
+}
+
+static int open_files(mx_io *io, const char *const *paths, mx_error *err) {
+        for (size_t i = 0; i < io->n; i++) {
+                io->fds[i] = -1;
+                if (!(io->paths[i] = strdup(paths[i])))
+                        return mx_error_set(err, -ENOMEM, "out of memory");
+                int fd = open(paths[i], O_RDONLY | O_CLOEXEC | O_DIRECT);
+                if (fd < 0 && errno == EINVAL) /* tmpfs and friends: no O_DIRECT */
+                        fd = open(paths[i], O_RDONLY | O_CLOEXEC);
+                else if (fd >= 0)
+                        io->any_direct = true;
+                if (fd < 0)
+                        return mx_error_set(err, -errno, "%s: %s", paths[i], strerror(errno));
+                io->fds[i] = fd;
+        }
+        return 0;
+}
+
+static void setup_ring(mx_io *io, size_t arena_bytes) {
+        const char *want = getenv("MX_IO_URING");
+        if (want && strcmp(want, "0") == 0) {
+                snprintf(io->how, sizeof(io->how), "pread (io_uring turned off by MX_IO_URING=0)");
+                return;
+        }
+        int r = io_uring_queue_init(RING_ENTRIES, &io->ring, 0);
+        if (r < 0) {
+                snprintf(io->how, sizeof(io->how), "pread (io_uring unavailable: %s)", strerror(-r));
+                return;
+        }
+        io->uring = true;
+        if ((r = io_uring_register_files(&io->ring, io->fds, (unsigned)io->n)) < 0) {
+                io_uring_queue_exit(&io->ring);
+                io->uring = false;
+                snprintf(io->how, sizeof(io->how), "pread (io_uring cannot register files: %s)", strerror(-r));
+                return;
+        }
+        struct iovec iov = {io->arena, arena_bytes};
+        /* Registering pins the arena: RLIMIT_MEMLOCK may say no. */
+        io->registered_buffers = arena_bytes && io_uring_register_buffers(&io->ring, &iov, 1) == 0;
+        snprintf(io->how, sizeof(io->how), "io_uring%s%s", io->any_direct ? ", O_DIRECT" : ", buffered",
+                 io->registered_buffers ? ", registered buffers" : " (buffers not registered: RLIMIT_MEMLOCK)");
+}
+
+int mx_io_open(mx_io **out, const char *const *paths, size_t n_paths, void *arena, size_t arena_bytes,
+               mx_error *err) {
+        mx_io *io = calloc(1, sizeof(*io));
+        if (!io || !(io->fds = calloc(n_paths, sizeof(int))) || !(io->paths = calloc(n_paths, sizeof(char *)))) {
+                mx_io_close(io);
+                return mx_error_set(err, -ENOMEM, "out of memory");
+        }
+        io->n = n_paths;
+        io->arena = arena;
+        read_fault(io);
+        int r = open_files(io, paths, err);
+        if (r < 0) {
+                mx_io_close(io);
+                return r;
+        }
+        setup_ring(io, arena_bytes);
+        *out = io;
+        return 0;
+}
+
+void mx_io_close(mx_io *io) {
+        if (!io)
+                return;
+        if (io->uring) {
+                while (io->in_flight) { /* let reads finish before their buffers go */
+                        struct io_uring_cqe *cqe;
+                        if (io_uring_wait_cqe(&io->ring, &cqe) < 0)
+                                break;
+                        io_uring_cqe_seen(&io->ring, cqe);
+                        io->in_flight--;
+                }
+                io_uring_queue_exit(&io->ring);
+        }
+        for (size_t i = 0; io->fds && i < io->n; i++)
+                if (io->fds[i] >= 0)
+                        close(io->fds[i]);
+        for (size_t i = 0; io->paths && i < io->n; i++)
+                free(io->paths[i]);
+        free(io->fds);
+        free(io->paths);
+        free(io);
+}
+
+/* pread the whole range (EINTR and partial reads retried); bytes or -errno. */
+static int64_t read_all(int fd, uint8_t *buf, size_t len, uint64_t off) {
+        size_t got = 0;
+        while (got < len) {
+                ssize_t k = pread(fd, buf + got, len - got, (off_t)(off + got));
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0)
+                        return -errno;
+                if (k == 0)
+                        break;
+                got += (size_t)k;
+        }
+        return (int64_t)got;
+}
+
+int mx_io_submit(mx_io *io, uint32_t file, uint64_t off, size_t len, void *buf, uint64_t tag) {
+        if (file >= io->n)
+                return -EINVAL;
+        if (!io->uring) {
+                if (io->tail - io->head == FIFO)
+                        return -EBUSY;
+                io->done[io->tail % FIFO].tag = tag;
+                io->done[io->tail % FIFO].res = read_all(io->fds[file], buf, len, off);
+                io->tail++;
+                return 0;
+        }
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+        if (!sqe) { /* full: push what is queued, then there is room */
+                io_uring_submit(&io->ring);
+                if (!(sqe = io_uring_get_sqe(&io->ring)))
+                        return -EBUSY;
+        }
+        if (io->registered_buffers)
+                io_uring_prep_read_fixed(sqe, (int)file, buf, (unsigned)len, off, 0);
+        else
+                io_uring_prep_read(sqe, (int)file, buf, (unsigned)len, off);
+        sqe->flags |= IOSQE_FIXED_FILE;
+        io_uring_sqe_set_data64(sqe, tag);
+        io->in_flight++;
+        int r = io_uring_submit(&io->ring);
+        return r < 0 ? r : 0;
+}
+
+static void inject(mx_io *io, int64_t *res) {
+        ++io->completions;
+        if (!io->fault_kind || io->completions < io->fault_at || io->completions >= io->fault_at + io->fault_n)
+                return;
+        *res = io->fault_kind == 1 ? -EIO : *res / 2;
+}
+
+int mx_io_wait(mx_io *io, uint64_t *tag, int64_t *res) {
+        if (!io->uring) {
+                if (io->head == io->tail)
+                        return -EAGAIN;
+                *tag = io->done[io->head % FIFO].tag;
+                *res = io->done[io->head % FIFO].res;
+                io->head++;
+                inject(io, res);
+                return 0;
+        }
+        if (!io->in_flight)
+                return -EAGAIN;
+        struct io_uring_cqe *cqe;
+        int r;
+        while ((r = io_uring_wait_cqe(&io->ring, &cqe)) == -EINTR)
+                ;
+        if (r < 0)
+                return r;
+        *tag = io_uring_cqe_get_data64(cqe);
+        *res = cqe->res;
+        io_uring_cqe_seen(&io->ring, cqe);
+        io->in_flight--;
+        inject(io, res);
+        return 0;
+}
+
+const char *mx_io_path(const mx_io *io, uint32_t file) {
+        return file < io->n ? io->paths[file] : "?";
+}
+
+void mx_io_get_info(const mx_io *io, mx_io_info *info) {
+        *info = (mx_io_info){io->uring, io->registered_buffers, io->any_direct};
+        snprintf(info->how, sizeof(info->how), "%s", io->how);
+}

@@ -1,0 +1,256 @@
+/* Expert streaming (mx_engine_opts.expert_memory) on the CPU backend, with
+ * a checkpoint rewritten so that one shard holds the dense weights and the
+ * other every expert:
+ *   - greedy tokens with budgets of 100%, 50%, 25% and the minimum (top-k
+ *     per layer) equal the fully mapped engine's, token for token;
+ *   - the counters: never more resident than the budget, misses below
+ *     100%, and the reads went through io_uring where it could be set up;
+ *   - the same through pread (MX_IO_URING=0), as where io_uring is refused;
+ *   - faults: a read error and a short read (MX_IO_FAULT), and the experts'
+ *     shard truncated under the engine, each fail that request with a
+ *     message naming the file; the engine then serves the next request
+ *     (after the file is put back) with the same tokens as before. */
+#include <fcntl.h>
+#include <ftw.h>
+#include <jansson.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mixtral.h"
+#include "mx_common.h"
+#include "test_util.h"
+
+#define STEPS 16
+
+static char dir[] = "/tmp/mx-stream-XXXXXX";
+static char experts_path[sizeof(dir) + 32];
+
+static bool is_expert(const char *name) {
+        return strstr(name, ".experts.") != NULL;
+}
+
+static int write_file(const char *path, const void *data, size_t n) {
+        FILE *f = fopen(path, "wb");
+        if (!f)
+                return -errno;
+        size_t w = fwrite(data, 1, n, f);
+        return fclose(f) == 0 && w == n ? 0 : -EIO;
+}
+
+static int copy_file(const char *from, const char *to) {
+        _cleanup_free_ char *buf = NULL;
+        FILE *f = fopen(from, "rb");
+        if (!f)
+                return -errno;
+        fseek(f, 0, SEEK_END);
+        long n = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        buf = malloc((size_t)n + 1);
+        size_t got = buf ? fread(buf, 1, (size_t)n, f) : 0;
+        fclose(f);
+        return got == (size_t)n ? write_file(to, buf, (size_t)n) : -EIO;
+}
+
+/* The source checkpoint as two shards: dense.safetensors, experts.safetensors. */
+static int split_checkpoint(const char *src) {
+        mx_error err = {0};
+        _cleanup_(mx_model_freep) mx_model *m = NULL;
+        if (mx_model_open(&m, src, &err) < 0)
+                return fprintf(stderr, "%s\n", err.msg), -1;
+        mx_tensor_data *t[2];
+        size_t n[2] = {0, 0};
+        t[0] = calloc(m->n_tensors, sizeof(mx_tensor_data));
+        t[1] = calloc(m->n_tensors, sizeof(mx_tensor_data));
+        json_auto_t *map = json_object();
+        for (size_t i = 0; i < m->n_tensors; i++) {
+                const mx_tensor *x = &m->tensors[i];
+                int k = is_expert(x->name);
+                t[k][n[k]++] = (mx_tensor_data){x->name, x->dtype, x->ndim, {x->shape[0], x->shape[1]}, x->data};
+                json_object_set_new(map, x->name, json_string(k ? "experts.safetensors" : "dense.safetensors"));
+        }
+        char path[256];
+        int r = 0;
+        snprintf(path, sizeof(path), "%s/dense.safetensors", dir);
+        r |= mx_safetensors_write(path, t[0], n[0], &err);
+        r |= mx_safetensors_write(experts_path, t[1], n[1], &err);
+        json_auto_t *index = json_pack("{s:{},s:O}", "metadata", "weight_map", map);
+        snprintf(path, sizeof(path), "%s/model.safetensors.index.json", dir);
+        r |= json_dump_file(index, path, 0);
+        char from[512];
+        snprintf(from, sizeof(from), "%s/config.json", src);
+        snprintf(path, sizeof(path), "%s/config.json", dir);
+        r |= copy_file(from, path);
+        free(t[0]), free(t[1]);
+        return r;
+}
+
+static uint64_t all_expert_bytes(const mx_model *m) {
+        uint64_t all = 0;
+        for (uint32_t L = 0; L < m->cfg.n_layers; L++)
+                for (uint32_t e = 0; e < m->cfg.n_experts; e++)
+                        all += m->layers[L].w1[e]->nbytes + m->layers[L].w2[e]->nbytes + m->layers[L].w3[e]->nbytes;
+        return all;
+}
+
+/* STEPS greedy tokens after a fixed prompt; 0 or the forward's error. */
+static int generate(mx_engine *e, int32_t *out, mx_error *err) {
+        uint32_t vocab = mx_engine_model(e)->cfg.vocab_size;
+        int32_t prompt[12];
+        for (int i = 0; i < 12; i++)
+                prompt[i] = (int32_t)(1 + (i * 37 + 5) % (vocab - 1));
+        _cleanup_(mx_seq_freep) mx_seq *s = NULL;
+        _cleanup_free_ float *logits = malloc(vocab * sizeof(float));
+        int r = mx_seq_new(e, 64, &s, err);
+        mx_batch_item it = {.seq = s, .tokens = prompt, .n_tokens = 12, .logits = logits};
+        for (int k = 0; r == 0 && k < STEPS; k++) {
+                if ((r = mx_forward(e, &it, 1, err)) < 0)
+                        break;
+                out[k] = 0;
+                for (uint32_t i = 1; i < vocab; i++)
+                        if (logits[i] > logits[out[k]])
+                                out[k] = (int32_t)i;
+                it = (mx_batch_item){.seq = s, .tokens = &out[k], .n_tokens = 1, .logits = logits};
+        }
+        return r;
+}
+
+static mx_engine *open_engine(const mx_model *m, uint64_t budget) {
+        mx_error err = {0};
+        mx_engine *e = NULL;
+        mx_engine_opts o = {.threads = 1, .expert_memory = budget};
+        CHECK(mx_engine_open(&e, m, &o, &err) == 0, "engine with budget %llu: %s", (unsigned long long)budget, err.msg);
+        return e;
+}
+
+static void check_budgets(const mx_model *m, const int32_t *want) {
+        uint64_t all = all_expert_bytes(m);
+        const struct {
+                const char *name;
+                uint64_t budget;
+        } cases[] = {{"100%", all}, {"50%", all / 2}, {"25%", all / 4}, {"minimum", 1}};
+        for (size_t c = 0; c < MX_ELEMENTSOF(cases); c++) {
+                _cleanup_(mx_engine_freep) mx_engine *e = open_engine(m, cases[c].budget);
+                if (!e)
+                        continue;
+                int32_t got[STEPS];
+                mx_error err = {0};
+                CHECK(generate(e, got, &err) == 0, "%s: %s", cases[c].name, err.msg);
+                CHECK(ids_eq(got, STEPS, want, STEPS), "%s: other tokens than with every expert mapped", cases[c].name);
+                mx_expert_stats st;
+                mx_engine_expert_stats(e, &st);
+                uint64_t per = all / m->cfg.n_layers / m->cfg.n_experts;
+                uint64_t floor = (uint64_t)m->cfg.n_experts_per_tok * m->cfg.n_layers * per;
+                uint64_t allowed = cases[c].budget > floor ? cases[c].budget : floor;
+                CHECK(st.streaming && st.resident_max <= allowed && st.budget <= allowed,
+                      "%s: %llu bytes resident at most, budget %llu", cases[c].name,
+                      (unsigned long long)st.resident_max, (unsigned long long)allowed);
+                CHECK(st.misses > 0 && st.reads >= 3 * st.misses && st.bytes_read >= st.misses * per &&
+                          st.hits + st.misses >= (uint64_t)STEPS * m->cfg.n_layers,
+                      "%s: %llu misses, %llu reads, %llu bytes", cases[c].name, (unsigned long long)st.misses,
+                      (unsigned long long)st.reads, (unsigned long long)st.bytes_read);
+                if (cases[c].budget < all)
+                        CHECK(st.misses > (uint64_t)m->cfg.n_layers * m->cfg.n_experts_per_tok,
+                              "%s: only %llu misses", cases[c].name, (unsigned long long)st.misses);
+                if (strncmp(st.how, "io_uring", 8) == 0)
+                        CHECK(st.uring_reads == st.reads, "%s: %llu of %llu reads through io_uring", cases[c].name,
+                              (unsigned long long)st.uring_reads, (unsigned long long)st.reads);
+                else
+                        fprintf(stderr, "note: reads were not made with io_uring here: %s\n", st.how);
+                if (c == 0)
+                        fprintf(stderr, "reads: %s\n", st.how);
+        }
+}
+
+/* A fault fails one request, with a message naming the experts' file;
+ * the engine goes on serving. */
+static void check_fault(const mx_model *m, const int32_t *want, const char *fault, const char *says) {
+        setenv("MX_IO_FAULT", fault, 1);
+        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(m, 1);
+        unsetenv("MX_IO_FAULT");
+        if (!e)
+                return;
+        int32_t got[STEPS];
+        mx_error err = {0};
+        CHECK(generate(e, got, &err) == -EIO, "%s: the request did not fail", fault);
+        CHECK(strstr(err.msg, "experts.safetensors") && strstr(err.msg, says), "%s: '%s' does not say '%s'", fault,
+              err.msg, says);
+        /* The faults last 40 reads: requests fail until they are past,
+         * then the same tokens as ever. */
+        mx_error err2 = {0};
+        int tries = 0, r = -EIO;
+        while (r < 0 && tries++ < 20)
+                r = generate(e, got, &err2);
+        CHECK(r == 0 && ids_eq(got, STEPS, want, STEPS), "%s: after the faults: %s", fault, err2.msg);
+}
+
+static void check_truncated(const mx_model *m, const int32_t *want) {
+        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(m, 1);
+        struct stat st;
+        if (!e || stat(experts_path, &st) < 0)
+                return;
+        _cleanup_free_ char *saved = malloc((size_t)st.st_size);
+        FILE *f = fopen(experts_path, "rb");
+        CHECK(f && saved && fread(saved, 1, (size_t)st.st_size, f) == (size_t)st.st_size, "read %s", experts_path);
+        if (f)
+                fclose(f);
+        CHECK(truncate(experts_path, st.st_size / 3) == 0, "truncate: %s", strerror(errno));
+        int32_t got[STEPS];
+        mx_error err = {0};
+        CHECK(generate(e, got, &err) == -EIO, "truncated: the request did not fail");
+        CHECK(strstr(err.msg, experts_path) && strstr(err.msg, "truncated"), "truncated: '%s'", err.msg);
+        /* Put back (the same inode, as an administrator's restore would
+         * not be): the next request reads it again. */
+        CHECK(saved && write_file(experts_path, saved, (size_t)st.st_size) == 0, "restore %s", experts_path);
+        mx_error err2 = {0};
+        CHECK(generate(e, got, &err2) == 0 && ids_eq(got, STEPS, want, STEPS), "after the restore: %s", err2.msg);
+}
+
+static int rm_one(const char *p, const struct stat *s, int flag, struct FTW *f) {
+        return remove(p);
+}
+
+int main(int argc, char **argv) {
+        if (argc != 2) {
+                fprintf(stderr, "usage: test-expert-stream CHECKPOINT\n");
+                return 2;
+        }
+        CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+        snprintf(experts_path, sizeof(experts_path), "%s/experts.safetensors", dir);
+        if (split_checkpoint(argv[1]) != 0) {
+                CHECK(false, "cannot rewrite %s into %s", argv[1], dir);
+                return test_result();
+        }
+        mx_error err = {0};
+        _cleanup_(mx_model_freep) mx_model *m = NULL;
+        CHECK(mx_model_open(&m, dir, &err) == 0, "open %s: %s", dir, err.msg);
+        if (m) {
+                int32_t want[STEPS];
+                _cleanup_(mx_engine_freep) mx_engine *e = open_engine(m, 0);
+                CHECK(e && generate(e, want, &err) == 0, "mapped: %s", err.msg);
+                mx_expert_stats st;
+                if (e) {
+                        mx_engine_expert_stats(e, &st);
+                        CHECK(!st.streaming && st.reads == 0, "no streaming without a budget");
+                }
+                check_budgets(m, want);
+                /* The first request's first reads all fail: some of them are
+                 * experts it must have (others are evicted unread). */
+                check_fault(m, want, "eio:1:40", "Input/output error");
+                check_fault(m, want, "short:1:40", "short read");
+                check_truncated(m, want);
+                /* Where io_uring cannot be had: the same tokens through pread. */
+                setenv("MX_IO_URING", "0", 1);
+                _cleanup_(mx_engine_freep) mx_engine *p = open_engine(m, 1);
+                unsetenv("MX_IO_URING");
+                int32_t got[STEPS];
+                CHECK(p && generate(p, got, &err) == 0 && ids_eq(got, STEPS, want, STEPS), "pread: %s", err.msg);
+                if (p) {
+                        mx_engine_expert_stats(p, &st);
+                        CHECK(strncmp(st.how, "pread", 5) == 0 && st.uring_reads == 0 && st.reads > 0, "pread: %s, %llu reads",
+                              st.how, (unsigned long long)st.reads);
+                }
+        }
+        nftw(dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+        return test_result();
+}
