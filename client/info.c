@@ -124,7 +124,7 @@ static void print_requests(const Mixtrald__V1__Status *s) {
 
 static void print_status(const ProtobufCMessage *m) {
         const Mixtrald__V1__Status *s = (const Mixtrald__V1__Status *)m;
-        char a[32], b[32], c[32];
+        char a[32], b[32], c[32], d[32];
         printf("model:       %s\n", or_unknown(s->model));
         printf("device:      %s\n", or_unknown(s->device));
         printf("version:     %s\n", or_unknown(s->version));
@@ -135,6 +135,17 @@ static void print_status(const ProtobufCMessage *m) {
                 printf("context:     %u tokens\n", s->context_length);
         printf("memory:      weights %s, KV cache %s, resident %s\n", bytes_text(s->weight_bytes, a, sizeof(a)),
                bytes_text(s->kv_bytes, b, sizeof(b)), bytes_text(s->rss_bytes, c, sizeof(c)));
+        if (s->experts) {
+                const Mixtrald__V1__ExpertStreaming *x = s->experts;
+                uint64_t asked = x->hits + x->misses;
+                printf("experts:     streamed, %s of %s held (budget %s, %u per layer); hit rate %.1f%%, "
+                       "%s read at %.2f GB/s, next-layer guesses %.0f%% right; %s\n",
+                       bytes_text(x->resident_bytes, a, sizeof(a)), bytes_text(x->budget_bytes, b, sizeof(b)),
+                       bytes_text(x->configured_bytes, c, sizeof(c)), x->slots_per_layer,
+                       asked ? 100.0 * (double)x->hits / (double)asked : 0.0,
+                       bytes_text(x->bytes_read, d, sizeof(d)), x->read_gbps,
+                       x->predicted ? 100.0 * (double)x->predicted_used / (double)x->predicted : 0.0, or_unknown(x->how));
+        }
         printf("connections: %u\n", s->connections);
         printf("served:      %llu requests, %llu tokens\n", (unsigned long long)s->requests_total,
                (unsigned long long)s->tokens_total);

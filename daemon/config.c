@@ -2,6 +2,7 @@
  * [user:NAME] / [group:NAME] overrides (DESIGN.md section 5). Parsed with
  * inih; every value is checked and an error names the file, line and key. */
 #include <ctype.h>
+#include <math.h>
 #include <grp.h>
 #include <ini.h>
 #include <pwd.h>
@@ -29,7 +30,7 @@ void md_config_defaults(md_config *c) {
 
 void md_config_free(md_config *c) {
         free(c->model), free(c->device), free(c->socket), free(c->state_directory);
-        free(c->admin_group), free(c->bus);
+        free(c->admin_group), free(c->bus), free(c->expert_memory), free(c->memory_pressure);
         for (size_t i = 0; i < c->n_sections; i++)
                 free(c->sections[i].name);
         free(c->sections);
@@ -75,9 +76,21 @@ static bool valid_device(const char *v) {
         return true;
 }
 
+/* auto, all, min, a number of bytes with K, M, G or T, or a percentage. */
+static bool valid_budget(const char *v) {
+        if (!strcmp(v, "auto") || !strcmp(v, "all") || !strcmp(v, "min"))
+                return true;
+        char *end = NULL;
+        errno = 0;
+        double d = strtod(v, &end);
+        return !errno && end != v && isfinite(d) && d > 0 && isdigit((unsigned char)*v) &&
+               (*end == '\0' || (strchr("%KMGT", *end) && end[1] == '\0')) && (*end != '%' || d <= 100);
+}
+
+/* NULL v: back to the default. */
 static int set_string(char **dst, const char *v) {
-        char *p = strdup(v);
-        if (!p)
+        char *p = v ? strdup(v) : NULL;
+        if (v && !p)
                 return -ENOMEM;
         free(*dst);
         *dst = p;
@@ -124,8 +137,17 @@ int md_config_set_daemon(md_config *c, const char *key, const char *v, mx_error 
                 if ((r = parse_u64(v, 86400, &u)) < 0)
                         return mx_error_set(err, -EINVAL, "drain_seconds=%s: expected 0 to 86400", v);
                 c->drain_seconds = (double)u;
-        } else if (!strcmp(key, "expert_memory") || !strcmp(key, "host_cache")) {
-                /* Expert streaming reads these; here they are only checked. */
+        } else if (!strcmp(key, "expert_memory")) {
+                if (!valid_budget(v))
+                        return mx_error_set(err, -EINVAL, "expert_memory=%s: expected auto, min, bytes (K, M, G, T) "
+                                            "or a percentage of the experts", v);
+                r = set_string(&c->expert_memory, strcmp(v, "auto") ? v : NULL);
+        } else if (!strcmp(key, "memory_pressure")) {
+                if (strcmp(v, "auto") && strcmp(v, "off") && *v != '/')
+                        return mx_error_set(err, -EINVAL, "memory_pressure=%s: expected auto, off or an absolute path", v);
+                r = set_string(&c->memory_pressure, strcmp(v, "auto") ? v : NULL);
+        } else if (!strcmp(key, "host_cache")) {
+                /* The GPU's host cache: checked here, used by GPU streaming. */
                 if (strcmp(v, "auto") && parse_u64(v, UINT64_MAX, &u) < 0)
                         return mx_error_set(err, -EINVAL, "%s=%s: expected bytes (K, M, G) or auto", key, v);
         } else {

@@ -216,10 +216,17 @@ static int load(md_server *srv, mx_error *err) {
         if (mx_tokenizer_vocab_size(srv->tok) != srv->model->cfg.vocab_size)
                 return mx_error_set(err, -EINVAL, "the tokenizer has %u pieces but the model a vocabulary of %u",
                                     mx_tokenizer_vocab_size(srv->tok), srv->model->cfg.vocab_size);
-        if (mx_model_fits_in_memory(srv->model))
+        const char *budget = srv->cfg.expert_memory ? srv->cfg.expert_memory : "auto";
+        if ((r = mx_expert_budget_parse(budget, srv->model, &srv->expert_budget, err)) < 0)
+                return r;
+        srv->expert_now = srv->expert_budget;
+        /* Streaming reads the experts itself: paging the files in would
+         * defeat it. */
+        if (!srv->expert_budget && mx_model_fits_in_memory(srv->model))
                 mx_model_prefault(srv->model, on_progress, &(load_progress){0, "Loading the model"});
         /* A GPU engine uploads the weights as it opens: the same progress. */
-        mx_engine_opts eo = {.device = srv->cfg.device, .threads = srv->cfg.threads, .progress = on_progress,
+        mx_engine_opts eo = {.device = srv->cfg.device, .threads = srv->cfg.threads,
+                             .expert_memory = srv->expert_budget, .progress = on_progress,
                              .progress_arg = &(load_progress){0, "Loading the model onto the GPU"}};
         if ((r = mx_engine_open(&srv->engine, srv->model, &eo, err)) < 0)
                 return r;
@@ -244,8 +251,9 @@ static int serve(md_server *srv, mx_error *err) {
                 return r;
         if ((srv->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
                 return mx_error_set(err, -errno, "eventfd: %s", strerror(errno));
-        md_sched_opts so = {srv->cfg.max_batch, srv->cfg.prefill_chunk};
-        if ((r = md_sched_start(&srv->sched, srv->engine, srv->tok, &so, srv->notify_fd, err)) < 0)
+        md_sched_opts so = {srv->cfg.max_batch, srv->cfg.prefill_chunk, srv->expert_now};
+        if ((r = md_sched_start(&srv->sched, srv->engine, srv->tok, &so, srv->notify_fd, err)) < 0 ||
+            (r = md_pressure_start(srv, err)) < 0)
                 return r;
         if ((r = sd_event_add_io(srv->event, &srv->notify_src, srv->notify_fd, EPOLLIN, md_service_after_engine,
                                  srv)) < 0)

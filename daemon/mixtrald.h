@@ -32,6 +32,8 @@ typedef struct md_quota_section {
 typedef struct md_config {
         char *model, *device, *socket, *state_directory, *admin_group;
         char *bus;                    /* auto (NULL), system, session, none */
+        char *expert_memory;          /* auto (NULL), min, bytes or NN%: see mx_expert_budget_parse */
+        char *memory_pressure;        /* auto (NULL: /proc/pressure/memory), off, or a file like it */
         unsigned socket_mode;
         uint32_t max_frame_bytes, threads;
         uint32_t max_batch;           /* sequences advanced together */
@@ -207,6 +209,7 @@ void md_request_destroy(md_request *r);
 
 typedef struct md_sched_opts {
         uint32_t max_batch, prefill_chunk;
+        uint64_t expert_memory; /* streamed experts' budget (0: all mapped), applied between steps */
 } md_sched_opts;
 
 /* Starts the engine thread; `notify` is written (an eventfd) whenever a
@@ -232,6 +235,8 @@ void md_sched_free(md_sched *s);
 /* Under the lock: the queue (by sched_next). */
 md_request *md_sched_queue_locked(md_sched *s);
 void md_sched_counts_locked(md_sched *s, uint32_t *queued, uint32_t *running);
+/* Under the lock: expert streaming's counters as of the last step. */
+void md_sched_expert_stats_locked(md_sched *s, mx_expert_stats *out);
 
 /* ---- the service (server.c, conn.c, service.c) --------------------------- */
 
@@ -270,7 +275,27 @@ typedef struct md_server {
         const char *overrides[16][2];/* command-line [daemon] keys, over the file's */
         size_t n_overrides;
         bool user_instance;          /* --user */
+        /* Expert streaming: the configured budget, and the one in force
+         * (smaller while the host is short of memory; pressure.c). */
+        uint64_t expert_budget, expert_now;
+        sd_event_source *pressure_timer;
+        uint32_t calm_seconds;
 } md_server;
+
+/* The status message's expert-streaming part (server.c). */
+void md_fill_expert_stats(const mx_expert_stats *xs, uint64_t configured, Mixtrald__V1__ExpertStreaming *ex);
+
+/* ---- memory pressure (pressure.c) ------------------------------------------ */
+
+/* Watches memory_pressure (a /proc/pressure/memory-like file) once a second
+ * while experts stream: the budget halves (down to the minimum) when the
+ * last 10 s saw memory stalls above 10%, and doubles back toward the
+ * configured one after 10 calm seconds. */
+int md_pressure_start(md_server *srv, mx_error *err);
+/* The new budget for a reading of "some avg10" (percent); pure policy. */
+uint64_t md_pressure_next(uint64_t now, uint64_t configured, double some_avg10, uint32_t *calm_seconds);
+/* Sets the budget in force, for the engine thread to apply. */
+void md_server_set_expert_budget(md_server *srv, uint64_t budget);
 
 struct md_conn {
         md_server *srv;

@@ -10,6 +10,7 @@
  * request's buffers, then wakes the main thread through an eventfd. */
 #include <pthread.h>
 #include <string.h>
+#include <syslog.h>
 #include <time.h>
 
 #include "mx_common.h"
@@ -34,6 +35,8 @@ struct md_sched {
         int stop_code;
         char stop_msg[256];
         mx_buf text;              /* one step's new text for one request */
+        uint64_t expert_memory;   /* engine thread: the budget in force */
+        mx_expert_stats xstats;   /* locked: as of the last step */
 };
 
 static double now_s(void) {
@@ -257,6 +260,20 @@ static void step(md_sched *s, md_request **run, size_t n, mx_batch_item *items, 
         }
 }
 
+/* A new expert budget (SIGHUP, memory pressure) takes effect between
+ * steps, on this thread, which alone touches the engine. */
+static void apply_budget(md_sched *s, uint64_t want) {
+        if (want == s->expert_memory)
+                return;
+        mx_error err = {0};
+        if (mx_engine_set_expert_memory(s->e, want, &err) < 0) {
+                md_log(LOG_ERR, "expert memory stays at %llu bytes: %s", (unsigned long long)s->expert_memory, err.msg);
+        } else {
+                md_log(LOG_INFO, "expert memory now %llu bytes%s", (unsigned long long)want, want ? "" : " (all mapped)");
+        }
+        s->expert_memory = want; /* (tried once per change) */
+}
+
 static void *engine_thread(void *arg) {
         md_sched *s = arg;
         md_request **run = NULL, **who = NULL;
@@ -270,6 +287,16 @@ static void *engine_thread(void *arg) {
                 admit_locked(s);
                 if (s->dirty)
                         wake_main(s);
+                if (s->o.expert_memory != s->expert_memory) {
+                        uint64_t budget = s->o.expert_memory;
+                        pthread_mutex_unlock(&s->lock);
+                        apply_budget(s, budget);
+                        mx_expert_stats xs;
+                        mx_engine_expert_stats(s->e, &xs);
+                        pthread_mutex_lock(&s->lock);
+                        s->xstats = xs;
+                        continue;
+                }
                 if (s->n_running == 0) {
                         pthread_cond_wait(&s->wake, &s->lock);
                         continue;
@@ -291,7 +318,10 @@ static void *engine_thread(void *arg) {
                 memcpy(run, s->running, n * sizeof(*run));
                 pthread_mutex_unlock(&s->lock);
                 step(s, run, n, items, who);
+                mx_expert_stats xs;
+                mx_engine_expert_stats(s->e, &xs);
                 pthread_mutex_lock(&s->lock);
+                s->xstats = xs;
         }
         for (md_request *r = s->queue; r; r = r->sched_next)
                 end_locked(s, r, s->stop_code, s->stop_msg);
@@ -309,7 +339,8 @@ int md_sched_start(md_sched **out, mx_engine *e, const mx_tokenizer *tok, const 
         md_sched *s = calloc(1, sizeof(*s));
         if (!s)
                 return mx_error_set(err, -ENOMEM, "out of memory");
-        *s = (md_sched){.e = e, .tok = tok, .o = *o, .notify_fd = notify_fd};
+        *s = (md_sched){.e = e, .tok = tok, .o = *o, .notify_fd = notify_fd, .expert_memory = o->expert_memory};
+        mx_engine_expert_stats(e, &s->xstats);
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->wake, NULL);
         int r = pthread_create(&s->thread, NULL, engine_thread, s);
@@ -425,4 +456,8 @@ void md_sched_counts_locked(md_sched *s, uint32_t *queued, uint32_t *running) {
 
 md_request *md_sched_queue_locked(md_sched *s) {
         return s->queue;
+}
+
+void md_sched_expert_stats_locked(md_sched *s, mx_expert_stats *out) {
+        *out = s->xstats;
 }

@@ -98,6 +98,20 @@ static uint64_t rss_bytes(void) {
         return rss * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
+void md_fill_expert_stats(const mx_expert_stats *xs, uint64_t configured, Mixtrald__V1__ExpertStreaming *ex) {
+        ex->has_budget_bytes = true, ex->budget_bytes = xs->budget;
+        ex->has_configured_bytes = true, ex->configured_bytes = configured;
+        ex->has_resident_bytes = true, ex->resident_bytes = xs->resident;
+        ex->has_slots_per_layer = true, ex->slots_per_layer = xs->slots_per_layer;
+        ex->has_hits = true, ex->hits = xs->hits;
+        ex->has_misses = true, ex->misses = xs->misses;
+        ex->has_bytes_read = true, ex->bytes_read = xs->bytes_read;
+        ex->has_read_gbps = true, ex->read_gbps = xs->read_wait_s > 0 ? (double)xs->bytes_read / xs->read_wait_s / 1e9 : 0;
+        ex->has_predicted = true, ex->predicted = xs->predicted;
+        ex->has_predicted_used = true, ex->predicted_used = xs->predicted_used;
+        ex->how = (char *)xs->how;
+}
+
 void md_server_status(md_conn *c, uint64_t tag) {
         md_server *srv = c->srv;
         md_limits l;
@@ -125,8 +139,11 @@ void md_server_status(md_conn *c, uint64_t tag) {
                 return md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__INTERNAL, "out of memory");
         uint64_t kv_tokens = 0;
         double now = md_now();
+        mx_expert_stats xs;
+        Mixtrald__V1__ExpertStreaming ex = MIXTRALD__V1__EXPERT_STREAMING__INIT;
         md_sched_lock(srv->sched);
         md_sched_counts_locked(srv->sched, &st.queued, &st.running);
+        md_sched_expert_stats_locked(srv->sched, &xs);
         for (size_t i = 0; i < srv->n_live; i++) {
                 md_request *r = srv->live[i];
                 if (r->state == MD_PREFILL || r->state == MD_DECODE)
@@ -146,6 +163,10 @@ void md_server_status(md_conn *c, uint64_t tag) {
                 ptrs[st.n_requests++] = ri;
         }
         md_sched_unlock(srv->sched);
+        if (xs.streaming) {
+                md_fill_expert_stats(&xs, srv->expert_budget, &ex);
+                st.experts = &ex;
+        }
         st.has_queued = st.has_running = st.has_prefilling = st.has_decoding = true;
         st.has_kv_bytes = true, st.kv_bytes = kv_tokens * srv->kv_bytes_per_token;
         st.requests = ptrs;

@@ -221,9 +221,17 @@ static int on_reload(sd_event_source *s, const struct signalfd_siginfo *si, void
                         *theirs[i] = *mine[i], *mine[i] = t;
                 }
                 next.threads = srv->cfg.threads;
+                uint64_t budget = srv->expert_budget;
+                if (mx_expert_budget_parse(next.expert_memory ? next.expert_memory : "auto", srv->model, &budget,
+                                           &err) < 0)
+                        md_log(LOG_ERR, "%s; expert memory stays as it was", err.msg);
                 md_config_free(&srv->cfg);
                 srv->cfg = next;
-                md_sched_set_opts(srv->sched, &(md_sched_opts){srv->cfg.max_batch, srv->cfg.prefill_chunk});
+                if (budget != srv->expert_budget)
+                        md_log(LOG_INFO, "expert memory: %llu bytes configured", (unsigned long long)budget);
+                srv->expert_budget = budget;
+                srv->calm_seconds = 0;
+                md_server_set_expert_budget(srv, budget);
                 md_log(LOG_INFO, "configuration reloaded");
         }
         sd_notify(false, "READY=1\nSTATUS=Serving");

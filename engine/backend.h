@@ -88,6 +88,8 @@ typedef struct mx_backend_ops {
          * (after the logits rows were made): ids[i] for reqs[i]. */
         int (*sample)(mx_backend *b, const float *logits, const mx_sample_req *reqs, size_t n,
                       int32_t *ids);
+        /* Optional: a new expert budget (0: all mapped), between steps. */
+        int (*set_expert_memory)(mx_backend *b, uint64_t budget, mx_error *err);
         /* Optional: expert streaming's counters. */
         void (*expert_stats)(mx_backend *b, mx_expert_stats *s);
         /* Optional: brings counters kept on the device up to date. */

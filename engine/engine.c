@@ -124,6 +124,12 @@ void mx_engine_expert_stats(const mx_engine *e, mx_expert_stats *s) {
                 *s = (mx_expert_stats){0};
 }
 
+int mx_engine_set_expert_memory(mx_engine *e, uint64_t budget, mx_error *err) {
+        if (!e->be->ops->set_expert_memory)
+                return budget ? mx_error_set(err, -EOPNOTSUPP, "expert streaming runs on the cpu for now") : 0;
+        return e->be->ops->set_expert_memory(e->be, budget, err);
+}
+
 const mx_model *mx_engine_model(const mx_engine *e) {
         return e->model;
 }

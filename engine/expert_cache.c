@@ -3,6 +3,7 @@
  * the current one is using. A slot holds one expert's w1, w2, w3 as read:
  * each from the aligned block before it to the aligned block after it (so
  * O_DIRECT can read it), the tensor starting `delta` bytes in. */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -42,6 +43,7 @@ struct mx_expert_cache {
         part *parts;  /* [layer][expert][3] */
         uint64_t tick, stamp, expert_bytes;
         char why[320]; /* the last failed read */
+        uint64_t carried_uring, carried_reads; /* from caches this one replaced */
         mx_expert_stats st;
 };
 
@@ -327,9 +329,53 @@ void mx_expert_cache_next_layer(mx_expert_cache *c) {
         c->stamp++;
 }
 
+void mx_expert_cache_carry(mx_expert_cache *c, const mx_expert_stats *b) {
+        c->st.hits += b->hits, c->st.misses += b->misses, c->st.bytes_read += b->bytes_read;
+        c->st.reads += b->reads, c->st.read_wait_s += b->read_wait_s;
+        c->carried_reads = b->reads;
+        c->st.predicted += b->predicted, c->st.predicted_used += b->predicted_used;
+        c->carried_uring = b->uring_reads;
+        if (b->resident_max > c->st.resident_max)
+                c->st.resident_max = b->resident_max;
+}
+
 void mx_expert_cache_stats(const mx_expert_cache *c, mx_expert_stats *s) {
         *s = c->st;
         mx_io_info info;
         mx_io_get_info(c->io, &info);
-        s->uring_reads = info.uring ? c->st.reads : 0;
+        s->uring_reads = c->carried_uring + (info.uring ? c->st.reads - c->carried_reads : 0);
+}
+
+int mx_expert_budget_parse(const char *s, const mx_model *m, uint64_t *out, mx_error *err) {
+        uint64_t all = 0;
+        for (uint32_t L = 0; L < m->cfg.n_layers; L++)
+                for (uint32_t e = 0; e < m->cfg.n_experts; e++)
+                        all += m->layers[L].w1[e]->nbytes + m->layers[L].w2[e]->nbytes + m->layers[L].w3[e]->nbytes;
+        if (!strcmp(s, "auto") || !strcmp(s, "all")) {
+                *out = 0;
+                return 0;
+        }
+        if (!strcmp(s, "min")) {
+                *out = 1; /* the cache keeps top-k per layer whatever it is given */
+                return 0;
+        }
+        char *end = NULL;
+        errno = 0;
+        double v = strtod(s, &end);
+        double unit = !end || end == s ? 0
+                      : *end == '%'    ? (double)all / 100
+                      : *end == 'K'    ? 1024.0
+                      : *end == 'M'    ? 1048576.0
+                      : *end == 'G'    ? 1073741824.0
+                      : *end == 'T'    ? 1099511627776.0
+                      : *end == '\0'   ? 1
+                                       : 0;
+        if (errno || unit == 0 || (*end && end[1]) || !isfinite(v) || v <= 0 || v * unit > 1e19)
+                return mx_error_set(err, -EINVAL, "expert memory \"%s\": expected auto, min, bytes (K, M, G, T) "
+                                    "or a percentage of the experts' %.2f GiB", s, (double)all / (1u << 30));
+        *out = v * unit < 1 ? 1 : (uint64_t)(v * unit);
+        /* All of them or more: nothing to stream. */
+        if (*out >= all)
+                *out = all;
+        return 0;
 }

@@ -39,3 +39,5 @@ void mx_expert_cache_release(mx_expert_cache *c, uint32_t L, uint32_t e);
 
 /* Counters for --bench, the daemon's status and the tests. */
 void mx_expert_cache_stats(const mx_expert_cache *c, mx_expert_stats *s);
+/* Carries counters over from a cache this one replaces (a new budget). */
+void mx_expert_cache_carry(mx_expert_cache *c, const mx_expert_stats *before);

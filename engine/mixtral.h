@@ -348,6 +348,13 @@ typedef struct mx_expert_stats {
 
 /* Zeros (streaming false) when the engine holds every expert. */
 void mx_engine_expert_stats(const mx_engine *e, mx_expert_stats *s);
+/* A new budget for streamed experts (0: all mapped), between steps, from
+ * the thread that runs them: what is cached goes, and is read again as
+ * asked for. The counters carry on. */
+int mx_engine_set_expert_memory(mx_engine *e, uint64_t budget, mx_error *err);
+/* "auto" or "all" (0: every expert kept), "min" (top-k per layer), bytes
+ * with K, M, G, T, or a percentage of the model's expert weights. */
+int mx_expert_budget_parse(const char *s, const mx_model *m, uint64_t *out, mx_error *err);
 
 /* The machine's memory bandwidth as DESIGN.md section 6 measures it: a
  * memcpy of `bytes` (each byte counted once) and a read-only pass over

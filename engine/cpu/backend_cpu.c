@@ -192,6 +192,22 @@ static int cpu_step_end(mx_backend *b, mx_error *err) {
         return r;
 }
 
+static int cpu_set_expert_memory(mx_backend *b, uint64_t budget, mx_error *err) {
+        cpu_backend *cb = cpu(b);
+        mx_expert_stats before = {0};
+        if (cb->experts)
+                mx_expert_cache_stats(cb->experts, &before);
+        mx_expert_cache *next = NULL;
+        int r = budget ? mx_expert_cache_new(b->model, budget, &next, err) : 0;
+        if (r < 0)
+                return r; /* the old cache stays */
+        if (next)
+                mx_expert_cache_carry(next, &before);
+        mx_expert_cache_free(cb->experts);
+        cb->experts = next;
+        return 0;
+}
+
 static void cpu_expert_stats(mx_backend *b, mx_expert_stats *s) {
         if (cpu(b)->experts)
                 mx_expert_cache_stats(cpu(b)->experts, s);
@@ -218,6 +234,7 @@ static const mx_backend_ops cpu_ops = {
         .gather = cpu_gather,
         .step_end = cpu_step_end,
         .expert_stats = cpu_expert_stats,
+        .set_expert_memory = cpu_set_expert_memory,
 };
 
 float *mx_kv_keys(mx_kv *kv, uint32_t layer) {

@@ -1,7 +1,8 @@
 /* mixtrald's life as systemd sees it, on a test NOTIFY_SOCKET: READY=1,
  * WATCHDOG=1 from the loop, RELOADING=1 on SIGHUP (connections kept, a bad
  * file rejected), STOPPING=1 on SIGTERM with a drain, BUSY when the queue
- * is full, and usage that survives kill -9.
+ * is full, usage that survives kill -9, and streamed experts' budget
+ * under memory pressure and SIGHUP.
  *
  *   test-lifecycle MIXTRALD DEMO_MODEL_DIR */
 #include <signal.h>
@@ -98,6 +99,93 @@ static void test_busy(void) {
         dh_result_free(&res);
         CHECK(dh_stop(&d) == 0, "exit status");
         dh_cleanup(&d);
+}
+
+/* The experts' budget in status, or 0 when not streaming; configured
+ * budget in *configured. */
+static uint64_t expert_budget(const dh_daemon *d, uint64_t *configured, uint64_t *misses) {
+        Mixtrald__V1__Response *r = dh_status(d);
+        uint64_t b = 0;
+        if (r && r->status && r->status->experts) {
+                b = r->status->experts->budget_bytes;
+                *configured = r->status->experts->configured_bytes;
+                *misses = r->status->experts->misses;
+        }
+        if (r)
+                mixtrald__v1__response__free_unpacked(r, NULL);
+        return b;
+}
+
+static void write_pressure(const char *path, double some_avg10) {
+        FILE *f = fopen(path, "w");
+        fprintf(f, "some avg10=%.2f avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+                some_avg10);
+        fclose(f);
+}
+
+/* Streamed experts (expert_memory): the same text as with all of them
+ * mapped, the budget in status, halved under memory pressure (a file like
+ * /proc/pressure/memory), and set anew by SIGHUP; requests are served
+ * throughout. */
+static void test_expert_streaming(void) {
+        dh_daemon full, d;
+        dh_gen g = {.prompt = "Once upon a time", .raw = true, .ignore_eos = true, .max_tokens = 20,
+                    .has_temperature = true, .temperature = 0};
+        dh_result want = {0}, got = {0};
+        if (start(&full, "[daemon]\nthreads=1\n", NULL) == 0)
+                CHECK(dh_run(&full, &g, &want) == 0 && want.error == 0, "full: %s", want.message);
+        dh_stop(&full);
+        dh_cleanup(&full);
+        char pressure[] = "/tmp/mx-psi-XXXXXX";
+        int pfd = mkstemp(pressure);
+        close(pfd);
+        write_pressure(pressure, 0);
+        char config[512];
+        snprintf(config, sizeof(config), "[daemon]\nthreads=1\nexpert_memory=50%%\nmemory_pressure=%s\n", pressure);
+        if (start(&d, config, NULL) < 0) {
+                unlink(pressure);
+                return dh_cleanup(&d);
+        }
+        CHECK(dh_run(&d, &g, &got) == 0 && got.error == 0 && got.text && want.text && !strcmp(got.text, want.text),
+              "streaming at 50%%: '%s', not '%s' (%s)", got.text ? got.text : "", want.text ? want.text : "", got.message);
+        dh_result_free(&got);
+        uint64_t configured = 0, misses = 0, b0 = expert_budget(&d, &configured, &misses);
+        CHECK(b0 > 0 && configured > 0 && misses > 0, "status: budget %llu, configured %llu, %llu misses",
+              (unsigned long long)b0, (unsigned long long)configured, (unsigned long long)misses);
+
+        write_pressure(pressure, 40);
+        uint64_t b1 = b0;
+        for (int t = 0; t < 60 && b1 >= b0; t++) {
+                usleep(100000);
+                dh_run(&d, &(dh_gen){.prompt = "go", .raw = true, .max_tokens = 1}, &got); /* a step applies it */
+                dh_result_free(&got);
+                b1 = expert_budget(&d, &configured, &misses);
+        }
+        CHECK(b1 < b0, "memory pressure did not lower the budget (%llu)", (unsigned long long)b1);
+        write_pressure(pressure, 0);
+        CHECK(dh_run(&d, &g, &got) == 0 && got.error == 0 && got.text && want.text && !strcmp(got.text, want.text),
+              "under pressure: '%s' (%s)", got.text ? got.text : "", got.message);
+        dh_result_free(&got);
+
+        snprintf(config, sizeof(config), "[daemon]\nthreads=1\nexpert_memory=min\nmemory_pressure=off\n");
+        rewrite(&d, config);
+        kill(d.pid, SIGHUP);
+        CHECK(dh_notify_wait(&d, "READY=1", 5000), "no READY=1 after the reload");
+        uint64_t c2 = 0;
+        for (int t = 0; t < 50; t++) {
+                usleep(50000);
+                expert_budget(&d, &c2, &misses);
+                if (c2 < configured)
+                        break;
+        }
+        CHECK(c2 < configured, "SIGHUP with expert_memory=min left the configured budget at %llu", (unsigned long long)c2);
+        CHECK(dh_run(&d, &g, &got) == 0 && got.error == 0 && got.text && want.text && !strcmp(got.text, want.text),
+              "after expert_memory=min: '%s' (%s)", got.text ? got.text : "", got.message);
+        dh_result_free(&got);
+        dh_result_free(&want);
+        CHECK(dh_stop(&d) == 0, "exit status");
+        dh_cleanup(&d);
+        unlink(pressure);
 }
 
 /* SIGTERM: running requests finish, queued ones are told, new clients are
@@ -198,5 +286,6 @@ int main(int argc, char **argv) {
         test_drain("[daemon]\nthreads=1\nmax_batch=1\ndrain_seconds=30\n", true);
         test_drain("[daemon]\nthreads=1\nmax_batch=1\ndrain_seconds=0\n", false);
         test_usage_survives_kill9();
+        test_expert_streaming();
         return test_result();
 }

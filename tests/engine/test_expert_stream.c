@@ -5,6 +5,7 @@
  *     per layer) equal the fully mapped engine's, token for token;
  *   - the counters: never more resident than the budget, misses below
  *     100%, and the reads went through io_uring where it could be set up;
+ *   - budgets changed between the steps of a request, down and up;
  *   - the same through pread (MX_IO_URING=0), as where io_uring is refused;
  *   - faults: a read error and a short read (MX_IO_FAULT), and the experts'
  *     shard truncated under the engine, each fail that request with a
@@ -93,8 +94,14 @@ static uint64_t all_expert_bytes(const mx_model *m) {
         return all;
 }
 
+/* Budgets to switch to before given steps (mid-request), or none. */
+typedef struct change {
+        int at;
+        uint64_t budget;
+} change;
+
 /* STEPS greedy tokens after a fixed prompt; 0 or the forward's error. */
-static int generate(mx_engine *e, int32_t *out, mx_error *err) {
+static int generate_changing(mx_engine *e, int32_t *out, const change *ch, size_t n_ch, mx_error *err) {
         uint32_t vocab = mx_engine_model(e)->cfg.vocab_size;
         int32_t prompt[12];
         for (int i = 0; i < 12; i++)
@@ -104,6 +111,9 @@ static int generate(mx_engine *e, int32_t *out, mx_error *err) {
         int r = mx_seq_new(e, 64, &s, err);
         mx_batch_item it = {.seq = s, .tokens = prompt, .n_tokens = 12, .logits = logits};
         for (int k = 0; r == 0 && k < STEPS; k++) {
+                for (size_t c = 0; c < n_ch; c++)
+                        if (ch[c].at == k && (r = mx_engine_set_expert_memory(e, ch[c].budget, err)) < 0)
+                                return r;
                 if ((r = mx_forward(e, &it, 1, err)) < 0)
                         break;
                 out[k] = 0;
@@ -113,6 +123,10 @@ static int generate(mx_engine *e, int32_t *out, mx_error *err) {
                 it = (mx_batch_item){.seq = s, .tokens = &out[k], .n_tokens = 1, .logits = logits};
         }
         return r;
+}
+
+static int generate(mx_engine *e, int32_t *out, mx_error *err) {
+        return generate_changing(e, out, NULL, 0, err);
 }
 
 static mx_engine *open_engine(const mx_model *m, uint64_t budget) {
@@ -160,6 +174,29 @@ static void check_budgets(const mx_model *m, const int32_t *want) {
                 if (c == 0)
                         fprintf(stderr, "reads: %s\n", st.how);
         }
+}
+
+/* The budget shrinks and grows while a request runs (and goes to 0, all
+ * mapped, and back): the same tokens, and what is held follows it. */
+static void check_changes(const mx_model *m, const int32_t *want) {
+        uint64_t all = all_expert_bytes(m);
+        const change ch[] = {{3, 1}, {6, all / 2}, {9, 0}, {11, all / 4}, {13, all}};
+        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(m, all);
+        if (!e)
+                return;
+        int32_t got[STEPS];
+        mx_error err = {0};
+        CHECK(generate_changing(e, got, ch, MX_ELEMENTSOF(ch), &err) == 0, "changing budgets: %s", err.msg);
+        CHECK(ids_eq(got, STEPS, want, STEPS), "changing budgets: other tokens");
+        mx_expert_stats st;
+        mx_engine_expert_stats(e, &st);
+        CHECK(st.streaming && st.budget <= all && st.resident <= st.budget && st.misses > 0,
+              "after the changes: budget %llu, resident %llu, %llu misses", (unsigned long long)st.budget,
+              (unsigned long long)st.resident, (unsigned long long)st.misses);
+        CHECK(mx_engine_set_expert_memory(e, 1, &err) == 0, "shrink: %s", err.msg);
+        mx_engine_expert_stats(e, &st);
+        CHECK(st.slots_per_layer == m->cfg.n_experts_per_tok && st.resident == 0, "shrunk to the minimum: %u slots",
+              st.slots_per_layer);
 }
 
 /* A fault fails one request, with a message naming the experts' file;
@@ -234,6 +271,7 @@ int main(int argc, char **argv) {
                         CHECK(!st.streaming && st.reads == 0, "no streaming without a budget");
                 }
                 check_budgets(m, want);
+                check_changes(m, want);
                 /* The first request's first reads all fail: some of them are
                  * experts it must have (others are evicted unread). */
                 check_fault(m, want, "eio:1:40", "Input/output error");

@@ -89,6 +89,7 @@ static bool on_gpu(const run_opts *o) {
 typedef struct decode_result {
         uint32_t batch;
         double tokens_per_s, step_s, weight_bytes, kv_bytes; /* bytes per step */
+        double expert_bytes_read, expert_hits, expert_misses, read_wait_s; /* per step, streaming */
 } decode_result;
 
 /* B sequences, each prefilled with BATCH_PROMPT tokens of the prompt
@@ -128,12 +129,14 @@ static int decode_batch(mx_engine *e, const mx_ids *prompt, uint32_t B, uint32_t
         if (r == 0)
                 r = mx_forward(e, items, B, err);
         mx_engine_counters c0, c1;
+        mx_expert_stats x0 = {0}, x1;
         double t0 = 0;
         /* Two steps untimed: first calls of a shape load kernels and record
          * CUDA graphs. */
         for (uint32_t s = 0; r == 0 && s < decode + 2; s++) {
                 if (s == 2) {
                         mx_engine_counters_get(e, &c0);
+                        mx_engine_expert_stats(e, &x0);
                         t0 = run_now();
                 }
                 for (uint32_t i = 0; i < B; i++)
@@ -143,10 +146,14 @@ static int decode_batch(mx_engine *e, const mx_ids *prompt, uint32_t B, uint32_t
         }
         double secs = run_now() - t0;
         mx_engine_counters_get(e, &c1);
+        mx_engine_expert_stats(e, &x1);
         if (r == 0)
                 *out = (decode_result){B, (double)B * decode / secs, secs / decode,
                                        (double)(c1.weight_bytes - c0.weight_bytes) / decode,
-                                       (double)(c1.kv_bytes - c0.kv_bytes) / decode};
+                                       (double)(c1.kv_bytes - c0.kv_bytes) / decode,
+                                       (double)(x1.bytes_read - x0.bytes_read) / decode,
+                                       (double)(x1.hits - x0.hits) / decode, (double)(x1.misses - x0.misses) / decode,
+                                       (x1.read_wait_s - x0.read_wait_s) / decode};
         for (uint32_t i = 0; seqs && i < B; i++)
                 mx_seq_free(seqs[i]);
         free_samplers(pick, B);
@@ -159,9 +166,12 @@ static void print_decode(const decode_result *d, const ceilings *c, bool first) 
         double bound = bytes / (c->bw_gbps * 1e9);
         printf("%s{\"batch\": %u, \"tokens_per_s\": %.3f, \"step_ms\": %.3f, \"weight_bytes_per_step\": %.0f, "
                "\"kv_bytes_per_step\": %.0f, \"achieved_GBps\": %.2f, \"fraction_of_bandwidth\": %.3f, "
-               "\"bound_ms\": %.3f, \"step_over_bound\": %.3f}",
+               "\"bound_ms\": %.3f, \"step_over_bound\": %.3f, \"expert_bytes_read_per_step\": %.0f, "
+               "\"expert_hit_rate\": %.4f, \"read_wait_ms_per_step\": %.3f}",
                first ? "" : ", ", d->batch, d->tokens_per_s, d->step_s * 1e3, d->weight_bytes, d->kv_bytes,
-               achieved, achieved / c->bw_gbps, bound * 1e3, d->step_s / bound);
+               achieved, achieved / c->bw_gbps, bound * 1e3, d->step_s / bound, d->expert_bytes_read,
+               d->expert_hits + d->expert_misses > 0 ? d->expert_hits / (d->expert_hits + d->expert_misses) : 1.0,
+               d->read_wait_s * 1e3);
 }
 
 int run_bench(const run_opts *o) {

@@ -89,36 +89,12 @@ int run_open_model(const run_opts *o, mx_model **m, mx_error *err) {
         return r < 0 ? r : mx_model_synthetic(m, o->synthetic, layers, !on_gpu(o), err);
 }
 
-/* --expert-memory: bytes (K, M, G), a percentage of all experts' bytes,
- * or min (the engine keeps top-k per layer whatever it is asked). */
-static int expert_budget(const char *s, const mx_model *m, uint64_t *out, mx_error *err) {
-        uint64_t all = 0;
-        for (uint32_t L = 0; L < m->cfg.n_layers; L++)
-                for (uint32_t e = 0; e < m->cfg.n_experts; e++)
-                        all += m->layers[L].w1[e]->nbytes + m->layers[L].w2[e]->nbytes + m->layers[L].w3[e]->nbytes;
-        char *end = NULL;
-        errno = 0;
-        double v = strcmp(s, "min") == 0 ? 0 : strtod(s, &end);
-        if (strcmp(s, "min") == 0) {
-                *out = 1;
-                return 0;
-        }
-        if (errno || end == s || v <= 0 || !isfinite(v))
-                return mx_error_set(err, -EINVAL, "--expert-memory %s: expected bytes (K, M, G), a percentage or min", s);
-        double unit = *end == '%' ? (double)all / 100 : *end == 'K' ? 1024.0 : *end == 'M' ? 1048576.0
-                                                         : *end == 'G' ? 1073741824.0 : 1;
-        if (*end && end[1])
-                return mx_error_set(err, -EINVAL, "--expert-memory %s: expected bytes (K, M, G), a percentage or min", s);
-        *out = v * unit < 1 ? 1 : (uint64_t)(v * unit);
-        return 0;
-}
-
 int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err) {
         int r = run_open_model(o, m, err);
         if (r < 0)
                 return r;
         uint64_t budget = 0;
-        if (o->expert_memory && (r = expert_budget(o->expert_memory, *m, &budget, err)) < 0)
+        if (o->expert_memory && (r = mx_expert_budget_parse(o->expert_memory, *m, &budget, err)) < 0)
                 return r;
         bar b = {isatty(STDERR_FILENO) == 1, -1};
         /* Streaming reads experts itself: paging the files in would defeat it. */
