@@ -243,6 +243,29 @@ static void check_truncated(const mx_model *m, const int32_t *want) {
         CHECK(generate(e, got, &err2) == 0 && ids_eq(got, STEPS, want, STEPS), "after the restore: %s", err2.msg);
 }
 
+/* The budget's syntax, good and bad. */
+static void check_parse(const mx_model *m) {
+        uint64_t all = all_expert_bytes(m), v = 7;
+        mx_error err = {0};
+        const struct {
+                const char *s;
+                uint64_t want;
+        } good[] = {{"auto", 0}, {"all", 0}, {"min", 1}, {"50%", all / 2}, {"2K", 2048}, {"100%", all},
+                    {"200G", all}, {"0.5%", all / 200}};
+        for (size_t i = 0; i < MX_ELEMENTSOF(good); i++) {
+                int r = mx_expert_budget_parse(good[i].s, m, &v, &err);
+                CHECK(r == 0 && (v == good[i].want || v + 1 == good[i].want || v == good[i].want + 1),
+                      "'%s' gave %llu (%d), not %llu", good[i].s, (unsigned long long)v, r,
+                      (unsigned long long)good[i].want);
+        }
+        const char *bad[] = {"", "abc", "-5", "10X", "0", "1e30", "50%%", "5 G", "nan", "inf%", "%"};
+        for (size_t i = 0; i < MX_ELEMENTSOF(bad); i++) {
+                err = (mx_error){0};
+                CHECK(mx_expert_budget_parse(bad[i], m, &v, &err) == -EINVAL && strstr(err.msg, "expected"),
+                      "'%s' was taken (%s)", bad[i], err.msg);
+        }
+}
+
 static int rm_one(const char *p, const struct stat *s, int flag, struct FTW *f) {
         return remove(p);
 }
@@ -270,6 +293,7 @@ int main(int argc, char **argv) {
                         mx_engine_expert_stats(e, &st);
                         CHECK(!st.streaming && st.reads == 0, "no streaming without a budget");
                 }
+                check_parse(m);
                 check_budgets(m, want);
                 check_changes(m, want);
                 /* The first request's first reads all fail: some of them are
