@@ -225,6 +225,10 @@ static int load(md_server *srv, mx_error *err) {
         if ((r = mx_expert_budget_parse(budget, srv->model, &srv->expert_budget, err)) < 0)
                 return r;
         srv->expert_now = srv->expert_budget;
+        /* Streaming reads the files for experts only, and survives a file
+         * changed under it (a request fails, not the daemon). */
+        if (srv->expert_budget && (r = mx_model_copy_dense(srv->model, err)) < 0)
+                return r;
         /* Streaming reads the experts itself: paging the files in would
          * defeat it. */
         if (!srv->expert_budget && mx_model_fits_in_memory(srv->model))

@@ -281,6 +281,12 @@ int mx_synthetic_sizes(const char *shape, uint64_t *per_layer, uint64_t *rest, u
  * (may be NULL). */
 int mx_model_prefault(const mx_model *m, void (*progress)(uint64_t done, uint64_t total, void *arg),
                       void *arg);
+/* For expert streaming: copies every weight but the experts into private
+ * memory (reading the files once), so that the files are only ever read
+ * for experts, and a file truncated or replaced under a running engine
+ * fails the requests that need its experts instead of killing the process
+ * (a mapped page past a file's new end is a SIGBUS). */
+int mx_model_copy_dense(mx_model *m, mx_error *err);
 /* Whether paging in helps: the files fit in memory with a fifth to spare
  * (otherwise the pass would only evict its own beginning). */
 bool mx_model_fits_in_memory(const mx_model *m);

@@ -204,6 +204,7 @@ void mx_model_free(mx_model *m) {
                 free(p->used);
                 free(p->experts);
                 free(p->synth_data);
+                free(p->dense_copy);
                 free(p);
         }
         free(m->layers);
@@ -266,4 +267,35 @@ void mx_model_footprint(const mx_model *m, mx_footprint *fp) {
                            expert_bytes / c->n_experts * c->n_experts_per_tok -
                            (tied ? 0 : m->embed->nbytes - row_bytes);
         fp->kv_bytes_per_token = (uint64_t)c->n_layers * 2 * c->n_kv_heads * c->head_dim * 2;
+}
+
+int mx_model_copy_dense(mx_model *m, mx_error *err) {
+        model_priv *p = m->priv;
+        if (p->dense_copy || m->n_files == 0)
+                return 0;
+        _cleanup_free_ bool *expert = calloc(m->n_tensors ? m->n_tensors : 1, sizeof(bool));
+        if (!expert)
+                return mx_error_set(err, -ENOMEM, "out of memory");
+        size_t per_layer = (size_t)m->cfg.n_experts * 3;
+        for (size_t i = 0; i < (size_t)m->cfg.n_layers * per_layer; i++)
+                expert[p->experts[i] - m->tensors] = true;
+        uint64_t total = 0;
+        for (size_t i = 0; i < m->n_tensors; i++)
+                if (!expert[i])
+                        total += (m->tensors[i].nbytes + 63) / 64 * 64;
+        void *blob = NULL;
+        if (posix_memalign(&blob, 64, total ? total : 1) != 0)
+                return mx_error_set(err, -ENOMEM, "out of memory for the %.2f GiB of weights besides the experts",
+                                    (double)total / (1u << 30));
+        uint8_t *at = blob;
+        for (size_t i = 0; i < m->n_tensors; i++) {
+                mx_tensor *t = &m->tensors[i];
+                if (expert[i])
+                        continue;
+                memcpy(at, t->data, t->nbytes);
+                t->data = at;
+                at += (t->nbytes + 63) / 64 * 64;
+        }
+        p->dense_copy = blob;
+        return 0;
 }

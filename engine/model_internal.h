@@ -8,6 +8,7 @@ typedef struct model_priv {
         bool *used;           /* parallel to mx_model.tensors */
         const mx_tensor **experts; /* backing store of every layer's w1/w2/w3 */
         void *synth_data;          /* host weights of a synthetic model */
+        void *dense_copy;          /* mx_model_copy_dense's private weights */
 } model_priv;
 
 char *mx_path_join(const char *dir, const char *name);

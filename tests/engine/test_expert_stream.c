@@ -7,6 +7,8 @@
  *     100%, and the reads went through io_uring where it could be set up;
  *   - budgets changed between the steps of a request, down and up;
  *   - the same through pread (MX_IO_URING=0), as where io_uring is refused;
+ *   - a file holding dense weights and experts, truncated: with the dense
+ *     weights copied out the process survives and the request fails;
  *   - faults: a read error and a short read (MX_IO_FAULT), and the experts'
  *     shard truncated under the engine, each fail that request with a
  *     message naming the file; the engine then serves the next request
@@ -243,6 +245,47 @@ static void check_truncated(const mx_model *m, const int32_t *want) {
         CHECK(generate(e, got, &err2) == 0 && ids_eq(got, STEPS, want, STEPS), "after the restore: %s", err2.msg);
 }
 
+/* A checkpoint whose one file holds dense weights and experts alike,
+ * truncated under an engine that streams: with the dense weights copied
+ * out (mx_model_copy_dense) the requests fail, the process lives, and a
+ * restored file serves again. */
+static void check_mixed_file_truncated(const char *src) {
+        char path[512], from[512];
+        mx_error err = {0};
+        snprintf(from, sizeof(from), "%s/model.safetensors", src);
+        snprintf(path, sizeof(path), "%s/mixed", dir);
+        mkdir(path, 0700);
+        snprintf(path, sizeof(path), "%s/mixed/model.safetensors", dir);
+        char cfg_from[512], cfg_to[512];
+        snprintf(cfg_from, sizeof(cfg_from), "%s/config.json", src);
+        snprintf(cfg_to, sizeof(cfg_to), "%s/mixed/config.json", dir);
+        if (copy_file(from, path) != 0 || copy_file(cfg_from, cfg_to) != 0)
+                return; /* a sharded checkpoint: the split one covers it */
+        char mdir[256];
+        snprintf(mdir, sizeof(mdir), "%s/mixed", dir);
+        _cleanup_(mx_model_freep) mx_model *m = NULL;
+        CHECK(mx_model_open(&m, mdir, &err) == 0 && mx_model_copy_dense(m, &err) == 0, "mixed: %s", err.msg);
+        if (!m)
+                return;
+        int32_t want[STEPS], got[STEPS];
+        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(m, 1);
+        CHECK(e && generate(e, want, &err) == 0, "mixed, streaming: %s", err.msg);
+        struct stat st;
+        _cleanup_free_ char *saved = NULL;
+        if (!e || stat(path, &st) < 0 || !(saved = malloc((size_t)st.st_size)))
+                return;
+        FILE *f = fopen(path, "rb");
+        CHECK(f && fread(saved, 1, (size_t)st.st_size, f) == (size_t)st.st_size, "read %s", path);
+        if (f)
+                fclose(f);
+        CHECK(truncate(path, 4096) == 0, "truncate: %s", strerror(errno));
+        err = (mx_error){0};
+        CHECK(generate(e, got, &err) == -EIO && strstr(err.msg, "truncated"), "mixed, truncated: '%s'", err.msg);
+        CHECK(write_file(path, saved, (size_t)st.st_size) == 0, "restore");
+        err = (mx_error){0};
+        CHECK(generate(e, got, &err) == 0 && ids_eq(got, STEPS, want, STEPS), "mixed, restored: %s", err.msg);
+}
+
 /* The budget's syntax, good and bad. */
 static void check_parse(const mx_model *m) {
         uint64_t all = all_expert_bytes(m), v = 7;
@@ -301,6 +344,7 @@ int main(int argc, char **argv) {
                 check_fault(m, want, "eio:1:40", "Input/output error");
                 check_fault(m, want, "short:1:40", "short read");
                 check_truncated(m, want);
+                check_mixed_file_truncated(argv[1]);
                 /* Where io_uring cannot be had: the same tokens through pread. */
                 setenv("MX_IO_URING", "0", 1);
                 _cleanup_(mx_engine_freep) mx_engine *p = open_engine(m, 1);

@@ -96,6 +96,8 @@ int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err) {
         uint64_t budget = 0;
         if (o->expert_memory && (r = mx_expert_budget_parse(o->expert_memory, *m, &budget, err)) < 0)
                 return r;
+        if (budget && !o->synthetic && (r = mx_model_copy_dense(*m, err)) < 0)
+                return r;
         bar b = {isatty(STDERR_FILENO) == 1, -1};
         /* Streaming reads experts itself: paging the files in would defeat it. */
         if (!o->synthetic && !budget && mx_model_fits_in_memory(*m))
