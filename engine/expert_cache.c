@@ -44,6 +44,8 @@ struct mx_expert_cache {
         uint64_t tick, stamp, expert_bytes;
         char why[320]; /* the last failed read */
         uint64_t carried_uring, carried_reads; /* from caches this one replaced */
+        uint32_t *freq;  /* [layer][expert]: times the router chose it (LFU) */
+        bool lfu;        /* MX_EXPERT_POLICY=lru turns it off (bench/README.md: LFU measured better) */
         mx_expert_stats st;
 };
 
@@ -105,6 +107,7 @@ void mx_expert_cache_free(mx_expert_cache *c) {
         free(c->arena);
         free(c->slots);
         free(c->parts);
+        free(c->freq);
         free(c);
 }
 
@@ -130,8 +133,11 @@ int mx_expert_cache_new(const mx_model *m, uint64_t budget, mx_expert_cache **ou
         if (m->n_files == 0)
                 return mx_error_set(err, -EINVAL, "%s: expert streaming needs the model's files", m->dir);
         _cleanup_(mx_expert_cache_freep) mx_expert_cache *c = calloc(1, sizeof(*c));
-        if (!c || !(c->parts = calloc((size_t)cfg->n_layers * cfg->n_experts * 3, sizeof(part))))
+        if (!c || !(c->parts = calloc((size_t)cfg->n_layers * cfg->n_experts * 3, sizeof(part))) ||
+            !(c->freq = calloc((size_t)cfg->n_layers * cfg->n_experts, sizeof(uint32_t))))
                 return mx_error_set(err, -ENOMEM, "out of memory");
+        const char *policy = getenv("MX_EXPERT_POLICY");
+        c->lfu = !(policy && strcmp(policy, "lru") == 0);
         c->m = m, c->layers = cfg->n_layers, c->E = cfg->n_experts;
         int r = plan_parts(c, err);
         if (r < 0)
@@ -158,7 +164,7 @@ int mx_expert_cache_new(const mx_model *m, uint64_t budget, mx_expert_cache **ou
         c->st.budget = (uint64_t)c->spl * c->layers * c->expert_bytes;
         mx_io_info info;
         mx_io_get_info(c->io, &info);
-        snprintf(c->st.how, sizeof(c->st.how), "%s", info.how);
+        snprintf(c->st.how, sizeof(c->st.how), "%s, %s", info.how, c->lfu ? "LFU" : "LRU");
         *out = MX_TAKE_PTR(c);
         return 0;
 }
@@ -174,8 +180,20 @@ static slot *find(mx_expert_cache *c, uint32_t L, uint32_t e) {
         return NULL;
 }
 
-/* An empty slot, else the least recently used one not in use nor on its
- * way; those wanted by the current layer only when `hard`. */
+/* Whether a should go before b: least recently used (or, with LFU, least
+ * often chosen, then least recently used). */
+static bool evict_first(const mx_expert_cache *c, uint32_t L, const slot *a, const slot *b) {
+        if (c->lfu) {
+                uint32_t fa = c->freq[(size_t)L * c->E + (uint32_t)a->expert];
+                uint32_t fb = c->freq[(size_t)L * c->E + (uint32_t)b->expert];
+                if (fa != fb)
+                        return fa < fb;
+        }
+        return a->used < b->used;
+}
+
+/* An empty slot, else the first to evict of those neither in use nor on
+ * their way; those wanted by the current layer only when `hard`. */
 static slot *victim(mx_expert_cache *c, uint32_t L, bool hard) {
         slot *best = NULL;
         for (uint32_t i = 0; i < c->spl; i++) {
@@ -184,7 +202,7 @@ static slot *victim(mx_expert_cache *c, uint32_t L, bool hard) {
                         return s;
                 if (s->state == LOADING || s->pins || (!hard && s->keep == c->stamp))
                         continue;
-                if (!best || s->used < best->used)
+                if (!best || evict_first(c, L, s, best))
                         best = s;
         }
         return best;
@@ -262,6 +280,7 @@ void mx_expert_cache_want(mx_expert_cache *c, uint32_t L, uint32_t e) {
         slot *s = find(c, L, e);
         if (s && s->keep == c->stamp)
                 return; /* another token of this step chose it too */
+        c->freq[(size_t)L * c->E + e]++;
         if (s) {
                 c->st.hits++; /* resident, or on its way since the last layer guessed it */
         } else {

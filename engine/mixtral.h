@@ -349,7 +349,7 @@ typedef struct mx_expert_stats {
         uint64_t uring_reads;       /* of those, through io_uring */
         double read_wait_s;         /* time the step waited on reads */
         uint64_t predicted, predicted_used; /* next-layer guesses, and those the router then chose */
-        char how[160];              /* how reads are made (io_uring, O_DIRECT, ... or pread and why) */
+        char how[192];              /* how reads are made (io_uring, O_DIRECT, ... or pread and why), the policy */
 } mx_expert_stats;
 
 /* Zeros (streaming false) when the engine holds every expert. */
