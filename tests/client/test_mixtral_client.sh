@@ -279,6 +279,26 @@ for k in ("version", "model", "device", "weight_bytes", "kv_bytes", "rss_bytes",
           "connections", "requests_total", "tokens_total", "context_length"):
     assert k in s, k
 ' "$tmp/status.json" || fail "status --json: $(cat "$tmp/status.json")"
+grep -q "^experts:" <<<"$out" && fail "status shows streaming where every expert is mapped: $out"
+
+# A daemon streaming its experts: status says so, the answer is the same.
+mkdir -p "$tmp/stream"
+printf '[daemon]\nthreads=1\nexpert_memory=min\nmemory_pressure=off\n' >"$tmp/stream/conf"
+if start_daemon "$tmp/stream"; then
+        got=$(timeout 60 "$client" --socket "$tmp/stream/sock" --raw --temperature 0 -n 12 --ignore-eos "Once upon a time" </dev/null)
+        want=$(r --prompt "Once upon a time" --temperature 0 --max-tokens 12 --ignore-eos)
+        [ -n "$got" ] && [ "$got" = "$want" ] || fail "streaming daemon answered '$got', mixtral-run '$want'"
+        out=$(timeout 60 "$client" --socket "$tmp/stream/sock" status </dev/null)
+        grep -Eq "^experts: +streamed, .* held \(budget .*, 2 per layer\); hit rate [0-9.]+%, .* read at [0-9.]+ GB/s" <<<"$out" ||
+                fail "status of a streaming daemon: $out"
+        timeout 60 "$client" --socket "$tmp/stream/sock" status --json </dev/null >"$tmp/stream.json"
+        /usr/bin/python3 -c '
+import json, sys
+s = json.loads(open(sys.argv[1]).read())
+x = s["experts"]
+assert x["slots_per_layer"] == 2 and x["misses"] > 0 and x["bytes_read"] > 0 and x["budget_bytes"] > 0, x
+' "$tmp/stream.json" || fail "status --json of a streaming daemon: $(cat "$tmp/stream.json")"
+fi
 out=$(m quota </dev/null) || fail "quota exited $?"
 for line in "tokens per hour: 1000000" "tokens per day:  unlimited" "concurrent:      4" "queued:          8" \
         "max context:     4096 tokens" "max tokens:      unlimited"; do
