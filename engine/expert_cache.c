@@ -338,6 +338,11 @@ int mx_expert_cache_acquire(mx_expert_cache *c, uint32_t L, uint32_t e, mx_exper
         return 0;
 }
 
+bool mx_expert_cache_ready(mx_expert_cache *c, uint32_t L, uint32_t e) {
+        const slot *s = find(c, L, e);
+        return s && s->state == READY && !s->broken;
+}
+
 void mx_expert_cache_release(mx_expert_cache *c, uint32_t L, uint32_t e) {
         slot *s = find(c, L, e);
         if (s && s->pins)

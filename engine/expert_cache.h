@@ -36,6 +36,8 @@ void mx_expert_cache_prefetch(mx_expert_cache *c, uint32_t L, uint32_t e);
  * changed read. */
 int mx_expert_cache_acquire(mx_expert_cache *c, uint32_t L, uint32_t e, mx_expert_view *v, mx_error *err);
 void mx_expert_cache_release(mx_expert_cache *c, uint32_t L, uint32_t e);
+/* Whether expert e of layer L is in memory now (acquire would not wait). */
+bool mx_expert_cache_ready(mx_expert_cache *c, uint32_t L, uint32_t e);
 
 /* Counters for --bench, the daemon's status and the tests. */
 void mx_expert_cache_stats(const mx_expert_cache *c, mx_expert_stats *s);

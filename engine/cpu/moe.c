@@ -16,6 +16,8 @@ typedef struct cpu_moe {
         size_t cap;        /* tokens the buffers hold */
         float *logits;     /* [cap][experts] */
         float *xe, *h1, *h3, *y, *sum;
+        float *ys;         /* [cap][k][hidden]: each token's expert outputs, by expert index */
+        uint32_t *rows_pos;/* for the current expert's rows: where in ys */
         uint32_t *choice;  /* [cap][k] expert ids */
         float *weight;     /* [cap][k] */
         uint32_t *rows;    /* tokens routed to the current expert */
@@ -31,7 +33,7 @@ void mx_cpu_moe_free(cpu_backend *cb) {
                 return;
         free(m->logits), free(m->xe), free(m->h1), free(m->h3), free(m->y), free(m->sum);
         free(m->choice), free(m->weight), free(m->rows), free(m->rows_w), free(m->prob);
-        free(m->pred), free(m->pred_w);
+        free(m->pred), free(m->pred_w), free(m->ys), free(m->rows_pos);
         free(m);
         cb->moe = NULL;
 }
@@ -46,8 +48,9 @@ static int reserve(cpu_backend *cb, uint32_t n) {
         if (n <= m->cap)
                 return 0;
         size_t h = c->hidden_size, f = c->intermediate_size, e = c->n_experts, k = c->n_experts_per_tok;
-        float **fl[] = {&m->logits, &m->xe, &m->h1, &m->h3, &m->y, &m->sum, &m->weight, &m->rows_w, &m->pred_w};
-        size_t fl_n[] = {e, h, f, f, h, h, k, 1, k};
+        float **fl[] = {&m->logits, &m->xe, &m->h1, &m->h3, &m->y, &m->sum, &m->weight, &m->rows_w, &m->pred_w,
+                        &m->ys};
+        size_t fl_n[] = {e, h, f, f, h, h, k, 1, k, k * h};
         for (size_t i = 0; i < MX_ELEMENTSOF(fl); i++) {
                 float *p = realloc(*fl[i], (size_t)n * fl_n[i] * sizeof(float));
                 if (!p)
@@ -63,7 +66,10 @@ static int reserve(cpu_backend *cb, uint32_t n) {
         uint32_t *pred = rows ? realloc(m->pred, (size_t)n * k * sizeof(uint32_t)) : NULL;
         if (pred)
                 m->pred = pred;
-        if (!pred)
+        uint32_t *pos = pred ? realloc(m->rows_pos, (size_t)n * sizeof(uint32_t)) : NULL;
+        if (pos)
+                m->rows_pos = pos;
+        if (!pos)
                 return -ENOMEM;
         m->cap = n;
         return 0;
@@ -115,12 +121,8 @@ static int run_expert(mx_backend *b, const mx_tensor *w1, const mx_tensor *w2, c
         swiglu(m->h1, m->h3, (size_t)count * f);
         if ((r = mx_cpu_matmul(b, w2, m->h1, m->y, count, false)) < 0)
                 return r;
-        for (uint32_t i = 0; i < count; i++) {
-                float *s = m->sum + (size_t)m->rows[i] * h;
-                const float *y = m->y + i * h;
-                for (size_t j = 0; j < h; j++)
-                        s[j] += y[j] * m->rows_w[i];
-        }
+        for (uint32_t i = 0; i < count; i++)
+                memcpy(m->ys + (size_t)m->rows_pos[i] * h, m->y + i * h, h * sizeof(float));
         return 0;
 }
 
@@ -160,11 +162,68 @@ static int expert_weights(cpu_backend *cb, const mx_layer *l, uint32_t e, mx_exp
         return mx_expert_cache_acquire(cb->experts, L, e, v, &cb->err);
 }
 
+/* Expert e's rows: the tokens that chose it, their weights, and where its
+ * output goes among each token's outputs (ordered by expert index). */
+static uint32_t rows_of(cpu_moe *m, uint32_t e, uint32_t n, uint32_t k) {
+        uint32_t count = 0;
+        for (uint32_t t = 0; t < n; t++)
+                for (uint32_t i = 0; i < k; i++)
+                        if (m->choice[t * k + i] == e) {
+                                uint32_t rank = 0;
+                                for (uint32_t j = 0; j < k; j++)
+                                        rank += m->choice[t * k + j] < e;
+                                m->rows[count] = t;
+                                m->rows_w[count] = m->weight[t * k + i];
+                                m->rows_pos[count++] = t * k + rank;
+                        }
+        return count;
+}
+
+static int one_expert(cpu_backend *cb, const mx_layer *l, uint32_t e, const float *x, uint32_t n) {
+        cpu_moe *m = cb->moe;
+        uint32_t count = rows_of(m, e, n, cb->base.model->cfg.n_experts_per_tok);
+        if (!count)
+                return 0;
+        mx_expert_view v;
+        int r = expert_weights(cb, l, e, &v);
+        if (r < 0)
+                return r;
+        r = run_expert(&cb->base, &v.w1, &v.w2, &v.w3, x, count);
+        if (cb->experts)
+                mx_expert_cache_release(cb->experts, (uint32_t)(l - cb->base.model->layers), e);
+        return r;
+}
+
+/* Each token's expert outputs, weighted and summed in expert index order
+ * (as Hugging Face's loop over experts does), whatever order they were
+ * computed in, then added to the residual. */
+static void combine(cpu_moe *m, uint32_t n, uint32_t k, size_t h, float *acc) {
+        for (uint32_t t = 0; t < n; t++) {
+                float *s = m->sum + (size_t)t * h;
+                memset(s, 0, h * sizeof(float));
+                for (uint32_t r = 0; r < k; r++) {
+                        /* the expert of rank r among t's choices, and its weight */
+                        float w = 0;
+                        for (uint32_t i = 0; i < k; i++) {
+                                uint32_t rank = 0;
+                                for (uint32_t j = 0; j < k; j++)
+                                        rank += m->choice[t * k + j] < m->choice[t * k + i];
+                                if (rank == r)
+                                        w = m->weight[t * k + i];
+                        }
+                        const float *y = m->ys + ((size_t)t * k + r) * h;
+                        for (size_t j = 0; j < h; j++)
+                                s[j] += y[j] * w;
+                }
+                for (size_t j = 0; j < h; j++)
+                        acc[(size_t)t * h + j] += s[j];
+        }
+}
+
 int mx_cpu_moe(mx_backend *b, const mx_layer *l, const float *x, float *acc, uint32_t n) {
         cpu_backend *cb = (cpu_backend *)b;
         const mx_config *c = &b->model->cfg;
         uint32_t E = c->n_experts, k = c->n_experts_per_tok;
-        size_t h = c->hidden_size;
         int r = reserve(cb, n);
         if (r < 0)
                 return r;
@@ -176,27 +235,19 @@ int mx_cpu_moe(mx_backend *b, const mx_layer *l, const float *x, float *acc, uin
                       m->weight + (size_t)t * k);
         if (cb->experts && (r = prefetch(cb, l, x, n)) < 0)
                 return r;
-        memset(m->sum, 0, (size_t)n * h * sizeof(float));
-        for (uint32_t e = 0; e < E; e++) {
-                uint32_t count = 0;
-                for (uint32_t t = 0; t < n; t++)
-                        for (uint32_t i = 0; i < k; i++)
-                                if (m->choice[t * k + i] == e) {
-                                        m->rows[count] = t;
-                                        m->rows_w[count++] = m->weight[t * k + i];
-                                }
-                if (!count)
-                        continue;
-                mx_expert_view v;
-                if ((r = expert_weights(cb, l, e, &v)) < 0)
+        /* Streaming: the experts already in memory first, so that the
+         * others' reads go on while they compute. */
+        uint32_t L = (uint32_t)(l - b->model->layers);
+        bool done[64] = {false};
+        for (uint32_t e = 0; cb->experts && E <= 64 && e < E; e++)
+                if (mx_expert_cache_ready(cb->experts, L, e)) {
+                        if ((r = one_expert(cb, l, e, x, n)) < 0)
+                                return r;
+                        done[e] = true;
+                }
+        for (uint32_t e = 0; e < E; e++)
+                if (!(E <= 64 && done[e]) && (r = one_expert(cb, l, e, x, n)) < 0)
                         return r;
-                r = run_expert(b, &v.w1, &v.w2, &v.w3, x, count);
-                if (cb->experts)
-                        mx_expert_cache_release(cb->experts, (uint32_t)(l - b->model->layers), e);
-                if (r < 0)
-                        return r;
-        }
-        for (size_t i = 0; i < (size_t)n * h; i++)
-                acc[i] += m->sum[i];
+        combine(m, n, k, c->hidden_size, acc);
         return 0;
 }
