@@ -64,18 +64,6 @@ static int parse_u32(const char *s, uint32_t *out) {
         return r;
 }
 
-/* cpu, cuda, or cuda:N with N a small decimal number. */
-static bool valid_device(const char *v) {
-        if (!strcmp(v, "cpu") || !strcmp(v, "cuda"))
-                return true;
-        if (strncmp(v, "cuda:", 5) || !v[5] || strlen(v + 5) > 2)
-                return false;
-        for (const char *p = v + 5; *p; p++)
-                if (*p < '0' || *p > '9')
-                        return false;
-        return true;
-}
-
 /* auto, all, min, a number of bytes with K, M, G or T, or a percentage. */
 static bool valid_budget(const char *v) {
         if (!strcmp(v, "auto") || !strcmp(v, "all") || !strcmp(v, "min"))
@@ -103,7 +91,8 @@ int md_config_set_daemon(md_config *c, const char *key, const char *v, mx_error 
         if (!strcmp(key, "model"))
                 r = set_string(&c->model, v);
         else if (!strcmp(key, "device")) {
-                if (!valid_device(v))
+                int index;
+                if (mx_device_parse(v, &index) < 0)
                         return mx_error_set(err, -EINVAL, "device=%s: expected cpu, cuda or cuda:N", v);
                 r = set_string(&c->device, v);
         } else if (!strcmp(key, "socket")) {

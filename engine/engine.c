@@ -72,20 +72,22 @@ void mx_engine_free(mx_engine *e) {
         free(e);
 }
 
-/* "cpu" (or none), "cuda", "cuda:N". */
-static int parse_device(const char *d, int *cuda_index, mx_error *err) {
+int mx_device_parse(const char *d, int *cuda_index) {
         *cuda_index = -1;
         if (!d || strcmp(d, "cpu") == 0)
                 return 0;
-        if (strncmp(d, "cuda", 4) == 0) {
-                char *end = NULL;
-                long i = d[4] == ':' ? strtol(d + 5, &end, 10) : 0;
-                if (d[4] == '\0' || (d[4] == ':' && end != d + 5 && *end == '\0' && i >= 0 && i < 64)) {
-                        *cuda_index = (int)i;
-                        return 0;
-                }
+        if (strncmp(d, "cuda", 4) != 0)
+                return -EINVAL;
+        if (d[4] == '\0') {
+                *cuda_index = 0;
+                return 0;
         }
-        return mx_error_set(err, -EINVAL, "device \"%s\": expected cpu, cuda or cuda:N", d);
+        char *end = NULL;
+        long i = d[4] == ':' && d[5] >= '0' && d[5] <= '9' ? strtol(d + 5, &end, 10) : -1;
+        if (i < 0 || i >= 64 || *end)
+                return -EINVAL;
+        *cuda_index = (int)i;
+        return 0;
 }
 
 int mx_engine_open(mx_engine **out, const mx_model *m, const mx_engine_opts *o, mx_error *err) {
@@ -93,9 +95,9 @@ int mx_engine_open(mx_engine **out, const mx_model *m, const mx_engine_opts *o, 
         if (!o)
                 o = &defaults;
         int cuda = -1;
-        int r = parse_device(o->device, &cuda, err);
+        int r = mx_device_parse(o->device, &cuda);
         if (r < 0)
-                return r;
+                return mx_error_set(err, r, "device \"%s\": expected cpu, cuda or cuda:N", o->device);
         _cleanup_(mx_engine_freep) mx_engine *e = calloc(1, sizeof(*e));
         if (!e)
                 return mx_error_set(err, -ENOMEM, "out of memory");

@@ -318,6 +318,10 @@ typedef struct mx_engine_opts {
 
 typedef struct mx_engine mx_engine;
 
+/* "cpu" (or NULL): *cuda_index -1; "cuda" or "cuda:N" (N < 64): the GPU's
+ * index. -EINVAL for anything else. */
+int mx_device_parse(const char *device, int *cuda_index);
+
 /* The engine computes with m's weights in place (m must outlive it). */
 int mx_engine_open(mx_engine **out, const mx_model *m, const mx_engine_opts *o, mx_error *err);
 void mx_engine_free(mx_engine *e);

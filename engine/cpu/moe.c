@@ -17,11 +17,11 @@ typedef struct cpu_moe {
         float *logits;     /* [cap][experts] */
         float *xe, *h1, *h3, *y, *sum;
         float *ys;         /* [cap][k][hidden]: each token's expert outputs, by expert index */
+        float *ys_w;       /* [cap][k]: their routing weights */
         uint32_t *rows_pos;/* for the current expert's rows: where in ys */
         uint32_t *choice;  /* [cap][k] expert ids */
         float *weight;     /* [cap][k] */
         uint32_t *rows;    /* tokens routed to the current expert */
-        float *rows_w;
         float *prob;       /* [experts], for routing one token */
         uint32_t *pred;    /* [cap][k]: the next layer's likely experts */
         float *pred_w;
@@ -32,8 +32,8 @@ void mx_cpu_moe_free(cpu_backend *cb) {
         if (!m)
                 return;
         free(m->logits), free(m->xe), free(m->h1), free(m->h3), free(m->y), free(m->sum);
-        free(m->choice), free(m->weight), free(m->rows), free(m->rows_w), free(m->prob);
-        free(m->pred), free(m->pred_w), free(m->ys), free(m->rows_pos);
+        free(m->choice), free(m->weight), free(m->rows), free(m->prob);
+        free(m->pred), free(m->pred_w), free(m->ys), free(m->ys_w), free(m->rows_pos);
         free(m);
         cb->moe = NULL;
 }
@@ -48,9 +48,9 @@ static int reserve(cpu_backend *cb, uint32_t n) {
         if (n <= m->cap)
                 return 0;
         size_t h = c->hidden_size, f = c->intermediate_size, e = c->n_experts, k = c->n_experts_per_tok;
-        float **fl[] = {&m->logits, &m->xe, &m->h1, &m->h3, &m->y, &m->sum, &m->weight, &m->rows_w, &m->pred_w,
-                        &m->ys};
-        size_t fl_n[] = {e, h, f, f, h, h, k, 1, k, k * h};
+        float **fl[] = {&m->logits, &m->xe, &m->h1, &m->h3, &m->y, &m->sum, &m->weight, &m->pred_w,
+                        &m->ys, &m->ys_w};
+        size_t fl_n[] = {e, h, f, f, h, h, k, k, k * h, k};
         for (size_t i = 0; i < MX_ELEMENTSOF(fl); i++) {
                 float *p = realloc(*fl[i], (size_t)n * fl_n[i] * sizeof(float));
                 if (!p)
@@ -173,7 +173,7 @@ static uint32_t rows_of(cpu_moe *m, uint32_t e, uint32_t n, uint32_t k) {
                                 for (uint32_t j = 0; j < k; j++)
                                         rank += m->choice[t * k + j] < e;
                                 m->rows[count] = t;
-                                m->rows_w[count] = m->weight[t * k + i];
+                                m->ys_w[t * k + rank] = m->weight[t * k + i];
                                 m->rows_pos[count++] = t * k + rank;
                         }
         return count;
@@ -202,16 +202,8 @@ static void combine(cpu_moe *m, uint32_t n, uint32_t k, size_t h, float *acc) {
                 float *s = m->sum + (size_t)t * h;
                 memset(s, 0, h * sizeof(float));
                 for (uint32_t r = 0; r < k; r++) {
-                        /* the expert of rank r among t's choices, and its weight */
-                        float w = 0;
-                        for (uint32_t i = 0; i < k; i++) {
-                                uint32_t rank = 0;
-                                for (uint32_t j = 0; j < k; j++)
-                                        rank += m->choice[t * k + j] < m->choice[t * k + i];
-                                if (rank == r)
-                                        w = m->weight[t * k + i];
-                        }
                         const float *y = m->ys + ((size_t)t * k + r) * h;
+                        float w = m->ys_w[(size_t)t * k + r];
                         for (size_t j = 0; j < h; j++)
                                 s[j] += y[j] * w;
                 }

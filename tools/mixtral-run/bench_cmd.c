@@ -56,7 +56,8 @@ static void measure_cpu(const run_opts *o, ceilings *c) {
 
 static int measure_gpu(const run_opts *o, ceilings *c, mx_error *err) {
 #if MX_HAVE_CUDA
-        int index = strncmp(o->device, "cuda:", 5) == 0 ? atoi(o->device + 5) : 0;
+        int index;
+        run_on_gpu(o, &index);
         mxk_ctx *ctx = NULL;
         char why[256];
         if (mxk_ctx_new(index, &ctx, why, sizeof(why)) < 0)
@@ -80,10 +81,6 @@ static int measure_gpu(const run_opts *o, ceilings *c, mx_error *err) {
 #else
         return mx_error_set(err, -ENODEV, "this build has no CUDA support");
 #endif
-}
-
-static bool on_gpu(const run_opts *o) {
-        return o->device && strncmp(o->device, "cuda", 4) == 0;
 }
 
 typedef struct decode_result {
@@ -209,7 +206,7 @@ int run_bench(const run_opts *o) {
                 if (decode_batch(e, &prompt, o->n_batch ? o->batch[i] : 1, decode, &res[i], &err) < 0)
                         return run_fail(&err);
         ceilings c = {0};
-        if (on_gpu(o)) {
+        if (run_on_gpu(o, NULL)) {
                 if (measure_gpu(o, &c, &err) < 0)
                         return run_fail(&err);
         } else {
@@ -225,7 +222,7 @@ int run_bench(const run_opts *o) {
                m->dir, mx_engine_describe(e), prompt.n, (double)prompt.n / prefill_s,
                prefill_flops / prefill_s / 1e12, decode, d->tokens_per_s / d->batch, d->weight_bytes,
                d->kv_bytes, achieved, c.memcpy_gbps, c.read_gbps, achieved / c.bw_gbps);
-        if (on_gpu(o))
+        if (run_on_gpu(o, NULL))
                 printf(", \"gemm_TFLOPs\": %.1f, \"prefill_fraction_of_gemm\": %.3f, \"gpu_memory_used_GiB\": %.2f",
                        c.gemm_tflops, prefill_flops / prefill_s / 1e12 / c.gemm_tflops, c.gpu_used_gib);
         mx_expert_stats xs;

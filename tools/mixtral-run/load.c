@@ -45,8 +45,12 @@ int run_load_tokenizer(const run_opts *o, mx_tokenizer **tok, mx_error *err) {
         return mx_tokenizer_load(tok, path, err);
 }
 
-static bool on_gpu(const run_opts *o) {
-        return o->device && strncmp(o->device, "cuda", 4) == 0;
+bool run_on_gpu(const run_opts *o, int *index) {
+        int i = -1;
+        bool gpu = mx_device_parse(o->device, &i) == 0 && i >= 0;
+        if (index)
+                *index = gpu ? i : 0;
+        return gpu;
 }
 
 /* The most layers of the synthetic shape that fit the GPU's free memory,
@@ -58,10 +62,10 @@ static int layers_that_fit(const run_opts *o, uint32_t *layers, mx_error *err) {
                 return mx_error_set(err, -EINVAL, "synthetic shape \"%s\": expected mixtral-8x7b or b1",
                                     o->synthetic);
         *layers = most;
-        if (!on_gpu(o))
+        int index;
+        if (!run_on_gpu(o, &index))
                 return 0;
 #if MX_HAVE_CUDA
-        int index = strncmp(o->device, "cuda:", 5) == 0 ? atoi(o->device + 5) : 0;
         char why[256] = "";
         mxk_device d;
         if (mxk_device_count(why, sizeof(why)) <= index || mxk_device_query(index, &d, why, sizeof(why)) < 0)
@@ -86,7 +90,7 @@ int run_open_model(const run_opts *o, mx_model **m, mx_error *err) {
         uint32_t layers = o->layers;
         int r = layers ? 0 : layers_that_fit(o, &layers, err);
         /* The CPU engine reads weights from host memory; the GPU makes its own. */
-        return r < 0 ? r : mx_model_synthetic(m, o->synthetic, layers, !on_gpu(o), err);
+        return r < 0 ? r : mx_model_synthetic(m, o->synthetic, layers, !run_on_gpu(o, NULL), err);
 }
 
 int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err) {

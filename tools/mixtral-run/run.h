@@ -41,6 +41,9 @@ int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err);
 int run_open_model(const run_opts *o, mx_model **m, mx_error *err);
 int run_load_tokenizer(const run_opts *o, mx_tokenizer **tok, mx_error *err);
 
+/* --device names a GPU: its index (0 when --device is not cuda). */
+bool run_on_gpu(const run_opts *o, int *index);
+
 /* Seconds on a monotonic clock. */
 double run_now(void);
 /* Prints "mixtral-run: <message>" to stderr; returns exit status 1. */
