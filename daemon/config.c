@@ -31,6 +31,7 @@ void md_config_defaults(md_config *c) {
 void md_config_free(md_config *c) {
         free(c->model), free(c->device), free(c->socket), free(c->state_directory);
         free(c->admin_group), free(c->bus), free(c->expert_memory), free(c->memory_pressure);
+        free(c->host_cache);
         for (size_t i = 0; i < c->n_sections; i++)
                 free(c->sections[i].name);
         free(c->sections);
@@ -136,9 +137,10 @@ int md_config_set_daemon(md_config *c, const char *key, const char *v, mx_error 
                         return mx_error_set(err, -EINVAL, "memory_pressure=%s: expected auto, off or an absolute path", v);
                 r = set_string(&c->memory_pressure, strcmp(v, "auto") ? v : NULL);
         } else if (!strcmp(key, "host_cache")) {
-                /* The GPU's host cache: checked here, used by GPU streaming. */
-                if (strcmp(v, "auto") && parse_u64(v, UINT64_MAX, &u) < 0)
-                        return mx_error_set(err, -EINVAL, "%s=%s: expected bytes (K, M, G) or auto", key, v);
+                if (!valid_budget(v))
+                        return mx_error_set(err, -EINVAL, "host_cache=%s: expected auto, min, bytes (K, M, G, T) "
+                                            "or a percentage of the experts", v);
+                r = set_string(&c->host_cache, strcmp(v, "auto") ? v : NULL);
         } else {
                 static const struct {
                         const char *key;

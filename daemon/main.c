@@ -63,13 +63,16 @@ static const char usage_text[] =
         "expert_memory (auto, min, bytes or NN%) keeps that much of the experts in\n"
         "memory and reads the rest from the model's files as needed (io_uring); under\n"
         "memory pressure (/proc/pressure/memory) it halves until the host is calm.\n"
+        "On a GPU, a model that does not fit streams its experts by itself, and\n"
+        "host_cache (auto, min, bytes or NN%) is the page-locked RAM they pass\n"
+        "through (auto: all of them when they take under half the RAM).\n"
         "\n"
         "Signals: SIGHUP reloads the configuration (limits, quotas, expert_memory;\n"
-        "model, device, socket and state directory change only at restart). SIGTERM\n"
-        "stops: new requests are refused, queued ones end with UNAVAILABLE, running\n"
-        "ones may finish for drain_seconds (default 30), then the rest are aborted; a\n"
-        "second SIGTERM aborts at once. Exit status 0 after a stop, 1 on a start-up error,\n"
-        "2 for a usage error.\n";
+        "model, device, host_cache, socket and state directory change only at\n"
+        "restart). SIGTERM stops: new requests are refused, queued ones end with\n"
+        "UNAVAILABLE, running ones may finish for drain_seconds (default 30), then the\n"
+        "rest are aborted; a second SIGTERM aborts at once. Exit status 0 after a\n"
+        "stop, 1 on a start-up error, 2 for a usage error.\n";
 
 typedef struct args {
         const char *config;
@@ -225,9 +228,15 @@ static int load(md_server *srv, mx_error *err) {
         if ((r = mx_expert_budget_parse(budget, srv->model, &srv->expert_budget, err)) < 0)
                 return r;
         srv->expert_now = srv->expert_budget;
+        uint64_t host_cache = 0;
+        if (srv->cfg.host_cache && (r = mx_host_cache_parse(srv->cfg.host_cache, srv->model, &host_cache, err)) < 0)
+                return r;
+        int gpu = -1;
+        mx_device_parse(srv->cfg.device, &gpu);
         /* Streaming reads the files for experts only, and survives a file
-         * changed under it (a request fails, not the daemon). */
-        if (srv->expert_budget && (r = mx_model_copy_dense(srv->model, err)) < 0)
+         * changed under it (a request fails, not the daemon). A GPU reads
+         * the mapping once, as it uploads. */
+        if (srv->expert_budget && gpu < 0 && (r = mx_model_copy_dense(srv->model, err)) < 0)
                 return r;
         /* Streaming reads the experts itself: paging the files in would
          * defeat it. */
@@ -235,7 +244,8 @@ static int load(md_server *srv, mx_error *err) {
                 mx_model_prefault(srv->model, on_progress, &(load_progress){0, "Loading the model"});
         /* A GPU engine uploads the weights as it opens: the same progress. */
         mx_engine_opts eo = {.device = srv->cfg.device, .threads = srv->cfg.threads,
-                             .expert_memory = srv->expert_budget, .progress = on_progress,
+                             .expert_memory = srv->expert_budget, .host_cache = host_cache,
+                             .progress = on_progress,
                              .progress_arg = &(load_progress){0, "Loading the model onto the GPU"}};
         if ((r = mx_engine_open(&srv->engine, srv->model, &eo, err)) < 0)
                 return r;

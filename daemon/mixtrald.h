@@ -34,6 +34,7 @@ typedef struct md_config {
         char *bus;                    /* auto (NULL), system, session, none */
         char *expert_memory;          /* auto (NULL), min, bytes or NN%: see mx_expert_budget_parse */
         char *memory_pressure;        /* auto (NULL: /proc/pressure/memory), off, or a file like it */
+        char *host_cache;             /* auto (NULL), min, bytes or NN%: the GPU's host cache of experts */
         unsigned socket_mode;
         uint32_t max_frame_bytes, threads;
         uint32_t max_batch;           /* sequences advanced together */

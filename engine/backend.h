@@ -113,9 +113,10 @@ int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, uint64
                        mx_backend **out, mx_error *err);
 
 /* The CUDA backend on device `index`: every weight uploaded once (bf16),
- * through a few pinned buffers, with progress(done, total, arg) as it goes.
- * -ENODEV with a clear message where there is no usable GPU or the build
- * has no CUDA. */
-int mx_cuda_backend_new(const mx_model *m, int index,
-                        void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg,
-                        mx_backend **out, mx_error *err);
+ * through a few pinned buffers, with o->progress as it goes; or, with
+ * o->expert_memory (or when the experts do not fit), the dense weights
+ * and expert slots within the budget, the experts streamed through a host
+ * cache of o->host_cache bytes. -ENODEV with a clear message where there
+ * is no usable GPU or the build has no CUDA. */
+int mx_cuda_backend_new(const mx_model *m, int index, const mx_engine_opts *o, mx_backend **out,
+                        mx_error *err);

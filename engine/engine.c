@@ -102,10 +102,7 @@ int mx_engine_open(mx_engine **out, const mx_model *m, const mx_engine_opts *o, 
         if (!e)
                 return mx_error_set(err, -ENOMEM, "out of memory");
         e->model = m;
-        if (cuda >= 0 && o->expert_memory)
-                return mx_error_set(err, -EOPNOTSUPP, "expert streaming runs on the cpu for now: the GPU's "
-                                    "streaming path is not built yet");
-        r = cuda >= 0 ? mx_cuda_backend_new(m, cuda, o->progress, o->progress_arg, &e->be, err)
+        r = cuda >= 0 ? mx_cuda_backend_new(m, cuda, o, &e->be, err)
                       : mx_cpu_backend_new(m, o->threads, o->simd, o->expert_memory, &e->be, err);
         if (r < 0)
                 return r;
@@ -128,7 +125,7 @@ void mx_engine_expert_stats(const mx_engine *e, mx_expert_stats *s) {
 
 int mx_engine_set_expert_memory(mx_engine *e, uint64_t budget, mx_error *err) {
         if (!e->be->ops->set_expert_memory)
-                return budget ? mx_error_set(err, -EOPNOTSUPP, "expert streaming runs on the cpu for now") : 0;
+                return budget ? mx_error_set(err, -EOPNOTSUPP, "this backend cannot stream experts") : 0;
         return e->be->ops->set_expert_memory(e->be, budget, err);
 }
 

@@ -46,6 +46,8 @@ struct mx_expert_cache {
         uint64_t carried_uring, carried_reads; /* from caches this one replaced */
         uint32_t *freq;  /* [layer][expert]: times the router chose it (LFU) */
         bool lfu;        /* MX_EXPERT_POLICY=lru turns it off (bench/README.md: LFU measured better) */
+        const mx_expert_pin *pin;
+        bool locked;     /* pin->lock took the arena */
         mx_expert_stats st;
 };
 
@@ -104,6 +106,8 @@ void mx_expert_cache_free(mx_expert_cache *c) {
         if (!c)
                 return;
         mx_io_close(c->io); /* waits for reads still landing in the arena */
+        if (c->locked)
+                c->pin->unlock(c->arena);
         free(c->arena);
         free(c->slots);
         free(c->parts);
@@ -128,7 +132,13 @@ static int open_io(mx_expert_cache *c, mx_error *err) {
         return r;
 }
 
-int mx_expert_cache_new(const mx_model *m, uint64_t budget, mx_expert_cache **out, mx_error *err) {
+bool mx_expert_policy_lfu(void) {
+        const char *policy = getenv("MX_EXPERT_POLICY");
+        return !(policy && strcmp(policy, "lru") == 0);
+}
+
+int mx_expert_cache_new(const mx_model *m, uint64_t budget, const mx_expert_pin *pin, mx_expert_cache **out,
+                        mx_error *err) {
         const mx_config *cfg = &m->cfg;
         if (m->n_files == 0)
                 return mx_error_set(err, -EINVAL, "%s: expert streaming needs the model's files", m->dir);
@@ -136,8 +146,7 @@ int mx_expert_cache_new(const mx_model *m, uint64_t budget, mx_expert_cache **ou
         if (!c || !(c->parts = calloc((size_t)cfg->n_layers * cfg->n_experts * 3, sizeof(part))) ||
             !(c->freq = calloc((size_t)cfg->n_layers * cfg->n_experts, sizeof(uint32_t))))
                 return mx_error_set(err, -ENOMEM, "out of memory");
-        const char *policy = getenv("MX_EXPERT_POLICY");
-        c->lfu = !(policy && strcmp(policy, "lru") == 0);
+        c->lfu = mx_expert_policy_lfu();
         c->m = m, c->layers = cfg->n_layers, c->E = cfg->n_experts;
         int r = plan_parts(c, err);
         if (r < 0)
@@ -155,6 +164,8 @@ int mx_expert_cache_new(const mx_model *m, uint64_t budget, mx_expert_cache **ou
                                     (double)n * (double)c->slot_bytes / (1u << 30));
         }
         c->arena = arena;
+        c->pin = pin;
+        c->locked = pin && pin->lock(arena, bytes) == 0;
         for (size_t i = 0; i < n; i++)
                 c->slots[i].expert = -1;
         if ((r = open_io(c, err)) < 0)
@@ -183,13 +194,8 @@ static slot *find(mx_expert_cache *c, uint32_t L, uint32_t e) {
 /* Whether a should go before b: least recently used (or, with LFU, least
  * often chosen, then least recently used). */
 static bool evict_first(const mx_expert_cache *c, uint32_t L, const slot *a, const slot *b) {
-        if (c->lfu) {
-                uint32_t fa = c->freq[(size_t)L * c->E + (uint32_t)a->expert];
-                uint32_t fb = c->freq[(size_t)L * c->E + (uint32_t)b->expert];
-                if (fa != fb)
-                        return fa < fb;
-        }
-        return a->used < b->used;
+        const uint32_t *f = c->freq + (size_t)L * c->E;
+        return mx_expert_evict_first(c->lfu, f[a->expert], a->used, f[b->expert], b->used);
 }
 
 /* An empty slot, else the first to evict of those neither in use nor on
@@ -349,6 +355,14 @@ void mx_expert_cache_release(mx_expert_cache *c, uint32_t L, uint32_t e) {
                 s->pins--;
 }
 
+uint32_t mx_expert_cache_slots(const mx_expert_cache *c) {
+        return c->spl;
+}
+
+bool mx_expert_cache_locked(const mx_expert_cache *c) {
+        return c->locked;
+}
+
 void mx_expert_cache_next_layer(mx_expert_cache *c) {
         c->stamp++;
 }
@@ -368,6 +382,14 @@ void mx_expert_cache_stats(const mx_expert_cache *c, mx_expert_stats *s) {
         mx_io_info info;
         mx_io_get_info(c->io, &info);
         s->uring_reads = c->carried_uring + (info.uring ? c->st.reads - c->carried_reads : 0);
+}
+
+int mx_host_cache_parse(const char *s, const mx_model *m, uint64_t *out, mx_error *err) {
+        if (!strcmp(s, "all")) {
+                *out = UINT64_MAX; /* (the cache holds at most all of them) */
+                return 0;
+        }
+        return mx_expert_budget_parse(s, m, out, err);
 }
 
 int mx_expert_budget_parse(const char *s, const mx_model *m, uint64_t *out, mx_error *err) {

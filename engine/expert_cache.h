@@ -13,9 +13,17 @@ typedef struct mx_expert_view {
         mx_tensor w1, w2, w3;
 } mx_expert_view;
 
+/* Page-locks the arena for device copies (the GPU's host cache), or not. */
+typedef struct mx_expert_pin {
+        int (*lock)(void *p, size_t bytes);
+        void (*unlock)(void *p);
+} mx_expert_pin;
+
 /* budget: bytes of expert weights to hold at most (rounded down to whole
- * slots; at least top-k slots per layer whatever it says). */
-int mx_expert_cache_new(const mx_model *m, uint64_t budget, mx_expert_cache **out, mx_error *err);
+ * slots; at least top-k slots per layer whatever it says); pin: NULL on
+ * the CPU. */
+int mx_expert_cache_new(const mx_model *m, uint64_t budget, const mx_expert_pin *pin, mx_expert_cache **out,
+                        mx_error *err);
 void mx_expert_cache_free(mx_expert_cache *c);
 static inline void mx_expert_cache_freep(mx_expert_cache **c) {
         mx_expert_cache_free(*c);
@@ -38,6 +46,20 @@ int mx_expert_cache_acquire(mx_expert_cache *c, uint32_t L, uint32_t e, mx_exper
 void mx_expert_cache_release(mx_expert_cache *c, uint32_t L, uint32_t e);
 /* Whether expert e of layer L is in memory now (acquire would not wait). */
 bool mx_expert_cache_ready(mx_expert_cache *c, uint32_t L, uint32_t e);
+
+/* Slots each layer has. */
+uint32_t mx_expert_cache_slots(const mx_expert_cache *c);
+/* Whether the arena is page-locked (pin->lock succeeded). */
+bool mx_expert_cache_locked(const mx_expert_cache *c);
+
+/* The eviction order every expert cache uses: MX_EXPERT_POLICY=lru picks
+ * least recently used; otherwise least often chosen (freq), ties to least
+ * recently used, measured better on b1 (bench/README.md). */
+bool mx_expert_policy_lfu(void);
+static inline bool mx_expert_evict_first(bool lfu, uint32_t freq_a, uint64_t used_a, uint32_t freq_b,
+                                         uint64_t used_b) {
+        return lfu && freq_a != freq_b ? freq_a < freq_b : used_a < used_b;
+}
 
 /* Counters for --bench, the daemon's status and the tests. */
 void mx_expert_cache_stats(const mx_expert_cache *c, mx_expert_stats *s);

@@ -311,6 +311,12 @@ typedef struct mx_engine_opts {
          * rest is read from the files on demand); 0 keeps them all, mapped.
          * At least top-k experts per layer are kept whatever it says. */
         uint64_t expert_memory;
+        /* On a GPU, experts streamed from the files pass through a host
+         * cache of this many bytes of page-locked RAM (0: auto, all the
+         * experts if they take under half the memory, else half). On a GPU
+         * a model that does not fit streams its experts even with
+         * expert_memory 0, within what fits. */
+        uint64_t host_cache;
         /* Optional: called as the weights go to the device. */
         void (*progress)(uint64_t done, uint64_t total, void *arg);
         void *progress_arg;
@@ -353,6 +359,11 @@ typedef struct mx_expert_stats {
         uint64_t uring_reads;       /* of those, through io_uring */
         double read_wait_s;         /* time the step waited on reads */
         uint64_t predicted, predicted_used; /* next-layer guesses, and those the router then chose */
+        /* On a GPU the fields above are the device's cache (bytes_read,
+         * reads and uring_reads still count the files); between the files
+         * and the device, a host cache: */
+        uint64_t host_budget, host_hits, host_misses;
+        uint64_t bytes_uploaded;    /* host to device */
         char how[192];              /* how reads are made (io_uring, O_DIRECT, ... or pread and why), the policy */
 } mx_expert_stats;
 
@@ -365,6 +376,8 @@ int mx_engine_set_expert_memory(mx_engine *e, uint64_t budget, mx_error *err);
 /* "auto" or "all" (0: every expert kept), "min" (top-k per layer), bytes
  * with K, M, G, T, or a percentage of the model's expert weights. */
 int mx_expert_budget_parse(const char *s, const mx_model *m, uint64_t *out, mx_error *err);
+/* The same for mx_engine_opts.host_cache: "auto" is 0, "all" every expert. */
+int mx_host_cache_parse(const char *s, const mx_model *m, uint64_t *out, mx_error *err);
 
 /* The machine's memory bandwidth as DESIGN.md section 6 measures it: a
  * memcpy of `bytes` (each byte counted once) and a read-only pass over

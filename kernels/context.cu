@@ -143,6 +143,10 @@ extern "C" void mxk_ctx_free(mxk_ctx *c) {
                 mxk_prof_report(c);
                 free(c->prof); // (its events go with the process)
         }
+        if (c->copy_stream) {
+                cudaStreamSynchronize(c->copy_stream);
+                cudaStreamDestroy(c->copy_stream);
+        }
         if (c->stream)
                 cudaStreamDestroy(c->stream);
         free(c);

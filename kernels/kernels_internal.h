@@ -44,6 +44,7 @@ struct mxk_ctx {
         float *tmp;      // cuBLAS output of the two terms, before they are added
         size_t tmp_cap;  // floats
         struct mxk_prof *prof;
+        cudaStream_t copy_stream; // host-to-device copies of streamed experts (transfer.cu)
         void *blas_workspace; // ours, so cuBLAS never allocates inside a graph capture
 };
 

@@ -1,6 +1,7 @@
 // The ceilings the benchmark reports against, measured in the same run:
 // device-to-device copy bandwidth and the rate of a large cuBLAS bf16 GEMM.
 #include <cerrno>
+#include <cstring>
 
 #include "kernels_internal.h"
 
@@ -40,6 +41,21 @@ extern "C" int mxk_measure_copy(mxk_ctx *c, size_t bytes, double *gbps) {
                 *gbps = 2.0 * (double)bytes / s / 1e9;
         }
         mxk_free(c, src);
+        mxk_free(c, dst);
+        return r < 0 ? r : mxk_status(c, nullptr, 0);
+}
+
+extern "C" int mxk_measure_upload(mxk_ctx *c, size_t bytes, double *gbps) {
+        void *src = nullptr, *dst = nullptr;
+        int r = mxk_host_alloc(&src, bytes);
+        if (r == 0)
+                r = mxk_malloc(c, &dst, bytes);
+        if (r == 0) {
+                memset(src, 1, bytes);
+                double s = best_of(c, 5, [&] { mxk_upload(c, dst, src, bytes); });
+                *gbps = (double)bytes / s / 1e9;
+        }
+        mxk_host_free(src);
         mxk_free(c, dst);
         return r < 0 ? r : mxk_status(c, nullptr, 0);
 }

@@ -90,6 +90,33 @@ int mxk_capture_end(mxk_ctx *c, void **exec);
 int mxk_graph_launch(mxk_ctx *c, void *exec);
 void mxk_graph_free(void *exec);
 
+/* ---- streamed experts: a copy stream and events ------------------------------ */
+
+/* A second stream carries host-to-device copies, so they overlap the
+ * compute stream's work; events order the two on the device, never on the
+ * host (the copy stream is made on first use). */
+typedef struct mxk_event mxk_event;
+int mxk_event_new(mxk_ctx *c, mxk_event **e);
+void mxk_event_free(mxk_event *e);
+/* Records e after what is enqueued so far on the copy stream (copy) or the
+ * compute stream. */
+void mxk_event_record(mxk_ctx *c, mxk_event *e, bool copy);
+/* Work enqueued later on the copy stream (copy) or the compute stream
+ * starts only after e's last record; the host does not wait. */
+void mxk_event_wait(mxk_ctx *c, mxk_event *e, bool copy);
+/* Whether the work before e's last record is done (never waits). */
+bool mxk_event_done(mxk_ctx *c, mxk_event *e);
+/* Waits on the host for the work before e's last record. */
+int mxk_event_sync(mxk_ctx *c, mxk_event *e);
+/* Host-to-device copy on the copy stream (src pinned or registered). */
+void mxk_copy_upload(mxk_ctx *c, void *dst, const void *src, size_t bytes);
+/* dst[i] = bf16(src[i]) on the copy stream, for f16/f32 experts. */
+void mxk_copy_to_bf16(mxk_ctx *c, const void *src, int dtype, uint16_t *dst, size_t n);
+/* Page-locks ordinary host memory for copies (unlike mxk_host_alloc, the
+ * pages stay usable by O_DIRECT and io_uring). */
+int mxk_host_register(void *p, size_t bytes);
+void mxk_host_unregister(void *p);
+
 /* ---- kernels --------------------------------------------------------------- */
 
 enum { MXK_BF16 = 0, MXK_F16 = 1, MXK_F32 = 2 }; /* element types of a table */
@@ -194,6 +221,17 @@ int mxk_moe(mxk_ctx *c, const mxk_moe_buffers *b, const uint16_t *const *w13,
             const uint16_t *const *w2_host, const float *logits, const float *x, float *acc,
             uint32_t n, uint32_t E, uint32_t k, uint32_t H, uint32_t F);
 
+/* Streamed experts, one at a time (their weights are wherever the cache put
+ * them): route fills choice, weight, the lists grouped by expert and counts
+ * ([E] counts, [E] starts, the number active, their ids: 3E + 1), with no
+ * padding; each chosen expert then runs on its list (start, count from the
+ * counts) into y; combine adds the outputs, in expert order, to acc. */
+int mxk_moe_route(mxk_ctx *c, const mxk_moe_buffers *b, const float *logits, uint32_t n, uint32_t E,
+                  uint32_t k);
+void mxk_moe_expert(mxk_ctx *c, const mxk_moe_buffers *b, const uint16_t *w13, const uint16_t *w2,
+                    uint32_t start, uint32_t count, const float *x, uint32_t H, uint32_t F);
+void mxk_moe_combine(mxk_ctx *c, const mxk_moe_buffers *b, float *acc, uint32_t n, uint32_t k, uint32_t H);
+
 /* One sequence's draw: its row of logits, its settings (as mx_sampling),
  * its recent tokens history[hist_off, hist_off + hist_n) and u in [0, 1). */
 typedef struct mxk_sample_req {
@@ -224,6 +262,9 @@ void mxk_prof_report(mxk_ctx *c);
 /* Device-to-device copy of `bytes`, best of a few: GB/s counting bytes read
  * plus written (DESIGN.md section 6). */
 int mxk_measure_copy(mxk_ctx *c, size_t bytes, double *gbps);
+/* Host-to-device copy of `bytes` from pinned memory on the copy stream,
+ * best of a few: GB/s (what streamed experts can reach). */
+int mxk_measure_upload(mxk_ctx *c, size_t bytes, double *gbps);
 /* A cuBLAS bf16 GEMM (fp32 accumulate) of m x n x k, best of a few: TFLOP/s. */
 int mxk_measure_gemm(mxk_ctx *c, uint32_t m, uint32_t n, uint32_t k, double *tflops);
 

@@ -153,3 +153,31 @@ extern "C" int mxk_moe(mxk_ctx *c, const mxk_moe_buffers *b, const uint16_t *con
         mxk_launched(c, "combine");
         return mxk_status(c, nullptr, 0);
 }
+
+extern "C" int mxk_moe_route(mxk_ctx *c, const mxk_moe_buffers *b, const float *logits, uint32_t n,
+                             uint32_t E, uint32_t k) {
+        if (E > MAX_EXPERTS || k > MAX_TOPK || k > E)
+                return mxk_fail(c, -EOPNOTSUPP, "the CUDA kernels take at most %d experts and top-%d",
+                                MAX_EXPERTS, MAX_TOPK);
+        if (n) {
+                route_kernel<<<1, ROUTE_THREADS, 0, c->stream>>>(logits, n, E, k, false, *b);
+                mxk_launched(c, "route");
+        }
+        return mxk_status(c, nullptr, 0);
+}
+
+extern "C" void mxk_moe_expert(mxk_ctx *c, const mxk_moe_buffers *b, const uint16_t *w13,
+                               const uint16_t *w2, uint32_t start, uint32_t count, const float *x,
+                               uint32_t H, uint32_t F) {
+        if (count)
+                mxk_expert_gemm(c, w13, w2, b->list_tok + start, count, x, b, b->y + (size_t)start * H, H, F);
+}
+
+extern "C" void mxk_moe_combine(mxk_ctx *c, const mxk_moe_buffers *b, float *acc, uint32_t n, uint32_t k,
+                                uint32_t H) {
+        if (!n)
+                return;
+        dim3 grid((H + 255) / 256, n);
+        combine_kernel<<<grid, 256, 0, c->stream>>>(b->y, b->list_w, b->slot_of, k, H, acc);
+        mxk_launched(c, "combine");
+}

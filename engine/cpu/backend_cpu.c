@@ -198,7 +198,7 @@ static int cpu_set_expert_memory(mx_backend *b, uint64_t budget, mx_error *err) 
         if (cb->experts)
                 mx_expert_cache_stats(cb->experts, &before);
         mx_expert_cache *next = NULL;
-        int r = budget ? mx_expert_cache_new(b->model, budget, &next, err) : 0;
+        int r = budget ? mx_expert_cache_new(b->model, budget, NULL, &next, err) : 0;
         if (r < 0)
                 return r; /* the old cache stays */
         if (next)
@@ -294,7 +294,7 @@ int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, uint64
                 float e = (float)(2 * i) / (float)m->cfg.head_dim;
                 cb->inv_freq[i] = 1.0f / powf((float)m->cfg.rope_theta, e);
         }
-        if (expert_memory && (r = mx_expert_cache_new(m, expert_memory, &cb->experts, err)) < 0) {
+        if (expert_memory && (r = mx_expert_cache_new(m, expert_memory, NULL, &cb->experts, err)) < 0) {
                 cpu_destroy(&cb->base);
                 return r;
         }

@@ -3,8 +3,7 @@
 
 #include "backend.h"
 
-int mx_cuda_backend_new(const mx_model *m, int index,
-                        void (*progress)(uint64_t, uint64_t, void *), void *arg, mx_backend **out,
+int mx_cuda_backend_new(const mx_model *m, int index, const mx_engine_opts *o, mx_backend **out,
                         mx_error *err) {
         return mx_error_set(err, -ENODEV,
                             "device cuda:%d: this build has no CUDA support (rebuild with nvcc and -Dcuda=enabled)",

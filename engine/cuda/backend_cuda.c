@@ -199,6 +199,8 @@ static int cuda_step_begin(mx_backend *b, const mx_step *s) {
         /* The last step's upload must have left the pinned buffer before it
          * is rewritten or replaced. */
         mxk_wait_mark(cb->ctx, MXK_MARK_STEP_INPUT);
+        if (cb->stream)
+                mx_cuda_stream_pressure(cb);
         int r = reserve_step(cb, T, L);
         if (r == 0)
                 r = reserve_moe(cb, T);
@@ -246,14 +248,36 @@ static int cuda_step_begin(mx_backend *b, const mx_step *s) {
 }
 
 static int cuda_step_end(mx_backend *b, mx_error *err) {
+        cuda_backend *cb = cuda(b);
         char why[256] = "";
-        if (cuda(b)->mode != RUN_DIRECT)
-                mx_cuda_graph_finish(cuda(b));
-        prof(cuda(b), "(between steps)", cuda(b)->T);
-        int r = mxk_sync(cuda(b)->ctx, why, sizeof(why));
-        if (cuda(b)->profiling)
-                mxk_prof_collect(cuda(b)->ctx);
-        return r < 0 ? mx_error_set(err, r, "CUDA: %s", why) : 0;
+        if (cb->mode != RUN_DIRECT)
+                mx_cuda_graph_finish(cb);
+        prof(cb, "(between steps)", cb->T);
+        int r = mxk_sync(cb->ctx, why, sizeof(why));
+        if (cb->profiling)
+                mxk_prof_collect(cb->ctx);
+        if (r < 0)
+                return mx_error_set(err, r, "CUDA: %s", why);
+        if (cb->err.code) { /* an expert's read failed: this step's requests fail, the next may not */
+                r = mx_error_set(err, cb->err.code, "%s", cb->err.msg);
+                cb->err = (mx_error){0};
+        }
+        return r;
+}
+
+static int cuda_set_expert_memory(mx_backend *b, uint64_t budget, mx_error *err) {
+        cuda_backend *cb = cuda(b);
+        if (!cb->stream)
+                return budget ? mx_error_set(err, -EOPNOTSUPP, "every expert is on the GPU: start with an expert "
+                                             "budget to stream them") : 0;
+        return mx_cuda_stream_set(cb, budget, err);
+}
+
+static void cuda_expert_stats(mx_backend *b, mx_expert_stats *s) {
+        if (cuda(b)->stream)
+                mx_cuda_stream_stats(cuda(b), s);
+        else
+                *s = (mx_expert_stats){0};
 }
 
 static void cuda_sync_counters(mx_backend *b) {
@@ -352,6 +376,10 @@ static int cuda_moe(mx_backend *b, const mx_layer *l, const float *x, float *acc
         b->matmul_flops += 2ull * n * k * 3 * H * F;
         if (r < 0 || mx_cuda_replaying(cb))
                 return r;
+        if (cb->stream) {
+                prof(cb, "experts (streamed)", n);
+                return mx_cuda_stream_moe(cb, (uint32_t)L, x, acc, n);
+        }
         uint16_t **d = cb->d_experts + L * 2 * E, **h = cb->h_experts + L * 2 * E;
         prof(cb, "experts", n);
         r = mxk_moe(cb->ctx, &cb->moe, (const uint16_t *const *)d, (const uint16_t *const *)(d + E),
@@ -438,6 +466,7 @@ static void cuda_destroy(mx_backend *b) {
                 return;
         if (cb->ctx) {
                 mxk_sync(cb->ctx, NULL, 0);
+                mx_cuda_stream_free(cb);
                 mx_cuda_graphs_free(cb);
                 mx_cuda_weights_free(cb);
                 void *bufs[] = {cb->d_tokens, cb->d_pos, cb->d_rows, cb->d_cos, cb->d_sin,
@@ -477,6 +506,8 @@ static const mx_backend_ops cuda_ops = {
         .step_end = cuda_step_end,
         .sync_counters = cuda_sync_counters,
         .sample = cuda_sample,
+        .set_expert_memory = cuda_set_expert_memory,
+        .expert_stats = cuda_expert_stats,
 };
 
 /* inv_freq as the CPU backend computes it, uploaded once. */
@@ -496,8 +527,25 @@ static int upload_inv_freq(cuda_backend *cb, mx_error *err) {
         return 0;
 }
 
-int mx_cuda_backend_new(const mx_model *m, int index,
-                        void (*progress)(uint64_t, uint64_t, void *), void *arg, mx_backend **out,
+/* What to stream: the budget asked for; or, when every weight would not
+ * fit, what fits beside the rest with room to work (0: no streaming). */
+static int stream_budget(cuda_backend *cb, uint64_t asked, uint64_t *budget, mx_error *err) {
+        const mx_model *m = cb->base.model;
+        uint64_t experts, dense;
+        mx_cuda_weights_size(m, &experts, &dense);
+        size_t free_b = 0, total_b = 0;
+        mxk_free_memory(cb->ctx, &free_b, &total_b);
+        const uint64_t margin = (uint64_t)2 << 30; /* activations, KV caches, cuBLAS */
+        *budget = asked;
+        if (!asked && m->n_files && experts + dense + margin > free_b && free_b > dense + margin)
+                *budget = free_b - dense - margin;
+        if (*budget && !m->n_files)
+                return mx_error_set(err, -EINVAL, "expert streaming reads the experts from the model's files, "
+                                    "and a synthetic model has none");
+        return 0;
+}
+
+int mx_cuda_backend_new(const mx_model *m, int index, const mx_engine_opts *o, mx_backend **out,
                         mx_error *err) {
         char why[256] = "";
         if (mxk_device_count(why, sizeof(why)) <= index)
@@ -520,14 +568,28 @@ int mx_cuda_backend_new(const mx_model *m, int index,
                 const char *g = getenv("MX_CUDA_GRAPHS");
                 cb->graphs_off = cb->profiling || (g && strcmp(g, "0") == 0);
         }
+        uint64_t budget = 0;
         if (r == 0)
-                r = mx_cuda_weights_load(cb, progress, arg, err);
+                r = stream_budget(cb, o->expert_memory, &budget, err);
+        if (r == 0) {
+                const mx_config *c = &m->cfg;
+                uint64_t least = budget ? (uint64_t)c->n_layers * c->n_experts_per_tok * 3 *
+                                                  c->intermediate_size * c->hidden_size * 2 : 0;
+                r = mx_cuda_weights_load(cb, !budget, least, o->progress, o->progress_arg, err);
+        }
+        if (r == 0 && budget) {
+                cb->graphs_off = true; /* a streamed step waits for each layer's routing */
+                r = mx_cuda_stream_new(cb, budget, o->host_cache, err);
+        }
         if (r < 0) {
                 cuda_destroy(&cb->base);
                 return r;
         }
-        snprintf(cb->desc, sizeof(cb->desc), "cuda:%d, %s, %.1f GiB of weights", index, d.name,
-                 (double)cb->device_bytes / (1u << 30));
+        char more[224] = "";
+        if (cb->stream)
+                mx_cuda_stream_describe(cb, more, sizeof(more));
+        snprintf(cb->desc, sizeof(cb->desc), "cuda:%d, %s, %.1f GiB of weights%s%s", index, d.name,
+                 (double)cb->device_bytes / (1u << 30), more[0] ? ", " : "", more);
         *out = &cb->base;
         return 0;
 }

@@ -36,6 +36,8 @@ typedef struct cuda_backend {
         mxk_moe_buffers moe;
         uint32_t moe_cap;
         bool profiling; /* MX_CUDA_PROFILE=1 */
+        struct cuda_stream *stream; /* streamed experts (stream_cuda.c), or NULL: all resident */
+        mx_error err;               /* a failure the device did not see (a read), for step_end */
 
         /* Sampling on the device. */
         void *h_sample;        /* pinned: requests, then recent tokens */
@@ -71,11 +73,26 @@ static inline bool mx_cuda_replaying(const cuda_backend *cb) {
         return cb->mode == RUN_REPLAY;
 }
 
-/* Uploads every weight (or generates a synthetic model's), checking first
- * that they fit. */
-int mx_cuda_weights_load(cuda_backend *cb, void (*progress)(uint64_t, uint64_t, void *), void *arg,
-                         mx_error *err);
+/* Bytes the weights take on the device: the experts' and the rest. */
+void mx_cuda_weights_size(const mx_model *m, uint64_t *experts, uint64_t *dense);
+/* Uploads every weight (or generates a synthetic model's), or all but the
+ * experts, checking first that they fit (with `also` bytes more). */
+int mx_cuda_weights_load(cuda_backend *cb, bool experts, uint64_t also,
+                         void (*progress)(uint64_t, uint64_t, void *), void *arg, mx_error *err);
 void mx_cuda_weights_free(cuda_backend *cb);
+
+/* Expert streaming (stream_cuda.c): device slots within `budget`, filled
+ * from the files through a host cache of host_cache bytes (0: auto). */
+int mx_cuda_stream_new(cuda_backend *cb, uint64_t budget, uint64_t host_cache, mx_error *err);
+void mx_cuda_stream_free(cuda_backend *cb);
+/* The layer's mixture of experts once its router logits are made. */
+int mx_cuda_stream_moe(cuda_backend *cb, uint32_t L, const float *x, float *acc, uint32_t n);
+/* A new configured budget (0: every expert), between steps. */
+int mx_cuda_stream_set(cuda_backend *cb, uint64_t budget, mx_error *err);
+/* Between steps: shrinks when free GPU memory runs low, grows back later. */
+void mx_cuda_stream_pressure(cuda_backend *cb);
+void mx_cuda_stream_stats(cuda_backend *cb, mx_expert_stats *out);
+const char *mx_cuda_stream_describe(cuda_backend *cb, char *buf, size_t len);
 
 static inline size_t mx_cuda_tensor_index(const cuda_backend *cb, const mx_tensor *t) {
         return (size_t)(t - cb->base.model->tensors);

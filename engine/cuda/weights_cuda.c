@@ -104,7 +104,6 @@ static int load_experts(loader *ld, mx_error *err) {
                         upload_matrix(ld, l->w2[e], w2);
                 }
         }
-        cb->expert_bytes = 3 * F * H * 2;
         size_t cap;
         void *stage = mxk_stage_acquire(cb->ctx, &cap);
         if (n_ptrs * sizeof(void *) > cap)
@@ -139,6 +138,24 @@ static int load_qkv(loader *ld, mx_error *err) {
         return 0;
 }
 
+/* Marks the experts' tensors. */
+static bool *expert_tensors(const mx_model *m) {
+        bool *is = calloc(m->n_tensors ? m->n_tensors : 1, sizeof(bool));
+        for (uint32_t L = 0; is && L < m->cfg.n_layers; L++)
+                for (uint32_t e = 0; e < m->cfg.n_experts; e++) {
+                        const mx_layer *l = &m->layers[L];
+                        is[l->w1[e] - m->tensors] = is[l->w2[e] - m->tensors] = is[l->w3[e] - m->tensors] = true;
+                }
+        return is;
+}
+
+void mx_cuda_weights_size(const mx_model *m, uint64_t *experts, uint64_t *dense) {
+        _cleanup_free_ bool *is = expert_tensors(m);
+        *experts = *dense = 0;
+        for (size_t i = 0; is && i < m->n_tensors; i++)
+                *(is[i] ? experts : dense) += device_size(&m->tensors[i]);
+}
+
 static int check_fits(cuda_backend *cb, uint64_t need, mx_error *err) {
         size_t free_b = 0, total_b = 0;
         mxk_free_memory(cb->ctx, &free_b, &total_b);
@@ -152,23 +169,26 @@ static int check_fits(cuda_backend *cb, uint64_t need, mx_error *err) {
         return 0;
 }
 
-int mx_cuda_weights_load(cuda_backend *cb, void (*progress)(uint64_t, uint64_t, void *), void *arg,
-                         mx_error *err) {
+int mx_cuda_weights_load(cuda_backend *cb, bool experts, uint64_t also,
+                         void (*progress)(uint64_t, uint64_t, void *), void *arg, mx_error *err) {
         const mx_model *m = cb->base.model;
         loader ld = {cb, progress, arg, 0, 0};
-        for (size_t i = 0; i < m->n_tensors; i++)
-                ld.total += device_size(&m->tensors[i]);
-        int r = check_fits(cb, ld.total, err);
+        uint64_t expert_bytes, dense;
+        mx_cuda_weights_size(m, &expert_bytes, &dense);
+        ld.total = dense + (experts ? expert_bytes : 0);
+        int r = check_fits(cb, ld.total + also, err);
         if (r < 0)
                 return r;
-        if (!(cb->dev = calloc(m->n_tensors ? m->n_tensors : 1, sizeof(void *))) ||
+        _cleanup_free_ bool *is_expert = expert_tensors(m);
+        if (!is_expert || !(cb->dev = calloc(m->n_tensors ? m->n_tensors : 1, sizeof(void *))) ||
             !(cb->owned = calloc(m->n_tensors ? m->n_tensors : 1, sizeof(bool))))
                 return mx_error_set(err, -ENOMEM, "out of memory");
-        if ((r = load_experts(&ld, err)) < 0 || (r = load_qkv(&ld, err)) < 0)
+        if ((experts && (r = load_experts(&ld, err)) < 0) || (r = load_qkv(&ld, err)) < 0)
                 return r;
+        cb->expert_bytes = 3ull * m->cfg.intermediate_size * m->cfg.hidden_size * 2;
         for (size_t i = 0; i < m->n_tensors; i++) {
                 const mx_tensor *t = &m->tensors[i];
-                if (cb->dev[i]) /* placed with its expert or its layer's q, k, v */
+                if (cb->dev[i] || is_expert[i]) /* placed with its expert or its layer's q, k, v; or streamed */
                         continue;
                 if (mxk_malloc(cb->ctx, &cb->dev[i], device_size(t)) < 0)
                         return mx_error_set(err, -ENOMEM, "out of GPU memory for %s", t->name);

@@ -306,7 +306,12 @@ static void check_parse(const mx_model *m) {
                 err = (mx_error){0};
                 CHECK(mx_expert_budget_parse(bad[i], m, &v, &err) == -EINVAL && strstr(err.msg, "expected"),
                       "'%s' was taken (%s)", bad[i], err.msg);
+                CHECK(mx_host_cache_parse(bad[i], m, &v, &err) == -EINVAL, "host cache '%s' was taken", bad[i]);
         }
+        /* The GPU's host cache: auto is 0, all is everything (clamped later). */
+        CHECK(mx_host_cache_parse("auto", m, &v, &err) == 0 && v == 0, "host cache auto: %llu", (unsigned long long)v);
+        CHECK(mx_host_cache_parse("all", m, &v, &err) == 0 && v >= all, "host cache all: %llu", (unsigned long long)v);
+        CHECK(mx_host_cache_parse("50%", m, &v, &err) == 0 && v + 1 >= all / 2 && v <= all / 2 + 1, "host cache 50%%");
 }
 
 static int rm_one(const char *p, const struct stat *s, int flag, struct FTW *f) {

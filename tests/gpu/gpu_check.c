@@ -3,6 +3,8 @@
  *   prefill  logits of every prompt position (cuBLAS path), relative L2
  *   decode   greedy steps: ids equal, logits of each step (GEMV path)
  *   batch    sequences stepped together on the GPU against each alone
+ *   streamed with --expert-memory: the checks above ran with the experts
+ *            streamed, which happened (misses, copies) within the budget
  * Exit status 0 when all hold, 1 when one fails, 77 without a GPU. */
 #include <math.h>
 #include <stdio.h>
@@ -310,14 +312,30 @@ static int sweep(const pair *p, mx_error *err) {
         return 0;
 }
 
+/* The checks ran on streamed experts: read (misses), copied up on a GPU,
+ * never more held than the budget. */
+static void check_streamed(const pair *p, bool gpu) {
+        mx_expert_stats s;
+        mx_engine_expert_stats(p->gpu, &s);
+        char detail[256];
+        snprintf(detail, sizeof(detail), "%u per layer, %llu hits, %llu misses, %.1f MB read, %.1f MB uploaded, "
+                 "held at most %.1f of %.1f MB", s.slots_per_layer, (unsigned long long)s.hits,
+                 (unsigned long long)s.misses, (double)s.bytes_read / 1e6, (double)s.bytes_uploaded / 1e6,
+                 (double)s.resident_max / 1e6, (double)s.budget / 1e6);
+        report(p->label, "streamed", detail, 0,
+               s.streaming && s.misses > 0 && s.bytes_read > 0 && s.resident_max <= s.budget &&
+                       (!gpu || s.bytes_uploaded > 0));
+}
+
 static int usage(void) {
         fprintf(stderr, "Usage: mixtral-gpu-check (--model DIR | --synthetic SHAPE --layers N) [--prompt N] [--steps N]\n"
-                "                         [--against DEVICE (default cuda; cpu checks this program)] [--sweep 1]\n");
+                "                         [--against DEVICE (default cuda; cpu checks this program)] [--sweep 1]\n"
+                "                         [--expert-memory M [--host-cache M]] (streams the checked engine's experts)\n");
         return 2;
 }
 
 int main(int argc, char **argv) {
-        const char *dir = NULL, *shape = NULL, *against = "cuda";
+        const char *dir = NULL, *shape = NULL, *against = "cuda", *budget = NULL, *host_cache = NULL;
         uint32_t layers = 1, n_prompt = 24, steps = 8;
         bool do_sweep = false;
         for (int i = 1; i + 1 < argc; i += 2) {
@@ -335,6 +353,10 @@ int main(int argc, char **argv) {
                         against = argv[i + 1];
                 else if (!strcmp(argv[i], "--steps"))
                         steps = (uint32_t)atoi(argv[i + 1]);
+                else if (!strcmp(argv[i], "--expert-memory"))
+                        budget = argv[i + 1];
+                else if (!strcmp(argv[i], "--host-cache"))
+                        host_cache = argv[i + 1];
                 else
                         return usage();
         }
@@ -351,13 +373,20 @@ int main(int argc, char **argv) {
         if (r == 0 && shape)
                 r = mx_model_synthetic(&mg, shape, layers, strcmp(against, "cpu") == 0, &err);
         mx_engine_opts gpu_opts = {.device = against};
+        if (r == 0 && budget)
+                r = mx_expert_budget_parse(budget, mc, &gpu_opts.expert_memory, &err);
+        if (r == 0 && host_cache)
+                r = mx_host_cache_parse(host_cache, mc, &gpu_opts.host_cache, &err);
         if (r == 0 && (r = mx_engine_open(&gpu, mg ? mg : mc, &gpu_opts, &err)) == -ENODEV) {
                 fprintf(stderr, "mixtral-gpu-check: skipped: %s\n", err.msg);
                 return 77;
         }
         if (r == 0)
                 r = mx_engine_open(&cpu, mc, NULL, &err);
-        pair p = {shape ? shape : dir, cpu, gpu, mc ? mc->cfg.vocab_size : 0};
+        char label[320];
+        snprintf(label, sizeof(label), "%s%s%s", shape ? shape : dir, budget ? ", experts streamed in " : "",
+                 budget ? budget : "");
+        pair p = {label, cpu, gpu, mc ? mc->cfg.vocab_size : 0};
         if (r == 0)
                 r = check_against_cpu(&p, n_prompt, steps, &err);
         if (r == 0)
@@ -366,6 +395,8 @@ int main(int argc, char **argv) {
                 r = check_sampling(&p, &err);
         if (r == 0 && do_sweep)
                 r = sweep(&p, &err);
+        if (r == 0 && budget)
+                check_streamed(&p, strcmp(against, "cpu") != 0);
         if (r < 0) {
                 fprintf(stderr, "mixtral-gpu-check: %s\n", err.msg);
                 printf("| %s | error | %s | | FAIL |\n", p.label, err.msg);

@@ -100,7 +100,11 @@ int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err) {
         uint64_t budget = 0;
         if (o->expert_memory && (r = mx_expert_budget_parse(o->expert_memory, *m, &budget, err)) < 0)
                 return r;
-        if (budget && !o->synthetic && (r = mx_model_copy_dense(*m, err)) < 0)
+        uint64_t host_cache = 0;
+        if (o->host_cache && (r = mx_host_cache_parse(o->host_cache, *m, &host_cache, err)) < 0)
+                return r;
+        /* (A GPU reads the mapping only as it uploads.) */
+        if (budget && !o->synthetic && !run_on_gpu(o, NULL) && (r = mx_model_copy_dense(*m, err)) < 0)
                 return r;
         bar b = {isatty(STDERR_FILENO) == 1, -1};
         /* Streaming reads experts itself: paging the files in would defeat it. */
@@ -108,7 +112,8 @@ int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err) {
                 mx_model_prefault(*m, progress, &b);
         bar up = {isatty(STDERR_FILENO) == 1, -1};
         mx_engine_opts eo = {.device = o->device, .threads = o->threads, .simd = o->simd,
-                             .expert_memory = budget, .progress = progress, .progress_arg = &up};
+                             .expert_memory = budget, .host_cache = host_cache, .progress = progress,
+                             .progress_arg = &up};
         return mx_engine_open(e, *m, &eo, err);
 }
 

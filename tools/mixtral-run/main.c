@@ -75,6 +75,10 @@ static const char usage_text[] =
         "                         rest from the files as the router asks for them\n"
         "                         (io_uring): bytes with K, M, G, a percentage of all\n"
         "                         experts (50%), or min (top-k per layer); default all\n"
+        "                         (on a GPU: all that fit, streaming the rest)\n"
+        "      --host-cache M     on a GPU, streamed experts pass through M of page-locked\n"
+        "                         RAM (as --expert-memory; default: all experts when\n"
+        "                         they take under half the RAM, else half)\n"
         "      --ignore-eos       go on past the end of the answer (until --max-tokens or\n"
         "                         the context)\n"
         "      --print-ids        print the generated token ids (space-separated, one line)\n"
@@ -142,6 +146,7 @@ enum {
         OPT_LAYERS,
         OPT_BATCH,
         OPT_EXPERT_MEMORY,
+        OPT_HOST_CACHE,
 };
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -257,6 +262,7 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 {"layers", required_argument, NULL, OPT_LAYERS},
                 {"batch", required_argument, NULL, OPT_BATCH},
                 {"expert-memory", required_argument, NULL, OPT_EXPERT_MEMORY},
+                {"host-cache", required_argument, NULL, OPT_HOST_CACHE},
                 {0},
         };
         int c;
@@ -301,6 +307,7 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 case OPT_LAYERS: r = parse_u32("--layers", optarg, 1, &o->layers); break;
                 case OPT_BATCH: r = parse_batches(optarg, o); break;
                 case OPT_EXPERT_MEMORY: o->expert_memory = optarg; break;
+                case OPT_HOST_CACHE: o->host_cache = optarg; break;
                 case OPT_SIMD:
                         if (mx_simd_from_string(optarg, &o->simd) < 0)
                                 r = usage_error("--simd: '%s' is not one of auto, scalar, avx2, avx512", optarg);

@@ -8,7 +8,7 @@
 typedef struct run_opts {
         const char *model, *tokenizer;
         const char *prompt, *prompt_file, *messages, *chat, *system;
-        const char *make_demo, *decode, *device, *shape, *synthetic, *expert_memory;
+        const char *make_demo, *decode, *device, *shape, *synthetic, *expert_memory, *host_cache;
         unsigned long long seed;
         bool tokenize, info, devices, print_ids, bench, ignore_eos;
         /* generation */
