@@ -145,6 +145,13 @@ static void print_status(const ProtobufCMessage *m) {
                        asked ? 100.0 * (double)x->hits / (double)asked : 0.0,
                        bytes_text(x->bytes_read, d, sizeof(d)), x->read_gbps,
                        x->predicted ? 100.0 * (double)x->predicted_used / (double)x->predicted : 0.0, or_unknown(x->how));
+                if (x->has_host_cache_bytes) {
+                        uint64_t h = x->host_hits + x->host_misses;
+                        printf("host cache:  %s page-locked, hit rate %.1f%%, %s copied to the GPU\n",
+                               bytes_text(x->host_cache_bytes, a, sizeof(a)),
+                               h ? 100.0 * (double)x->host_hits / (double)h : 0.0,
+                               bytes_text(x->bytes_uploaded, b, sizeof(b)));
+                }
         }
         printf("connections: %u\n", s->connections);
         printf("served:      %llu requests, %llu tokens\n", (unsigned long long)s->requests_total,

@@ -358,6 +358,66 @@ static int method_get_quota(sd_bus_message *m, void *userdata, sd_bus_error *e) 
         return sd_bus_send(NULL, reply, NULL);
 }
 
+/* The service's load and, when experts stream, their counters (as the
+ * socket's Status, without other users' requests). */
+static int append_experts(sd_bus_message *reply, const md_server *srv, const mx_expert_stats *xs) {
+        Mixtrald__V1__ExpertStreaming x = MIXTRALD__V1__EXPERT_STREAMING__INIT;
+        md_fill_expert_stats(xs, srv->expert_budget, &x);
+        int r = append_entry(reply, "expert_budget_bytes", "t", x.budget_bytes);
+        if (r >= 0)
+                r = append_entry(reply, "expert_configured_bytes", "t", x.configured_bytes);
+        if (r >= 0)
+                r = append_entry(reply, "expert_resident_bytes", "t", x.resident_bytes);
+        if (r >= 0)
+                r = append_entry(reply, "expert_slots_per_layer", "u", x.slots_per_layer);
+        if (r >= 0)
+                r = append_entry(reply, "expert_hits", "t", x.hits);
+        if (r >= 0)
+                r = append_entry(reply, "expert_misses", "t", x.misses);
+        if (r >= 0)
+                r = append_entry(reply, "expert_bytes_read", "t", x.bytes_read);
+        if (r >= 0)
+                r = append_entry(reply, "expert_read_gbps", "d", x.read_gbps);
+        if (r >= 0)
+                r = append_entry(reply, "expert_predicted", "t", x.predicted);
+        if (r >= 0)
+                r = append_entry(reply, "expert_predicted_used", "t", x.predicted_used);
+        if (r >= 0)
+                r = append_entry(reply, "expert_how", "s", x.how ? x.how : "");
+        if (r >= 0 && x.has_host_cache_bytes)
+                r = append_entry(reply, "host_cache_bytes", "t", x.host_cache_bytes);
+        if (r >= 0 && x.has_host_cache_bytes)
+                r = append_entry(reply, "host_hits", "t", x.host_hits);
+        if (r >= 0 && x.has_host_cache_bytes)
+                r = append_entry(reply, "host_misses", "t", x.host_misses);
+        if (r >= 0 && x.has_host_cache_bytes)
+                r = append_entry(reply, "bytes_uploaded", "t", x.bytes_uploaded);
+        return r;
+}
+
+static int method_get_status(sd_bus_message *m, void *userdata, sd_bus_error *e) {
+        md_server *srv = userdata;
+        uint32_t queued = 0, running = 0;
+        mx_expert_stats xs;
+        md_sched_lock(srv->sched);
+        md_sched_counts_locked(srv->sched, &queued, &running);
+        md_sched_expert_stats_locked(srv->sched, &xs);
+        md_sched_unlock(srv->sched);
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int r;
+        if ((r = sd_bus_message_new_method_return(m, &reply)) < 0 ||
+            (r = sd_bus_message_open_container(reply, 'a', "{sv}")) < 0 ||
+            (r = append_entry(reply, "state", "s", srv->draining ? "draining" : "serving")) < 0 ||
+            (r = append_entry(reply, "device", "s", mx_engine_describe(srv->engine))) < 0 ||
+            (r = append_entry(reply, "running", "u", running)) < 0 ||
+            (r = append_entry(reply, "queued", "u", queued)) < 0 ||
+            (r = append_entry(reply, "experts_streamed", "b", (int)xs.streaming)) < 0 ||
+            (xs.streaming && (r = append_experts(reply, srv, &xs)) < 0) ||
+            (r = sd_bus_message_close_container(reply)) < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
 static int get_property(sd_bus *bus, const char *path, const char *interface, const char *property,
                         sd_bus_message *reply, void *userdata, sd_bus_error *e) {
         md_server *srv = userdata;
@@ -382,6 +442,8 @@ static const sd_bus_vtable service_vtable[] = {
         SD_BUS_METHOD_WITH_NAMES("Cancel", "o", SD_BUS_PARAM(request), "", , method_cancel,
                                  SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("GetQuota", "", , "a{sv}", SD_BUS_PARAM(quota), method_get_quota,
+                                 SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_NAMES("GetStatus", "", , "a{sv}", SD_BUS_PARAM(status), method_get_status,
                                  SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };

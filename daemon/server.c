@@ -110,6 +110,12 @@ void md_fill_expert_stats(const mx_expert_stats *xs, uint64_t configured, Mixtra
         ex->has_predicted = true, ex->predicted = xs->predicted;
         ex->has_predicted_used = true, ex->predicted_used = xs->predicted_used;
         ex->how = (char *)xs->how;
+        if (xs->host_budget) {
+                ex->has_host_cache_bytes = true, ex->host_cache_bytes = xs->host_budget;
+                ex->has_host_hits = true, ex->host_hits = xs->host_hits;
+                ex->has_host_misses = true, ex->host_misses = xs->host_misses;
+                ex->has_bytes_uploaded = true, ex->bytes_uploaded = xs->bytes_uploaded;
+        }
 }
 
 void md_server_status(md_conn *c, uint64_t tag) {

@@ -11,6 +11,7 @@
 #include "mx_common.h"
 
 #include "mixtral.h"
+#include "model_internal.h"
 
 /* "demo": a few MB, for the quick start and the tests; its vocabulary is
  * the tokenizer's. "b1": the CPU benchmark shape of DESIGN.md section 6
@@ -123,7 +124,7 @@ static int add_layer(shard *s, rng *g, const mx_config *c, uint32_t L) {
         return r;
 }
 
-static int write_json(const char *dir, const char *name, json_t *j, mx_error *err) {
+int mx_json_write(const char *dir, const char *name, json_t *j, mx_error *err) {
         _cleanup_free_ char *path = NULL;
         if (!j || asprintf(&path, "%s/%s", dir, name) < 0)
                 return mx_error_set(err, -ENOMEM, "%s: out of memory", dir);
@@ -132,7 +133,7 @@ static int write_json(const char *dir, const char *name, json_t *j, mx_error *er
         return r < 0 ? mx_error_set(err, -EIO, "%s: cannot write", path) : 0;
 }
 
-static int write_config(const char *dir, const mx_config *c, mx_error *err) {
+int mx_hf_config_write(const char *dir, const mx_config *c, mx_error *err) {
         json_t *j = json_pack(
                 "{s:[s],s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f,s:f,s:n,s:b,s:i,s:i,s:f,s:f,s:f,s:b}",
                 "architectures", "MixtralForCausalLM", "model_type", "mixtral", "hidden_act", "silu",
@@ -146,7 +147,7 @@ static int write_config(const char *dir, const mx_config *c, mx_error *err) {
                 "tie_word_embeddings", 0, "bos_token_id", (int)c->bos_token_id, "eos_token_id",
                 (int)c->eos_token_id, "attention_dropout", 0.0, "router_aux_loss_coef", 0.02,
                 "initializer_range", 0.02, "use_cache", 1);
-        return write_json(dir, "config.json", j, err);
+        return mx_json_write(dir, "config.json", j, err);
 }
 
 static int write_shards(const char *dir, const mx_config *c, uint64_t seed, mx_error *err) {
@@ -184,7 +185,7 @@ static int write_shards(const char *dir, const mx_config *c, uint64_t seed, mx_e
                         return r == -ENOMEM ? mx_error_set(err, r, "%s: out of memory", dir) : r;
                 }
         }
-        return write_json(dir, "model.safetensors.index.json",
+        return mx_json_write(dir, "model.safetensors.index.json",
                           json_pack("{s:{s:I},s:o}", "metadata", "total_size", (json_int_t)total,
                                     "weight_map", map),
                           err);
@@ -228,7 +229,7 @@ int mx_demo_model_write(const char *dir, const char *shape, const char *tokenize
                 return mx_error_set(err, -EINVAL, "%s: the tokenizer has no <s> or </s>", tokenizer_path);
         r = with_tok ? copy_tokenizer(dir, tokenizer_path, err) : 0;
         if (r == 0)
-                r = write_config(dir, &c, err);
+                r = mx_hf_config_write(dir, &c, err);
         if (r == 0)
                 r = write_shards(dir, &c, seed, err);
         return r;

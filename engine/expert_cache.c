@@ -126,7 +126,7 @@ static int open_io(mx_expert_cache *c, mx_error *err) {
                         r = mx_error_set(err, -ENOMEM, "out of memory");
         if (r == 0)
                 r = mx_io_open(&c->io, (const char *const *)paths, m->n_files, c->arena,
-                               (size_t)c->layers * c->spl * c->slot_bytes, err);
+                               (size_t)c->layers * c->spl * c->slot_bytes, c->slot_bytes, err);
         for (size_t i = 0; i < m->n_files; i++)
                 free(paths[i]);
         return r;

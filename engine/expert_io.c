@@ -31,6 +31,7 @@ struct mx_io {
         bool uring, registered_buffers;
         struct io_uring ring;
         uint8_t *arena;
+        size_t chunk;    /* the arena is registered as buffers of this many bytes (io_uring takes up to 1 GiB each) */
         unsigned in_flight;
         char how[160];
         /* pread: results wait here for mx_io_wait */
@@ -73,7 +74,28 @@ static int open_files(mx_io *io, const char *const *paths, mx_error *err) {
         return 0;
 }
 
-static void setup_ring(mx_io *io, size_t arena_bytes) {
+/* The arena as fixed buffers of whole units (slots), each at most 1 GiB, so
+ * no read crosses from one into the next. Registering pins the arena:
+ * RLIMIT_MEMLOCK may say no. */
+static int register_arena(mx_io *io, size_t arena_bytes, size_t unit) {
+        const size_t most = (size_t)1 << 30;
+        if (!arena_bytes || !unit || unit > most)
+                return -E2BIG;
+        io->chunk = most / unit * unit;
+        size_t n = (arena_bytes + io->chunk - 1) / io->chunk;
+        if (n > (1u << 14))
+                return -E2BIG;
+        _cleanup_free_ struct iovec *iov = calloc(n, sizeof(*iov));
+        if (!iov)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                size_t at = i * io->chunk;
+                iov[i] = (struct iovec){io->arena + at, arena_bytes - at < io->chunk ? arena_bytes - at : io->chunk};
+        }
+        return io_uring_register_buffers(&io->ring, iov, (unsigned)n);
+}
+
+static void setup_ring(mx_io *io, size_t arena_bytes, size_t unit) {
         const char *want = getenv("MX_IO_URING");
         if (want && strcmp(want, "0") == 0) {
                 snprintf(io->how, sizeof(io->how), "pread (io_uring turned off by MX_IO_URING=0)");
@@ -91,15 +113,15 @@ static void setup_ring(mx_io *io, size_t arena_bytes) {
                 snprintf(io->how, sizeof(io->how), "pread (io_uring cannot register files: %s)", strerror(-r));
                 return;
         }
-        struct iovec iov = {io->arena, arena_bytes};
-        /* Registering pins the arena: RLIMIT_MEMLOCK may say no. */
-        io->registered_buffers = arena_bytes && io_uring_register_buffers(&io->ring, &iov, 1) == 0;
-        snprintf(io->how, sizeof(io->how), "io_uring%s%s", io->any_direct ? ", O_DIRECT" : ", buffered",
-                 io->registered_buffers ? ", registered buffers" : " (buffers not registered: RLIMIT_MEMLOCK)");
+        r = register_arena(io, arena_bytes, unit);
+        io->registered_buffers = r == 0;
+        snprintf(io->how, sizeof(io->how), "io_uring%s%s%s", io->any_direct ? ", O_DIRECT" : ", buffered",
+                 r == 0 ? ", registered buffers" : " (buffers not registered: ",
+                 r == 0 ? "" : r == -ENOMEM ? "RLIMIT_MEMLOCK)" : r == -E2BIG ? "slots too large)" : strerror(-r));
 }
 
 int mx_io_open(mx_io **out, const char *const *paths, size_t n_paths, void *arena, size_t arena_bytes,
-               mx_error *err) {
+               size_t unit, mx_error *err) {
         mx_io *io = calloc(1, sizeof(*io));
         if (!io || !(io->fds = calloc(n_paths, sizeof(int))) || !(io->paths = calloc(n_paths, sizeof(char *)))) {
                 mx_io_close(io);
@@ -113,7 +135,7 @@ int mx_io_open(mx_io **out, const char *const *paths, size_t n_paths, void *aren
                 mx_io_close(io);
                 return r;
         }
-        setup_ring(io, arena_bytes);
+        setup_ring(io, arena_bytes, unit);
         *out = io;
         return 0;
 }
@@ -175,7 +197,8 @@ int mx_io_submit(mx_io *io, uint32_t file, uint64_t off, size_t len, void *buf, 
                         return -EBUSY;
         }
         if (io->registered_buffers)
-                io_uring_prep_read_fixed(sqe, (int)file, buf, (unsigned)len, off, 0);
+                io_uring_prep_read_fixed(sqe, (int)file, buf, (unsigned)len, off,
+                                         (int)((size_t)((uint8_t *)buf - io->arena) / io->chunk));
         else
                 io_uring_prep_read(sqe, (int)file, buf, (unsigned)len, off);
         sqe->flags |= IOSQE_FIXED_FILE;

@@ -12,11 +12,10 @@
 
 typedef struct mx_io mx_io;
 
-/* Opens the files for reading into arena[0, arena_bytes) (which it
- * registers with io_uring when it can). why: a line saying how reads are
- * made, for logs. */
+/* Opens the files for reading into arena[0, arena_bytes), made of units
+ * (slots) no read crosses, which it registers with io_uring when it can. */
 int mx_io_open(mx_io **out, const char *const *paths, size_t n_paths, void *arena, size_t arena_bytes,
-               mx_error *err);
+               size_t unit, mx_error *err);
 void mx_io_close(mx_io *io);
 /* Reads are aligned to this (O_DIRECT's block; 1 when buffered). */
 #define MX_IO_ALIGN 4096

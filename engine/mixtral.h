@@ -273,6 +273,11 @@ void mx_model_footprint(const mx_model *m, mx_footprint *fp);
  * the host. Never zeros; the same values on host and device. */
 int mx_model_synthetic(mx_model **out, const char *shape, uint32_t layers, bool host_weights,
                        mx_error *err);
+/* Writes synthetic model m as a Hugging Face checkpoint into dir: loaded
+ * back, it computes exactly what m does. The experts of each layer get a
+ * shard of their own; progress(shards done, shards, arg). */
+int mx_synthetic_write(const mx_model *m, const char *dir, void (*progress)(uint64_t, uint64_t, void *),
+                       void *arg, mx_error *err);
 /* Bytes of one layer's weights and of everything else, for a shape. */
 int mx_synthetic_sizes(const char *shape, uint64_t *per_layer, uint64_t *rest, uint32_t *max_layers);
 

@@ -27,3 +27,9 @@ mx_tensor *mx_model_find(const mx_model *m, const char *name);
 
 /* Binds every tensor the architecture needs by name and shape. */
 int mx_model_bind(mx_model *m, mx_error *err);
+
+/* Writing checkpoints (demo_model.c): config.json in the Hugging Face
+ * layout, and a JSON file (takes j) into dir. */
+typedef struct json_t json_t;
+int mx_hf_config_write(const char *dir, const mx_config *c, mx_error *err);
+int mx_json_write(const char *dir, const char *name, json_t *j, mx_error *err);

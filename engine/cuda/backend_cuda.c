@@ -33,10 +33,20 @@ static uint32_t kv_stride(const mx_config *c) {
 
 /* ---- memory ------------------------------------------------------------------ */
 
+/* cudaMalloc; when it fails while experts stream, their slots make room
+ * (fewer slots: slower, but the request goes on). */
+static int dev_malloc(cuda_backend *cb, void **p, size_t bytes) {
+        if (mxk_malloc(cb->ctx, p, bytes) == 0)
+                return 0;
+        if (!cb->stream || mx_cuda_stream_make_room(cb, bytes) < 0)
+                return -ENOMEM;
+        return mxk_malloc(cb->ctx, p, bytes);
+}
+
 static float *cuda_alloc(mx_backend *b, size_t n) {
         void *p = NULL;
         size_t bytes;
-        if (!mx_mul_size(n ? n : 1, sizeof(float), &bytes) || mxk_malloc(cuda(b)->ctx, &p, bytes) < 0)
+        if (!mx_mul_size(n ? n : 1, sizeof(float), &bytes) || dev_malloc(cuda(b), &p, bytes) < 0)
                 return NULL;
         cuda(b)->epoch++;
         return p;
@@ -82,7 +92,7 @@ static int cuda_kv_reserve(mx_backend *b, mx_kv *kv, uint32_t tokens) {
         if (!mx_mul_size((size_t)cap * 2 * c->n_layers, block, &bytes))
                 return -ENOMEM;
         float *d = NULL;
-        if (mxk_malloc(ctx, (void **)&d, bytes) < 0)
+        if (dev_malloc(cuda(b), (void **)&d, bytes) < 0)
                 return -ENOMEM;
         for (uint32_t i = 0; kv->d && i < 2 * c->n_layers; i++)
                 mxk_copy(ctx, d + (size_t)i * cap * kv_stride(c), kv->d + (size_t)i * kv->cap * kv_stride(c),
@@ -102,7 +112,7 @@ static int grow(cuda_backend *cb, void **p, size_t *cap_bytes, size_t bytes) {
         mxk_free(c, *p);
         *p = NULL;
         *cap_bytes = 0;
-        if (mxk_malloc(c, p, bytes) < 0)
+        if (dev_malloc(cb, p, bytes) < 0)
                 return -ENOMEM;
         *cap_bytes = bytes;
         return 0;
@@ -122,7 +132,7 @@ static int reserve_step(cuda_backend *cb, uint32_t T, uint32_t L) {
                 for (size_t i = 0; i < MX_ELEMENTSOF(bufs); i++) {
                         mxk_free(ctx, *bufs[i]);
                         *bufs[i] = NULL;
-                        if (mxk_malloc(ctx, bufs[i], (size_t)T * sizes[i]) < 0)
+                        if (dev_malloc(cb, bufs[i], (size_t)T * sizes[i]) < 0)
                                 return -ENOMEM;
                 }
                 cb->step_cap = T;
@@ -130,7 +140,7 @@ static int reserve_step(cuda_backend *cb, uint32_t T, uint32_t L) {
         if (L > cb->logit_cap) {
                 mxk_free(ctx, cb->d_logit_rows);
                 cb->d_logit_rows = NULL;
-                if (mxk_malloc(ctx, (void **)&cb->d_logit_rows, (size_t)L * 4) < 0)
+                if (dev_malloc(cb, (void **)&cb->d_logit_rows, (size_t)L * 4) < 0)
                         return -ENOMEM;
                 cb->logit_cap = L;
         }
@@ -182,7 +192,7 @@ static int reserve_moe(cuda_backend *cb, uint32_t n) {
         }
         cb->moe_cap = 0;
         for (size_t i = 0; i < MX_ELEMENTSOF(bufs); i++)
-                if (mxk_malloc(ctx, bufs[i], sizes[i]) < 0)
+                if (dev_malloc(cb, bufs[i], sizes[i]) < 0)
                         return -ENOMEM;
         cb->moe_cap = n;
         return 0;

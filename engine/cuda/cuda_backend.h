@@ -89,6 +89,9 @@ void mx_cuda_stream_free(cuda_backend *cb);
 int mx_cuda_stream_moe(cuda_backend *cb, uint32_t L, const float *x, float *acc, uint32_t n);
 /* A new configured budget (0: every expert), between steps. */
 int mx_cuda_stream_set(cuda_backend *cb, uint64_t budget, mx_error *err);
+/* A cudaMalloc of `bytes` failed: gives up slots (down to top-k per layer)
+ * so it may succeed; -ENOMEM when none are left to give. */
+int mx_cuda_stream_make_room(cuda_backend *cb, uint64_t bytes);
 /* Between steps: shrinks when free GPU memory runs low, grows back later. */
 void mx_cuda_stream_pressure(cuda_backend *cb);
 void mx_cuda_stream_stats(cuda_backend *cb, mx_expert_stats *out);

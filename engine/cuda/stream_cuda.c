@@ -432,6 +432,18 @@ int mx_cuda_stream_set(cuda_backend *cb, uint64_t budget, mx_error *err) {
         return stream_budget_apply(cb, s->configured, err);
 }
 
+int mx_cuda_stream_make_room(cuda_backend *cb, uint64_t bytes) {
+        struct cuda_stream *s = cb->stream;
+        uint64_t per_slot = (uint64_t)s->layers * s->slot_elems * 2, margin = 256ull << 20;
+        uint64_t drop = (bytes + margin + per_slot - 1) / per_slot;
+        if (s->spl <= s->k)
+                return -ENOMEM;
+        uint32_t spl = drop >= s->spl - s->k ? s->k : s->spl - (uint32_t)drop;
+        mx_error err = {0};
+        s->calm_since = 0;
+        return stream_budget_apply(cb, (uint64_t)spl * per_slot, &err);
+}
+
 /* Between steps: another program took GPU memory (free below 256 MiB):
  * half the slots go; when 10 s later the configured budget fits again
  * with 2 GiB to spare, it comes back. */

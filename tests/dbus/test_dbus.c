@@ -223,6 +223,55 @@ static void test_stream_to_caller_only(void) {
         sd_bus_flush_close_unref(a), sd_bus_flush_close_unref(other);
 }
 
+/* GetStatus: the daemon streams its experts (expert_memory = 50%), and the
+ * requests so far read some, within the budget. */
+static void check_status(sd_bus *b) {
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        int r = sd_bus_call_method(b, NAME, PATH, NAME, "GetStatus", &e, &reply, "");
+        CHECK(r >= 0, "GetStatus failed: %s", e.message ? e.message : "");
+        int streamed = 0;
+        uint64_t hits = 0, misses = 0, budget = 0, configured = 0, resident = UINT64_MAX, bytes_read = 0;
+        uint32_t slots = 0, running = 99;
+        const char *state = NULL, *how = NULL;
+        if (r >= 0 && sd_bus_message_enter_container(reply, 'a', "{sv}") > 0)
+                while (sd_bus_message_enter_container(reply, 'e', "sv") > 0) {
+                        const char *k;
+                        sd_bus_message_read(reply, "s", &k);
+                        struct {
+                                const char *key, *sig;
+                                void *dst;
+                        } want[] = {{"state", "s", &state},          {"running", "u", &running},
+                                    {"experts_streamed", "b", &streamed}, {"expert_hits", "t", &hits},
+                                    {"expert_misses", "t", &misses},  {"expert_budget_bytes", "t", &budget},
+                                    {"expert_configured_bytes", "t", &configured},
+                                    {"expert_resident_bytes", "t", &resident},
+                                    {"expert_bytes_read", "t", &bytes_read},
+                                    {"expert_slots_per_layer", "u", &slots}, {"expert_how", "s", &how}};
+                        size_t i = 0;
+                        while (i < sizeof(want) / sizeof(want[0]) && strcmp(k, want[i].key))
+                                i++;
+                        if (i < sizeof(want) / sizeof(want[0]))
+                                CHECK(sd_bus_message_read(reply, "v", want[i].sig, want[i].dst) > 0, "%s: not %s", k,
+                                      want[i].sig);
+                        else
+                                sd_bus_message_skip(reply, "v");
+                        sd_bus_message_exit_container(reply);
+                }
+        CHECK(state && !strcmp(state, "serving") && running == 0, "GetStatus: state %s, %u running",
+              state ? state : "(none)", running);
+        CHECK(streamed && hits + misses > 0 && misses > 0 && bytes_read > 0,
+              "GetStatus: streamed %d, %llu hits, %llu misses, %llu bytes read", streamed,
+              (unsigned long long)hits, (unsigned long long)misses, (unsigned long long)bytes_read);
+        CHECK(budget > 0 && budget <= configured && resident <= budget && slots >= 2 && how &&
+                      strstr(how, "LFU"),
+              "GetStatus: budget %llu of %llu configured, %llu resident, %u per layer, how '%s'",
+              (unsigned long long)budget, (unsigned long long)configured, (unsigned long long)resident, slots,
+              how ? how : "");
+        sd_bus_error_free(&e);
+        sd_bus_message_unref(reply);
+}
+
 static void test_complete_quota_properties(void) {
         sd_bus *b = connect_bus(bus_address);
         if (!b) {
@@ -262,6 +311,7 @@ static void test_complete_quota_properties(void) {
         CHECK(r >= 0, "GetQuota failed: %s", e.message ? e.message : "");
         sd_bus_error_free(&e);
         sd_bus_message_unref(reply);
+        check_status(b);
 
         char *model_prop = NULL, *state = NULL;
         CHECK(sd_bus_get_property_string(b, NAME, PATH, NAME, "Model", &e, &model_prop) >= 0 && model_prop &&
@@ -601,7 +651,8 @@ int main(int argc, char **argv) {
         const char *envs[] = {env, NULL};
         static const char *const args[] = {"--bus", "system", NULL};
         CHECK(dh_init(&d, mixtrald, model,
-                      "[daemon]\nthreads = 1\n[quota]\ntokens_per_hour = 150\nmax_concurrent = 2\n") == 0,
+                      "[daemon]\nthreads = 1\nexpert_memory = 50%\n[quota]\ntokens_per_hour = 150\n"
+                      "max_concurrent = 2\n") == 0,
               "init");
         d.args = args;
         if (dh_start(&d, envs) < 0) {

@@ -13,11 +13,19 @@
 #   3. compute-sanitizer memcheck on a short run;
 #   4. benchmark: the synthetic Mixtral (as many layers as fit), decode at
 #      batch 1, 8 and 32, prefill of 512 tokens, against a device copy and
-#      a cuBLAS GEMM measured in the same run.
+#      a cuBLAS GEMM measured in the same run;
+#   5. expert streaming: the checks of 2 with experts streamed (budgets
+#      down to the minimum, host caches down to the minimum), memcheck on
+#      one, the daemon streaming, and the curve of decode speed against
+#      the budget for full-size layers written to disk (synthetic Mixtral,
+#      8 layers, 23 GB), against the pinned host-to-device copy bandwidth.
+#
+#   tests/gpu/run.sh [all|stream]     (stream: 1 and 5 only, about 4 minutes)
 #
 # Writes $OUT/gpu-report.md (or ./gpu-report.md), with the raw outputs
 # beside it, and exits non-zero when a check fails.
 set -u
+mode=${1:-all}
 cd "$(dirname "$0")/../.."
 out=${OUT:-.}
 report=$out/gpu-report.md
@@ -55,6 +63,7 @@ timeout 60 "$run" --devices >>"$report" 2>&1
 echo '```' >>"$report"
 grep -q '^cuda:0: .*self-test passed' "$report" || fail "device self-test"
 
+if [ "$mode" = all ]; then
 section 'Correctness: CUDA against the CPU engine'
 echo '| model | check | detail | error | result |' >>"$report"
 echo '|---|---|---|---|---|' >>"$report"
@@ -131,6 +140,10 @@ print(f"| prefill >= 40% of GEMM rate | {d['prefill_fraction_of_gemm']:.1%} | {'
 print(f"| batch-{b32['batch']} step within 1.25x of bytes / bandwidth | {b32['step_over_bound']:.2f}x | {'yes' if b32['step_over_bound'] <= 1.25 else 'no'} |")
 PY
 fi
+
+fi # mode all
+
+. tests/gpu/stream.sh
 
 echo >>"$report"
 echo "- result: $([ $status -eq 0 ] && echo PASS || echo FAIL)" >>"$report"

@@ -43,6 +43,7 @@ static double median3(const double v[3]) {
 typedef struct ceilings {
         double memcpy_gbps, read_gbps, bw_gbps; /* bw: what decode is compared with */
         double gemm_tflops;                     /* 0 on the CPU */
+        double upload_gbps;                     /* pinned host to GPU; 0 on the CPU */
         double gpu_used_gib;
 } ceilings;
 
@@ -73,6 +74,9 @@ static int measure_gpu(const run_opts *o, ceilings *c, mx_error *err) {
                 r = mxk_measure_gemm(ctx, 8192, 8192, 8192, &c->gemm_tflops);
         if (r == -ENOMEM)
                 r = mxk_measure_gemm(ctx, 4096, 4096, 4096, &c->gemm_tflops);
+        /* What streamed experts can reach: one expert's size of Mixtral. */
+        if (r == 0)
+                r = mxk_measure_upload(ctx, (size_t)256 << 20, &c->upload_gbps);
         if (r < 0)
                 mxk_status(ctx, why, sizeof(why));
         mxk_ctx_free(ctx);
@@ -87,6 +91,7 @@ typedef struct decode_result {
         uint32_t batch;
         double tokens_per_s, step_s, weight_bytes, kv_bytes; /* bytes per step */
         double expert_bytes_read, expert_hits, expert_misses, read_wait_s; /* per step, streaming */
+        double expert_bytes_uploaded;                                      /* per step, on a GPU */
 } decode_result;
 
 /* B sequences, each prefilled with BATCH_PROMPT tokens of the prompt
@@ -150,7 +155,8 @@ static int decode_batch(mx_engine *e, const mx_ids *prompt, uint32_t B, uint32_t
                                        (double)(c1.kv_bytes - c0.kv_bytes) / decode,
                                        (double)(x1.bytes_read - x0.bytes_read) / decode,
                                        (double)(x1.hits - x0.hits) / decode, (double)(x1.misses - x0.misses) / decode,
-                                       (x1.read_wait_s - x0.read_wait_s) / decode};
+                                       (x1.read_wait_s - x0.read_wait_s) / decode,
+                                       (double)(x1.bytes_uploaded - x0.bytes_uploaded) / decode};
         for (uint32_t i = 0; seqs && i < B; i++)
                 mx_seq_free(seqs[i]);
         free_samplers(pick, B);
@@ -164,11 +170,11 @@ static void print_decode(const decode_result *d, const ceilings *c, bool first) 
         printf("%s{\"batch\": %u, \"tokens_per_s\": %.3f, \"step_ms\": %.3f, \"weight_bytes_per_step\": %.0f, "
                "\"kv_bytes_per_step\": %.0f, \"achieved_GBps\": %.2f, \"fraction_of_bandwidth\": %.3f, "
                "\"bound_ms\": %.3f, \"step_over_bound\": %.3f, \"expert_bytes_read_per_step\": %.0f, "
-               "\"expert_hit_rate\": %.4f, \"read_wait_ms_per_step\": %.3f}",
+               "\"expert_hit_rate\": %.4f, \"read_wait_ms_per_step\": %.3f, \"expert_bytes_uploaded_per_step\": %.0f}",
                first ? "" : ", ", d->batch, d->tokens_per_s, d->step_s * 1e3, d->weight_bytes, d->kv_bytes,
                achieved, achieved / c->bw_gbps, bound * 1e3, d->step_s / bound, d->expert_bytes_read,
                d->expert_hits + d->expert_misses > 0 ? d->expert_hits / (d->expert_hits + d->expert_misses) : 1.0,
-               d->read_wait_s * 1e3);
+               d->read_wait_s * 1e3, d->expert_bytes_uploaded);
 }
 
 int run_bench(const run_opts *o) {
@@ -223,22 +229,26 @@ int run_bench(const run_opts *o) {
                prefill_flops / prefill_s / 1e12, decode, d->tokens_per_s / d->batch, d->weight_bytes,
                d->kv_bytes, achieved, c.memcpy_gbps, c.read_gbps, achieved / c.bw_gbps);
         if (run_on_gpu(o, NULL))
-                printf(", \"gemm_TFLOPs\": %.1f, \"prefill_fraction_of_gemm\": %.3f, \"gpu_memory_used_GiB\": %.2f",
-                       c.gemm_tflops, prefill_flops / prefill_s / 1e12 / c.gemm_tflops, c.gpu_used_gib);
+                printf(", \"gemm_TFLOPs\": %.1f, \"prefill_fraction_of_gemm\": %.3f, \"gpu_memory_used_GiB\": %.2f, "
+                       "\"upload_GBps\": %.2f",
+                       c.gemm_tflops, prefill_flops / prefill_s / 1e12 / c.gemm_tflops, c.gpu_used_gib, c.upload_gbps);
         mx_expert_stats xs;
         mx_engine_expert_stats(e, &xs);
         if (xs.streaming)
                 printf(", \"experts\": {\"budget_bytes\": %llu, \"slots_per_layer\": %u, \"resident_max_bytes\": %llu, "
                        "\"hits\": %llu, \"misses\": %llu, \"hit_rate\": %.4f, \"bytes_read\": %llu, \"reads\": %llu, "
                        "\"uring_reads\": %llu, \"read_wait_s\": %.4f, \"predicted\": %llu, \"predicted_used\": %llu, "
-                       "\"prediction_accuracy\": %.4f, \"how\": \"%s\"}",
+                       "\"prediction_accuracy\": %.4f, \"host_budget_bytes\": %llu, \"host_hits\": %llu, "
+                       "\"host_misses\": %llu, \"bytes_uploaded\": %llu, \"how\": \"%s\"}",
                        (unsigned long long)xs.budget, xs.slots_per_layer, (unsigned long long)xs.resident_max,
                        (unsigned long long)xs.hits, (unsigned long long)xs.misses,
                        xs.hits + xs.misses ? (double)xs.hits / (double)(xs.hits + xs.misses) : 0,
                        (unsigned long long)xs.bytes_read, (unsigned long long)xs.reads,
                        (unsigned long long)xs.uring_reads, xs.read_wait_s, (unsigned long long)xs.predicted,
                        (unsigned long long)xs.predicted_used,
-                       xs.predicted ? (double)xs.predicted_used / (double)xs.predicted : 0, xs.how);
+                       xs.predicted ? (double)xs.predicted_used / (double)xs.predicted : 0,
+                       (unsigned long long)xs.host_budget, (unsigned long long)xs.host_hits,
+                       (unsigned long long)xs.host_misses, (unsigned long long)xs.bytes_uploaded, xs.how);
         printf(", \"batches\": [");
         for (size_t i = 0; i < nb && i < MX_ELEMENTSOF(res); i++)
                 print_decode(&res[i], &c, i == 0);

@@ -99,7 +99,10 @@ static const char usage_text[] =
         "      --make-demo DIR    write a random Mixtral (Hugging Face layout, two shards)\n"
         "                         into DIR: --shape demo (default; a few MB, needs the\n"
         "                         --tokenizer it will use) or b1 (the 791 M-parameter CPU\n"
-        "                         benchmark shape, 1.6 GB; vocabulary 32000)\n"
+        "                         benchmark shape, 1.6 GB; vocabulary 32000); with\n"
+        "                         --synthetic SHAPE [--layers N], that synthetic model's\n"
+        "                         weights, one shard per layer's experts (to measure\n"
+        "                         expert streaming, which reads files, at full size)\n"
         "      --seed N           with --make-demo: the seed of the weights (default 1)\n"
         "  -h, --help             show this help\n"
         "      --version          show the version\n"
@@ -357,7 +360,9 @@ static int check_args(const run_opts *o) {
                 return usage_error("%s", "--tokenize and --decode need --tokenizer FILE or --model DIR");
         if (o->info && !o->model && !o->synthetic)
                 return usage_error("%s", "--info needs --model DIR (or --synthetic SHAPE)");
-        if (o->make_demo && !o->tokenizer && !(o->shape && strcmp(o->shape, "b1") == 0))
+        if (o->make_demo && o->synthetic && o->shape)
+                return usage_error("%s", "--make-demo writes either --shape or --synthetic SHAPE, not both");
+        if (o->make_demo && !o->tokenizer && !o->synthetic && !(o->shape && strcmp(o->shape, "b1") == 0))
                 return usage_error("%s", "--make-demo needs --tokenizer FILE");
         return 0;
 }
@@ -432,8 +437,14 @@ static int do_make_demo(const run_opts *o, mx_error *err) {
                 mx_error_set(err, -errno, "%s: %s", o->make_demo, strerror(errno));
                 return run_fail(err);
         }
-        if (mx_demo_model_write(o->make_demo, o->shape, o->tokenizer, o->seed, err) < 0)
+        if (o->synthetic) {
+                _cleanup_(mx_model_freep) mx_model *m = NULL;
+                if (mx_model_synthetic(&m, o->synthetic, o->layers, false, err) < 0 ||
+                    mx_synthetic_write(m, o->make_demo, NULL, NULL, err) < 0)
+                        return run_fail(err);
+        } else if (mx_demo_model_write(o->make_demo, o->shape, o->tokenizer, o->seed, err) < 0) {
                 return run_fail(err);
+        }
         fprintf(stderr, "mixtral-run: wrote a demo model to %s\n", o->make_demo);
         return 0;
 }
