@@ -280,6 +280,7 @@ static int cuda_set_expert_memory(mx_backend *b, uint64_t budget, mx_error *err)
         if (!cb->stream)
                 return budget ? mx_error_set(err, -EOPNOTSUPP, "every expert is on the GPU: start with an expert "
                                              "budget to stream them") : 0;
+        mxk_bind_thread(cb->ctx); /* (the daemon calls from its engine thread) */
         return mx_cuda_stream_set(cb, budget, err);
 }
 

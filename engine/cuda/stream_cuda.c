@@ -387,14 +387,16 @@ int mx_cuda_stream_moe(cuda_backend *cb, uint32_t L, const float *x, float *acc,
                 if (mask >> e & 1 && !find(s, L + 1, e) && !mx_expert_cache_ready(s->host, L + 1, e))
                         mx_expert_cache_prefetch(s->host, L + 1, e); /* disk reads start now */
         /* Those on the device (or on their way) first: their compute hides
-         * the others' reads and copies. */
+         * the others' reads and copies. A miss may then take the slot of
+         * one computed already: `computed` remembers them. */
+        uint64_t computed = 0;
         for (uint32_t i = 0; i < active; i++) {
                 dslot *d = find(s, L, ids[i]);
                 if (d)
-                        compute(cb, ids[i], d, x);
+                        compute(cb, ids[i], d, x), computed |= 1ull << ids[i];
         }
         for (uint32_t i = 0; i < active; i++) {
-                if (find(s, L, ids[i]))
+                if (computed >> ids[i] & 1)
                         continue;
                 dslot *d = victim(s, L, 0);
                 if (!d)
