@@ -65,7 +65,7 @@ static const char usage_text[] =
         "memory pressure (/proc/pressure/memory) it halves until the host is calm.\n"
         "On a GPU, a model that does not fit streams its experts by itself, and\n"
         "host_cache (auto, min, bytes or NN%) is the page-locked RAM they pass\n"
-        "through (auto: all of them when they take under half the RAM).\n"
+        "through (auto: all of them when they take under a quarter of the RAM).\n"
         "\n"
         "Signals: SIGHUP reloads the configuration (limits, quotas, expert_memory;\n"
         "model, device, host_cache, socket and state directory change only at\n"

@@ -318,9 +318,9 @@ typedef struct mx_engine_opts {
         uint64_t expert_memory;
         /* On a GPU, experts streamed from the files pass through a host
          * cache of this many bytes of page-locked RAM (0: auto, all the
-         * experts if they take under half the memory, else half). On a GPU
-         * a model that does not fit streams its experts even with
-         * expert_memory 0, within what fits. */
+         * experts if they take under a quarter of the memory, else a
+         * quarter). On a GPU a model that does not fit streams its experts
+         * even with expert_memory 0, within what fits. */
         uint64_t host_cache;
         /* Optional: called as the weights go to the device. */
         void (*progress)(uint64_t done, uint64_t total, void *arg);

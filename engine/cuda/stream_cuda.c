@@ -162,14 +162,15 @@ void mx_cuda_stream_free(cuda_backend *cb) {
         cb->stream = NULL;
 }
 
-/* Auto: every expert when they take under half the machine's memory, else
- * half of it; never less than the device's slots plus a step's top-k per
- * layer (so that copies in flight never block a read). */
+/* Auto: every expert when they take under a quarter of the machine's
+ * memory (it is page-locked: the rest of the machine cannot have it), else
+ * a quarter; never less than the device's slots plus one per layer, so a
+ * read always finds a host slot no copy is leaving from. */
 static uint64_t host_budget(const struct cuda_stream *s, const mx_model *m, uint64_t asked, uint32_t spl) {
         uint64_t per = file_expert_bytes(m), all = per * s->layers * s->E;
-        uint64_t half = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE) / 2;
-        uint64_t want = asked ? asked : all < half ? all : half;
-        uint32_t least = spl + s->k > s->E ? s->E : spl + s->k;
+        uint64_t quarter = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE) / 4;
+        uint64_t want = asked ? asked : all < quarter ? all : quarter;
+        uint32_t least = spl + 1 > s->E ? s->E : spl + 1;
         uint64_t floor = per * s->layers * least;
         return want < floor ? floor : want > all ? all : want;
 }

@@ -78,7 +78,7 @@ static const char usage_text[] =
         "                         (on a GPU: all that fit, streaming the rest)\n"
         "      --host-cache M     on a GPU, streamed experts pass through M of page-locked\n"
         "                         RAM (as --expert-memory; default: all experts when\n"
-        "                         they take under half the RAM, else half)\n"
+        "                         they take under a quarter of the RAM, else a quarter)\n"
         "      --ignore-eos       go on past the end of the answer (until --max-tokens or\n"
         "                         the context)\n"
         "      --print-ids        print the generated token ids (space-separated, one line)\n"

@@ -1,0 +1,225 @@
+/* The kernels interface (mixtral_kernels.h) that engine/cuda/stream_cuda.c
+ * uses, done on the host, so its bookkeeping (which expert sits in which
+ * slot, pins, budgets, shrinking, faults) runs in CI without a GPU:
+ * "device" memory is host memory under an adjustable limit, copies happen
+ * at once, events report not-done every other poll (so both of the
+ * engine's branches run), and the MoE kernels compute what the CUDA ones
+ * do, in fp32 from bf16 weights. Not a model of timing or of the GPU's
+ * ordering: tests/gpu/run.sh checks those on a GPU. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bf16.h"
+#include "fake_kernels.h"
+#include "mixtral_kernels.h"
+
+fake_gpu fake = {.limit = (size_t)1 << 40};
+
+struct mxk_event {
+        unsigned polls;
+};
+
+int mxk_malloc(mxk_ctx *c, void **p, size_t bytes) {
+        (void)c;
+        fake.mallocs++;
+        if (fake.used + bytes > fake.limit || (fake.fail_after && fake.mallocs > fake.fail_after)) {
+                *p = NULL;
+                return -ENOMEM;
+        }
+        size_t *h = malloc(sizeof(size_t) * 2 + bytes);
+        if (!h)
+                return -ENOMEM;
+        h[0] = bytes;
+        fake.used += bytes;
+        *p = h + 2;
+        return 0;
+}
+
+void mxk_free(mxk_ctx *c, void *p) {
+        (void)c;
+        if (!p)
+                return;
+        size_t *h = (size_t *)p - 2;
+        fake.used -= h[0];
+        free(h);
+}
+
+int mxk_free_memory(mxk_ctx *c, size_t *free_bytes, size_t *total_bytes) {
+        (void)c;
+        *total_bytes = fake.limit;
+        *free_bytes = fake.report_free ? fake.report_free : fake.limit - fake.used;
+        return 0;
+}
+
+int mxk_status(mxk_ctx *c, char *why, size_t why_len) {
+        (void)c, (void)why, (void)why_len;
+        return 0;
+}
+
+int mxk_sync(mxk_ctx *c, char *why, size_t why_len) {
+        return mxk_status(c, why, why_len);
+}
+
+int mxk_download(mxk_ctx *c, void *dst, const void *src, size_t bytes) {
+        (void)c;
+        memcpy(dst, src, bytes);
+        return 0;
+}
+
+int mxk_event_new(mxk_ctx *c, mxk_event **e) {
+        (void)c;
+        *e = calloc(1, sizeof(**e));
+        return *e ? 0 : -ENOMEM;
+}
+
+void mxk_event_free(mxk_event *e) {
+        free(e);
+}
+
+void mxk_event_record(mxk_ctx *c, mxk_event *e, bool copy) {
+        (void)c, (void)e;
+        fake.records[copy]++;
+}
+
+void mxk_event_wait(mxk_ctx *c, mxk_event *e, bool copy) {
+        (void)c, (void)e;
+        fake.waits[copy]++;
+}
+
+bool mxk_event_done(mxk_ctx *c, mxk_event *e) {
+        (void)c;
+        return ++e->polls % 2 == 0;
+}
+
+int mxk_event_sync(mxk_ctx *c, mxk_event *e) {
+        (void)c, (void)e;
+        fake.event_syncs++;
+        return 0;
+}
+
+void mxk_copy_upload(mxk_ctx *c, void *dst, const void *src, size_t bytes) {
+        (void)c;
+        memcpy(dst, src, bytes);
+        fake.uploaded += bytes;
+}
+
+void mxk_copy_to_bf16(mxk_ctx *c, const void *src, int dtype, uint16_t *dst, size_t n) {
+        (void)c;
+        for (size_t i = 0; i < n; i++)
+                dst[i] = mx_f32_to_bf16(dtype == MXK_F16 ? mx_f16_to_f32(((const uint16_t *)src)[i])
+                                                         : ((const float *)src)[i]);
+}
+
+int mxk_host_register(void *p, size_t bytes) {
+        (void)p, (void)bytes;
+        fake.registered++;
+        return 0;
+}
+
+void mxk_host_unregister(void *p) {
+        (void)p;
+        fake.registered--;
+}
+
+void mxk_matmul(mxk_ctx *c, const uint16_t *W, uint32_t rows, uint32_t cols, const float *x, float *out,
+                uint32_t n, bool accumulate, uint16_t *scratch) {
+        (void)c, (void)scratch;
+        for (uint32_t t = 0; t < n; t++)
+                for (uint32_t r = 0; r < rows; r++) {
+                        float s = 0;
+                        for (uint32_t i = 0; i < cols; i++)
+                                s += mx_bf16_to_f32(W[(size_t)r * cols + i]) * x[(size_t)t * cols + i];
+                        out[(size_t)t * rows + r] = (accumulate ? out[(size_t)t * rows + r] : 0) + s;
+                }
+}
+
+/* As route_token in kernels/moe.cu. */
+static void route_token(const float *l, uint32_t E, uint32_t k, uint32_t *choice, float *weight) {
+        float p[64], max = -INFINITY, sum = 0, top = 0;
+        for (uint32_t e = 0; e < E; e++)
+                max = l[e] > max ? l[e] : max;
+        for (uint32_t e = 0; e < E; e++)
+                sum += p[e] = expf(l[e] - max);
+        for (uint32_t e = 0; e < E; e++)
+                p[e] /= sum;
+        for (uint32_t i = 0; i < k; i++) {
+                uint32_t best = 0;
+                float bp = -1;
+                for (uint32_t e = 0; e < E; e++)
+                        if (p[e] > bp)
+                                best = e, bp = p[e];
+                p[best] = -2;
+                choice[i] = best, weight[i] = bp, top += bp;
+        }
+        for (uint32_t i = 0; i < k; i++)
+                weight[i] /= top;
+}
+
+int mxk_moe_route(mxk_ctx *c, const mxk_moe_buffers *b, const float *logits, uint32_t n, uint32_t E, uint32_t k) {
+        (void)c;
+        for (uint32_t t = 0; t < n; t++)
+                route_token(logits + (size_t)t * E, E, k, b->choice + (size_t)t * k, b->weight + (size_t)t * k);
+        uint32_t running = 0, active = 0;
+        for (uint32_t e = 0; e < E; e++) {
+                uint32_t start = running;
+                for (uint32_t t = 0; t < n; t++)
+                        for (uint32_t i = 0; i < k; i++) {
+                                if (b->choice[(size_t)t * k + i] != e)
+                                        continue;
+                                uint32_t below = 0;
+                                for (uint32_t j = 0; j < k; j++)
+                                        below += b->choice[(size_t)t * k + j] < e;
+                                b->list_tok[running] = t;
+                                b->list_w[running] = b->weight[(size_t)t * k + i];
+                                b->slot_of[(size_t)t * k + below] = running++;
+                        }
+                b->counts[e] = running - start;
+                b->counts[E + e] = start;
+                if (running > start)
+                        b->counts[2 * E + 1 + active++] = e;
+        }
+        b->counts[2 * E] = active;
+        return 0;
+}
+
+/* y = w2 (silu(w1 x) * w3 x), w1 and w3 stacked in w13. */
+void fake_expert(const uint16_t *w13, const uint16_t *w2, const float *x, float *y, float *act, uint32_t H,
+                 uint32_t F) {
+        for (uint32_t f = 0; f < F; f++) {
+                float g = 0, u = 0;
+                for (uint32_t i = 0; i < H; i++) {
+                        g += mx_bf16_to_f32(w13[(size_t)f * H + i]) * x[i];
+                        u += mx_bf16_to_f32(w13[(size_t)(F + f) * H + i]) * x[i];
+                }
+                act[f] = g / (1.0f + expf(-g)) * u;
+        }
+        for (uint32_t h = 0; h < H; h++) {
+                float s = 0;
+                for (uint32_t f = 0; f < F; f++)
+                        s += mx_bf16_to_f32(w2[(size_t)h * F + f]) * act[f];
+                y[h] = s;
+        }
+}
+
+void mxk_moe_expert(mxk_ctx *c, const mxk_moe_buffers *b, const uint16_t *w13, const uint16_t *w2,
+                    uint32_t start, uint32_t count, const float *x, uint32_t H, uint32_t F) {
+        (void)c;
+        fake.experts_run++;
+        for (uint32_t j = start; j < start + count; j++)
+                fake_expert(w13, w2, x + (size_t)b->list_tok[j] * H, b->y + (size_t)j * H, b->act, H, F);
+}
+
+void mxk_moe_combine(mxk_ctx *c, const mxk_moe_buffers *b, float *acc, uint32_t n, uint32_t k, uint32_t H) {
+        (void)c;
+        for (uint32_t t = 0; t < n; t++)
+                for (uint32_t h = 0; h < H; h++) {
+                        float s = 0;
+                        for (uint32_t i = 0; i < k; i++) {
+                                uint32_t p = b->slot_of[(size_t)t * k + i];
+                                s += b->y[(size_t)p * H + h] * b->list_w[p];
+                        }
+                        acc[(size_t)t * H + h] += s;
+                }
+}
