@@ -62,7 +62,8 @@ static const char usage_text[] =
         "\n"
         "expert_memory (auto, min, bytes or NN%) keeps that much of the experts in\n"
         "memory and reads the rest from the model's files as needed (io_uring); under\n"
-        "memory pressure (/proc/pressure/memory) it halves until the host is calm.\n"
+        "memory pressure (/proc/pressure/memory) it halves until the host is calm\n"
+        "(on a GPU, the host cache halves instead).\n"
         "On a GPU, a model that does not fit streams its experts by itself, and\n"
         "host_cache (auto, min, bytes or NN%) is the page-locked RAM they pass\n"
         "through (auto: all of them when they take under a quarter of the RAM).\n"
@@ -249,6 +250,9 @@ static int load(md_server *srv, mx_error *err) {
                              .progress_arg = &(load_progress){0, "Loading the model onto the GPU"}};
         if ((r = mx_engine_open(&srv->engine, srv->model, &eo, err)) < 0)
                 return r;
+        mx_expert_stats xs;
+        mx_engine_expert_stats(srv->engine, &xs);
+        srv->host_cache_budget = srv->host_cache_now = xs.host_budget;
         mx_footprint fp;
         mx_model_footprint(srv->model, &fp);
         srv->kv_bytes_per_token = fp.kv_bytes_per_token;
@@ -270,7 +274,7 @@ static int serve(md_server *srv, mx_error *err) {
                 return r;
         if ((srv->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
                 return mx_error_set(err, -errno, "eventfd: %s", strerror(errno));
-        md_sched_opts so = {srv->cfg.max_batch, srv->cfg.prefill_chunk, srv->expert_now};
+        md_sched_opts so = md_server_sched_opts(srv);
         if ((r = md_sched_start(&srv->sched, srv->engine, srv->tok, &so, srv->notify_fd, err)) < 0 ||
             (r = md_pressure_start(srv, err)) < 0)
                 return r;

@@ -211,6 +211,7 @@ void md_request_destroy(md_request *r);
 typedef struct md_sched_opts {
         uint32_t max_batch, prefill_chunk;
         uint64_t expert_memory; /* streamed experts' budget (0: all mapped), applied between steps */
+        uint64_t host_cache;    /* a GPU's host cache of experts (0: as opened), the same way */
 } md_sched_opts;
 
 /* Starts the engine thread; `notify` is written (an eventfd) whenever a
@@ -277,8 +278,11 @@ typedef struct md_server {
         size_t n_overrides;
         bool user_instance;          /* --user */
         /* Expert streaming: the configured budget, and the one in force
-         * (smaller while the host is short of memory; pressure.c). */
+         * (smaller while the host is short of memory; pressure.c). On a
+         * GPU the host's memory is the host cache's: its size as opened,
+         * and in force. */
         uint64_t expert_budget, expert_now;
+        uint64_t host_cache_budget, host_cache_now;
         sd_event_source *pressure_timer;
         uint32_t calm_seconds;
 } md_server;
@@ -297,6 +301,8 @@ int md_pressure_start(md_server *srv, mx_error *err);
 uint64_t md_pressure_next(uint64_t now, uint64_t configured, double some_avg10, uint32_t *calm_seconds);
 /* Sets the budget in force, for the engine thread to apply. */
 void md_server_set_expert_budget(md_server *srv, uint64_t budget);
+/* The options the engine thread follows, from srv's. */
+md_sched_opts md_server_sched_opts(const md_server *srv);
 
 struct md_conn {
         md_server *srv;

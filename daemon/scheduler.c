@@ -36,6 +36,7 @@ struct md_sched {
         char stop_msg[256];
         mx_buf text;              /* one step's new text for one request */
         uint64_t expert_memory;   /* engine thread: the budget in force */
+        uint64_t host_cache;      /* engine thread: a GPU's host cache in force */
         mx_expert_stats xstats;   /* locked: as of the last step */
 };
 
@@ -260,18 +261,19 @@ static void step(md_sched *s, md_request **run, size_t n, mx_batch_item *items, 
         }
 }
 
-/* A new expert budget (SIGHUP, memory pressure) takes effect between
- * steps, on this thread, which alone touches the engine. */
-static void apply_budget(md_sched *s, uint64_t want) {
-        if (want == s->expert_memory)
-                return;
+/* A new expert budget or host cache (SIGHUP, memory pressure) takes
+ * effect between steps, on this thread, which alone touches the engine. */
+static void apply_budget(md_sched *s, uint64_t want, uint64_t host) {
         mx_error err = {0};
-        if (mx_engine_set_expert_memory(s->e, want, &err) < 0) {
+        if (want != s->expert_memory && mx_engine_set_expert_memory(s->e, want, &err) < 0)
                 md_log(LOG_ERR, "expert memory stays at %llu bytes: %s", (unsigned long long)s->expert_memory, err.msg);
-        } else {
+        else if (want != s->expert_memory)
                 md_log(LOG_INFO, "expert memory now %llu bytes%s", (unsigned long long)want, want ? "" : " (all mapped)");
-        }
-        s->expert_memory = want; /* (tried once per change) */
+        if (host != s->host_cache && mx_engine_set_host_cache(s->e, host, &err) < 0)
+                md_log(LOG_ERR, "the host cache stays at %llu bytes: %s", (unsigned long long)s->host_cache, err.msg);
+        else if (host != s->host_cache)
+                md_log(LOG_INFO, "the GPU's host cache now %llu bytes", (unsigned long long)host);
+        s->expert_memory = want, s->host_cache = host; /* (tried once per change) */
 }
 
 static void *engine_thread(void *arg) {
@@ -287,10 +289,10 @@ static void *engine_thread(void *arg) {
                 admit_locked(s);
                 if (s->dirty)
                         wake_main(s);
-                if (s->o.expert_memory != s->expert_memory) {
-                        uint64_t budget = s->o.expert_memory;
+                if (s->o.expert_memory != s->expert_memory || s->o.host_cache != s->host_cache) {
+                        uint64_t budget = s->o.expert_memory, host = s->o.host_cache;
                         pthread_mutex_unlock(&s->lock);
-                        apply_budget(s, budget);
+                        apply_budget(s, budget, host);
                         mx_expert_stats xs;
                         mx_engine_expert_stats(s->e, &xs);
                         pthread_mutex_lock(&s->lock);
@@ -339,7 +341,8 @@ int md_sched_start(md_sched **out, mx_engine *e, const mx_tokenizer *tok, const 
         md_sched *s = calloc(1, sizeof(*s));
         if (!s)
                 return mx_error_set(err, -ENOMEM, "out of memory");
-        *s = (md_sched){.e = e, .tok = tok, .o = *o, .notify_fd = notify_fd, .expert_memory = o->expert_memory};
+        *s = (md_sched){.e = e, .tok = tok, .o = *o, .notify_fd = notify_fd, .expert_memory = o->expert_memory,
+                           .host_cache = o->host_cache};
         mx_engine_expert_stats(e, &s->xstats);
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->wake, NULL);

@@ -90,6 +90,8 @@ typedef struct mx_backend_ops {
                       int32_t *ids);
         /* Optional: a new expert budget (0: all mapped), between steps. */
         int (*set_expert_memory)(mx_backend *b, uint64_t budget, mx_error *err);
+        /* Optional: a new size for a GPU's host cache of experts, between steps. */
+        int (*set_host_cache)(mx_backend *b, uint64_t bytes, mx_error *err);
         /* Optional: expert streaming's counters. */
         void (*expert_stats)(mx_backend *b, mx_expert_stats *s);
         /* Optional: brings counters kept on the device up to date. */

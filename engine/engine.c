@@ -129,6 +129,12 @@ int mx_engine_set_expert_memory(mx_engine *e, uint64_t budget, mx_error *err) {
         return e->be->ops->set_expert_memory(e->be, budget, err);
 }
 
+int mx_engine_set_host_cache(mx_engine *e, uint64_t bytes, mx_error *err) {
+        if (!e->be->ops->set_host_cache)
+                return mx_error_set(err, -EOPNOTSUPP, "only a GPU that streams experts has a host cache");
+        return e->be->ops->set_host_cache(e->be, bytes, err);
+}
+
 const mx_model *mx_engine_model(const mx_engine *e) {
         return e->model;
 }

@@ -378,6 +378,10 @@ void mx_engine_expert_stats(const mx_engine *e, mx_expert_stats *s);
  * the thread that runs them: what is cached goes, and is read again as
  * asked for. The counters carry on. */
 int mx_engine_set_expert_memory(mx_engine *e, uint64_t budget, mx_error *err);
+/* On a GPU that streams experts: a new size for the host cache (0: auto),
+ * between steps (what it held is read again as asked for; the counters
+ * carry on). -EOPNOTSUPP elsewhere. */
+int mx_engine_set_host_cache(mx_engine *e, uint64_t bytes, mx_error *err);
 /* "auto" or "all" (0: every expert kept), "min" (top-k per layer), bytes
  * with K, M, G, T, or a percentage of the model's expert weights. */
 int mx_expert_budget_parse(const char *s, const mx_model *m, uint64_t *out, mx_error *err);

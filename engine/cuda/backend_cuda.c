@@ -284,6 +284,14 @@ static int cuda_set_expert_memory(mx_backend *b, uint64_t budget, mx_error *err)
         return mx_cuda_stream_set(cb, budget, err);
 }
 
+static int cuda_set_host_cache(mx_backend *b, uint64_t bytes, mx_error *err) {
+        cuda_backend *cb = cuda(b);
+        if (!cb->stream)
+                return mx_error_set(err, -EOPNOTSUPP, "every expert is on the GPU: there is no host cache");
+        mxk_bind_thread(cb->ctx);
+        return mx_cuda_stream_set_host(cb, bytes, err);
+}
+
 static void cuda_expert_stats(mx_backend *b, mx_expert_stats *s) {
         if (cuda(b)->stream)
                 mx_cuda_stream_stats(cuda(b), s);
@@ -518,6 +526,7 @@ static const mx_backend_ops cuda_ops = {
         .sync_counters = cuda_sync_counters,
         .sample = cuda_sample,
         .set_expert_memory = cuda_set_expert_memory,
+        .set_host_cache = cuda_set_host_cache,
         .expert_stats = cuda_expert_stats,
 };
 

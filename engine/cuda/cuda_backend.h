@@ -92,6 +92,8 @@ int mx_cuda_stream_set(cuda_backend *cb, uint64_t budget, mx_error *err);
 /* A cudaMalloc of `bytes` failed: gives up slots (down to top-k per layer)
  * so it may succeed; -ENOMEM when none are left to give. */
 int mx_cuda_stream_make_room(cuda_backend *cb, uint64_t bytes);
+/* A new host cache of `bytes` (0: auto), between steps. */
+int mx_cuda_stream_set_host(cuda_backend *cb, uint64_t bytes, mx_error *err);
 /* Between steps: shrinks when free GPU memory runs low, grows back later. */
 void mx_cuda_stream_pressure(cuda_backend *cb);
 void mx_cuda_stream_stats(cuda_backend *cb, mx_expert_stats *out);

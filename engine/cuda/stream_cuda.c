@@ -175,6 +175,37 @@ static uint64_t host_budget(const struct cuda_stream *s, const mx_model *m, uint
         return want < floor ? floor : want > all ? all : want;
 }
 
+/* The host cache at `bytes` (0: auto): made anew unless it would have as
+ * many slots per layer as now; the counters carry over. */
+static int make_host(cuda_backend *cb, uint64_t bytes, mx_error *err) {
+        struct cuda_stream *s = cb->stream;
+        const mx_model *m = cb->base.model;
+        uint64_t per = file_expert_bytes(m);
+        uint64_t hb = host_budget(s, m, bytes, s->spl);
+        if (s->host && hb / s->layers / per == s->host_spl)
+                return 0;
+        mx_expert_stats before = {0};
+        if (s->host) {
+                for (size_t i = 0; i < (size_t)s->layers * s->spl; i++)
+                        unpin(cb, &s->slots[i], true);
+                mx_expert_cache_stats(s->host, &before);
+        }
+        mx_expert_cache *next = NULL;
+        int r = mx_expert_cache_new(m, hb, &host_pin, &next, err);
+        if (r < 0)
+                return r; /* the old one stays */
+        mx_expert_cache_carry(next, &before);
+        mx_expert_cache_free(s->host);
+        s->host = next;
+        s->host_spl = mx_expert_cache_slots(next);
+        s->st.host_budget = (uint64_t)s->host_spl * s->layers * per;
+        return 0;
+}
+
+int mx_cuda_stream_set_host(cuda_backend *cb, uint64_t bytes, mx_error *err) {
+        return make_host(cb, bytes, err);
+}
+
 int mx_cuda_stream_new(cuda_backend *cb, uint64_t budget, uint64_t host_cache, mx_error *err) {
         const mx_model *m = cb->base.model;
         const mx_config *c = &m->cfg;
@@ -199,15 +230,10 @@ int mx_cuda_stream_new(cuda_backend *cb, uint64_t budget, uint64_t host_cache, m
                         return mx_error_set(err, -ENOMEM, "out of GPU memory");
         }
         int r = make_slots(cb, slots_for(s, budget), err);
-        if (r < 0)
-                return r;
-        uint64_t hb = host_budget(s, m, host_cache, slots_for(s, budget));
-        if ((r = mx_expert_cache_new(m, hb, &host_pin, &s->host, err)) < 0)
-                return r;
-        s->host_spl = mx_expert_cache_slots(s->host);
-        s->st.streaming = true;
-        s->st.host_budget = (uint64_t)s->host_spl * s->layers * file_expert_bytes(m);
-        return 0;
+        if (r == 0)
+                r = make_host(cb, host_cache, err);
+        s->st.streaming = r == 0;
+        return r;
 }
 
 const char *mx_cuda_stream_describe(cuda_backend *cb, char *buf, size_t len) {

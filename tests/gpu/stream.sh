@@ -29,19 +29,34 @@ fi
 section 'mixtrald --device cuda with expert_memory = min, against mixtral-run on the CPU'
 if [ -x build/daemon/mixtrald ] && [ -x build/client/mixtral ]; then
         sock=/tmp/mx-gpu-stream.sock
-        printf '[daemon]\nthreads=4\nexpert_memory=min\n' >/tmp/mx-gpu-stream.conf
+        psi=/tmp/mx-gpu-psi
+        echo 'some avg10=0.00 avg60=0.00 avg300=0.00 total=0' >$psi
+        printf '[daemon]\nthreads=4\nexpert_memory=min\nmemory_pressure=%s\n' $psi >/tmp/mx-gpu-stream.conf
         build/daemon/mixtrald --model "$demo" --device cuda --socket $sock --config /tmp/mx-gpu-stream.conf \
                 --state-directory /tmp/mx-gpu-stream-state --bus none 2>"$out/daemon-stream.log" &
         pid=$!
         for _ in $(seq 100); do [ -S $sock ] && break; sleep 0.1; done
         got=$(timeout 60 build/client/mixtral --socket $sock --raw --temperature 0 -n 24 --ignore-eos "Once upon a time" 2>&1)
         st=$(timeout 10 build/client/mixtral --socket $sock status 2>&1 | grep -E '^(experts|host cache):')
+        # Host memory pressure: on a GPU the host cache gives memory back.
+        echo 'some avg10=60.00 avg60=10.00 avg300=1.00 total=1' >$psi
+        for _ in 1 2 3 4; do
+                sleep 1
+                timeout 20 build/client/mixtral --socket $sock --raw -n 1 "go" >/dev/null 2>&1
+        done
+        st2=$(timeout 10 build/client/mixtral --socket $sock status 2>&1 | grep -E '^host cache:')
+        echo 'some avg10=0.00 avg60=0.00 avg300=0.00 total=1' >$psi
         want=$(timeout 60 "$run" --model "$demo" --temperature 0 -n 24 --ignore-eos --prompt "Once upon a time" 2>/dev/null)
         kill -TERM $pid; wait $pid
         echo "- daemon (cuda, streamed): \`$(printf %s "$got" | head -c 200 | tr '\n' ' ')\`" >>"$report"
         echo "- mixtral status: \`$(printf %s "$st" | tr '\n' ' ')\`" >>"$report"
         [ -n "$got" ] && [ "$got" = "$want" ] || fail "the streaming daemon on cuda and mixtral-run on the cpu differ (daemon log: $(tail -2 "$out/daemon-stream.log" | tr '\n' ' '))"
         printf %s "$st" | grep -q 'host cache:' || fail "mixtral status shows no host cache"
+        echo "- under memory pressure: \`$st2\`" >>"$report"
+        size() { sed -n 's/^host cache: *\(.*\) page-locked.*/\1/p'; }
+        before=$(printf '%s\n' "$st" | size); after=$(printf '%s\n' "$st2" | size)
+        [ -n "$after" ] && [ "$after" != "$before" ] ||
+                fail "memory pressure did not shrink the host cache ($(grep -m2 'pressure\|host cache' "$out/daemon-stream.log" | tr '\n' ' '))"
 fi
 
 section 'Benchmark: streamed experts, full-size layers from disk (synthetic Mixtral-8x7B, 8 layers)'

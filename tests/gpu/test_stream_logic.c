@@ -201,6 +201,20 @@ static void check_shrinking(const mx_model *m) {
         mx_cuda_stream_stats(&g.cb, &s);
         CHECK(s.slots_per_layer == g.k, "as small as it gets: %u per layer, not top-k", s.slots_per_layer);
         steps(&g, "top-k slots");
+        /* The host short of memory: the host cache goes down to its least
+         * (the device's slots plus one per layer), then back. */
+        uint64_t host_before = s.host_budget, per = s.host_budget / g.layers / g.E;
+        CHECK(mx_cuda_stream_set_host(&g.cb, 1, &err) == 0, "host cache down: %s", err.msg);
+        mx_cuda_stream_stats(&g.cb, &s);
+        uint32_t least = s.slots_per_layer + 1 < g.E ? s.slots_per_layer + 1 : g.E;
+        CHECK(least < g.E && s.host_budget == per * g.layers * least, "host cache down: %llu bytes, not %u per layer",
+              (unsigned long long)s.host_budget, least);
+        steps(&g, "small host cache");
+        CHECK(mx_cuda_stream_set_host(&g.cb, 0, &err) == 0, "host cache back: %s", err.msg);
+        mx_cuda_stream_stats(&g.cb, &s);
+        CHECK(s.host_budget == host_before, "host cache back: %llu, not %llu", (unsigned long long)s.host_budget,
+              (unsigned long long)host_before);
+        steps(&g, "host cache back");
         mx_cuda_stream_free(&g.cb);
         CHECK(fake.used == 0 && fake.registered == 0, "shrinking: %zu device bytes left", fake.used);
         rig_free(&g);
