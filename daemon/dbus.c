@@ -363,35 +363,30 @@ static int method_get_quota(sd_bus_message *m, void *userdata, sd_bus_error *e) 
 static int append_experts(sd_bus_message *reply, const md_server *srv, const mx_expert_stats *xs) {
         Mixtrald__V1__ExpertStreaming x = MIXTRALD__V1__EXPERT_STREAMING__INIT;
         md_fill_expert_stats(xs, srv->expert_budget, &x);
-        int r = append_entry(reply, "expert_budget_bytes", "t", x.budget_bytes);
-        if (r >= 0)
-                r = append_entry(reply, "expert_configured_bytes", "t", x.configured_bytes);
-        if (r >= 0)
-                r = append_entry(reply, "expert_resident_bytes", "t", x.resident_bytes);
-        if (r >= 0)
-                r = append_entry(reply, "expert_slots_per_layer", "u", x.slots_per_layer);
-        if (r >= 0)
-                r = append_entry(reply, "expert_hits", "t", x.hits);
-        if (r >= 0)
-                r = append_entry(reply, "expert_misses", "t", x.misses);
-        if (r >= 0)
-                r = append_entry(reply, "expert_bytes_read", "t", x.bytes_read);
+        const struct {
+                const char *key;
+                uint64_t v;
+                bool gpu; /* only with a host cache */
+        } counts[] = {{"expert_budget_bytes", x.budget_bytes, false},
+                      {"expert_configured_bytes", x.configured_bytes, false},
+                      {"expert_resident_bytes", x.resident_bytes, false},
+                      {"expert_hits", x.hits, false},
+                      {"expert_misses", x.misses, false},
+                      {"expert_bytes_read", x.bytes_read, false},
+                      {"expert_predicted", x.predicted, false},
+                      {"expert_predicted_used", x.predicted_used, false},
+                      {"host_cache_bytes", x.host_cache_bytes, true},
+                      {"host_hits", x.host_hits, true},
+                      {"host_misses", x.host_misses, true},
+                      {"bytes_uploaded", x.bytes_uploaded, true}};
+        int r = append_entry(reply, "expert_slots_per_layer", "u", x.slots_per_layer);
         if (r >= 0)
                 r = append_entry(reply, "expert_read_gbps", "d", x.read_gbps);
         if (r >= 0)
-                r = append_entry(reply, "expert_predicted", "t", x.predicted);
-        if (r >= 0)
-                r = append_entry(reply, "expert_predicted_used", "t", x.predicted_used);
-        if (r >= 0)
                 r = append_entry(reply, "expert_how", "s", x.how ? x.how : "");
-        if (r >= 0 && x.has_host_cache_bytes)
-                r = append_entry(reply, "host_cache_bytes", "t", x.host_cache_bytes);
-        if (r >= 0 && x.has_host_cache_bytes)
-                r = append_entry(reply, "host_hits", "t", x.host_hits);
-        if (r >= 0 && x.has_host_cache_bytes)
-                r = append_entry(reply, "host_misses", "t", x.host_misses);
-        if (r >= 0 && x.has_host_cache_bytes)
-                r = append_entry(reply, "bytes_uploaded", "t", x.bytes_uploaded);
+        for (size_t i = 0; r >= 0 && i < MX_ELEMENTSOF(counts); i++)
+                if (!counts[i].gpu || x.has_host_cache_bytes)
+                        r = append_entry(reply, counts[i].key, "t", counts[i].v);
         return r;
 }
 
