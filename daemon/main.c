@@ -241,7 +241,7 @@ static int load(md_server *srv, mx_error *err) {
                 return r;
         /* Streaming reads the experts itself: paging the files in would
          * defeat it. */
-        if (!srv->expert_budget && mx_model_fits_in_memory(srv->model))
+        if (!srv->expert_budget && gpu < 0 && mx_model_fits_in_memory(srv->model))
                 mx_model_prefault(srv->model, on_progress, &(load_progress){0, "Loading the model"});
         /* A GPU engine uploads the weights as it opens: the same progress. */
         mx_engine_opts eo = {.device = srv->cfg.device, .threads = srv->cfg.threads,

@@ -107,8 +107,9 @@ int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err) {
         if (budget && !o->synthetic && !run_on_gpu(o, NULL) && (r = mx_model_copy_dense(*m, err)) < 0)
                 return r;
         bar b = {isatty(STDERR_FILENO) == 1, -1};
-        /* Streaming reads experts itself: paging the files in would defeat it. */
-        if (!o->synthetic && !budget && mx_model_fits_in_memory(*m))
+        /* Streaming reads experts itself: paging the files in would defeat it.
+         * A GPU reads the files once as it uploads (and may stream). */
+        if (!o->synthetic && !budget && !run_on_gpu(o, NULL) && mx_model_fits_in_memory(*m))
                 mx_model_prefault(*m, progress, &b);
         bar up = {isatty(STDERR_FILENO) == 1, -1};
         mx_engine_opts eo = {.device = o->device, .threads = o->threads, .simd = o->simd,
