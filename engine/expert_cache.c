@@ -184,10 +184,19 @@ static slot *slot_of(mx_expert_cache *c, uint32_t L, uint32_t i) {
         return &c->slots[(size_t)L * c->spl + i];
 }
 
+/* A slot whose reads failed and that nobody acquired since (a guess for
+ * the next layer, or a request that failed first) holds nothing: its
+ * expert is read again when asked for, and the slot is free. */
+static bool failed(const slot *s) {
+        return s->state == READY && s->broken && !s->pins;
+}
+
 static slot *find(mx_expert_cache *c, uint32_t L, uint32_t e) {
-        for (uint32_t i = 0; i < c->spl; i++)
-                if (slot_of(c, L, i)->expert == (int32_t)e && slot_of(c, L, i)->state != EMPTY)
-                        return slot_of(c, L, i);
+        for (uint32_t i = 0; i < c->spl; i++) {
+                slot *s = slot_of(c, L, i);
+                if (s->expert == (int32_t)e && s->state != EMPTY && !failed(s))
+                        return s;
+        }
         return NULL;
 }
 
@@ -204,7 +213,7 @@ static slot *victim(mx_expert_cache *c, uint32_t L, bool hard) {
         slot *best = NULL;
         for (uint32_t i = 0; i < c->spl; i++) {
                 slot *s = slot_of(c, L, i);
-                if (s->state == EMPTY)
+                if (s->state == EMPTY || failed(s))
                         return s;
                 if (s->state == LOADING || s->pins || (!hard && s->keep == c->stamp))
                         continue;
@@ -232,8 +241,12 @@ static void start_load(mx_expert_cache *c, slot *s, uint32_t L, uint32_t e, bool
                 int r = mx_io_submit(c->io, p->file, p->off, p->len, base + p->at, idx * 4 + (uint64_t)k);
                 if (r < 0) {
                         s->broken = true;
-                        snprintf(c->why, sizeof(c->why), "%s: cannot start a read: %s", mx_io_path(c->io, p->file),
-                                 strerror(-r));
+                        if (r == -ESTALE)
+                                snprintf(c->why, sizeof(c->why), "%s was replaced by a different file (its header "
+                                         "differs): restart to load it", mx_io_path(c->io, p->file));
+                        else
+                                snprintf(c->why, sizeof(c->why), "%s: cannot start a read: %s",
+                                         mx_io_path(c->io, p->file), strerror(-r));
                         continue;
                 }
                 s->pending++;
@@ -271,9 +284,11 @@ static int pump(mx_expert_cache *c) {
                 s->broken = true;
                 snprintf(c->why, sizeof(c->why), "%s: read at %llu: %s", mx_io_path(c->io, p->file),
                          (unsigned long long)p->off, strerror((int)-res));
+                mx_io_suspect(c->io, p->file);
         } else if ((uint64_t)res < p->need) {
                 s->broken = true;
                 explain_short(c, p, res);
+                mx_io_suspect(c->io, p->file);
         } else {
                 c->st.bytes_read += (uint64_t)res;
         }

@@ -6,6 +6,11 @@
  * too old, disabled by sysctl, refused by seccomp) every read is a pread,
  * and the info line says so.
  *
+ * After a failed read the file is suspect: before its next read, if the
+ * path now names another file (the admin restored it by renaming a good
+ * copy over it), that file is opened in its place when its safetensors
+ * header is the same, and refused (-ESTALE) when it is not.
+ *
  * MX_IO_URING=0 makes every read a pread (to test that path), and
  * MX_IO_FAULT=eio:N[:M] or short:N[:M] in the environment makes M
  * completions (default 1) from the N-th on fail or come back half read:
@@ -14,6 +19,7 @@
 #include <liburing.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -27,9 +33,12 @@ struct mx_io {
         size_t n;
         int *fds;
         char **paths;
+        uint64_t *header_hash;  /* per file: its safetensors header's, 0 when unknown */
+        bool *suspect;          /* per file: a read failed since it was last looked at */
         bool any_direct;
         bool uring, registered_buffers;
         struct io_uring ring;
+        unsigned reopened;      /* files opened anew after being replaced */
         uint8_t *arena;
         size_t chunk;    /* the arena is registered as buffers of this many bytes (io_uring takes up to 1 GiB each) */
         unsigned in_flight;
@@ -57,21 +66,81 @@ static void read_fault(mx_io *io) {
         io->fault_at = at, io->fault_n = n;
 }
 
+/* O_DIRECT where the file system takes it; -errno. */
+static int open_reading(const char *path, bool *direct) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+        *direct = fd >= 0;
+        if (fd < 0 && errno == EINVAL) /* tmpfs and friends: no O_DIRECT */
+                fd = open(path, O_RDONLY | O_CLOEXEC);
+        return fd < 0 ? -errno : fd;
+}
+
+/* FNV-1a of the file's safetensors header (its length, then the JSON),
+ * read through a buffered descriptor of its own; 0 when unreadable. */
+static uint64_t header_hash(const char *path) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        uint8_t len8[8];
+        uint64_t h = 0xcbf29ce484222325ull, len = 0;
+        if (fd < 0)
+                return 0;
+        if (pread(fd, len8, 8, 0) == 8)
+                for (int i = 7; i >= 0; i--)
+                        len = len << 8 | len8[i];
+        _cleanup_free_ uint8_t *json = len && len <= (100u << 20) ? malloc(len) : NULL;
+        bool ok = json && pread(fd, json, len, 8) == (ssize_t)len;
+        close(fd);
+        for (uint64_t i = 0; ok && i < 8 + len; i++)
+                h = (h ^ (i < 8 ? len8[i] : json[i - 8])) * 0x100000001b3ull;
+        return ok ? h : 0;
+}
+
 static int open_files(mx_io *io, const char *const *paths, mx_error *err) {
         for (size_t i = 0; i < io->n; i++) {
                 io->fds[i] = -1;
                 if (!(io->paths[i] = strdup(paths[i])))
                         return mx_error_set(err, -ENOMEM, "out of memory");
-                int fd = open(paths[i], O_RDONLY | O_CLOEXEC | O_DIRECT);
-                if (fd < 0 && errno == EINVAL) /* tmpfs and friends: no O_DIRECT */
-                        fd = open(paths[i], O_RDONLY | O_CLOEXEC);
-                else if (fd >= 0)
-                        io->any_direct = true;
+                bool direct;
+                int fd = open_reading(paths[i], &direct);
                 if (fd < 0)
-                        return mx_error_set(err, -errno, "%s: %s", paths[i], strerror(errno));
+                        return mx_error_set(err, fd, "%s: %s", paths[i], strerror(-fd));
+                io->any_direct |= direct;
                 io->fds[i] = fd;
+                io->header_hash[i] = header_hash(paths[i]);
         }
         return 0;
+}
+
+/* Before reading a suspect file: 0 to go on (with the file the path names
+ * now, if it was replaced by one with the same header), -ESTALE when the
+ * path names a different file. */
+static int recheck(mx_io *io, uint32_t file) {
+        struct stat now, have;
+        if (stat(io->paths[file], &now) < 0 || fstat(io->fds[file], &have) < 0 ||
+            (now.st_dev == have.st_dev && now.st_ino == have.st_ino)) {
+                io->suspect[file] = false; /* gone, or the same file (restored in place, or not) */
+                return 0;
+        }
+        uint64_t h = header_hash(io->paths[file]);
+        if (!h || h != io->header_hash[file])
+                return -ESTALE;
+        bool direct;
+        int fd = open_reading(io->paths[file], &direct);
+        if (fd < 0)
+                return 0;
+        if (io->uring && io_uring_register_files_update(&io->ring, file, &fd, 1) < 0) {
+                close(fd);
+                return 0;
+        }
+        close(io->fds[file]); /* reads in flight keep their own reference */
+        io->fds[file] = fd;
+        io->suspect[file] = false;
+        io->reopened++;
+        return 0;
+}
+
+void mx_io_suspect(mx_io *io, uint32_t file) {
+        if (file < io->n)
+                io->suspect[file] = true;
 }
 
 /* The arena as fixed buffers of whole units (slots), each at most 1 GiB, so
@@ -123,7 +192,8 @@ static void setup_ring(mx_io *io, size_t arena_bytes, size_t unit) {
 int mx_io_open(mx_io **out, const char *const *paths, size_t n_paths, void *arena, size_t arena_bytes,
                size_t unit, mx_error *err) {
         mx_io *io = calloc(1, sizeof(*io));
-        if (!io || !(io->fds = calloc(n_paths, sizeof(int))) || !(io->paths = calloc(n_paths, sizeof(char *)))) {
+        if (!io || !(io->fds = calloc(n_paths, sizeof(int))) || !(io->paths = calloc(n_paths, sizeof(char *))) ||
+            !(io->header_hash = calloc(n_paths, sizeof(uint64_t))) || !(io->suspect = calloc(n_paths, sizeof(bool)))) {
                 mx_io_close(io);
                 return mx_error_set(err, -ENOMEM, "out of memory");
         }
@@ -160,6 +230,8 @@ void mx_io_close(mx_io *io) {
                 free(io->paths[i]);
         free(io->fds);
         free(io->paths);
+        free(io->header_hash);
+        free(io->suspect);
         free(io);
 }
 
@@ -182,6 +254,9 @@ static int64_t read_all(int fd, uint8_t *buf, size_t len, uint64_t off) {
 int mx_io_submit(mx_io *io, uint32_t file, uint64_t off, size_t len, void *buf, uint64_t tag) {
         if (file >= io->n)
                 return -EINVAL;
+        int r = io->suspect[file] ? recheck(io, file) : 0;
+        if (r < 0)
+                return r;
         if (!io->uring) {
                 if (io->tail - io->head == FIFO)
                         return -EBUSY;
@@ -204,7 +279,7 @@ int mx_io_submit(mx_io *io, uint32_t file, uint64_t off, size_t len, void *buf, 
         sqe->flags |= IOSQE_FIXED_FILE;
         io_uring_sqe_set_data64(sqe, tag);
         io->in_flight++;
-        int r = io_uring_submit(&io->ring);
+        r = io_uring_submit(&io->ring);
         return r < 0 ? r : 0;
 }
 
@@ -246,6 +321,6 @@ const char *mx_io_path(const mx_io *io, uint32_t file) {
 }
 
 void mx_io_get_info(const mx_io *io, mx_io_info *info) {
-        *info = (mx_io_info){io->uring, io->registered_buffers, io->any_direct};
+        *info = (mx_io_info){io->uring, io->registered_buffers, io->any_direct, io->reopened};
         snprintf(info->how, sizeof(info->how), "%s", io->how);
 }

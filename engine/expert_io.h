@@ -24,6 +24,10 @@ void mx_io_close(mx_io *io);
  * arena, MX_IO_ALIGN-aligned, as are off and len). tag comes back with
  * its completion. */
 int mx_io_submit(mx_io *io, uint32_t file, uint64_t off, size_t len, void *buf, uint64_t tag);
+/* A read of `file` failed: before its next read, check whether its path
+ * names another file now (restored by renaming a good copy over it); that
+ * one is used if its header is the same, else reads fail with -ESTALE. */
+void mx_io_suspect(mx_io *io, uint32_t file);
 /* Waits for one completion: its tag and result (bytes read, or -errno). */
 int mx_io_wait(mx_io *io, uint64_t *tag, int64_t *res);
 /* The file's path, for messages. */
@@ -31,6 +35,7 @@ const char *mx_io_path(const mx_io *io, uint32_t file);
 
 typedef struct mx_io_info {
         bool uring, registered_buffers, direct;
+        unsigned reopened; /* files opened anew after a failure (mx_io_suspect) */
         char how[160]; /* "io_uring, O_DIRECT, registered buffers" or why pread */
 } mx_io_info;
 void mx_io_get_info(const mx_io *io, mx_io_info *info);

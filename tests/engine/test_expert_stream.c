@@ -223,6 +223,36 @@ static void check_fault(const mx_model *m, const int32_t *want, const char *faul
         CHECK(r == 0 && ids_eq(got, STEPS, want, STEPS), "%s: after the faults: %s", fault, err2.msg);
 }
 
+/* Writes data to a new file and renames it over experts_path, as an
+ * administrator restoring a copy would. */
+static int replace_file(const char *data, size_t n) {
+        char tmp[600];
+        snprintf(tmp, sizeof(tmp), "%s.new", experts_path);
+        return write_file(tmp, data, n) == 0 && rename(tmp, experts_path) == 0 ? 0 : -EIO;
+}
+
+/* Truncated again, then replaced by renaming: a copy whose header differs
+ * is refused with a clear message; the right copy is taken up. */
+static void check_replaced(mx_engine *e, const char *good, size_t n, const int32_t *want) {
+        int32_t got[STEPS];
+        mx_error err = {0};
+        CHECK(truncate(experts_path, (off_t)(n / 3)) == 0 && generate(e, got, &err) == -EIO, "truncated again");
+        _cleanup_free_ char *other = malloc(n);
+        if (!other)
+                return;
+        memcpy(other, good, n);
+        char *name = memmem(other, n < 4096 ? n : 4096, "experts", 7);
+        CHECK(name != NULL, "no tensor name in the experts file's header");
+        if (name)
+                name[0] = 'E'; /* same size, another header */
+        err = (mx_error){0};
+        CHECK(replace_file(other, n) == 0 && generate(e, got, &err) == -EIO && strstr(err.msg, "replaced by a different"),
+              "replaced by another file: '%s'", err.msg);
+        err = (mx_error){0};
+        CHECK(replace_file(good, n) == 0 && generate(e, got, &err) == 0 && ids_eq(got, STEPS, want, STEPS),
+              "replaced by a good copy: %s", err.msg);
+}
+
 static void check_truncated(const mx_model *m, const int32_t *want) {
         _cleanup_(mx_engine_freep) mx_engine *e = open_engine(m, 1);
         struct stat st;
@@ -238,11 +268,13 @@ static void check_truncated(const mx_model *m, const int32_t *want) {
         mx_error err = {0};
         CHECK(generate(e, got, &err) == -EIO, "truncated: the request did not fail");
         CHECK(strstr(err.msg, experts_path) && strstr(err.msg, "truncated"), "truncated: '%s'", err.msg);
-        /* Put back (the same inode, as an administrator's restore would
-         * not be): the next request reads it again. */
+        /* Put back in place (the same inode): the next request reads it
+         * again. */
         CHECK(saved && write_file(experts_path, saved, (size_t)st.st_size) == 0, "restore %s", experts_path);
         mx_error err2 = {0};
         CHECK(generate(e, got, &err2) == 0 && ids_eq(got, STEPS, want, STEPS), "after the restore: %s", err2.msg);
+        if (saved)
+                check_replaced(e, saved, (size_t)st.st_size, want);
 }
 
 /* A checkpoint whose one file holds dense weights and experts alike,
