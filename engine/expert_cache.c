@@ -184,17 +184,18 @@ static slot *slot_of(mx_expert_cache *c, uint32_t L, uint32_t i) {
         return &c->slots[(size_t)L * c->spl + i];
 }
 
-/* A slot whose reads failed and that nobody acquired since (a guess for
- * the next layer, or a request that failed first) holds nothing: its
- * expert is read again when asked for, and the slot is free. */
-static bool failed(const slot *s) {
-        return s->state == READY && s->broken && !s->pins;
+/* A slot whose reads failed, not wanted by the step under way (a guess
+ * for the next layer, or left by a request that failed) holds nothing:
+ * its expert is read again when asked for, and the slot is free. One the
+ * step wants keeps its failure for acquire to report. */
+static bool failed(const mx_expert_cache *c, const slot *s) {
+        return s->state == READY && s->broken && !s->pins && s->keep != c->stamp;
 }
 
 static slot *find(mx_expert_cache *c, uint32_t L, uint32_t e) {
         for (uint32_t i = 0; i < c->spl; i++) {
                 slot *s = slot_of(c, L, i);
-                if (s->expert == (int32_t)e && s->state != EMPTY && !failed(s))
+                if (s->expert == (int32_t)e && s->state != EMPTY && !failed(c, s))
                         return s;
         }
         return NULL;
@@ -213,7 +214,7 @@ static slot *victim(mx_expert_cache *c, uint32_t L, bool hard) {
         slot *best = NULL;
         for (uint32_t i = 0; i < c->spl; i++) {
                 slot *s = slot_of(c, L, i);
-                if (s->state == EMPTY || failed(s))
+                if (s->state == EMPTY || failed(c, s))
                         return s;
                 if (s->state == LOADING || s->pins || (!hard && s->keep == c->stamp))
                         continue;

@@ -6,6 +6,7 @@
  *
  *   test-lifecycle MIXTRALD DEMO_MODEL_DIR */
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -274,6 +275,59 @@ static void test_usage_survives_kill9(void) {
         dh_cleanup(&d);
 }
 
+/* Faults under a streaming daemon, on its own copy of the model: an
+ * injected read error fails that request and the next is served; a shard
+ * truncated under it fails requests with a message saying so; a good copy
+ * renamed over it is taken up without a restart. The daemon lives
+ * throughout. */
+static void test_expert_faults(void) {
+        char dir[] = "/tmp/mx-faults-XXXXXX", cmd[800], shard[300], fresh[320];
+        CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+        snprintf(cmd, sizeof(cmd), "cp '%s'/* '%s'/", model, dir);
+        CHECK(system(cmd) == 0, "copy the model");
+        snprintf(shard, sizeof(shard), "%s/model-00002-of-00002.safetensors", dir);
+        snprintf(fresh, sizeof(fresh), "%s.fresh", shard);
+        snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", shard, fresh);
+        CHECK(system(cmd) == 0, "copy the shard");
+        dh_gen g = {.prompt = "Once upon a time", .raw = true, .ignore_eos = true, .max_tokens = 12,
+                    .has_temperature = true, .temperature = 0};
+        dh_result want = {0}, got = {0};
+        dh_daemon d;
+        const char *env[] = {"MX_IO_FAULT=eio:1:40", NULL};
+        int r = dh_init(&d, mixtrald, dir, "[daemon]\nthreads=1\nexpert_memory=min\n");
+        if (r == 0)
+                r = dh_start(&d, env);
+        CHECK(r == 0, "the daemon did not start");
+        if (r == 0) {
+                CHECK(dh_run(&d, &g, &got) == 0 && got.error != 0 && strstr(got.message, "Input/output error") &&
+                              strstr(got.message, ".safetensors"),
+                      "an injected read error: '%s'", got.message);
+                dh_result_free(&got);
+                /* (The window is the first 40 reads: requests fail until it passes.) */
+                for (int i = 0; i < 20 && (!want.text || want.error); i++) {
+                        dh_result_free(&want);
+                        CHECK(dh_run(&d, &g, &want) == 0, "run");
+                }
+                CHECK(want.error == 0 && want.text, "after the injected errors: %s", want.message);
+                struct stat st;
+                /* (Past the header and layer 1's first tensors: into its experts.) */
+                CHECK(stat(shard, &st) == 0 && truncate(shard, 48 * 1024) == 0, "truncate the shard");
+                CHECK(dh_run(&d, &g, &got) == 0 && got.error != 0 && strstr(got.message, "truncated"),
+                      "truncated: '%s'", got.message);
+                dh_result_free(&got);
+                CHECK(rename(fresh, shard) == 0, "rename the copy over it");
+                CHECK(dh_run(&d, &g, &got) == 0 && got.error == 0 && got.text && want.text &&
+                              !strcmp(got.text, want.text),
+                      "after the copy was renamed over it: '%s' (%s)", got.text ? got.text : "", got.message);
+                dh_result_free(&got);
+                CHECK(dh_stop(&d) == 0, "exit status");
+        }
+        dh_result_free(&want);
+        dh_cleanup(&d);
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        CHECK(system(cmd) == 0, "clean up");
+}
+
 int main(int argc, char **argv) {
         if (argc != 3) {
                 fprintf(stderr, "usage: test-lifecycle MIXTRALD DEMO_MODEL_DIR\n");
@@ -287,5 +341,6 @@ int main(int argc, char **argv) {
         test_drain("[daemon]\nthreads=1\nmax_batch=1\ndrain_seconds=0\n", false);
         test_usage_survives_kill9();
         test_expert_streaming();
+        test_expert_faults();
         return test_result();
 }
