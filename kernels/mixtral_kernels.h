@@ -262,7 +262,7 @@ void mxk_prof_report(mxk_ctx *c);
 /* Device-to-device copy of `bytes`, best of a few: GB/s counting bytes read
  * plus written (DESIGN.md section 6). */
 int mxk_measure_copy(mxk_ctx *c, size_t bytes, double *gbps);
-/* Host-to-device copy of `bytes` from pinned memory on the copy stream,
+/* Host-to-device copy of `bytes` from pinned memory,
  * best of a few: GB/s (what streamed experts can reach). */
 int mxk_measure_upload(mxk_ctx *c, size_t bytes, double *gbps);
 /* A cuBLAS bf16 GEMM (fp32 accumulate) of m x n x k, best of a few: TFLOP/s. */

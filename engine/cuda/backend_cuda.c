@@ -555,9 +555,11 @@ static int stream_budget(cuda_backend *cb, uint64_t asked, uint64_t *budget, mx_
         mx_cuda_weights_size(m, &experts, &dense);
         size_t free_b = 0, total_b = 0;
         mxk_free_memory(cb->ctx, &free_b, &total_b);
-        const uint64_t margin = (uint64_t)2 << 30; /* activations, KV caches, cuBLAS */
+        /* Whether it fits is weights_cuda.c's test (1 GiB to work in); a
+         * streamed model keeps 2 GiB beside its slots for KV caches. */
+        const uint64_t fit = (uint64_t)1 << 30, margin = (uint64_t)2 << 30;
         *budget = asked;
-        if (!asked && m->n_files && experts + dense + margin > free_b && free_b > dense + margin)
+        if (!asked && m->n_files && experts + dense + fit > free_b && free_b > dense + margin)
                 *budget = free_b - dense - margin;
         if (*budget && !m->n_files)
                 return mx_error_set(err, -EINVAL, "expert streaming reads the experts from the model's files, "

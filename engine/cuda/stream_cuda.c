@@ -110,7 +110,8 @@ static void free_slots(cuda_backend *cb) {
                 mxk_free(cb->ctx, s->arena[L]);
         free(s->slots);
         s->slots = NULL;
-        memset(s->arena, 0, s->layers * sizeof(*s->arena));
+        if (s->arena)
+                memset(s->arena, 0, s->layers * sizeof(*s->arena));
         s->spl = 0;
 }
 
