@@ -306,7 +306,7 @@ static int upload(cuda_backend *cb, uint32_t L, uint32_t e, dslot *d) {
         put(cb, &v.w2, w13 + 2 * FH);
         mxk_event_record(cb->ctx, d->ready, true);
         d->expert = (int32_t)e, d->pin = (int32_t)e, d->used = ++s->tick;
-        s->st.bytes_uploaded += s->slot_elems * 2;
+        s->st.bytes_uploaded += v.w1.nbytes + v.w2.nbytes + v.w3.nbytes; /* as stored: f32 moves twice bf16's */
         return 0;
 }
 

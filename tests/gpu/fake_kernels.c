@@ -107,6 +107,7 @@ void mxk_copy_upload(mxk_ctx *c, void *dst, const void *src, size_t bytes) {
 
 void mxk_copy_to_bf16(mxk_ctx *c, const void *src, int dtype, uint16_t *dst, size_t n) {
         (void)c;
+        fake.converted += n;
         for (size_t i = 0; i < n; i++)
                 dst[i] = mx_f32_to_bf16(dtype == MXK_F16 ? mx_f16_to_f32(((const uint16_t *)src)[i])
                                                          : ((const float *)src)[i]);

@@ -15,6 +15,7 @@ typedef struct fake_gpu {
         unsigned event_syncs;
         int registered;         /* host ranges page-locked now */
         unsigned experts_run;   /* mxk_moe_expert calls */
+        uint64_t converted;     /* elements converted to bf16 on the copy stream */
 } fake_gpu;
 
 extern fake_gpu fake;

@@ -26,6 +26,7 @@ typedef struct rig {
         uint32_t E, k, H, F, layers;
         uint64_t active;         /* experts chosen, summed over layers and steps */
         uint64_t seed;
+        uint32_t stored;         /* bytes per expert weight in the files */
 } rig;
 
 static float urand(uint64_t *s) {
@@ -55,7 +56,8 @@ static void buffers_free(mxk_moe_buffers *b) {
 static void rig_init(rig *g, const mx_model *m) {
         const mx_config *c = &m->cfg;
         *g = (rig){.m = m, .E = c->n_experts, .k = c->n_experts_per_tok, .H = c->hidden_size,
-                   .F = c->intermediate_size, .layers = c->n_layers, .seed = 7};
+                   .F = c->intermediate_size, .layers = c->n_layers, .seed = 7,
+                   .stored = (uint32_t)mx_dtype_size(m->layers[0].w1[0]->dtype)};
         cuda_backend *cb = &g->cb;
         cb->base.model = m;
         cb->ctx = (mxk_ctx *)g; /* never dereferenced by the fakes */
@@ -138,13 +140,15 @@ static void check_stats(rig *g, const char *what, uint32_t spl) {
               (unsigned long long)g->active);
         CHECK(s.resident <= s.budget, "%s: %llu resident over the budget %llu", what, (unsigned long long)s.resident,
               (unsigned long long)s.budget);
-        CHECK(s.bytes_uploaded == fake.uploaded && s.bytes_uploaded >= s.misses * slot,
+        CHECK(s.bytes_uploaded == fake.uploaded && s.bytes_uploaded >= s.misses * slot * (g->stored / 2),
               "%s: %llu bytes uploaded (the copies: %llu) for %llu misses", what, (unsigned long long)s.bytes_uploaded,
               (unsigned long long)fake.uploaded, (unsigned long long)s.misses);
         CHECK(spl == g->E || s.misses > 0, "%s: no misses with %u of %u slots", what, spl, g->E);
+        CHECK((g->stored == 2) == (fake.converted == 0), "%s: %llu elements converted from %u-byte weights", what,
+              (unsigned long long)fake.converted, g->stored);
         CHECK(s.bytes_read > 0 && s.host_budget > 0 && s.host_hits + s.host_misses > 0, "%s: the host cache was not used",
               what);
-        CHECK(fake.waits[0] >= s.hits + s.misses && fake.waits[1] >= s.bytes_uploaded / slot,
+        CHECK(fake.waits[0] >= s.hits + s.misses && fake.waits[1] >= s.bytes_uploaded / (slot * (g->stored / 2)),
               "%s: computes or copies that did not wait on their events", what);
 }
 
@@ -264,6 +268,51 @@ static void check_fault(const mx_model *m) {
         rig_free(&g);
 }
 
+/* The checkpoint again with every tensor in f32, one file, into dir: the
+ * GPU converts such experts to bf16 as they arrive (a raw buffer, then a
+ * conversion on the copy stream), so the same outputs must come out. */
+static int write_f32(const mx_model *m, const char *src, const char *dir) {
+        _cleanup_free_ mx_tensor_data *t = calloc(m->n_tensors, sizeof(*t));
+        int r = t ? 0 : -ENOMEM;
+        for (size_t i = 0; r == 0 && i < m->n_tensors; i++) {
+                const mx_tensor *x = &m->tensors[i];
+                uint64_t rows = x->shape[0], cols = x->ndim == 2 ? x->shape[1] : 1;
+                float *v = malloc(rows * cols * sizeof(float));
+                if (!v) {
+                        r = -ENOMEM;
+                        break;
+                }
+                for (uint64_t j = 0; j < rows * cols; j++)
+                        v[j] = x->ndim == 2 ? mx_element_f32(mx_tensor_row(x, j / cols), x->dtype, j % cols)
+                                            : mx_element_f32(x->data, x->dtype, j);
+                t[i] = (mx_tensor_data){x->name, MX_DTYPE_F32, x->ndim, {x->shape[0], x->shape[1]}, v};
+        }
+        char path[512];
+        mx_error err = {0};
+        snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+        if (r == 0)
+                r = mx_safetensors_write(path, t, m->n_tensors, &err);
+        for (size_t i = 0; t && i < m->n_tensors; i++)
+                free((void *)t[i].data);
+        char cmd[1200];
+        snprintf(cmd, sizeof(cmd), "cp '%s/config.json' '%s/'", src, dir);
+        return r < 0 ? r : system(cmd) == 0 ? 0 : -EIO;
+}
+
+static void check_f32(const mx_model *m, const char *src) {
+        char dir[] = "/tmp/mx-f32-XXXXXX", cmd[64];
+        CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+        _cleanup_(mx_model_freep) mx_model *m32 = NULL;
+        mx_error err = {0};
+        CHECK(write_f32(m, src, dir) == 0 && mx_model_open(&m32, dir, &err) == 0, "the f32 copy: %s", err.msg);
+        if (m32) {
+                CHECK(m32->layers[0].w1[0]->dtype == MX_DTYPE_F32, "the copy is not f32");
+                run_case(m32, 1, 1, m32->cfg.n_experts_per_tok, "f32 experts, minimum");
+        }
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        CHECK(system(cmd) == 0, "clean up");
+}
+
 int main(int argc, char **argv) {
         if (argc != 2) {
                 fprintf(stderr, "usage: test-stream-logic CHECKPOINT_DIR\n");
@@ -287,5 +336,6 @@ int main(int argc, char **argv) {
         check_shrinking(m);
         check_tight(m);
         check_fault(m);
+        check_f32(m, argv[1]);
         return test_result();
 }
