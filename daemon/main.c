@@ -234,6 +234,8 @@ static int load(md_server *srv, mx_error *err) {
                 return r;
         int gpu = -1;
         mx_device_parse(srv->cfg.device, &gpu);
+        if (srv->cfg.host_cache && gpu < 0)
+                md_log(LOG_NOTICE, "host_cache is for device=cuda: on the CPU, expert_memory is the cache");
         /* Streaming reads the files for experts only, and survives a file
          * changed under it (a request fails, not the daemon). A GPU reads
          * the mapping once, as it uploads. */

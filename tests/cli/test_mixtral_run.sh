@@ -34,6 +34,8 @@ expect 2 "unknown option '--frobnicate'" -- "$run" --frobnicate
 expect 2 "needs an argument" -- "$run" --prompt
 expect 2 "unexpected argument 'stray'" -- "$run" --tokenize -t "$trained" -p x stray
 expect 2 "--tokenize needs a prompt" -- "$run" --tokenize -t "$trained"
+expect 2 "--host-cache is for --device cuda" -- "$run" --model "$demo" --host-cache 1G -p x
+expect 2 "either --shape or --synthetic" -- "$run" --make-demo "$tmp/x" --shape b1 --synthetic b1
 expect 2 "need --tokenizer FILE or --model DIR" -- "$run" --tokenize -p x
 expect 2 "excludes a conversation" -- "$run" --tokenize -t "$trained" -p x --chat y
 expect 2 "--prompt and --prompt-file" -- "$run" --tokenize -t "$trained" -p x -f y

@@ -360,6 +360,8 @@ static int check_args(const run_opts *o) {
                 return usage_error("%s", "--tokenize and --decode need --tokenizer FILE or --model DIR");
         if (o->info && !o->model && !o->synthetic)
                 return usage_error("%s", "--info needs --model DIR (or --synthetic SHAPE)");
+        if (o->host_cache && !run_on_gpu(o, NULL))
+                return usage_error("%s", "--host-cache is for --device cuda (on the CPU, --expert-memory is the cache)");
         if (o->make_demo && o->synthetic && o->shape)
                 return usage_error("%s", "--make-demo writes either --shape or --synthetic SHAPE, not both");
         if (o->make_demo && !o->tokenizer && !o->synthetic && !(o->shape && strcmp(o->shape, "b1") == 0))
