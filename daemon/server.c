@@ -100,7 +100,9 @@ static uint64_t rss_bytes(void) {
 
 void md_fill_expert_stats(const mx_expert_stats *xs, uint64_t configured, Mixtrald__V1__ExpertStreaming *ex) {
         ex->has_budget_bytes = true, ex->budget_bytes = xs->budget;
-        ex->has_configured_bytes = true, ex->configured_bytes = configured;
+        /* "min" is configured as 1 byte, a GPU's own choice as 0: the
+         * engine's budget says what those came to. */
+        ex->has_configured_bytes = true, ex->configured_bytes = configured > xs->budget ? configured : xs->budget;
         ex->has_resident_bytes = true, ex->resident_bytes = xs->resident;
         ex->has_slots_per_layer = true, ex->slots_per_layer = xs->slots_per_layer;
         ex->has_hits = true, ex->hits = xs->hits;
