@@ -177,7 +177,9 @@ static uint64_t host_budget(const struct cuda_stream *s, const mx_model *m, uint
 }
 
 /* The host cache at `bytes` (0: auto): made anew unless it would have as
- * many slots per layer as now; the counters carry over. */
+ * many slots per layer as now; the counters carry over. The old one goes
+ * first (it is shrunk when memory is short); if the new size cannot be
+ * had, the least is tried. */
 static int make_host(cuda_backend *cb, uint64_t bytes, mx_error *err) {
         struct cuda_stream *s = cb->stream;
         const mx_model *m = cb->base.model;
@@ -190,15 +192,16 @@ static int make_host(cuda_backend *cb, uint64_t bytes, mx_error *err) {
                 for (size_t i = 0; i < (size_t)s->layers * s->spl; i++)
                         unpin(cb, &s->slots[i], true);
                 mx_expert_cache_stats(s->host, &before);
+                mx_expert_cache_free(s->host);
+                s->host = NULL, s->host_spl = 0, s->st.host_budget = 0;
         }
-        mx_expert_cache *next = NULL;
-        int r = mx_expert_cache_new(m, hb, &host_pin, &next, err);
+        int r = mx_expert_cache_new(m, hb, &host_pin, &s->host, err);
+        if (r == -ENOMEM)
+                r = mx_expert_cache_new(m, host_budget(s, m, 1, s->spl), &host_pin, &s->host, err);
         if (r < 0)
-                return r; /* the old one stays */
-        mx_expert_cache_carry(next, &before);
-        mx_expert_cache_free(s->host);
-        s->host = next;
-        s->host_spl = mx_expert_cache_slots(next);
+                return r;
+        mx_expert_cache_carry(s->host, &before);
+        s->host_spl = mx_expert_cache_slots(s->host);
         s->st.host_budget = (uint64_t)s->host_spl * s->layers * per;
         return 0;
 }
@@ -394,6 +397,9 @@ static void prefetch_next(cuda_backend *cb, uint32_t L, uint64_t mask) {
 int mx_cuda_stream_moe(cuda_backend *cb, uint32_t L, const float *x, float *acc, uint32_t n) {
         struct cuda_stream *s = cb->stream;
         uint32_t E = s->E;
+        if (!s->host)
+                return mx_error_set(&cb->err, -ENOMEM, "no host memory for streamed experts (a host cache could "
+                                    "not be made again)");
         int r = mxk_moe_route(cb->ctx, &cb->moe, cb->router_logits, n, E, s->k);
         uint64_t mask = 0;
         if (r == 0)
@@ -502,8 +508,9 @@ void mx_cuda_stream_pressure(cuda_backend *cb) {
 
 void mx_cuda_stream_stats(cuda_backend *cb, mx_expert_stats *out) {
         struct cuda_stream *s = cb->stream;
-        mx_expert_stats h;
-        mx_expert_cache_stats(s->host, &h);
+        mx_expert_stats h = {0};
+        if (s->host)
+                mx_expert_cache_stats(s->host, &h);
         *out = s->st;
         uint64_t n = 0;
         for (size_t i = 0; i < (size_t)s->layers * s->spl; i++)
