@@ -44,6 +44,10 @@ int mx_cpu_attention(mx_backend *b, uint32_t layer, const mx_attn_seq *seqs, siz
                      const float *q, const float *k, const float *v, float *out);
 int mx_cpu_moe(mx_backend *b, const mx_layer *layer, const float *x, float *acc, uint32_t n);
 void mx_cpu_moe_free(cpu_backend *cb);
+/* One token's routing: softmax over all experts, then the k most probable
+ * (lowest index first among equals), renormalised; p is scratch for the
+ * probabilities. The CUDA kernel (kernels/moe.cu) computes the same. */
+void mx_cpu_route(const float *logits, uint32_t experts, uint32_t k, float *p, uint32_t *choice, float *weight);
 
 float *mx_kv_keys(mx_kv *kv, uint32_t layer);
 float *mx_kv_values(mx_kv *kv, uint32_t layer);

@@ -75,10 +75,7 @@ static int reserve(cpu_backend *cb, uint32_t n) {
         return 0;
 }
 
-/* Softmax over all experts, then the k most probable (lowest index first
- * among equals), renormalised. p is scratch for the probabilities. */
-static void route(const float *logits, uint32_t experts, uint32_t k, float *p, uint32_t *choice,
-                  float *weight) {
+void mx_cpu_route(const float *logits, uint32_t experts, uint32_t k, float *p, uint32_t *choice, float *weight) {
         float max = -INFINITY, sum = 0, top = 0;
         for (uint32_t e = 0; e < experts; e++)
                 max = logits[e] > max ? logits[e] : max;
@@ -145,7 +142,7 @@ static int prefetch(cpu_backend *cb, const mx_layer *l, const float *x, uint32_t
         cb->base.weight_bytes -= md->layers[L + 1].router->nbytes;
         cb->base.matmul_flops -= 2ull * E * c->hidden_size * n;
         for (uint32_t t = 0; r == 0 && t < n; t++) {
-                route(m->logits + (size_t)t * E, E, k, m->prob, m->pred + (size_t)t * k, m->pred_w + (size_t)t * k);
+                mx_cpu_route(m->logits + (size_t)t * E, E, k, m->prob, m->pred + (size_t)t * k, m->pred_w + (size_t)t * k);
                 for (uint32_t i = 0; i < k; i++)
                         mx_expert_cache_prefetch(cb->experts, L + 1, m->pred[(size_t)t * k + i]);
         }
@@ -223,7 +220,7 @@ int mx_cpu_moe(mx_backend *b, const mx_layer *l, const float *x, float *acc, uin
         if ((r = mx_cpu_matmul(b, l->router, x, m->logits, n, false)) < 0)
                 return r;
         for (uint32_t t = 0; t < n; t++)
-                route(m->logits + (size_t)t * E, E, k, m->prob, m->choice + (size_t)t * k,
+                mx_cpu_route(m->logits + (size_t)t * E, E, k, m->prob, m->choice + (size_t)t * k,
                       m->weight + (size_t)t * k);
         if (cb->experts && (r = prefetch(cb, l, x, n)) < 0)
                 return r;

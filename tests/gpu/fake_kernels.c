@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "cpu_backend.h"
 #include "fake_kernels.h"
 #include "mixtral_kernels.h"
 
@@ -136,32 +137,11 @@ void mxk_matmul(mxk_ctx *c, const uint16_t *W, uint32_t rows, uint32_t cols, con
                 }
 }
 
-/* As route_token in kernels/moe.cu. */
-static void route_token(const float *l, uint32_t E, uint32_t k, uint32_t *choice, float *weight) {
-        float p[64], max = -INFINITY, sum = 0, top = 0;
-        for (uint32_t e = 0; e < E; e++)
-                max = l[e] > max ? l[e] : max;
-        for (uint32_t e = 0; e < E; e++)
-                sum += p[e] = expf(l[e] - max);
-        for (uint32_t e = 0; e < E; e++)
-                p[e] /= sum;
-        for (uint32_t i = 0; i < k; i++) {
-                uint32_t best = 0;
-                float bp = -1;
-                for (uint32_t e = 0; e < E; e++)
-                        if (p[e] > bp)
-                                best = e, bp = p[e];
-                p[best] = -2;
-                choice[i] = best, weight[i] = bp, top += bp;
-        }
-        for (uint32_t i = 0; i < k; i++)
-                weight[i] /= top;
-}
-
 int mxk_moe_route(mxk_ctx *c, const mxk_moe_buffers *b, const float *logits, uint32_t n, uint32_t E, uint32_t k) {
         (void)c;
-        for (uint32_t t = 0; t < n; t++)
-                route_token(logits + (size_t)t * E, E, k, b->choice + (size_t)t * k, b->weight + (size_t)t * k);
+        float p[64];
+        for (uint32_t t = 0; t < n; t++) /* (the kernel computes as the CPU engine does) */
+                mx_cpu_route(logits + (size_t)t * E, E, k, p, b->choice + (size_t)t * k, b->weight + (size_t)t * k);
         uint32_t running = 0, active = 0;
         for (uint32_t e = 0; e < E; e++) {
                 uint32_t start = running;
