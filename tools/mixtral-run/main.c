@@ -22,6 +22,7 @@ static const char usage_text[] =
         "  mixtral-run (--tokenizer FILE | --model DIR) --decode \"ID ID ...\"\n"
         "  mixtral-run --devices\n"
         "  mixtral-run --make-demo DIR [--shape demo|b1] [--tokenizer FILE] [--seed N]\n"
+        "  mixtral-run --make-demo DIR --synthetic SHAPE [--layers N]\n"
         "\n"
         "Runs the Mixtral engine offline, in this process: no daemon, no socket.\n"
         "With a prompt and no other action it generates, streaming the answer to\n"
