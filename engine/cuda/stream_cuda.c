@@ -20,8 +20,6 @@ typedef struct dslot {
         int32_t expert;    /* -1: empty */
         int32_t pin;       /* the host cache's expert its last copy read from, until released; -1 */
         uint64_t used;     /* tick of its last use */
-        uint64_t keep;     /* stamp of the step (layer) that wants it */
-        uint64_t done;     /* stamp of the step that computed with it */
         mxk_event *ready;  /* copy stream: its copy landed */
         mxk_event *freed;  /* compute stream: its last use ended */
 } dslot;
@@ -35,7 +33,7 @@ struct cuda_stream {
         uint32_t *freq;          /* [layer][expert]: times chosen */
         uint64_t *guessed;       /* [layer]: experts guessed for it (bit mask) */
         bool lfu;
-        uint64_t tick, stamp;
+        uint64_t tick;
         void *raw;               /* device: one f16/f32 matrix before conversion */
         size_t raw_bytes;
         float *d_pred;           /* the next layer's router logits */
@@ -44,6 +42,7 @@ struct cuda_stream {
         uint32_t counts[3 * 64 + 1];
         uint64_t configured;     /* the budget asked for; pressure may hold less */
         double calm_since;       /* since when free memory allowed growing back */
+        double checked;          /* when free memory was last looked at */
         mx_expert_stats st;
 };
 
@@ -257,8 +256,9 @@ static dslot *find(struct cuda_stream *s, uint32_t L, uint32_t e) {
         return NULL;
 }
 
-/* An empty slot, else the first to evict among those not wanted by this
- * step and not yet computed with, nor guessed (mask) for the next one. */
+/* An empty slot, else the first to evict among those not guessed (mask)
+ * for the next step. A layer computes every expert already on the device
+ * before it takes a slot for a miss, so no slot still wanted is taken. */
 static dslot *victim(struct cuda_stream *s, uint32_t L, uint64_t mask) {
         dslot *best = NULL;
         const uint32_t *f = s->freq + (size_t)L * s->E;
@@ -266,7 +266,7 @@ static dslot *victim(struct cuda_stream *s, uint32_t L, uint64_t mask) {
                 dslot *d = slot_at(s, L, i);
                 if (d->expert < 0)
                         return d;
-                if ((d->keep == s->stamp && d->done != s->stamp) || (mask >> d->expert & 1))
+                if (mask >> d->expert & 1)
                         continue;
                 if (!best || mx_expert_evict_first(s->lfu, f[d->expert], d->used, f[best->expert], best->used))
                         best = d;
@@ -322,17 +322,15 @@ static void compute(cuda_backend *cb, uint32_t e, dslot *d, const float *x) {
         mxk_moe_expert(cb->ctx, &cb->moe, w13, w13 + 2 * FH, s->counts[s->E + e], s->counts[e], x,
                        c->hidden_size, c->intermediate_size);
         mxk_event_record(cb->ctx, d->freed, false);
-        d->done = s->stamp, d->used = ++s->tick;
+        d->used = ++s->tick;
 }
 
 static void want(struct cuda_stream *s, uint32_t L, uint32_t e) {
         s->freq[(size_t)L * s->E + e]++;
         if (s->guessed[L] >> e & 1)
                 s->st.predicted_used++;
-        dslot *d = find(s, L, e);
-        if (d) {
+        if (find(s, L, e)) {
                 s->st.hits++;
-                d->keep = s->stamp;
         } else {
                 s->st.misses++;
                 mx_expert_cache_want(s->host, L, e);
@@ -375,7 +373,7 @@ static int guess_next(cuda_backend *cb, uint32_t L, const float *x, uint32_t n, 
 }
 
 /* Guesses for layer L + 1 not on the device: a copy starts for those the
- * host holds, a read for the rest. */
+ * host holds (the others' reads started when the layer was routed). */
 static void prefetch_next(cuda_backend *cb, uint32_t L, uint64_t mask) {
         struct cuda_stream *s = cb->stream;
         s->guessed[L] = 0;
@@ -384,10 +382,8 @@ static void prefetch_next(cuda_backend *cb, uint32_t L, uint64_t mask) {
                         continue;
                 s->st.predicted++;
                 s->guessed[L] |= 1ull << e;
-                if (!mx_expert_cache_ready(s->host, L, e)) {
-                        mx_expert_cache_prefetch(s->host, L, e);
+                if (!mx_expert_cache_ready(s->host, L, e))
                         continue;
-                }
                 dslot *d = victim(s, L, mask);
                 if (d && pins_in(s, L) + 1 < s->host_spl && upload(cb, L, e, d) < 0)
                         cb->err = (mx_error){0}; /* only a guess: the step reads it again if it needs it */
@@ -408,7 +404,6 @@ int mx_cuda_stream_moe(cuda_backend *cb, uint32_t L, const float *x, float *acc,
                 r = guess_next(cb, L, x, n, &mask);
         if (r < 0)
                 return r;
-        s->stamp++;
         mx_expert_cache_next_layer(s->host);
         unpin_layer(cb, L, false);
         uint32_t active = s->counts[2 * E], *ids = s->counts + 2 * E + 1;
@@ -480,12 +475,16 @@ int mx_cuda_stream_make_room(cuda_backend *cb, uint64_t bytes) {
         return stream_budget_apply(cb, (uint64_t)spl * per_slot, &err);
 }
 
-/* Between steps: another program took GPU memory (free below 256 MiB):
- * half the slots go; when 10 s later the configured budget fits again
- * with 2 GiB to spare, it comes back. */
+/* Between steps, at most every half second: another program took GPU
+ * memory (free below 256 MiB): half the slots go; when 10 s later the
+ * configured budget fits again with 2 GiB to spare, it comes back. */
 void mx_cuda_stream_pressure(cuda_backend *cb) {
         struct cuda_stream *s = cb->stream;
         size_t free_b = 0, total_b = 0;
+        double t = now();
+        if (t - s->checked < 0.5)
+                return;
+        s->checked = t;
         if (mxk_free_memory(cb->ctx, &free_b, &total_b) < 0)
                 return;
         uint64_t have = s->st.budget, low = 256ull << 20, spare = 2ull << 30;
