@@ -38,7 +38,6 @@ struct mx_io {
         bool any_direct;
         bool uring, registered_buffers;
         struct io_uring ring;
-        unsigned reopened;      /* files opened anew after being replaced */
         uint8_t *arena;
         size_t chunk;    /* the arena is registered as buffers of this many bytes (io_uring takes up to 1 GiB each) */
         unsigned in_flight;
@@ -134,7 +133,6 @@ static int recheck(mx_io *io, uint32_t file) {
         close(io->fds[file]); /* reads in flight keep their own reference */
         io->fds[file] = fd;
         io->suspect[file] = false;
-        io->reopened++;
         return 0;
 }
 
@@ -184,9 +182,9 @@ static void setup_ring(mx_io *io, size_t arena_bytes, size_t unit) {
         }
         r = register_arena(io, arena_bytes, unit);
         io->registered_buffers = r == 0;
-        snprintf(io->how, sizeof(io->how), "io_uring%s%s%s", io->any_direct ? ", O_DIRECT" : ", buffered",
-                 r == 0 ? ", registered buffers" : " (buffers not registered: ",
-                 r == 0 ? "" : r == -ENOMEM ? "RLIMIT_MEMLOCK)" : r == -E2BIG ? "slots too large)" : strerror(-r));
+        const char *why = r == -ENOMEM ? "RLIMIT_MEMLOCK" : r == -E2BIG ? "slots too large" : strerror(-r);
+        snprintf(io->how, sizeof(io->how), "io_uring%s%s%s%s", io->any_direct ? ", O_DIRECT" : ", buffered",
+                 r == 0 ? ", registered buffers" : " (buffers not registered: ", r == 0 ? "" : why, r == 0 ? "" : ")");
 }
 
 int mx_io_open(mx_io **out, const char *const *paths, size_t n_paths, void *arena, size_t arena_bytes,
@@ -321,6 +319,6 @@ const char *mx_io_path(const mx_io *io, uint32_t file) {
 }
 
 void mx_io_get_info(const mx_io *io, mx_io_info *info) {
-        *info = (mx_io_info){io->uring, io->registered_buffers, io->any_direct, io->reopened};
+        *info = (mx_io_info){io->uring, io->registered_buffers, io->any_direct};
         snprintf(info->how, sizeof(info->how), "%s", io->how);
 }

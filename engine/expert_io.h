@@ -35,7 +35,6 @@ const char *mx_io_path(const mx_io *io, uint32_t file);
 
 typedef struct mx_io_info {
         bool uring, registered_buffers, direct;
-        unsigned reopened; /* files opened anew after a failure (mx_io_suspect) */
         char how[160]; /* "io_uring, O_DIRECT, registered buffers" or why pread */
 } mx_io_info;
 void mx_io_get_info(const mx_io *io, mx_io_info *info);
