@@ -285,14 +285,14 @@ static int pump(mx_expert_cache *c) {
                 s->broken = true;
                 snprintf(c->why, sizeof(c->why), "%s: read at %llu: %s", mx_io_path(c->io, p->file),
                          (unsigned long long)p->off, strerror((int)-res));
-                mx_io_suspect(c->io, p->file);
         } else if ((uint64_t)res < p->need) {
                 s->broken = true;
                 explain_short(c, p, res);
-                mx_io_suspect(c->io, p->file);
         } else {
                 c->st.bytes_read += (uint64_t)res;
         }
+        if (res < 0 || (uint64_t)res < p->need)
+                mx_io_suspect(c->io, p->file);
         if (--s->pending == 0)
                 s->state = READY;
         return 0;

@@ -179,7 +179,7 @@ static uint64_t host_budget(const struct cuda_stream *s, const mx_model *m, uint
  * many slots per layer as now; the counters carry over. The old one goes
  * first (it is shrunk when memory is short); if the new size cannot be
  * had, the least is tried. */
-static int make_host(cuda_backend *cb, uint64_t bytes, mx_error *err) {
+int mx_cuda_stream_set_host(cuda_backend *cb, uint64_t bytes, mx_error *err) {
         struct cuda_stream *s = cb->stream;
         const mx_model *m = cb->base.model;
         uint64_t per = file_expert_bytes(m);
@@ -203,10 +203,6 @@ static int make_host(cuda_backend *cb, uint64_t bytes, mx_error *err) {
         s->host_spl = mx_expert_cache_slots(s->host);
         s->st.host_budget = (uint64_t)s->host_spl * s->layers * per;
         return 0;
-}
-
-int mx_cuda_stream_set_host(cuda_backend *cb, uint64_t bytes, mx_error *err) {
-        return make_host(cb, bytes, err);
 }
 
 int mx_cuda_stream_new(cuda_backend *cb, uint64_t budget, uint64_t host_cache, mx_error *err) {
@@ -234,7 +230,7 @@ int mx_cuda_stream_new(cuda_backend *cb, uint64_t budget, uint64_t host_cache, m
         }
         int r = make_slots(cb, slots_for(s, budget), err);
         if (r == 0)
-                r = make_host(cb, host_cache, err);
+                r = mx_cuda_stream_set_host(cb, host_cache, err);
         s->st.streaming = r == 0;
         return r;
 }

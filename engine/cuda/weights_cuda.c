@@ -149,11 +149,15 @@ static bool *expert_tensors(const mx_model *m) {
         return is;
 }
 
+static void sizes(const mx_model *m, const bool *is_expert, uint64_t *experts, uint64_t *dense) {
+        *experts = *dense = 0;
+        for (size_t i = 0; is_expert && i < m->n_tensors; i++)
+                *(is_expert[i] ? experts : dense) += device_size(&m->tensors[i]);
+}
+
 void mx_cuda_weights_size(const mx_model *m, uint64_t *experts, uint64_t *dense) {
         _cleanup_free_ bool *is = expert_tensors(m);
-        *experts = *dense = 0;
-        for (size_t i = 0; is && i < m->n_tensors; i++)
-                *(is[i] ? experts : dense) += device_size(&m->tensors[i]);
+        sizes(m, is, experts, dense);
 }
 
 static int check_fits(cuda_backend *cb, uint64_t need, mx_error *err) {
@@ -173,14 +177,16 @@ int mx_cuda_weights_load(cuda_backend *cb, bool experts, uint64_t also,
                          void (*progress)(uint64_t, uint64_t, void *), void *arg, mx_error *err) {
         const mx_model *m = cb->base.model;
         loader ld = {cb, progress, arg, 0, 0};
+        _cleanup_free_ bool *is_expert = expert_tensors(m);
+        if (!is_expert)
+                return mx_error_set(err, -ENOMEM, "out of memory");
         uint64_t expert_bytes, dense;
-        mx_cuda_weights_size(m, &expert_bytes, &dense);
+        sizes(m, is_expert, &expert_bytes, &dense);
         ld.total = dense + (experts ? expert_bytes : 0);
         int r = check_fits(cb, ld.total + also, err);
         if (r < 0)
                 return r;
-        _cleanup_free_ bool *is_expert = expert_tensors(m);
-        if (!is_expert || !(cb->dev = calloc(m->n_tensors ? m->n_tensors : 1, sizeof(void *))) ||
+        if (!(cb->dev = calloc(m->n_tensors ? m->n_tensors : 1, sizeof(void *))) ||
             !(cb->owned = calloc(m->n_tensors ? m->n_tensors : 1, sizeof(bool))))
                 return mx_error_set(err, -ENOMEM, "out of memory");
         if ((experts && (r = load_experts(&ld, err)) < 0) || (r = load_qkv(&ld, err)) < 0)
