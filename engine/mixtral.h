@@ -390,7 +390,8 @@ int mx_host_cache_parse(const char *s, const mx_model *m, uint64_t *out, mx_erro
 
 /* The machine's memory bandwidth as DESIGN.md section 6 measures it: a
  * memcpy of `bytes` (each byte counted once) and a read-only pass over
- * `bytes` on `threads` threads (0: all), best of a few runs, in GB/s. */
+ * `bytes` on `threads` threads (0: all), in GB/s: the median of three
+ * rounds, each the best of three runs. */
 int mx_measure_bandwidth(size_t bytes, uint32_t threads, double *memcpy_gbps, double *read_gbps);
 
 /* A sequence: its tokens so far live in a KV cache of at most max_tokens. */

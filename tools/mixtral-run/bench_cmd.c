@@ -35,11 +35,6 @@ static int bench_prompt(const run_opts *o, const mx_model *m, mx_ids *ids, mx_er
         return r < 0 ? mx_error_set(err, r, "out of memory") : 0;
 }
 
-static double median3(const double v[3]) {
-        double a = v[0], b = v[1], c = v[2];
-        return a > b ? (b > c ? b : a > c ? c : a) : (a > c ? a : b > c ? c : b);
-}
-
 typedef struct ceilings {
         double memcpy_gbps, read_gbps, bw_gbps; /* bw: what decode is compared with */
         double gemm_tflops;                     /* 0 on the CPU */
@@ -48,10 +43,7 @@ typedef struct ceilings {
 } ceilings;
 
 static void measure_cpu(const run_opts *o, ceilings *c) {
-        double cp[3] = {0}, rd[3] = {0};
-        for (int i = 0; i < 3; i++)
-                mx_measure_bandwidth(1u << 30, o->threads, &cp[i], &rd[i]);
-        c->memcpy_gbps = median3(cp), c->read_gbps = median3(rd);
+        mx_measure_bandwidth(1u << 30, o->threads, &c->memcpy_gbps, &c->read_gbps);
         c->bw_gbps = c->memcpy_gbps > c->read_gbps ? c->memcpy_gbps : c->read_gbps;
 }
 
