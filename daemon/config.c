@@ -2,7 +2,6 @@
  * [user:NAME] / [group:NAME] overrides (DESIGN.md section 5). Parsed with
  * inih; every value is checked and an error names the file, line and key. */
 #include <ctype.h>
-#include <math.h>
 #include <grp.h>
 #include <ini.h>
 #include <pwd.h>
@@ -65,15 +64,10 @@ static int parse_u32(const char *s, uint32_t *out) {
         return r;
 }
 
-/* auto, all, min, a number of bytes with K, M, G or T, or a percentage. */
+/* The engine's own parser, so that what the file accepts the engine takes
+ * when the model is loaded (or on SIGHUP). */
 static bool valid_budget(const char *v) {
-        if (!strcmp(v, "auto") || !strcmp(v, "all") || !strcmp(v, "min"))
-                return true;
-        char *end = NULL;
-        errno = 0;
-        double d = strtod(v, &end);
-        return !errno && end != v && isfinite(d) && d > 0 && isdigit((unsigned char)*v) &&
-               (*end == '\0' || (strchr("%KMGT", *end) && end[1] == '\0')) && (*end != '%' || d <= 100);
+        return mx_expert_budget_parse(v, NULL, NULL, NULL) == 0;
 }
 
 /* NULL v: back to the default. */
@@ -130,7 +124,7 @@ int md_config_set_daemon(md_config *c, const char *key, const char *v, mx_error 
         } else if (!strcmp(key, "expert_memory")) {
                 if (!valid_budget(v))
                         return mx_error_set(err, -EINVAL, "expert_memory=%s: expected auto, min, bytes (K, M, G, T) "
-                                            "or a percentage of the experts", v);
+                                            "or a percentage (up to 100%%) of the experts", v);
                 r = set_string(&c->expert_memory, strcmp(v, "auto") ? v : NULL);
         } else if (!strcmp(key, "memory_pressure")) {
                 if (strcmp(v, "auto") && strcmp(v, "off") && *v != '/')
@@ -139,7 +133,7 @@ int md_config_set_daemon(md_config *c, const char *key, const char *v, mx_error 
         } else if (!strcmp(key, "host_cache")) {
                 if (!valid_budget(v))
                         return mx_error_set(err, -EINVAL, "host_cache=%s: expected auto, min, bytes (K, M, G, T) "
-                                            "or a percentage of the experts", v);
+                                            "or a percentage (up to 100%%) of the experts", v);
                 r = set_string(&c->host_cache, strcmp(v, "auto") ? v : NULL);
         } else {
                 static const struct {

@@ -3,6 +3,7 @@
  * the current one is using. A slot holds one expert's w1, w2, w3 as read:
  * each from the aligned block before it to the aligned block after it (so
  * O_DIRECT can read it), the tensor starting `delta` bytes in. */
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -408,36 +409,54 @@ int mx_host_cache_parse(const char *s, const mx_model *m, uint64_t *out, mx_erro
         return mx_expert_budget_parse(s, m, out, err);
 }
 
-int mx_expert_budget_parse(const char *s, const mx_model *m, uint64_t *out, mx_error *err) {
+static uint64_t experts_bytes(const mx_model *m) {
         uint64_t all = 0;
         for (uint32_t L = 0; L < m->cfg.n_layers; L++)
                 for (uint32_t e = 0; e < m->cfg.n_experts; e++)
                         all += m->layers[L].w1[e]->nbytes + m->layers[L].w2[e]->nbytes + m->layers[L].w3[e]->nbytes;
-        if (!strcmp(s, "auto") || !strcmp(s, "all")) {
-                *out = 0;
-                return 0;
-        }
-        if (!strcmp(s, "min")) {
-                *out = 1; /* the cache keeps top-k per layer whatever it is given */
-                return 0;
-        }
+        return all;
+}
+
+/* A number from a digit on (no sign, space, "nan" or "inf"), then at most
+ * one unit: the fraction of all (a percentage, at most 100) or bytes per
+ * unit (at most 1e19 bytes: a uint64_t). */
+static bool budget_number(const char *s, double *fraction, double *bytes) {
+        if (!isdigit((unsigned char)*s))
+                return false;
         char *end = NULL;
         errno = 0;
         double v = strtod(s, &end);
-        double unit = !end || end == s ? 0
-                      : *end == '%'    ? (double)all / 100
-                      : *end == 'K'    ? 1024.0
-                      : *end == 'M'    ? 1048576.0
-                      : *end == 'G'    ? 1073741824.0
-                      : *end == 'T'    ? 1099511627776.0
-                      : *end == '\0'   ? 1
-                                       : 0;
-        if (errno || unit == 0 || (*end && end[1]) || !isfinite(v) || v <= 0 || v * unit > 1e19)
+        double unit = *end == 'K'  ? 1024.0
+                      : *end == 'M' ? 1048576.0
+                      : *end == 'G' ? 1073741824.0
+                      : *end == 'T' ? 1099511627776.0
+                                    : 1;
+        if (errno || !isfinite(v) || v <= 0 || (*end && (end[1] || !strchr("%KMGT", *end))))
+                return false;
+        *fraction = *end == '%' ? v / 100 : 0;
+        *bytes = *end == '%' ? 0 : v * unit;
+        return *fraction <= 1 && *bytes <= 1e19;
+}
+
+int mx_expert_budget_parse(const char *s, const mx_model *m, uint64_t *out, mx_error *err) {
+        uint64_t all = m ? experts_bytes(m) : 0, v;
+        double fraction = 0, bytes = 0;
+        if (!strcmp(s, "auto") || !strcmp(s, "all"))
+                v = 0;
+        else if (!strcmp(s, "min"))
+                v = 1; /* the cache keeps top-k per layer whatever it is given */
+        else if (budget_number(s, &fraction, &bytes)) {
+                double want = fraction > 0 ? fraction * (double)all : bytes;
+                /* All of them or more: nothing to stream. */
+                v = want < 1 ? 1 : want >= (double)all ? all : (uint64_t)want;
+        } else if (m)
                 return mx_error_set(err, -EINVAL, "expert memory \"%s\": expected auto, min, bytes (K, M, G, T) "
-                                    "or a percentage of the experts' %.2f GiB", s, (double)all / (1u << 30));
-        *out = v * unit < 1 ? 1 : (uint64_t)(v * unit);
-        /* All of them or more: nothing to stream. */
-        if (*out >= all)
-                *out = all;
+                                    "or a percentage (up to 100%%) of the experts' %.2f GiB", s,
+                                    (double)all / (1u << 30));
+        else
+                return mx_error_set(err, -EINVAL, "\"%s\": expected auto, min, bytes (K, M, G, T) or a "
+                                    "percentage (up to 100%%) of the experts", s);
+        if (m && out)
+                *out = v;
         return 0;
 }

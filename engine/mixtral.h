@@ -383,7 +383,9 @@ int mx_engine_set_expert_memory(mx_engine *e, uint64_t budget, mx_error *err);
  * carry on). -EOPNOTSUPP elsewhere. */
 int mx_engine_set_host_cache(mx_engine *e, uint64_t bytes, mx_error *err);
 /* "auto" or "all" (0: every expert kept), "min" (top-k per layer), bytes
- * with K, M, G, T, or a percentage of the model's expert weights. */
+ * with K, M, G, T, or a percentage (at most 100) of the model's expert
+ * weights. With m NULL it only checks the text (the daemon's configuration
+ * is checked before a model is loaded) and leaves out alone. */
 int mx_expert_budget_parse(const char *s, const mx_model *m, uint64_t *out, mx_error *err);
 /* The same for mx_engine_opts.host_cache: "auto" is 0, "all" every expert. */
 int mx_host_cache_parse(const char *s, const mx_model *m, uint64_t *out, mx_error *err);

@@ -282,6 +282,8 @@ static void test_config_set_daemon(void) {
                 {"max_output_bytes", "4K", "4095"},
                 {"drain_seconds", "0", "1.5"},
                 {"expert_memory", "auto", "-1"},
+                {"expert_memory", "100%", "99999999T"}, /* more than a uint64_t: the engine refuses it */
+                {"expert_memory", "1.5G", "+5G"},
                 {"host_cache", "512M", "lots"},
                 {"host_cache", "all", "101%"},
                 {"threads", "0", "4097"},

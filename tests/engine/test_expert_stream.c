@@ -333,12 +333,23 @@ static void check_parse(const mx_model *m) {
                       "'%s' gave %llu (%d), not %llu", good[i].s, (unsigned long long)v, r,
                       (unsigned long long)good[i].want);
         }
-        const char *bad[] = {"", "abc", "-5", "10X", "0", "1e30", "50%%", "5 G", "nan", "inf%", "%"};
+        const char *bad[] = {"", "abc", "-5", "10X", "0", "1e30", "50%%", "5 G", "nan", "inf%", "%",
+                             "101%", "+5G", " 5G", "99999999T", "5GB"};
         for (size_t i = 0; i < MX_ELEMENTSOF(bad); i++) {
                 err = (mx_error){0};
                 CHECK(mx_expert_budget_parse(bad[i], m, &v, &err) == -EINVAL && strstr(err.msg, "expected"),
                       "'%s' was taken (%s)", bad[i], err.msg);
                 CHECK(mx_host_cache_parse(bad[i], m, &v, &err) == -EINVAL, "host cache '%s' was taken", bad[i]);
+        }
+        /* Without a model only the text is checked (the daemon's
+         * configuration): out is left alone, and the same texts fail. */
+        v = 12345;
+        CHECK(mx_expert_budget_parse("50%", NULL, &v, &err) == 0 && v == 12345, "50%% without a model");
+        CHECK(mx_expert_budget_parse("1e-3K", NULL, NULL, NULL) == 0, "1e-3K without a model");
+        for (size_t i = 0; i < MX_ELEMENTSOF(bad); i++) {
+                err = (mx_error){0};
+                CHECK(mx_expert_budget_parse(bad[i], NULL, NULL, &err) == -EINVAL && strstr(err.msg, "expected"),
+                      "'%s' was taken without a model (%s)", bad[i], err.msg);
         }
         /* The GPU's host cache: auto is 0, all is everything (clamped later). */
         CHECK(mx_host_cache_parse("auto", m, &v, &err) == 0 && v == 0, "host cache auto: %llu", (unsigned long long)v);

@@ -135,3 +135,54 @@ req("generate-rejected", request(12, "generate", fb(1, b"bad \xed\xa0\x80") + fd
 write("corpus/request", "truncated", frame(gen_hello) + varint(200) + b"\x08\x01\x12")
 write("corpus/request", "oversize", varint(1 << 20) + b"\x08\x01")
 write("corpus/request", "not-a-request", frame(b"\xff\xff\xff\xff") + frame(gen_hello))
+
+
+def conf(name, text):
+    write("corpus/daemon_config", name, text.encode())
+
+
+with open("../../systemd/mixtrald.conf") as f:
+    conf("shipped", f.read())
+conf("every-key", """# every [daemon] key, [quota] and overrides
+[daemon]
+model = /srv/models/Mixtral-8x7B-Instruct-v0.1
+device = cuda:0
+socket = /run/mixtrald/mixtrald.sock
+socket_mode = 0660
+bus = system
+state_directory = /var/lib/mixtrald
+admin_group = mixtrald-admin
+max_frame_bytes = 4M
+max_output_bytes = 8M
+drain_seconds = 30
+expert_memory = 50%
+memory_pressure = /proc/pressure/memory
+host_cache = 16G
+threads = 8
+max_batch = 16
+max_queue = 64
+max_connections_per_uid = 32
+prefill_chunk = 256
+
+[quota]
+tokens_per_hour = 100000
+tokens_per_day = 1000000
+max_concurrent = 4
+max_queued = 16
+max_context = 32768
+max_tokens = 4096
+
+[user:alice]
+tokens_per_day = 0
+
+[group:students]
+tokens_per_hour = 5000
+max_concurrent = 1
+""")
+conf("budgets", "[daemon]\nexpert_memory = min\nhost_cache = all\nexpert_memory = 1.5T\n"
+     "host_cache = 0.25%\nexpert_memory = 200G\n")
+conf("bad-budget", "[daemon]\nexpert_memory = 101%\n")
+conf("bad-budget-huge", "[daemon]\nhost_cache = 99999999T\n")
+conf("bad-section", "[user:]\nmax_tokens = 1\n[nowhere]\nx = 1\n")
+conf("bad-line", "[daemon]\nmodel /no/equals\n")
+conf("long-line", "[daemon]\nmodel = /" + "m" * 300 + "\n")
