@@ -11,7 +11,8 @@
  * copy over it), that file is opened in its place when its safetensors
  * header is the same, and refused (-ESTALE) when it is not.
  *
- * MX_IO_URING=0 makes every read a pread (to test that path), and
+ * MX_IO_URING=0 makes every read a pread and MX_IO_DIRECT=0 every file
+ * buffered (to test those paths where the kernel offers more), and
  * MX_IO_FAULT=eio:N[:M] or short:N[:M] in the environment makes M
  * completions (default 1) from the N-th on fail or come back half read:
  * the fault-injection tests' hook. */
@@ -67,8 +68,12 @@ static void read_fault(mx_io *io) {
 
 /* O_DIRECT where the file system takes it; -errno. */
 static int open_reading(const char *path, bool *direct) {
-        int fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+        const char *want = getenv("MX_IO_DIRECT");
+        bool no = want && !strcmp(want, "0");
+        int fd = no ? -1 : open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
         *direct = fd >= 0;
+        if (no)
+                errno = EINVAL;
         if (fd < 0 && errno == EINVAL) /* tmpfs and friends: no O_DIRECT */
                 fd = open(path, O_RDONLY | O_CLOEXEC);
         return fd < 0 ? -errno : fd;

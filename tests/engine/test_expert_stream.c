@@ -7,6 +7,8 @@
  *     100%, and the reads went through io_uring where it could be set up;
  *   - budgets changed between the steps of a request, down and up;
  *   - the same through pread (MX_IO_URING=0), as where io_uring is refused;
+ *   - O_DIRECT where the file system takes it, else buffered reads (also
+ *     forced with MX_IO_DIRECT=0): the same tokens either way;
  *   - a file holding dense weights and experts, truncated: with the dense
  *     weights copied out the process survives and the request fails;
  *   - faults: a read error and a short read (MX_IO_FAULT), and the experts'
@@ -176,6 +178,32 @@ static void check_budgets(const mx_model *m, const int32_t *want) {
                 if (c == 0)
                         fprintf(stderr, "reads: %s\n", st.how);
         }
+}
+
+/* Streams at the minimum budget: the same tokens, read the way `how` says. */
+static void check_reads(const mx_model *m, const char *how, const int32_t *want) {
+        mx_error err = {0};
+        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(m, 1);
+        int32_t got[STEPS];
+        CHECK(e && generate(e, got, &err) == 0 && ids_eq(got, STEPS, want, STEPS), "%s: %s", how, err.msg);
+        if (!e)
+                return;
+        mx_expert_stats st;
+        mx_engine_expert_stats(e, &st);
+        CHECK(strstr(st.how, how) && st.reads > 0, "reads were \"%s\", not %s", st.how, how);
+}
+
+/* O_DIRECT where this file system takes it (tmpfs did not before Linux
+ * 6.6), and buffered reads where it does not (MX_IO_DIRECT=0 stands in
+ * for such a file system when this one has it). */
+static void check_direct(const mx_model *m, const int32_t *want) {
+        int fd = open(experts_path, O_RDONLY | O_DIRECT);
+        if (fd >= 0)
+                close(fd);
+        check_reads(m, fd >= 0 ? "O_DIRECT" : "buffered", want);
+        setenv("MX_IO_DIRECT", "0", 1);
+        check_reads(m, "buffered", want);
+        unsetenv("MX_IO_DIRECT");
 }
 
 /* The budget shrinks and grows while a request runs (and goes to 0, all
@@ -386,6 +414,7 @@ int main(int argc, char **argv) {
                 }
                 check_parse(m);
                 check_budgets(m, want);
+                check_direct(m, want);
                 check_changes(m, want);
                 /* The first request's first reads all fail: some of them are
                  * experts it must have (others are evicted unread). */
