@@ -69,13 +69,16 @@ static void read_fault(mx_io *io) {
 /* O_DIRECT where the file system takes it; -errno. */
 static int open_reading(const char *path, bool *direct) {
         const char *want = getenv("MX_IO_DIRECT");
-        bool no = want && !strcmp(want, "0");
-        int fd = no ? -1 : open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
-        *direct = fd >= 0;
-        if (no)
-                errno = EINVAL;
-        if (fd < 0 && errno == EINVAL) /* tmpfs and friends: no O_DIRECT */
-                fd = open(path, O_RDONLY | O_CLOEXEC);
+        int fd;
+        if (!want || strcmp(want, "0")) {
+                fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+                *direct = fd >= 0;
+                if (fd >= 0 || errno != EINVAL)
+                        return fd < 0 ? -errno : fd;
+        }
+        /* tmpfs before Linux 6.6, and others: no O_DIRECT */
+        *direct = false;
+        fd = open(path, O_RDONLY | O_CLOEXEC);
         return fd < 0 ? -errno : fd;
 }
 

@@ -67,7 +67,9 @@ int mx_measure_bandwidth(size_t bytes, uint32_t threads, double *memcpy_gbps, do
         /* One pair of buffers for all rounds: faulting them in costs more
          * than the measurement on a small machine. */
         float *a = NULL, *b = NULL;
-        if (posix_memalign((void **)&a, 64, size) || posix_memalign((void **)&b, 64, size))
+        if (posix_memalign((void **)&a, 64, size))
+                a = NULL;
+        if (a && posix_memalign((void **)&b, 64, size))
                 b = NULL;
         mx_pool *pool = NULL;
         int r = a && b ? mx_pool_new(threads, &pool) : -ENOMEM;
