@@ -28,10 +28,15 @@ md_sched_opts md_server_sched_opts(const md_server *srv) {
         return (md_sched_opts){srv->cfg.max_batch, srv->cfg.prefill_chunk, srv->expert_now, srv->host_cache_now};
 }
 
-void md_server_set_expert_budget(md_server *srv, uint64_t budget) {
-        srv->expert_now = budget;
+/* The engine thread takes what srv says now, between steps. */
+static void push_opts(md_server *srv) {
         md_sched_opts o = md_server_sched_opts(srv);
         md_sched_set_opts(srv->sched, &o);
+}
+
+void md_server_set_expert_budget(md_server *srv, uint64_t budget) {
+        srv->expert_now = budget;
+        push_opts(srv);
 }
 
 /* The least the engine can hold: top-k experts per layer (and on a GPU's
@@ -56,8 +61,7 @@ static void follow(md_server *srv, double avg10) {
         md_log(next < *now ? LOG_WARNING : LOG_INFO, "memory pressure %.1f%%: %s %llu -> %llu bytes", avg10,
                host ? "the GPU's host cache" : "expert memory", (unsigned long long)*now, (unsigned long long)next);
         *now = next;
-        md_sched_opts o = md_server_sched_opts(srv);
-        md_sched_set_opts(srv->sched, &o);
+        push_opts(srv);
 }
 
 static const char *pressure_path(const md_server *srv) {

@@ -265,14 +265,21 @@ static void step(md_sched *s, md_request **run, size_t n, mx_batch_item *items, 
  * effect between steps, on this thread, which alone touches the engine. */
 static void apply_budget(md_sched *s, uint64_t want, uint64_t host) {
         mx_error err = {0};
-        if (want != s->expert_memory && mx_engine_set_expert_memory(s->e, want, &err) < 0)
-                md_log(LOG_ERR, "expert memory stays at %llu bytes: %s", (unsigned long long)s->expert_memory, err.msg);
-        else if (want != s->expert_memory)
-                md_log(LOG_INFO, "expert memory now %llu bytes%s", (unsigned long long)want, want ? "" : " (all mapped)");
-        if (host != s->host_cache && mx_engine_set_host_cache(s->e, host, &err) < 0)
-                md_log(LOG_ERR, "the host cache stays at %llu bytes: %s", (unsigned long long)s->host_cache, err.msg);
-        else if (host != s->host_cache)
-                md_log(LOG_INFO, "the GPU's host cache now %llu bytes", (unsigned long long)host);
+        if (want != s->expert_memory) {
+                if (mx_engine_set_expert_memory(s->e, want, &err) < 0)
+                        md_log(LOG_ERR, "expert memory stays at %llu bytes: %s", (unsigned long long)s->expert_memory,
+                               err.msg);
+                else
+                        md_log(LOG_INFO, "expert memory now %llu bytes%s", (unsigned long long)want,
+                               want ? "" : " (all mapped)");
+        }
+        if (host != s->host_cache) {
+                if (mx_engine_set_host_cache(s->e, host, &err) < 0)
+                        md_log(LOG_ERR, "the host cache stays at %llu bytes: %s", (unsigned long long)s->host_cache,
+                               err.msg);
+                else
+                        md_log(LOG_INFO, "the GPU's host cache now %llu bytes", (unsigned long long)host);
+        }
         s->expert_memory = want, s->host_cache = host; /* (tried once per change) */
 }
 
