@@ -275,7 +275,8 @@ int mx_model_synthetic(mx_model **out, const char *shape, uint32_t layers, bool 
                        mx_error *err);
 /* Writes synthetic model m as a Hugging Face checkpoint into dir: loaded
  * back, it computes exactly what m does. The experts of each layer get a
- * shard of their own; progress(shards done, shards, arg). */
+ * shard of their own; progress(bytes written, bytes in all, arg) after
+ * each shard. */
 int mx_synthetic_write(const mx_model *m, const char *dir, void (*progress)(uint64_t, uint64_t, void *),
                        void *arg, mx_error *err);
 /* Bytes of one layer's weights and of everything else, for a shape. */

@@ -43,8 +43,9 @@ static void *values(const mx_tensor *t) {
 }
 
 /* Writes the tensors of m that `pick` (L: a layer's experts, -1: the rest)
- * into dir/name, naming it in the weight map. */
-static int write_shard(const mx_model *m, const char *dir, const char *name, int L, json_t *map, mx_error *err) {
+ * into dir/name, naming it in the weight map; adds their bytes to *done. */
+static int write_shard(const mx_model *m, const char *dir, const char *name, int L, json_t *map, uint64_t *done,
+                       mx_error *err) {
         _cleanup_(shard_clear) shard s = {0};
         if (!(s.t = calloc(m->n_tensors, sizeof(*s.t))))
                 return mx_error_set(err, -ENOMEM, "out of memory");
@@ -59,6 +60,7 @@ static int write_shard(const mx_model *m, const char *dir, const char *name, int
                 if (!v)
                         return mx_error_set(err, -ENOMEM, "out of memory for %s", t->name);
                 s.t[s.n++] = (mx_tensor_data){t->name, t->dtype, t->ndim, {t->shape[0], t->shape[1]}, v};
+                *done += t->nbytes;
                 json_object_set_new(map, t->name, json_string(name));
         }
         _cleanup_free_ char *path = NULL;
@@ -76,15 +78,15 @@ int mx_synthetic_write(const mx_model *m, const char *dir, void (*progress)(uint
         if (r == 0 && !map)
                 r = mx_error_set(err, -ENOMEM, "out of memory");
         uint32_t shards = m->cfg.n_layers + 1;
-        uint64_t total = 0;
+        uint64_t total = 0, done = 0;
         for (size_t i = 0; i < m->n_tensors; i++)
                 total += m->tensors[i].nbytes;
         for (uint32_t k = 0; r == 0 && k < shards; k++) {
                 char name[64];
                 snprintf(name, sizeof(name), "model-%05u-of-%05u.safetensors", k + 1, shards);
-                r = write_shard(m, dir, name, (int)k - 1, map, err);
-                if (progress)
-                        progress(k + 1, shards, arg);
+                r = write_shard(m, dir, name, (int)k - 1, map, &done, err);
+                if (progress && r == 0)
+                        progress(done, total, arg);
         }
         if (r < 0) {
                 json_decref(map);

@@ -14,13 +14,12 @@
 #include "mixtral_kernels.h"
 #endif
 
-typedef struct bar {
-        bool tty;
-        int last;
-} bar;
+run_bar run_bar_new(const char *what) {
+        return (run_bar){isatty(STDERR_FILENO) == 1, -1, what};
+}
 
-static void progress(uint64_t done, uint64_t total, void *arg) {
-        bar *b = arg;
+void run_progress(uint64_t done, uint64_t total, void *arg) {
+        run_bar *b = arg;
         int pct = total ? (int)(done * 100 / total) : 100;
         if (!b->tty || pct == b->last)
                 return;
@@ -30,7 +29,7 @@ static void progress(uint64_t done, uint64_t total, void *arg) {
         for (int i = 0; i < 40; i++)
                 fill[i] = i < k ? '#' : ' ';
         fill[40] = '\0';
-        fprintf(stderr, "\rloading model [%s] %3d%%  %.1f / %.1f GiB", fill, pct,
+        fprintf(stderr, "\r%s [%s] %3d%%  %.1f / %.1f GiB", b->what, fill, pct,
                 (double)done / (1u << 30), (double)total / (1u << 30));
         if (done == total)
                 fputc('\n', stderr);
@@ -106,14 +105,14 @@ int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err) {
         /* (A GPU reads the mapping only as it uploads.) */
         if (budget && !o->synthetic && !run_on_gpu(o, NULL) && (r = mx_model_copy_dense(*m, err)) < 0)
                 return r;
-        bar b = {isatty(STDERR_FILENO) == 1, -1};
+        run_bar b = run_bar_new("loading model");
         /* Streaming reads experts itself: paging the files in would defeat it.
          * A GPU reads the files once as it uploads (and may stream). */
         if (!o->synthetic && !budget && !run_on_gpu(o, NULL) && mx_model_fits_in_memory(*m))
-                mx_model_prefault(*m, progress, &b);
-        bar up = {isatty(STDERR_FILENO) == 1, -1};
+                mx_model_prefault(*m, run_progress, &b);
+        run_bar up = run_bar_new("loading model");
         mx_engine_opts eo = {.device = o->device, .threads = o->threads, .simd = o->simd,
-                             .expert_memory = budget, .host_cache = host_cache, .progress = progress,
+                             .expert_memory = budget, .host_cache = host_cache, .progress = run_progress,
                              .progress_arg = &up};
         return mx_engine_open(e, *m, &eo, err);
 }

@@ -442,8 +442,9 @@ static int do_make_demo(const run_opts *o, mx_error *err) {
         }
         if (o->synthetic) {
                 _cleanup_(mx_model_freep) mx_model *m = NULL;
+                run_bar b = run_bar_new("writing model");
                 if (mx_model_synthetic(&m, o->synthetic, o->layers, false, err) < 0 ||
-                    mx_synthetic_write(m, o->make_demo, NULL, NULL, err) < 0)
+                    mx_synthetic_write(m, o->make_demo, run_progress, &b, err) < 0)
                         return run_fail(err);
         } else if (mx_demo_model_write(o->make_demo, o->shape, o->tokenizer, o->seed, err) < 0) {
                 return run_fail(err);
