@@ -7,7 +7,9 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "cpu/pool.h"
 #include "model_internal.h"
 #include "mx_common.h"
 #include "mx_synth.h"
@@ -28,8 +30,24 @@ static bool is_expert(const char *name) {
         return strstr(name, ".experts.") != NULL;
 }
 
-/* t's values as the synthetic model has them (norms are host data). */
-static void *values(const mx_tensor *t) {
+typedef struct fill {
+        uint16_t *v;
+        uint64_t n;
+        uint32_t chunks;
+        const mx_tensor *t;
+} fill;
+
+static void fill_chunk(void *arg, uint32_t task, uint32_t thread) {
+        (void)thread;
+        const fill *f = arg;
+        uint64_t lo = f->n * task / f->chunks, hi = f->n * (task + 1) / f->chunks;
+        for (uint64_t j = lo; j < hi; j++)
+                f->v[j] = mx_synth_bf16(f->t->synth_seed, j, f->t->synth_scale);
+}
+
+/* t's values as the synthetic model has them (norms are host data). The
+ * hash runs on every core: one core made 23 GB in minutes. */
+static void *values(const mx_tensor *t, mx_pool *pool) {
         uint16_t *v = malloc(t->nbytes ? t->nbytes : 1);
         if (!v)
                 return NULL;
@@ -37,15 +55,15 @@ static void *values(const mx_tensor *t) {
                 memcpy(v, t->data, t->nbytes);
                 return v;
         }
-        for (uint64_t j = 0; j < t->nbytes / 2; j++)
-                v[j] = mx_synth_bf16(t->synth_seed, j, t->synth_scale);
+        fill f = {v, t->nbytes / 2, 4 * mx_pool_threads(pool), t};
+        mx_pool_run(pool, f.chunks, fill_chunk, &f);
         return v;
 }
 
 /* Writes the tensors of m that `pick` (L: a layer's experts, -1: the rest)
  * into dir/name, naming it in the weight map; adds their bytes to *done. */
-static int write_shard(const mx_model *m, const char *dir, const char *name, int L, json_t *map, uint64_t *done,
-                       mx_error *err) {
+static int write_shard(const mx_model *m, mx_pool *pool, const char *dir, const char *name, int L, json_t *map,
+                       uint64_t *done, mx_error *err) {
         _cleanup_(shard_clear) shard s = {0};
         if (!(s.t = calloc(m->n_tensors, sizeof(*s.t))))
                 return mx_error_set(err, -ENOMEM, "out of memory");
@@ -56,7 +74,7 @@ static int write_shard(const mx_model *m, const char *dir, const char *name, int
                 bool want = L < 0 ? !is_expert(t->name) : is_expert(t->name) && !strncmp(t->name, prefix, strlen(prefix));
                 if (!want)
                         continue;
-                void *v = values(t);
+                void *v = values(t, pool);
                 if (!v)
                         return mx_error_set(err, -ENOMEM, "out of memory for %s", t->name);
                 s.t[s.n++] = (mx_tensor_data){t->name, t->dtype, t->ndim, {t->shape[0], t->shape[1]}, v};
@@ -73,7 +91,12 @@ int mx_synthetic_write(const mx_model *m, const char *dir, void (*progress)(uint
                        void *arg, mx_error *err) {
         if (strncmp(m->dir, "synthetic:", 10) != 0)
                 return mx_error_set(err, -EINVAL, "%s is not a synthetic model", m->dir);
-        int r = mx_hf_config_write(dir, &m->cfg, err);
+        _cleanup_(mx_pool_freep) mx_pool *pool = NULL;
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        int r = mx_pool_new(cores > 0 && cores < 256 ? (uint32_t)cores : 1, &pool);
+        if (r < 0)
+                return mx_error_set(err, r, "cannot start threads to write %s", dir);
+        r = mx_hf_config_write(dir, &m->cfg, err);
         json_t *map = json_object();
         if (r == 0 && !map)
                 r = mx_error_set(err, -ENOMEM, "out of memory");
@@ -84,7 +107,7 @@ int mx_synthetic_write(const mx_model *m, const char *dir, void (*progress)(uint
         for (uint32_t k = 0; r == 0 && k < shards; k++) {
                 char name[64];
                 snprintf(name, sizeof(name), "model-%05u-of-%05u.safetensors", k + 1, shards);
-                r = write_shard(m, dir, name, (int)k - 1, map, &done, err);
+                r = write_shard(m, pool, dir, name, (int)k - 1, map, &done, err);
                 if (progress && r == 0)
                         progress(done, total, arg);
         }

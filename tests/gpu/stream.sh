@@ -12,12 +12,12 @@ stream_checks=("--model $demo --expert-memory min" "--model tests/data/hf-tiny -
                "--model $syn --expert-memory 25% --prompt 40" "--model $syn --expert-memory min --host-cache min --prompt 70")
 for args in "${stream_checks[@]}"; do
         # shellcheck disable=SC2086
-        timeout 120 "$check" $args >>"$report" 2>>"$out/gpu-check.log" || fail "mixtral-gpu-check $args (exit $?)"
+        timeout 60 "$check" $args >>"$report" 2>>"$out/gpu-check.log" || fail "mixtral-gpu-check $args (exit $?)"
 done
 if command -v compute-sanitizer >/dev/null; then
         args="--model tests/data/hf-odd --expert-memory 25% --steps 3"
         # shellcheck disable=SC2086
-        timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$check" $args >"$out/memcheck-stream.log" 2>&1
+        timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 "$check" $args >"$out/memcheck-stream.log" 2>&1
         rc=$?
         if [ $rc -ne 9 ] && [ $rc -ne 124 ] && grep -q 'ERROR SUMMARY: 0 errors' "$out/memcheck-stream.log"; then
                 echo "- memcheck, mixtral-gpu-check $args: $(tail -1 "$out/memcheck-stream.log")" >>"$report"
@@ -66,16 +66,16 @@ if [ "$(df --output=avail -B1G /tmp | tail -1)" -lt 30 ]; then
 else
         rm -rf "$big" && mkdir -p "$big"
         t0=$(date +%s)
-        timeout 180 "$run" --synthetic mixtral-8x7b --layers 8 --make-demo "$big" 2>>"$out/stream.log" ||
+        timeout 150 "$run" --synthetic mixtral-8x7b --layers 8 --make-demo "$big" 2>>"$out/stream.log" ||
                 fail "writing the 8-layer checkpoint"
         echo "- wrote $(du -sh "$big" | cut -f1) in $(( $(date +%s) - t0 )) s" >>"$report"
         for b in all 100% 75% 50% 25% min; do
                 em=(--expert-memory "$b"); [ "$b" = all ] && em=()
-                timeout 120 "$run" --model "$big" --device cuda "${em[@]}" --host-cache all --bench -n 24 --batch 1,8 \
+                timeout 90 "$run" --model "$big" --device cuda "${em[@]}" --host-cache all --bench -n 24 --batch 1,8 \
                         >"$out/stream-$b.json" 2>>"$out/stream.log" || fail "streamed benchmark at $b (exit $?)"
         done
         # Disk-bound: a host cache of the minimum, so misses are read from the files.
-        timeout 120 "$run" --model "$big" --device cuda --expert-memory 25% --host-cache min --bench -n 8 \
+        timeout 90 "$run" --model "$big" --device cuda --expert-memory 25% --host-cache min --bench -n 8 \
                 >"$out/stream-disk.json" 2>>"$out/stream.log" || fail "streamed benchmark from disk (exit $?)"
         python3 - "$out" >>"$report" <<'PY' || fail "streaming benchmark report"
 import json, os, sys
