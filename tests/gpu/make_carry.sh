@@ -40,7 +40,7 @@ cp gpu-carry/bin/mixtral-gpu-check build/tests/gpu/
 cp gpu-carry/bin/mixtrald build/daemon/
 cp gpu-carry/bin/mixtral build/client/
 echo "commit (of the tree that built them): COMMIT"
-MX_DEMO_MODEL=gpu-carry/demo-model exec tests/gpu/run.sh "$@"
+MX_COMMIT=COMMIT MX_DEMO_MODEL=gpu-carry/demo-model exec tests/gpu/run.sh "$@"
 RUN
 sed -i "s/COMMIT/$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo '+changes')/" gpu-carry/run.sh
 chmod +x gpu-carry/run.sh

@@ -52,7 +52,7 @@ fail() { status=1; echo "- **FAIL**: $*" >>"$report"; }
         echo "# GPU report"
         echo
         echo "- date: $(date -u +%Y-%m-%dT%H:%MZ)"
-        echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+        echo "- commit: ${MX_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
         echo "- card: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'nvidia-smi not available')"
         echo "- cuBLAS: $(ldconfig -p 2>/dev/null | grep -o 'libcublas.so.1[23]' | head -1)${LD_LIBRARY_PATH:+ (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)}"
 } >"$report"

@@ -7,7 +7,8 @@ rm -rf "$syn" && mkdir -p "$syn"
 timeout 60 "$run" --synthetic b1 --layers 2 --make-demo "$syn" 2>>"$out/stream.log" || fail "writing the synthetic b1 checkpoint"
 echo '| model | check | detail | error | result |' >>"$report"
 echo '|---|---|---|---|---|' >>"$report"
-stream_checks=("--model $demo --expert-memory min" "--model tests/data/hf-tiny --expert-memory 50% --host-cache min"
+stream_checks=("--model $demo" "--model tests/data/hf-odd" "--model $syn --prompt 40"
+               "--model $demo --expert-memory min" "--model tests/data/hf-tiny --expert-memory 50% --host-cache min"
                "--model tests/data/hf-odd --expert-memory 25%" "--model tests/data/hf-odd --expert-memory 100%"
                "--model $syn --expert-memory 25% --prompt 40" "--model $syn --expert-memory min --host-cache min --prompt 70")
 for args in "${stream_checks[@]}"; do
@@ -72,8 +73,29 @@ else
         for b in all 100% 75% 50% 25% min; do
                 em=(--expert-memory "$b"); [ "$b" = all ] && em=()
                 timeout 90 "$run" --model "$big" --device cuda "${em[@]}" --host-cache all --bench -n 24 --batch 1,8 \
-                        >"$out/stream-$b.json" 2>>"$out/stream.log" || fail "streamed benchmark at $b (exit $?)"
+                        >"$out/stream-${b%\%}.json" 2>>"$out/stream.log" || fail "streamed benchmark at $b (exit $?)"
         done
+        # The disk's own rate, for the disk-bound run: fio where it is
+        # installed, else one dd per layer's shard at once (O_DIRECT).
+        t0=$(date +%s.%N)
+        if command -v fio >/dev/null; then
+                fio --name=seq --readonly --direct=1 --ioengine=io_uring --rw=read --bs=8M --iodepth=32 \
+                        --filename="$(ls "$big"/model-*.safetensors | tail -n +2 | paste -sd:)" --output-format=json \
+                        >"$out/fio.json" 2>&1
+                python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["jobs"][0]["read"]["bw_bytes"]/1e9)' \
+                        "$out/fio.json" >"$out/disk-GBps" || fail "fio"
+                how="fio, 8 MB reads, 32 in flight, O_DIRECT, io_uring"
+        else
+                bytes=0
+                for f in $(ls "$big"/model-*.safetensors | tail -n +2); do
+                        dd if="$f" of=/dev/null bs=8M iflag=direct status=none &
+                        bytes=$((bytes + $(stat -c %s "$f")))
+                done
+                wait
+                python3 -c "import sys; print($bytes / ($(date +%s.%N) - $t0) / 1e9)" >"$out/disk-GBps"
+                how="one dd per shard at once, 8 MB reads, O_DIRECT"
+        fi
+        echo "- the disk, read sequentially ($how): $(cat "$out/disk-GBps") GB/s" >>"$report"
         # Disk-bound: a host cache of the minimum, so misses are read from the files.
         timeout 90 "$run" --model "$big" --device cuda --expert-memory 25% --host-cache min --bench -n 8 \
                 >"$out/stream-disk.json" 2>>"$out/stream.log" || fail "streamed benchmark from disk (exit $?)"
@@ -82,7 +104,7 @@ import json, os, sys
 out = sys.argv[1]
 runs = {}
 for b in ["all", "100%", "75%", "50%", "25%", "min", "disk"]:
-    p = os.path.join(out, f"stream-{b}.json")
+    p = os.path.join(out, f"stream-{b.rstrip('%')}.json")
     if os.path.exists(p) and os.path.getsize(p):
         runs[b] = json.load(open(p))
 base = runs.get("all")
@@ -102,6 +124,15 @@ for b, d in runs.items():
               f"{(upl / step / 1e9) / up if up else 0:.0%} | {step / bound:.2f} | "
               f"{x['prediction_accuracy']:.0%} |" if x else
               f"| {b} (resident) | {s['batch']} | 8 | {s['tokens_per_s']:.1f} | 100% | 0 | - | - | 1.00 | - |")
+disk = runs.get("disk")
+bw = float(open(os.path.join(out, "disk-GBps")).read()) if os.path.exists(os.path.join(out, "disk-GBps")) else 0
+if disk and bw:
+    s = disk["batches"][0]
+    rd, step = s.get("expert_bytes_read_per_step", 0), s["step_ms"] / 1e3
+    compute = base["batches"][0]["step_ms"] / 1e3 if base else step
+    print(f"\nFrom disk (25%, host cache min, batch 1): {rd / 1e6:.0f} MB read per step at {rd / step / 1e9:.2f} GB/s "
+          f"= {rd / step / 1e9 / bw:.0%} of the disk's {bw:.2f} GB/s; step / max(compute, read / disk) = "
+          f"{step / max(compute, rd / (bw * 1e9)):.2f}; waiting on reads {s.get('read_wait_ms_per_step', 0):.0f} ms of {step * 1e3:.0f} ms per step.")
 for b, d in runs.items():
     if d.get("experts"):
         print(f"\n- {b}: {d['engine']}; {d['experts']['how']}")
