@@ -39,10 +39,10 @@ cp gpu-carry/bin/mixtral-run build/tools/mixtral-run/
 cp gpu-carry/bin/mixtral-gpu-check build/tests/gpu/
 cp gpu-carry/bin/mixtrald build/daemon/
 cp gpu-carry/bin/mixtral build/client/
-echo "commit (of the tree that built them): COMMIT"
-MX_COMMIT=COMMIT MX_DEMO_MODEL=gpu-carry/demo-model exec tests/gpu/run.sh "$@"
+echo "commit (of the tree that built them): @COMMIT@"
+MX_COMMIT=@COMMIT@ MX_DEMO_MODEL=gpu-carry/demo-model exec tests/gpu/run.sh "$@"
 RUN
-sed -i "s/COMMIT/$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo '+changes')/" gpu-carry/run.sh
+sed -i "s/@COMMIT@/$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo +changes)/g" gpu-carry/run.sh
 chmod +x gpu-carry/run.sh
 size=$(du -sm gpu-carry | cut -f1)
 echo "gpu-carry: ${size} MiB ($(ls gpu-carry/lib | wc -l) libraries)"

@@ -147,5 +147,11 @@ fi # mode all
 
 echo >>"$report"
 echo "- result: $([ $status -eq 0 ] && echo PASS || echo FAIL)" >>"$report"
+# The device tool brings back eight files at most: the report, and the
+# raw outputs packed in one.
+if [ -n "${OUT:-}" ]; then
+        (cd "$out" && ls | grep -vx -e gpu-report.md -e raw.tar.gz -e raw.list >raw.list &&
+                tar czf raw.tar.gz -T raw.list && xargs rm -f <raw.list && rm -f raw.list)
+fi
 cat "$report"
 exit $status
