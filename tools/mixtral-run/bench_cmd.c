@@ -166,7 +166,8 @@ static void print_decode(const decode_result *d, const ceilings *c, bool first) 
                "\"expert_bytes_uploaded_per_step\": %.0f}",
                first ? "" : ", ", d->batch, d->tokens_per_s, d->step_s * 1e3, d->weight_bytes, d->kv_bytes,
                achieved, achieved / c->bw_gbps, bound * 1e3, d->step_s / bound, d->expert_bytes_read,
-               d->expert_bytes_read / d->step_s / 1e9, d->expert_hits + d->expert_misses > 0 ? d->expert_hits / (d->expert_hits + d->expert_misses) : 1.0,
+               d->expert_bytes_read / d->step_s / 1e9,
+               d->expert_hits + d->expert_misses > 0 ? d->expert_hits / (d->expert_hits + d->expert_misses) : 1.0,
                d->read_wait_s * 1e3, d->expert_bytes_uploaded);
 }
 
