@@ -25,6 +25,12 @@ void mx_model_files_close(mx_model *m);
 int mx_model_index_tensors(mx_model *m, mx_error *err);
 mx_tensor *mx_model_find(const mx_model *m, const char *name);
 
+/* A synthetic matrix's values (mx_synth_bf16) into v, hashed on every
+ * thread of pool; mx_synth_pool makes one of every online core. */
+typedef struct mx_pool mx_pool;
+int mx_synth_pool(mx_pool **out);
+void mx_synth_fill(mx_pool *pool, const mx_tensor *t, uint16_t *v);
+
 /* Binds every tensor the architecture needs by name and shape. */
 int mx_model_bind(mx_model *m, mx_error *err);
 

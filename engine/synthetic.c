@@ -8,7 +8,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "cpu/pool.h"
 #include "model_internal.h"
 #include "mx_common.h"
 #include "mx_synth.h"
@@ -104,32 +106,64 @@ static int add_all(builder *b) {
         return r;
 }
 
-/* Fills the host copies: norms as 1 + u, matrices as the device would. */
+typedef struct fill {
+        uint16_t *v;
+        uint64_t n;
+        uint32_t chunks;
+        const mx_tensor *t;
+} fill;
+
+static void fill_chunk(void *arg, uint32_t task, uint32_t thread) {
+        (void)thread;
+        const fill *f = arg;
+        uint64_t lo = f->n * task / f->chunks, hi = f->n * (task + 1) / f->chunks;
+        for (uint64_t j = lo; j < hi; j++)
+                f->v[j] = mx_synth_bf16(f->t->synth_seed, j, f->t->synth_scale);
+}
+
+int mx_synth_pool(mx_pool **out) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        return mx_pool_new(cores > 0 && cores < 256 ? (uint32_t)cores : 1, out);
+}
+
+/* One core made the 23 GB of the GPU curve's checkpoint in minutes. */
+void mx_synth_fill(mx_pool *pool, const mx_tensor *t, uint16_t *v) {
+        fill f = {v, t->nbytes / 2, 4 * mx_pool_threads(pool), t};
+        mx_pool_run(pool, f.chunks, fill_chunk, &f);
+}
+
+/* Norms as 1 + u (truncated to bf16: the same on every machine). */
+static void fill_norm(const mx_tensor *t, uint16_t *v) {
+        for (uint64_t j = 0; j < t->nbytes / 2; j++) {
+                uint32_t bits = (uint32_t)mx_synth_bf16(t->synth_seed, j, t->synth_scale) << 16;
+                float f;
+                memcpy(&f, &bits, 4);
+                f += 1.0f;
+                memcpy(&bits, &f, 4);
+                v[j] = (uint16_t)(bits >> 16);
+        }
+}
+
+/* Fills the host copies: norms, and matrices as the device would. */
 static int fill_host(builder *b) {
         mx_model *m = b->m;
         model_priv *p = m->priv;
+        _cleanup_(mx_pool_freep) mx_pool *pool = NULL;
         if (!(p->synth_data = malloc(b->host_bytes ? b->host_bytes : 1)))
                 return -ENOMEM;
+        int r = b->host_weights ? mx_synth_pool(&pool) : 0;
+        if (r < 0)
+                return r;
         uint8_t *at = p->synth_data;
         for (size_t i = 0; i < m->n_tensors; i++) {
                 mx_tensor *t = &m->tensors[i];
                 bool norm = t->ndim == 1;
-                if (!norm && !b->host_weights)
+                if (norm)
+                        fill_norm(t, (uint16_t *)at);
+                else if (b->host_weights)
+                        mx_synth_fill(pool, t, (uint16_t *)at);
+                else
                         continue;
-                uint16_t *v = (uint16_t *)at;
-                uint64_t n = t->nbytes / 2;
-                for (uint64_t j = 0; j < n; j++) {
-                        uint16_t x = mx_synth_bf16(t->synth_seed, j, t->synth_scale);
-                        if (norm) {
-                                uint32_t bits = (uint32_t)x << 16;
-                                float f;
-                                memcpy(&f, &bits, 4);
-                                f += 1.0f;
-                                memcpy(&bits, &f, 4);
-                                x = (uint16_t)(bits >> 16); /* truncated: the same on every machine */
-                        }
-                        v[j] = x;
-                }
                 t->data = at;
                 at += t->nbytes;
         }

@@ -7,7 +7,6 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cpu/pool.h"
 #include "model_internal.h"
@@ -30,23 +29,7 @@ static bool is_expert(const char *name) {
         return strstr(name, ".experts.") != NULL;
 }
 
-typedef struct fill {
-        uint16_t *v;
-        uint64_t n;
-        uint32_t chunks;
-        const mx_tensor *t;
-} fill;
-
-static void fill_chunk(void *arg, uint32_t task, uint32_t thread) {
-        (void)thread;
-        const fill *f = arg;
-        uint64_t lo = f->n * task / f->chunks, hi = f->n * (task + 1) / f->chunks;
-        for (uint64_t j = lo; j < hi; j++)
-                f->v[j] = mx_synth_bf16(f->t->synth_seed, j, f->t->synth_scale);
-}
-
-/* t's values as the synthetic model has them (norms are host data). The
- * hash runs on every core: one core made 23 GB in minutes. */
+/* t's values as the synthetic model has them (norms are host data). */
 static void *values(const mx_tensor *t, mx_pool *pool) {
         uint16_t *v = malloc(t->nbytes ? t->nbytes : 1);
         if (!v)
@@ -55,8 +38,7 @@ static void *values(const mx_tensor *t, mx_pool *pool) {
                 memcpy(v, t->data, t->nbytes);
                 return v;
         }
-        fill f = {v, t->nbytes / 2, 4 * mx_pool_threads(pool), t};
-        mx_pool_run(pool, f.chunks, fill_chunk, &f);
+        mx_synth_fill(pool, t, v);
         return v;
 }
 
@@ -92,8 +74,7 @@ int mx_synthetic_write(const mx_model *m, const char *dir, void (*progress)(uint
         if (strncmp(m->dir, "synthetic:", 10) != 0)
                 return mx_error_set(err, -EINVAL, "%s is not a synthetic model", m->dir);
         _cleanup_(mx_pool_freep) mx_pool *pool = NULL;
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        int r = mx_pool_new(cores > 0 && cores < 256 ? (uint32_t)cores : 1, &pool);
+        int r = mx_synth_pool(&pool);
         if (r < 0)
                 return mx_error_set(err, r, "cannot start threads to write %s", dir);
         r = mx_hf_config_write(dir, &m->cfg, err);
