@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "bf16.h"
+#include "quant.h"
 #include "mixtral.h"
 
 static double now(void) {

@@ -9,7 +9,7 @@
 
 #include "backend.h"
 #include "cpu_backend.h"
-#include "expert_cache.h"
+#include "stream.h"
 #include "kernels.h"
 #include "mx_common.h"
 #include "pool.h"

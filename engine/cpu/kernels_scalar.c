@@ -4,7 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "bf16.h"
+#include "quant.h"
 #include "kernels.h"
 
 static float dot_row(const uint8_t *row, mx_dtype dt, const float *x, uint64_t cols) {

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "cpu_backend.h"
-#include "expert_cache.h"
+#include "stream.h"
 #include "mx_common.h"
 
 typedef struct cpu_moe {

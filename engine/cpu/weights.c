@@ -3,7 +3,7 @@
  * as fp32. */
 #include <string.h>
 
-#include "bf16.h"
+#include "quant.h"
 #include "cpu_backend.h"
 #include "mx_common.h"
 

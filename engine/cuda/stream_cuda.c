@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "cuda_backend.h"
-#include "expert_cache.h"
+#include "stream.h"
 #include "mx_common.h"
 
 typedef struct dslot {

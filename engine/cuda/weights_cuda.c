@@ -6,7 +6,7 @@
  * both, a layer's experts lie side by side, and so do its wq, wk, wv. */
 #include <string.h>
 
-#include "bf16.h"
+#include "quant.h"
 #include "cuda_backend.h"
 #include "mx_common.h"
 

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bf16.h"
+#include "quant.h"
 #include "cpu_backend.h"
 #include "fake_kernels.h"
 #include "mixtral_kernels.h"

@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "bf16.h"
+#include "quant.h"
 #include "cuda_backend.h"
 #include "fake_kernels.h"
 #include "mx_common.h"

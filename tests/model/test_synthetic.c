@@ -6,7 +6,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "bf16.h"
+#include "quant.h"
 #include "mixtral.h"
 #include "mx_common.h"
 #include "mx_synth.h"

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "model_internal.h"
+#include "model.h"
 #include "mx_common.h"
 
 #define MAX_CONFIG_BYTES (1u << 20)

@@ -10,8 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cpu/pool.h"
-#include "model_internal.h"
+#include "pool.h"
+#include "model.h"
 #include "mx_common.h"
 #include "mx_synth.h"
 

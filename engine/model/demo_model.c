@@ -7,11 +7,11 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "bf16.h"
+#include "quant.h"
 #include "mx_common.h"
 
 #include "mixtral.h"
-#include "model_internal.h"
+#include "model.h"
 
 /* "demo": a few MB, for the quick start and the tests; its vocabulary is
  * the tokenizer's. "b1": the CPU benchmark shape of DESIGN.md section 6

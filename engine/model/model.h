@@ -1,4 +1,5 @@
-/* Shared between the parts of the model loader: private to the engine. */
+/* The model module (checkpoint files, configuration, binding, synthetic and
+ * demo models): shared between its parts, private to the engine. */
 #pragma once
 
 #include "mixtral.h"
@@ -39,3 +40,13 @@ int mx_model_bind(mx_model *m, mx_error *err);
 typedef struct json_t json_t;
 int mx_hf_config_write(const char *dir, const mx_config *c, mx_error *err);
 int mx_json_write(const char *dir, const char *name, json_t *j, mx_error *err);
+
+/* ---- opening files safely ------------------------------------------------- */
+
+/* Opens path read-only without blocking on a FIFO, and refuses anything but
+ * a regular file. Returns the fd (>= 0) and its size. */
+int mx_open_regular(const char *path, uint64_t *size, mx_error *err);
+
+/* Maps a whole regular file read-only (an empty file maps to NULL). */
+int mx_map_file(const char *path, const uint8_t **map, uint64_t *size, mx_error *err);
+void mx_unmap_file(const uint8_t *map, uint64_t size);

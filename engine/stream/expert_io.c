@@ -24,7 +24,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "expert_io.h"
+#include "stream.h"
 #include "mx_common.h"
 
 #define RING_ENTRIES 64

@@ -9,8 +9,7 @@
 #include <jansson.h>
 #include <string.h>
 
-#include "file_io.h"
-#include "model_internal.h"
+#include "model.h"
 #include "mx_common.h"
 
 #define INDEX_FILE "model.safetensors.index.json"

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "mx_common.h"
-#include "utf8.h"
+#include "text.h"
 
 #include "mixtral.h"
 

@@ -9,7 +9,7 @@
 
 #include "mx_common.h"
 #include "sentencepiece_model.pb-c.h"
-#include "tokenizer_internal.h"
+#include "text.h"
 
 /* Far above real vocabularies (Mixtral 32k, the largest known 256k), and
  * checked before protobuf-c allocates a struct per piece. */

@@ -1,4 +1,4 @@
-/* Experts within a budget (expert_cache.h). Each layer owns the same
+/* Experts within a budget (stream.h). Each layer owns the same
  * number of slots, so reading ahead for the next layer never evicts what
  * the current one is using. A slot holds one expert's w1, w2, w3 as read:
  * each from the aligned block before it to the aligned block after it (so
@@ -10,9 +10,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "expert_cache.h"
-#include "expert_io.h"
-#include "model_internal.h"
+#include "stream.h"
+#include "model.h"
 #include "mx_common.h"
 
 enum { EMPTY, LOADING, READY };

@@ -17,8 +17,7 @@
 #include <string.h>
 
 #include "mx_common.h"
-#include "tokenizer_internal.h"
-#include "utf8.h"
+#include "text.h"
 
 #define SPACE_SYMBOL "\xE2\x96\x81" /* U+2581 */
 

@@ -6,7 +6,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
-#include "file_io.h"
+#include "model.h"
 #include "mx_common.h"
 
 int mx_open_regular(const char *path, uint64_t *size, mx_error *err) {

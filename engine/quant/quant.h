@@ -1,4 +1,5 @@
-/* The weight formats (bf16, fp16, fp32) to float: private to the engine. */
+/* The quant module: weight formats (bf16, fp16, fp32) to float; private to
+ * the engine. */
 #pragma once
 
 #include <stdint.h>

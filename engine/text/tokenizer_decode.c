@@ -9,8 +9,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "tokenizer_internal.h"
-#include "utf8.h"
+#include "text.h"
 
 #define SPACE_SYMBOL "\xE2\x96\x81"
 

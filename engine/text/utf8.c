@@ -1,7 +1,7 @@
 /* The public face of utf8.h: whole-string validity for callers outside the
  * engine (the daemon checks every text field it receives). */
 #include "mixtral.h"
-#include "utf8.h"
+#include "text.h"
 
 bool mx_utf8_valid(const char *s, size_t len) {
         for (size_t i = 0; i < len;) {

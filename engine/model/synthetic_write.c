@@ -8,8 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cpu/pool.h"
-#include "model_internal.h"
+#include "pool.h"
+#include "model.h"
 #include "mx_common.h"
 #include "mx_synth.h"
 
