@@ -136,6 +136,14 @@ typedef enum mx_dtype {
         MX_DTYPE_F32,
         MX_DTYPE_F16,
         MX_DTYPE_BF16,
+        /* ggml's block formats, byte for byte as GGUF files store them (a
+         * row is a whole number of blocks): */
+        MX_DTYPE_Q8_0, /* 32 weights in 34 bytes: fp16 scale, 32 x int8 */
+        MX_DTYPE_Q4_0, /* 32 weights in 18 bytes: fp16 scale, 32 x 4 bits */
+        MX_DTYPE_Q4_K, /* 256 weights in 144 bytes */
+        MX_DTYPE_Q5_K, /* 256 weights in 176 bytes */
+        MX_DTYPE_Q6_K, /* 256 weights in 210 bytes */
+        MX_DTYPE_COUNT
 } mx_dtype;
 
 #define MX_MAX_DIMS 4
@@ -160,8 +168,19 @@ typedef struct mx_tensor {
         float synth_scale;
 } mx_tensor;
 
-size_t mx_dtype_size(mx_dtype t);
+/* Weights per block (1 for F32, F16, BF16) and bytes per block. */
+uint32_t mx_dtype_block_elems(mx_dtype t);
+uint32_t mx_dtype_block_bytes(mx_dtype t);
+/* Bytes of a row of cols weights: -EINVAL when cols is not a whole number
+ * of blocks, -EOVERFLOW past 64 bits. */
+int mx_dtype_row_bytes(mx_dtype t, uint64_t cols, uint64_t *out);
+/* Bytes of a tensor of that shape (row-major, the last dimension the row);
+ * the same errors. */
+int mx_dtype_tensor_bytes(mx_dtype t, const uint64_t *shape, uint32_t ndim, uint64_t *out);
+bool mx_dtype_is_block(mx_dtype t);
 const char *mx_dtype_name(mx_dtype t);
+/* Elements of a tensor (the product of its shape). */
+uint64_t mx_tensor_elems(const mx_tensor *t);
 
 /* Parses the header of a safetensors file held in file[0..size) and checks
  * it against the size: tensors come out in file order, their data pointing
@@ -257,7 +276,7 @@ char *mx_model_find_tokenizer(const char *dir, mx_error *err);
 typedef struct mx_footprint {
         uint64_t params;            /* all parameters */
         uint64_t bytes;             /* all weight bytes */
-        uint64_t bytes_by_dtype[3]; /* indexed by mx_dtype */
+        uint64_t bytes_by_dtype[MX_DTYPE_COUNT]; /* indexed by mx_dtype */
         uint64_t active_params;     /* touched per token: dense + top-k experts */
         uint64_t active_bytes;      /* weight bytes read per decoded token */
         uint64_t kv_bytes_per_token;/* bf16 K and V, all layers */

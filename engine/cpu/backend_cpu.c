@@ -98,7 +98,7 @@ static void cpu_embed(mx_backend *b, const mx_tensor *table, const int32_t *toke
         uint64_t h = table->shape[1];
         for (uint32_t t = 0; t < n; t++)
                 mx_cpu_row_to_f32(table, (uint64_t)tokens[t], out + t * h);
-        b->weight_bytes += (uint64_t)n * h * mx_dtype_size(table->dtype);
+        b->weight_bytes += (uint64_t)n * (table->nbytes / table->shape[0]);
 }
 
 typedef struct norm_job {

@@ -20,7 +20,8 @@ static float dot_row(const uint8_t *row, mx_dtype dt, const float *x, uint64_t c
 }
 
 static void matmul_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
-        uint64_t row_bytes = a->cols * mx_dtype_size(a->dtype);
+        uint64_t row_bytes = 0;
+        mx_dtype_row_bytes(a->dtype, a->cols, &row_bytes);
         for (uint64_t r = r0; r < r1; r++)
                 for (uint32_t t = 0; t < a->n; t++) {
                         float s = dot_row(a->w + r * row_bytes, a->dtype, a->x + t * a->ldx, a->cols);

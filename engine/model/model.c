@@ -241,7 +241,7 @@ void mx_model_footprint(const mx_model *m, mx_footprint *fp) {
         *fp = (mx_footprint){0};
         for (size_t i = 0; i < m->n_tensors; i++) {
                 const mx_tensor *t = &m->tensors[i];
-                fp->params += t->nbytes / mx_dtype_size(t->dtype);
+                fp->params += mx_tensor_elems(t);
                 fp->bytes += t->nbytes;
                 fp->bytes_by_dtype[t->dtype] += t->nbytes;
         }
@@ -253,11 +253,11 @@ void mx_model_footprint(const mx_model *m, mx_footprint *fp) {
                         const mx_tensor *w[3] = {m->layers[L].w1[e], m->layers[L].w2[e],
                                                  m->layers[L].w3[e]};
                         for (int k = 0; k < 3; k++) {
-                                expert_params += w[k]->nbytes / mx_dtype_size(w[k]->dtype);
+                                expert_params += mx_tensor_elems(w[k]);
                                 expert_bytes += w[k]->nbytes;
                         }
                 }
-        uint64_t embed_params = m->embed->nbytes / mx_dtype_size(m->embed->dtype);
+        uint64_t embed_params = mx_tensor_elems(m->embed);
         uint64_t row_bytes = m->embed->nbytes / c->vocab_size;
         bool tied = m->lm_head == m->embed;
         fp->active_params = fp->params - expert_params +

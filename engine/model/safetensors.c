@@ -85,10 +85,9 @@ static int parse_shape(parse_ctx *c, const char *name, json_t *v, mx_tensor *t) 
 }
 
 static int check_size(parse_ctx *c, const char *name, const mx_tensor *t) {
-        uint64_t bytes = mx_dtype_size(t->dtype);
-        for (uint32_t i = 0; i < t->ndim; i++)
-                if (!mx_mul_u64(bytes, t->shape[i], &bytes))
-                        return TENSOR_ERR(c, -EOVERFLOW, name, "shape overflows 64 bits");
+        uint64_t bytes;
+        if (mx_dtype_tensor_bytes(t->dtype, t->shape, t->ndim, &bytes) < 0)
+                return TENSOR_ERR(c, -EOVERFLOW, name, "shape overflows 64 bits");
         if (bytes != t->nbytes)
                 return TENSOR_ERR(c, -EINVAL, name,
                                   "data_offsets span %llu bytes but its shape of %s needs %llu",

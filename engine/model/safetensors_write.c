@@ -12,12 +12,10 @@
 #include "mixtral.h"
 
 static int tensor_bytes(const mx_tensor_data *t, uint64_t *out) {
-        uint64_t n = mx_dtype_size(t->dtype);
-        for (uint32_t i = 0; i < t->ndim; i++)
-                if (!mx_mul_u64(n, t->shape[i], &n))
-                        return -EOVERFLOW;
-        *out = n;
-        return 0;
+        /* Safetensors has no block formats: those go to GGUF. */
+        if (mx_dtype_is_block(t->dtype))
+                return -EINVAL;
+        return mx_dtype_tensor_bytes(t->dtype, t->shape, t->ndim, out);
 }
 
 static char *make_header(const mx_tensor_data *t, size_t n, size_t *len) {

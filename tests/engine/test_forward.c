@@ -234,7 +234,7 @@ static void write_consolidated(const mx_model *m, const char *dir) {
                                 break;
                         }
                 bool rope = strstr(name, "attention.wq.") || strstr(name, "attention.wk.");
-                size_t rb = src->ndim == 2 ? src->shape[1] * mx_dtype_size(src->dtype) : src->nbytes;
+                size_t rb = src->ndim == 2 ? src->shape[1] * mx_dtype_block_bytes(src->dtype) : src->nbytes;
                 uint8_t *data = malloc(src->nbytes);
                 for (uint64_t r = 0; r < (src->ndim == 2 ? src->shape[0] : 1); r++) {
                         uint64_t hd = c->head_dim, j = r % hd, s = r - j + (j < hd / 2 ? 2 * j : 2 * (j - hd / 2) + 1);

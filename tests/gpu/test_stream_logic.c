@@ -57,7 +57,7 @@ static void rig_init(rig *g, const mx_model *m) {
         const mx_config *c = &m->cfg;
         *g = (rig){.m = m, .E = c->n_experts, .k = c->n_experts_per_tok, .H = c->hidden_size,
                    .F = c->intermediate_size, .layers = c->n_layers, .seed = 7,
-                   .stored = (uint32_t)mx_dtype_size(m->layers[0].w1[0]->dtype)};
+                   .stored = (uint32_t)mx_dtype_block_bytes(m->layers[0].w1[0]->dtype)};
         cuda_backend *cb = &g->cb;
         cb->base.model = m;
         cb->ctx = (mxk_ctx *)g; /* never dereferenced by the fakes */

@@ -124,7 +124,7 @@ static uint64_t spec_elems(const spec *s) {
 }
 
 static uint64_t spec_bytes(const spec *s) {
-        return spec_elems(s) * mx_dtype_size(s->dtype);
+        return spec_elems(s) * mx_dtype_block_bytes(s->dtype);
 }
 
 /* Distinct bytes per tensor (xorshift, seeded per tensor), so a pointer to
@@ -596,7 +596,7 @@ static void case_hf_sharded(void) {
 /* Undoes HF's converter for q/k: within each head, HF row j came from
  * stored row 2j (j < hd/2) or 2(j - hd/2) + 1. */
 static void interleave_rows(const spec *hf, spec *out, uint32_t hd) {
-        uint64_t row = hf->shape[1] * mx_dtype_size(hf->dtype), half = hd / 2;
+        uint64_t row = hf->shape[1] * mx_dtype_block_bytes(hf->dtype), half = hd / 2;
         for (uint64_t r = 0; r < hf->shape[0]; r++) {
                 uint64_t head = r / hd, j = r % hd;
                 uint64_t stored = head * hd + (j < half ? 2 * j : 2 * (j - half) + 1);
@@ -637,7 +637,7 @@ static void compare_weights(const mx_model *h, const mx_model *c, const ckpt *hc
                 /* Else the row check below would prove nothing. */
                 CHECK(memcmp(th->data, tc->data, th->nbytes) != 0, "consolidated: %s: rows not permuted",
                       tc->name);
-                size_t row = th->shape[1] * mx_dtype_size(th->dtype);
+                size_t row = th->shape[1] * mx_dtype_block_bytes(th->dtype);
                 for (uint64_t r = 0; r < th->shape[0]; r++)
                         CHECK(memcmp(mx_tensor_row(tc, r), mx_tensor_row(th, r), row) == 0,
                               "consolidated: %s row %llu differs from %s", tc->name,
