@@ -1,5 +1,5 @@
 /* /etc/mixtrald/mixtrald.conf: [daemon] settings, [quota] defaults and
- * [user:NAME] / [group:NAME] overrides (DESIGN.md section 5). Parsed with
+ * [user:NAME] / [group:NAME] overrides (docs/daemon.md). Parsed with
  * inih; every value is checked and an error names the file, line and key. */
 #include <ctype.h>
 #include <grp.h>
@@ -11,6 +11,8 @@
 
 #include "mx_common.h"
 #include "mixtrald.h"
+
+#define MAX_CONFIG_BYTES (1u << 20)
 
 void md_config_defaults(md_config *c) {
         *c = (md_config){
@@ -210,15 +212,21 @@ static md_quota_section *section_for(md_config *c, const char *name, bool group)
 }
 
 /* inih goes on after an error and reports the first bad line, so the
- * context keeps the first error and the line it was on; it also reads
- * lines through us, so that one longer than its buffer is an error instead
- * of two lines. */
+ * context keeps the first error and the line it was on. It reads lines
+ * through us, so that what inih would take silently is refused here: a
+ * line longer than its buffer (two lines to inih), a NUL byte (the rest of
+ * the line ignored), an indented line (a continuation that replaces the
+ * value above: "tokens_per_day = 1000" then "  0" is unlimited), and a
+ * section given twice (its keys merged); on_key refuses a key given twice
+ * in one section (the last would win). */
 typedef struct parse_ctx {
         md_config *c;
         FILE *f;
         unsigned line, error_line;
         mx_error err;
         int r;
+        char **seen;      /* [n_seen] "section]key" and "[section" */
+        size_t n_seen, cap_seen;
 } parse_ctx;
 
 static void fail_at(parse_ctx *p, int r) {
@@ -226,18 +234,71 @@ static void fail_at(parse_ctx *p, int r) {
                 p->r = r, p->error_line = p->line;
 }
 
+/* Records s; false when it was there already. */
+static bool first_time(parse_ctx *p, char *s) {
+        for (size_t i = 0; s && i < p->n_seen; i++)
+                if (!strcmp(p->seen[i], s)) {
+                        free(s);
+                        return false;
+                }
+        if (!s || mx_grow((void **)&p->seen, &p->cap_seen, p->n_seen + 1, sizeof(*p->seen)) < 0) {
+                free(s);
+                fail_at(p, mx_error_set(&p->err, -ENOMEM, "out of memory"));
+                return true;
+        }
+        p->seen[p->n_seen++] = s;
+        return true;
+}
+
+static bool blank_or_comment(const char *s) {
+        s += strspn(s, " \t\r\n");
+        return !*s || *s == ';' || *s == '#';
+}
+
+/* One line as inih sees it, or an error for what it would misread. */
+static void check_line(parse_ctx *p, char *str) {
+        if (str[0] == ' ' || str[0] == '\t') {
+                if (!blank_or_comment(str))
+                        fail_at(p, mx_error_set(&p->err, -EINVAL, "the line is indented (INI would join it to the "
+                                                "value above): start it at the beginning of the line"));
+                return;
+        }
+        if (str[0] != '[')
+                return;
+        size_t n = strcspn(str, "]");
+        char *s = NULL;
+        if (str[n] == ']' && asprintf(&s, "[%.*s", (int)(n - 1), str + 1) < 0)
+                s = NULL;
+        if (str[n] == ']' && !first_time(p, s))
+                fail_at(p, mx_error_set(&p->err, -EINVAL, "section %.*s is given twice", (int)(n + 1), str));
+}
+
 static char *read_line(char *str, int num, void *stream) {
         parse_ctx *p = stream;
-        if (!fgets(str, num, p->f))
+        int ch = EOF, n = 0;
+        bool nul = false;
+        while (n < num - 1 && (ch = getc(p->f)) != EOF) {
+                nul |= ch == '\0';
+                str[n++] = (char)ch;
+                if (ch == '\n')
+                        break;
+        }
+        if (n == 0)
                 return NULL;
+        str[n] = '\0';
         p->line++;
-        size_t n = strlen(str);
-        if (n == (size_t)num - 1 && str[n - 1] != '\n' && !feof(p->f)) {
+        if (nul) {
+                fail_at(p, mx_error_set(&p->err, -EINVAL, "the line holds a NUL byte"));
+                str[0] = '\0';
+        } else if (n == num - 1 && ch != '\n' && ch != EOF && (ch = getc(p->f)) != EOF) {
                 fail_at(p, mx_error_set(&p->err, -EINVAL, "the line is longer than %d bytes", num - 2));
-                int ch;
-                while ((ch = fgetc(p->f)) != EOF && ch != '\n')
-                        ;
+                while (ch != EOF && ch != '\n')
+                        ch = getc(p->f);
                 str[0] = '\0'; /* the rest is not parsed */
+        } else {
+                if (n == num - 1 && ch != '\n' && ch != EOF)
+                        ungetc(ch, p->f);
+                check_line(p, str);
         }
         return str;
 }
@@ -247,6 +308,13 @@ static int on_key(void *user, const char *section, const char *key, const char *
         if (p->r < 0)
                 return 1;
         mx_error *err = &p->err;
+        char *both = NULL;
+        if (asprintf(&both, "%s]%s", section, key) < 0)
+                both = NULL;
+        if (!first_time(p, both)) {
+                fail_at(p, mx_error_set(err, -EINVAL, "%s is given twice in [%s]", key, section));
+                return 1;
+        }
         int r;
         if (!strcmp(section, "daemon"))
                 r = md_config_set_daemon(p->c, key, value, err);
@@ -270,17 +338,24 @@ static int on_key(void *user, const char *section, const char *key, const char *
 }
 
 int md_config_load(md_config *c, const char *path, bool required, mx_error *err) {
-        _cleanup_fclose_ FILE *f = fopen(path, "re");
-        if (!f) {
-                if (errno == ENOENT && !required)
-                        return 0;
+        /* Read whole, by the engine's reader: a FIFO (which would hang
+         * start-up or SIGHUP forever) or a device is refused unopened. */
+        _cleanup_free_ char *text = NULL;
+        size_t len;
+        mx_error why = {0};
+        int r = mx_read_file(path, MAX_CONFIG_BYTES, &text, &len, &why);
+        if (r == -ENOENT && !required)
+                return 0;
+        if (r < 0)
+                return mx_error_set(err, r, "%s", why.msg);
+        _cleanup_fclose_ FILE *f = fmemopen(text, len, "r");
+        if (!f)
                 return mx_error_set(err, -errno, "%s: %s", path, strerror(errno));
-        }
-        struct stat st;
-        if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode))
-                return mx_error_set(err, -EINVAL, "%s: not a regular file", path);
         parse_ctx p = {.c = c, .f = f};
         int line = ini_parse_stream(read_line, &p, on_key, &p);
+        for (size_t i = 0; i < p.n_seen; i++)
+                free(p.seen[i]);
+        free(p.seen);
         if (line < 0 || ferror(f))
                 return mx_error_set(err, -EIO, "%s: cannot read it", path);
         /* Whichever came first: ours, or a line inih could not parse. */
@@ -307,32 +382,9 @@ static bool more_generous(uint64_t a, uint64_t b) {
         return a == 0 ? b != 0 : b != 0 && a > b;
 }
 
-/* The user's groups, however many (getgrouplist says how many it needs). */
-static gid_t *groups_of(const char *user, gid_t gid, int *n) {
-        int want = 64;
-        for (int tries = 0; user && tries < 4; tries++) {
-                gid_t *g = calloc((size_t)want, sizeof(gid_t));
-                int have = want;
-                if (!g)
-                        break;
-                if (getgrouplist(user, gid, g, &have) >= 0) {
-                        *n = have;
-                        return g;
-                }
-                free(g);
-                if (have <= want)
-                        break;
-                want = have;
-        }
-        *n = 0;
-        return NULL;
-}
-
-static bool in_groups(const gid_t *groups, int n, gid_t gid, gid_t want) {
-        if (gid == want)
-                return true;
-        for (int i = 0; i < n; i++)
-                if (groups[i] == want)
+static bool in_groups(const md_identity *who, gid_t want) {
+        for (int i = 0; i < who->n_groups; i++)
+                if (who->groups[i] == want)
                         return true;
         return false;
 }
@@ -356,16 +408,11 @@ static bool group_gid(const char *name, gid_t *out) {
         return false;
 }
 
-void md_config_limits(const md_config *c, uid_t uid, gid_t gid, md_limits *out, bool *exempt) {
-        char pwbuf[16384];
-        struct passwd pw, *pwp = NULL;
-        getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &pwp);
-        const char *user = pwp ? pwp->pw_name : NULL;
-        int n_groups;
-        _cleanup_free_ gid_t *groups = groups_of(user, gid, &n_groups);
+void md_config_limits(const md_config *c, const md_identity *who, md_limits *out, bool *exempt) {
+        const char *user = who->name;
         gid_t g;
 
-        *exempt = uid == 0 || (c->admin_group && group_gid(c->admin_group, &g) && in_groups(groups, n_groups, gid, g));
+        *exempt = who->uid == 0 || (c->admin_group && group_gid(c->admin_group, &g) && in_groups(who, g));
 
         md_limits l = c->quota;
         unsigned from_user = 0, from_group = 0;
@@ -381,7 +428,7 @@ void md_config_limits(const md_config *c, uid_t uid, gid_t gid, md_limits *out, 
                         from_user |= s->set;
                         continue;
                 }
-                if (!group_gid(s->name, &g) || !in_groups(groups, n_groups, gid, g))
+                if (!group_gid(s->name, &g) || !in_groups(who, g))
                         continue;
                 for (unsigned k = 0; k < MD_LIMIT_FIELDS; k++) {
                         if (!(s->set & (1u << k)))

@@ -1,8 +1,16 @@
-/* One client connection: non-blocking reads into a buffer bounded by the
- * largest frame, requests dispatched as their frames complete, and output
- * queued in a buffer bounded per connection. A bad frame gets a BAD_FRAME
- * error and the connection closes; a client that stops reading is dropped.
- * Neither affects anyone else. */
+/* Client connections: non-blocking reads into a buffer bounded by the
+ * largest frame, frames handed to the protobuf transport (proto_api.c),
+ * and output queued in a buffer bounded per connection. A bad frame gets a
+ * BAD_FRAME error and the connection closes; a client that stops reading
+ * is dropped. Neither affects anyone else.
+ *
+ * Nor does a flood. A connection with a complete frame waiting stops
+ * being read (the kernel's buffers push back on the client), and frames
+ * are handled one per turn of the event loop, from the users with frames
+ * waiting in turn, one frame per user per round: a user with 32
+ * connections pipelining requests gets no more turns than another with
+ * one, and between two turns the loop serves everything else (the
+ * engine's output, new connections, D-Bus). */
 #include <string.h>
 #include <sys/socket.h>
 #include <systemd/sd-event.h>
@@ -13,7 +21,29 @@
 
 #define READ_CHUNK 65536
 
+struct md_conn {
+        md_server *srv;
+        int fd;
+        sd_event_source *src, *defer;
+        uint32_t uid;
+        pid_t pid;
+        md_proto_conn *pc;          /* NULL once killed */
+        uint8_t *in;                /* [in_n] read, room for in_cap */
+        size_t in_n, in_cap;
+        uint8_t *out;               /* [out_off, out_n) unsent, room for out_cap */
+        size_t out_n, out_off, out_cap;
+        bool ready;                 /* a complete frame waits in `in` */
+        uint64_t turns;             /* frames handled: the dispatcher's tie-break */
+        bool closing;               /* flush what is queued, then close */
+        bool dead;                  /* being freed */
+        md_conn *next, *prev;
+};
+
 static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata);
+
+uint32_t md_conn_uid(const md_conn *c) {
+        return c->uid;
+}
 
 void md_conn_free(md_conn *c) {
         if (!c)
@@ -26,6 +56,7 @@ void md_conn_free(md_conn *c) {
         if (c->next)
                 c->next->prev = c->prev;
         srv->n_conns--;
+        md_proto_conn_free(c->pc);
         sd_event_source_disable_unref(c->src);
         sd_event_source_disable_unref(c->defer);
         if (c->fd >= 0)
@@ -33,6 +64,9 @@ void md_conn_free(md_conn *c) {
         free(c->in);
         free(c->out);
         free(c);
+        /* A place freed: accepting may go on if the fd limit had stopped it. */
+        if (srv->listen_src && !srv->accept_retry)
+                sd_event_source_set_enabled(srv->listen_src, SD_EVENT_ON);
 }
 
 static int on_defer_free(sd_event_source *s, void *userdata) {
@@ -40,23 +74,27 @@ static int on_defer_free(sd_event_source *s, void *userdata) {
         return 0;
 }
 
+/* Its requests stop at once; it is freed at the top of the loop, since
+ * callers up the stack may still hold it. */
 void md_conn_kill(md_conn *c, const char *why) {
         if (c->dead)
                 return;
         c->dead = true;
+        c->ready = false;
         if (why)
                 md_log(LOG_INFO, "dropping the connection of uid %u (pid %d): %s", c->uid, (int)c->pid, why);
-        md_server_detach(c->srv, c);
+        md_proto_conn_free(c->pc);
+        c->pc = NULL;
         sd_event_source_set_enabled(c->src, SD_EVENT_OFF);
-        /* Callers up the stack may still hold c: free it from the loop. */
         if (sd_event_add_defer(c->srv->event, &c->defer, on_defer_free, c) < 0) {
                 shutdown(c->fd, SHUT_RDWR);
                 c->defer = NULL;
         }
 }
 
+/* Reading stops while a frame waits or the connection is closing. */
 static void update_events(md_conn *c) {
-        uint32_t ev = (c->closing ? 0 : EPOLLIN) | (c->out_n > c->out_off ? EPOLLOUT : 0);
+        uint32_t ev = (c->closing || c->ready ? 0 : EPOLLIN) | (c->out_n > c->out_off ? EPOLLOUT : 0);
         sd_event_source_set_io_events(c->src, ev);
 }
 
@@ -122,59 +160,94 @@ static void bad_frame(md_conn *c, const char *why) {
         if (c->dead)
                 return;
         c->closing = true;
-        md_server_detach(c->srv, c);
+        c->ready = false;
+        md_proto_conn_free(c->pc);
+        c->pc = NULL;
         flush(c);
 }
 
-static void dispatch(md_conn *c, const uint8_t *body, size_t len) {
-        Mixtrald__V1__Request *req = md_request_unpack(body, len);
-        if (!req)
-                return bad_frame(c, "the frame is not a mixtrald.v1.Request");
-        uint64_t tag = req->has_tag ? req->tag : 0;
-        switch (req->kind_case) {
-        case MIXTRALD__V1__REQUEST__KIND_GENERATE:
-                md_server_generate(c, tag, req->generate);
-                break;
-        case MIXTRALD__V1__REQUEST__KIND_CANCEL:
-                md_server_cancel(c, tag, req->cancel);
-                break;
-        case MIXTRALD__V1__REQUEST__KIND_STATUS:
-                md_server_status(c, tag);
-                break;
-        case MIXTRALD__V1__REQUEST__KIND_QUOTA:
-                md_server_quota(c, tag);
-                break;
-        default:
-                md_conn_send_error(c, tag, 0, MIXTRALD__V1__ERROR_CODE__INVALID_ARGUMENT,
-                                   "the request has no kind this daemon knows (generate, cancel, status, quota)");
+/* 1 with the next frame's header and body sizes, 0 when incomplete, or
+ * -1 after a framing error (the connection is closing). */
+static int next_frame(md_conn *c, size_t *hdr, size_t *body) {
+        int r = mxp_frame_find(c->in, c->in_n, c->srv->cfg.max_frame_bytes, hdr, body);
+        if (r < 0) {
+                char why[160];
+                if (r == -EMSGSIZE)
+                        snprintf(why, sizeof(why), "the frame is larger than max_frame_bytes (%u bytes)",
+                                 c->srv->cfg.max_frame_bytes);
+                bad_frame(c, r == -EMSGSIZE ? why : "the frame length is malformed");
+                return -1;
         }
-        md_request_free(req);
+        if (r == 1 && *body == 0) {
+                bad_frame(c, "the frame is empty");
+                return -1;
+        }
+        return r;
 }
 
-/* Handles every complete frame at the start of the input buffer. */
-static void consume(md_conn *c) {
-        size_t off = 0;
-        while (!c->dead && !c->closing) {
-                size_t hdr, body;
-                int r = mxp_frame_find(c->in + off, c->in_n - off, c->srv->cfg.max_frame_bytes, &hdr, &body);
-                if (r == 0)
-                        break;
-                if (r < 0) {
-                        bad_frame(c, r == -EMSGSIZE ? "the frame is larger than max_frame_bytes"
-                                                    : "the frame length is malformed");
-                        break;
-                }
-                if (body == 0) {
-                        bad_frame(c, "the frame is empty");
-                        break;
-                }
-                dispatch(c, c->in + off + hdr, body);
-                off += hdr + body;
-        }
-        if (c->dead)
+static int on_dispatch(sd_event_source *s, void *userdata);
+
+/* A one-shot source for the next turn, made anew each time (a defer
+ * source switched off and on again is not dispatched again). */
+static void arm_dispatch(md_server *srv) {
+        if (!srv->dispatch && sd_event_add_defer(srv->event, &srv->dispatch, on_dispatch, srv) < 0)
+                md_log(LOG_ERR, "cannot queue the next frame: out of memory");
+}
+
+static void set_ready(md_conn *c, bool ready) {
+        c->ready = ready;
+        if (ready)
+                arm_dispatch(c->srv);
+        update_events(c);
+}
+
+/* Handles the first frame in the buffer. */
+static void handle_one(md_conn *c) {
+        size_t hdr, body;
+        if (next_frame(c, &hdr, &body) != 1)
                 return;
-        memmove(c->in, c->in + off, c->in_n - off);
-        c->in_n -= off;
+        c->turns++;
+        if (!md_proto_dispatch(c->pc, c->in + hdr, body))
+                return bad_frame(c, "the frame is not a mixtrald.v1.Request");
+        if (c->dead || c->closing)
+                return;
+        memmove(c->in, c->in + hdr + body, c->in_n - hdr - body);
+        c->in_n -= hdr + body;
+        int r = next_frame(c, &hdr, &body);
+        if (r >= 0)
+                set_ready(c, r == 1);
+}
+
+/* The ready connection to serve next: the user after the one served
+ * last (in uid order, wrapping), and of that user's connections the one
+ * served least. */
+static md_conn *pick(md_server *srv) {
+        md_conn *best = NULL, *first = NULL;
+        for (md_conn *c = srv->conns; c; c = c->next) {
+                if (!c->ready || c->dead)
+                        continue;
+                bool after = c->uid > srv->last_uid_served;
+                if (after && (!best || c->uid < best->uid || (c->uid == best->uid && c->turns < best->turns)))
+                        best = c;
+                if (!first || c->uid < first->uid || (c->uid == first->uid && c->turns < first->turns))
+                        first = c;
+        }
+        return best ? best : first;
+}
+
+/* One frame per turn of the event loop (sd-event dispatches one source per
+ * turn, so everything else that is ready goes between two frames). */
+static int on_dispatch(sd_event_source *s, void *userdata) {
+        md_server *srv = userdata;
+        srv->dispatch = sd_event_source_unref(srv->dispatch);
+        md_conn *c = pick(srv);
+        if (!c)
+                return 0;
+        srv->last_uid_served = c->uid;
+        handle_one(c);
+        if (pick(srv))
+                arm_dispatch(srv);
+        return 0;
 }
 
 static void on_readable(md_conn *c) {
@@ -192,18 +265,34 @@ static void on_readable(md_conn *c) {
                 return md_conn_kill(c, NULL);
         }
         c->in_n += (size_t)k;
-        consume(c);
+        size_t hdr, body;
+        int r = next_frame(c, &hdr, &body);
+        if (r == 1)
+                set_ready(c, true);
 }
 
 static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         md_conn *c = userdata;
         if (!c->dead && (revents & EPOLLOUT))
                 flush(c);
-        if (!c->dead && (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->closing)
+        if (!c->dead && (revents & EPOLLIN) && !c->closing && !c->ready)
                 on_readable(c);
-        else if (!c->dead && (revents & (EPOLLHUP | EPOLLERR)))
+        else if (!c->dead && (revents & (EPOLLHUP | EPOLLERR)) && !(revents & EPOLLIN))
                 md_conn_kill(c, NULL);
         return 0;
+}
+
+void md_conn_close_idle(md_server *srv, bool *pending) {
+        *pending = false;
+        for (md_conn *c = srv->conns, *next; c; c = next) {
+                next = c->next;
+                if (c->dead)
+                        continue;
+                if (c->out_n > c->out_off)
+                        c->closing = true, *pending = true; /* the last answers go out first */
+                else
+                        md_conn_kill(c, NULL);
+        }
 }
 
 static uint32_t conns_of(const md_server *srv, uint32_t uid) {
@@ -222,13 +311,16 @@ int md_conn_new(md_server *srv, int fd) {
                 return -errno;
         }
         md_conn *c = calloc(1, sizeof(*c));
-        if (!c) {
-                close(fd);
-                return -ENOMEM;
+        int r = c ? 0 : -ENOMEM;
+        if (r >= 0) {
+                *c = (md_conn){.srv = srv, .fd = fd, .uid = cred.uid, .pid = cred.pid};
+                r = (c->pc = md_proto_conn_new(srv, c)) ? 0 : -ENOMEM;
         }
-        *c = (md_conn){.srv = srv, .fd = fd, .uid = cred.uid, .gid = cred.gid, .pid = cred.pid};
-        int r = sd_event_add_io(srv->event, &c->src, fd, EPOLLIN, on_io, c);
+        if (r >= 0)
+                r = sd_event_add_io(srv->event, &c->src, fd, EPOLLIN, on_io, c);
         if (r < 0) {
+                if (c)
+                        md_proto_conn_free(c->pc);
                 close(fd);
                 free(c);
                 return r;
@@ -238,7 +330,11 @@ int md_conn_new(md_server *srv, int fd) {
                 srv->conns->prev = c;
         srv->conns = c;
         srv->n_conns++;
-        if (cred.uid != 0 && conns_of(srv, cred.uid) > srv->cfg.max_connections_per_uid) {
+        /* Root too: a flood of connections costs file descriptors whoever
+         * opens them. */
+        if (conns_of(srv, cred.uid) > srv->cfg.max_connections_per_uid) {
+                md_log(LOG_NOTICE, "refused a connection of uid %u (pid %d): BUSY: over max_connections_per_uid (%u)",
+                       c->uid, (int)c->pid, srv->cfg.max_connections_per_uid);
                 md_conn_send_error(c, 0, 0, MIXTRALD__V1__ERROR_CODE__BUSY,
                                    "too many connections from your user (max_connections_per_uid)");
                 c->closing = true;

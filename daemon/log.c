@@ -1,6 +1,7 @@
-/* Logging: structured journal entries when stderr is the journal (systemd
- * sets JOURNAL_STREAM to that stream's device:inode), readable lines on
- * stderr otherwise. */
+/* Logging and the clock. Structured journal entries when stderr is the
+ * journal (systemd sets JOURNAL_STREAM to that stream's device:inode);
+ * otherwise readable lines on stderr, each with the local time (the
+ * journal has its own). md_now is the daemon's one monotonic clock. */
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -8,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 #include <systemd/sd-journal.h>
 
@@ -23,13 +25,34 @@ void md_log_init(void) {
                      st.st_dev == dev && st.st_ino == ino;
 }
 
+bool md_log_to_journal(void) {
+        return to_journal;
+}
+
+double md_now(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+uint64_t md_wall_now(void) {
+        return (uint64_t)time(NULL);
+}
+
 static void to_stderr(int priority, const char *msg) {
         static const char *const level[] = {"emergency", "alert", "critical", "error", "warning",
                                             "notice",    "info",  "debug"};
+        struct timespec ts;
+        struct tm tm;
+        char when[32];
+        clock_gettime(CLOCK_REALTIME, &ts);
+        localtime_r(&ts.tv_sec, &tm);
+        size_t n = strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+        snprintf(when + n, sizeof(when) - n, ".%03ld", ts.tv_nsec / 1000000);
         if (priority <= LOG_WARNING)
-                fprintf(stderr, "mixtrald: %s: %s\n", level[priority & 7], msg);
+                fprintf(stderr, "%s mixtrald: %s: %s\n", when, level[priority & 7], msg);
         else
-                fprintf(stderr, "mixtrald: %s\n", msg);
+                fprintf(stderr, "%s mixtrald: %s\n", when, msg);
 }
 
 void md_log(int priority, const char *fmt, ...) {

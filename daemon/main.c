@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "mx_common.h"
+#include "mx_progress.h"
 #include "mixtrald.h"
 
 #define SYSTEM_CONFIG "/etc/mixtrald/mixtrald.conf"
@@ -20,7 +21,7 @@ static const char usage_text[] =
         "Usage: mixtrald [--model DIR] [OPTIONS]\n"
         "\n"
         "The Mixtral inference daemon: keeps the model in memory and serves every\n"
-        "local user over a Unix socket (protobuf, DESIGN.md section 5), with\n"
+        "local user over a Unix socket (protobuf, docs/protocol.md), with\n"
         "per-user quotas. Runs under systemd (socket activation, Type=notify,\n"
         "watchdog) or by hand as any user.\n"
         "\n"
@@ -189,136 +190,165 @@ int md_service_load_config(md_server *srv, md_config *out, mx_error *err) {
 
 /* ---- loading ---------------------------------------------------------------- */
 
+/* Every second while the engine thread loads: progress for systemctl
+ * status, more start-up time (READY=1 comes when loading is done, so that
+ * a 90 GB model is not killed half-read), and a bar on a terminal. */
 typedef struct load_progress {
         time_t last;
-        const char *what; /* "Loading the model", "Loading the model onto the GPU" */
+        mx_progress_bar bar;
 } load_progress;
 
-/* Every second while pages come in: progress for systemctl status, and
- * more start-up time, so that a 90 GB model is not killed half-read. */
-static void on_progress(uint64_t done, uint64_t total, void *arg) {
+static void on_progress(const char *what, uint64_t done, uint64_t total, void *arg) {
         load_progress *p = arg;
+        mx_progress_bar_show(&p->bar, what, done, total);
         time_t now = time(NULL);
         if (now == p->last && done != total)
                 return;
         p->last = now;
-        /* WATCHDOG=1 too: the event loop that otherwise sends it is not
-         * running yet. */
-        sd_notifyf(false, "STATUS=%s: %.1f of %.1f GiB (%d%%)\nEXTEND_TIMEOUT_USEC=%llu\nWATCHDOG=1", p->what,
+        sd_notifyf(false, "STATUS=%s: %.1f of %.1f GiB (%d%%)\nEXTEND_TIMEOUT_USEC=%llu", what,
                    (double)done / (1u << 30), (double)total / (1u << 30), total ? (int)(done * 100 / total) : 100,
                    30000000ull);
 }
 
+static load_progress progress;
 
-static int load(md_server *srv, mx_error *err) {
+/* The fast half of loading, before anything is served: every mistake in
+ * the model, its tokenizer or the budgets is found here. */
+static int open_model(md_server *srv, mx_error *err) {
         if (!srv->cfg.model)
                 return mx_error_set(err, -EINVAL, "no model: give --model DIR or model= in [daemon]");
         /* Status and D-Bus show where the model is, whatever the cwd was. */
         if (!(srv->model_dir = realpath(srv->cfg.model, NULL)))
                 return mx_error_set(err, -errno, "%s: %s", srv->cfg.model, strerror(errno));
-        sd_notifyf(false, "STATUS=Opening %s\nEXTEND_TIMEOUT_USEC=%llu", srv->model_dir, 30000000ull);
-        int r = mx_model_open(&srv->model, srv->model_dir, err);
-        _cleanup_free_ char *tp = NULL;
-        if (r < 0 || !(tp = mx_model_find_tokenizer(srv->model_dir, err)) ||
-            (r = mx_tokenizer_load(&srv->tok, tp, err)) < 0)
-                return r < 0 ? r : -ENOENT;
-        if (mx_tokenizer_vocab_size(srv->tok) != srv->model->cfg.vocab_size)
-                return mx_error_set(err, -EINVAL, "the tokenizer has %u pieces but the model a vocabulary of %u",
-                                    mx_tokenizer_vocab_size(srv->tok), srv->model->cfg.vocab_size);
-        const char *budget = srv->cfg.expert_memory ? srv->cfg.expert_memory : "auto";
-        if ((r = mx_expert_budget_parse(budget, srv->model, &srv->expert_budget, err)) < 0)
-                return r;
-        srv->expert_now = srv->expert_budget;
-        uint64_t host_cache = 0;
-        if (srv->cfg.host_cache && (r = mx_host_cache_parse(srv->cfg.host_cache, srv->model, &host_cache, err)) < 0)
-                return r;
         int gpu = -1;
         mx_device_parse(srv->cfg.device, &gpu);
         if (srv->cfg.host_cache && gpu < 0)
                 md_log(LOG_NOTICE, "host_cache is for device=cuda: on the CPU, expert_memory is the cache");
-        /* Streaming reads the files for experts only, and survives a file
-         * changed under it (a request fails, not the daemon). A GPU reads
-         * the mapping once, as it uploads. */
-        if (srv->expert_budget && gpu < 0 && (r = mx_model_copy_dense(srv->model, err)) < 0)
+        progress.bar = mx_progress_bar_new(isatty(STDERR_FILENO) == 1 && !md_log_to_journal());
+        srv->load_opts = (mx_load_opts){.model = srv->model_dir, .device = srv->cfg.device,
+                                        .threads = srv->cfg.threads, .expert_memory = srv->cfg.expert_memory,
+                                        .host_cache = gpu >= 0 ? srv->cfg.host_cache : NULL,
+                                        .progress = on_progress, .progress_arg = &progress};
+        int r = mx_load_open(&srv->load, &srv->load_opts, err);
+        if (r < 0)
                 return r;
-        /* Streaming reads the experts itself: paging the files in would
-         * defeat it. */
-        if (!srv->expert_budget && gpu < 0 && mx_model_fits_in_memory(srv->model))
-                mx_model_prefault(srv->model, on_progress, &(load_progress){0, "Loading the model"});
-        /* A GPU engine uploads the weights as it opens: the same progress. */
-        mx_engine_opts eo = {.device = srv->cfg.device, .threads = srv->cfg.threads,
-                             .expert_memory = srv->expert_budget, .host_cache = host_cache,
-                             .progress = on_progress,
-                             .progress_arg = &(load_progress){0, "Loading the model onto the GPU"}};
-        if ((r = mx_engine_open(&srv->engine, srv->model, &eo, err)) < 0)
-                return r;
-        mx_expert_stats xs;
-        mx_engine_expert_stats(srv->engine, &xs);
-        srv->host_cache_budget = srv->host_cache_now = xs.host_budget;
+        srv->expert_budget = srv->expert_now = srv->load.expert_memory;
         mx_footprint fp;
-        mx_model_footprint(srv->model, &fp);
+        mx_model_footprint(srv->load.model, &fp);
         srv->kv_bytes_per_token = fp.kv_bytes_per_token;
-        srv->context_length = srv->model->cfg.max_position_embeddings;
-        md_log(LOG_INFO, "model %s: %.2f GiB of weights on %s, context %u", srv->model_dir,
-               (double)fp.bytes / (1u << 30), mx_engine_describe(srv->engine), srv->context_length);
+        srv->context_length = srv->load.model->cfg.max_position_embeddings;
+        md_log(LOG_INFO, "model %s: %.2f GiB of weights, context %u; loading it on %s", srv->model_dir,
+               (double)fp.bytes / (1u << 30), srv->context_length, srv->cfg.device ? srv->cfg.device : "cpu");
         return 0;
+}
+
+void md_service_loaded(md_server *srv) {
+        srv->loading = false;
+        if (srv->sched_load.rc < 0) {
+                md_log(LOG_ERR, "%s", srv->sched_load.err.msg);
+                sd_notifyf(false, "STATUS=Failed: %s\nERRNO=%d", srv->sched_load.err.msg, -srv->sched_load.rc);
+                sd_event_exit(srv->event, 1);
+                return;
+        }
+        mx_expert_stats xs;
+        md_sched_expert_stats(srv->sched, &xs);
+        srv->host_cache_budget = srv->host_cache_now = xs.host_budget;
+        const char *dev = mx_engine_describe(srv->load.engine);
+        sd_notifyf(false, "READY=1\nSTATUS=Serving %s on %s", srv->model_dir, dev);
+        md_log(LOG_INFO, "ready: serving %s on %s", srv->model_dir, dev);
+        md_dbus_state_changed(srv);
 }
 
 /* ---- running ---------------------------------------------------------------- */
 
+static int on_engine(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        md_server *srv = userdata;
+        uint64_t count;
+        if (read(fd, &count, sizeof(count)) < 0 && errno != EAGAIN)
+                md_log(LOG_WARNING, "engine eventfd: %m");
+        if (srv->loading && md_sched_loaded(srv->sched, NULL))
+                md_service_loaded(srv);
+        md_core_on_engine(srv->core);
+        md_service_maybe_exit(srv);
+        return 0;
+}
+
+/* The engine thread (loading first), its eventfd, and what admits work
+ * for it. */
+static int start_engine(md_server *srv, mx_error *err) {
+        int r;
+        if ((srv->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+                return mx_error_set(err, -errno, "eventfd: %s", strerror(errno));
+        if ((r = md_users_new(&srv->users)) < 0 || (r = md_core_new(srv, &srv->core, err)) < 0)
+                return mx_error_set(err, r, "out of memory");
+        srv->sched_load = (md_sched_load){.load = &srv->load, .opts = &srv->load_opts};
+        srv->loading = true;
+        md_sched_opts so = md_server_sched_opts(srv);
+        if ((r = md_sched_start(&srv->sched, &srv->sched_load, srv->load.tok, &so, srv->notify_fd, err)) < 0 ||
+            (r = md_core_start(srv->core, err)) < 0 || (r = md_pressure_start(srv, err)) < 0)
+                return r;
+        if ((r = sd_event_add_io(srv->event, &srv->notify_src, srv->notify_fd, EPOLLIN, on_engine, srv)) < 0)
+                return mx_error_set(err, r, "event loop: %s", strerror(-r));
+        return 0;
+}
+
+/* The socket is bound before the model is opened (a second daemon on it
+ * is refused at once, and clients reach this one while it loads), and the
+ * state directory locked before either. */
 static int serve(md_server *srv, mx_error *err) {
         int r = md_usage_open(&srv->usage, srv->cfg.state_directory, err);
         if (r < 0)
                 return r;
         if ((r = sd_event_default(&srv->event)) < 0 || (r = md_service_signals(srv)) < 0)
                 return mx_error_set(err, r, "event loop: %s", strerror(-r));
-        if ((r = load(srv, err)) < 0)
-                return r;
-        if ((srv->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
-                return mx_error_set(err, -errno, "eventfd: %s", strerror(errno));
-        md_sched_opts so = md_server_sched_opts(srv);
-        if ((r = md_sched_start(&srv->sched, srv->engine, srv->tok, &so, srv->notify_fd, err)) < 0 ||
-            (r = md_pressure_start(srv, err)) < 0)
-                return r;
-        if ((r = sd_event_add_io(srv->event, &srv->notify_src, srv->notify_fd, EPOLLIN, md_service_after_engine,
-                                 srv)) < 0)
-                return mx_error_set(err, r, "event loop: %s", strerror(-r));
-        if ((r = md_service_listen(srv, srv->cfg.socket, err)) < 0 || (r = md_dbus_start(srv, err)) < 0)
-                return r;
         srv->t_start = md_now();
-        sd_notifyf(false, "READY=1\nSTATUS=Serving %s on %s", srv->model_dir, mx_engine_describe(srv->engine));
-        md_log(LOG_INFO, "ready");
+        if ((r = md_service_listen(srv, srv->cfg.socket, err)) < 0 || (r = open_model(srv, err)) < 0 ||
+            (r = start_engine(srv, err)) < 0 || (r = md_dbus_start(srv, err)) < 0)
+                return r;
+        sd_notifyf(false, "STATUS=Loading %s\nEXTEND_TIMEOUT_USEC=%llu", srv->model_dir, 30000000ull);
         if ((r = sd_event_loop(srv->event)) < 0)
                 return mx_error_set(err, r, "event loop: %s", strerror(-r));
+        if (r > 0) /* (md_service_loaded said why) */
+                return -EIO;
         return 0;
 }
 
 static void teardown(md_server *srv) {
+        /* A model still loading cannot be interrupted: the process goes
+         * without waiting for it (and without freeing what it uses). */
+        if (srv->loading && srv->sched) {
+                md_log(LOG_NOTICE, "stopped while loading the model");
+                if (srv->created_socket)
+                        unlink(srv->created_socket);
+                return;
+        }
         if (srv->sched) {
                 md_sched_stop(srv->sched, MIXTRALD__V1__ERROR_CODE__UNAVAILABLE, "the daemon stopped");
-                /* Requests the thread ended on its way out: charged and freed. */
-                if (srv->notify_fd >= 0)
-                        md_server_on_engine(NULL, srv->notify_fd, 0, srv);
+                /* Requests the thread ended on its way out: told and freed. */
+                md_core_on_engine(srv->core);
         }
         md_dbus_stop(srv);
         while (srv->conns)
                 md_conn_free(srv->conns);
+        md_core_free(srv->core);
         md_sched_free(srv->sched);
+        md_users_free(srv->users);
         sd_event_source_disable_unref(srv->listen_src);
+        sd_event_source_disable_unref(srv->accept_retry);
+        sd_event_source_disable_unref(srv->dispatch);
         sd_event_source_disable_unref(srv->notify_src);
         sd_event_source_disable_unref(srv->drain_timer);
+        sd_event_source_disable_unref(srv->pressure_timer);
         if (srv->created_socket)
                 unlink(srv->created_socket);
         free(srv->created_socket);
         if (srv->listen_fd >= 0)
                 close(srv->listen_fd);
+        if (srv->reserve_fd >= 0)
+                close(srv->reserve_fd);
         if (srv->notify_fd >= 0)
                 close(srv->notify_fd);
-        free(srv->live);
-        free(srv->ship);
-        mx_engine_free(srv->engine);
-        mx_tokenizer_free(srv->tok);
-        mx_model_free(srv->model);
+        mx_load_free(&srv->load);
         free((char *)srv->model_dir);
         md_usage_free(&srv->usage);
         md_config_free(&srv->cfg);
@@ -327,7 +357,8 @@ static void teardown(md_server *srv) {
 
 int main(int argc, char **argv) {
         md_log_init();
-        md_server srv = {.listen_fd = -1, .notify_fd = -1};
+        md_server srv = {.listen_fd = -1, .notify_fd = -1, .reserve_fd = -1, .usage = {.lock_fd = -1},
+                         .load = {.gpu = -1}};
         args a = {0};
         int r = parse_args(argc, argv, &srv, &a);
         if (r)
@@ -356,10 +387,10 @@ int main(int argc, char **argv) {
                 return 0;
         }
         r = serve(&srv, &err);
-        if (r < 0) {
+        if (r < 0 && r != -EIO) {
                 md_log(LOG_ERR, "%s", err.msg);
                 sd_notifyf(false, "STATUS=Failed: %s\nERRNO=%d", err.msg, -r);
-        } else
+        } else if (r == 0)
                 md_log(LOG_INFO, "stopped");
         teardown(&srv);
         return r < 0 ? 1 : 0;

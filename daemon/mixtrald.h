@@ -1,6 +1,16 @@
-/* mixtrald's parts: the configuration, usage accounting and quotas, the
- * request decoder, connections, the engine's scheduler, and the service's
- * lifecycle. Private to the daemon (and to its tests and fuzz target). */
+/* mixtrald's parts, private to the daemon (and its tests and fuzz
+ * targets). How they fit:
+ *
+ *   transports   conn.c + proto_api.c (protobuf socket), dbus.c
+ *        |  decode their wire format into md_gen_params, implement md_sink_ops
+ *   core.c       admission (checks, tokenizing on tokenize.c's thread,
+ *        |       quotas), the live requests, cancel, output to the sinks
+ *   scheduler.c  the engine thread: continuous batching
+ *
+ * with config.c, users.c (who a uid is), usage.c and quota.c (accounting),
+ * status.c (what status replies say), service.c (socket, signals, drain,
+ * reload), pressure.c, log.c and main.c around them. Each file's top
+ * comment states its contract. */
 #pragma once
 
 #include <stdbool.h>
@@ -38,28 +48,54 @@ typedef struct md_config {
         unsigned socket_mode;
         uint32_t max_frame_bytes, threads;
         uint32_t max_batch;           /* sequences advanced together */
-        uint32_t max_queue;           /* waiting requests, all users */
+        uint32_t max_queue;           /* admitted requests waiting beyond the batch, all users */
         uint32_t max_connections_per_uid;
         uint32_t max_output_bytes;    /* unsent bytes per connection */
         uint32_t prefill_chunk;       /* prompt tokens per request per step */
         double drain_seconds;         /* SIGTERM: how long running requests may finish */
         md_limits quota;              /* [quota]: everyone's defaults */
-        md_quota_section *sections;
+        md_quota_section *sections;   /* [n_sections] */
         size_t n_sections;
 } md_config;
 
 void md_config_defaults(md_config *c);
 /* Reads an INI file over the defaults: errors name the file, line and key.
- * A missing file is an error only when required. */
+ * A missing file is an error only when required; anything but a regular
+ * file (a FIFO, a device) is refused without blocking on it. */
 int md_config_load(md_config *c, const char *path, bool required, mx_error *err);
 void md_config_free(md_config *c);
 /* Parses one [daemon] key=value (also used for command-line overrides). */
 int md_config_set_daemon(md_config *c, const char *key, const char *value, mx_error *err);
 
-/* The limits for a peer: a [user:NAME] section's keys first, then the most
+/* Who a uid is, as the limits need it: its passwd name and primary group
+ * and every group getgrouplist gives for them. Never the peer's effective
+ * gid: a process that changed its egid (sg) is still the same user. */
+typedef struct md_identity {
+        uint32_t uid;
+        char *name;              /* NULL: no passwd entry */
+        gid_t *groups;           /* [n_groups], the primary group first */
+        int n_groups;
+} md_identity;
+
+int md_identity_lookup(uint32_t uid, md_identity *out);
+void md_identity_free(md_identity *id);
+
+/* The limits for a user: a [user:NAME] section's keys first, then the most
  * generous of its groups' sections, then [quota]. *exempt for root and
  * members of admin_group. */
-void md_config_limits(const md_config *c, uid_t uid, gid_t gid, md_limits *out, bool *exempt);
+void md_config_limits(const md_config *c, const md_identity *who, md_limits *out, bool *exempt);
+
+/* ---- users (users.c) ------------------------------------------------------- */
+
+/* Limits per uid, looked up (passwd, groups) at most every 30 s per user
+ * and again after a reload: a flood of requests costs no lookups. */
+typedef struct md_users md_users;
+
+int md_users_new(md_users **out);
+void md_users_free(md_users *u);
+/* Forgets what it knows (the configuration or the group database changed). */
+void md_users_flush(md_users *u);
+void md_users_limits(md_users *u, const md_config *c, uint32_t uid, md_limits *out, bool *exempt);
 
 /* ---- usage and quotas (usage.c, quota.c) ---------------------------------- */
 
@@ -71,13 +107,17 @@ typedef struct md_usage_entry {
 } md_usage_entry;
 
 typedef struct md_usage {
-        md_usage_entry *v;
+        md_usage_entry *v;  /* [n], room for cap */
         size_t n, cap;
-        char *path; /* STATE/usage */
+        char *path;         /* STATE/usage */
+        int lock_fd;        /* STATE/lock, held while the daemon runs */
 } md_usage;
 
-/* Reads STATE/usage (created on first save); a corrupt file is an error,
- * never silently reset. */
+/* Opens the state directory (made 0700, with its parents, when missing):
+ * it must belong to this user and be writable by nobody else; STATE/lock
+ * is taken so that no second daemon shares it; STATE/usage is read
+ * (created on first save). A corrupt file is an error, never silently
+ * reset. */
 int md_usage_open(md_usage *u, const char *state_dir, mx_error *err);
 void md_usage_free(md_usage *u);
 /* The uid's entry with windows rolled to now (NULL: out of memory). */
@@ -92,11 +132,16 @@ typedef struct md_inflight {
         uint64_t reserved; /* tokens promised to live requests */
 } md_inflight;
 
+/* What set a request's max_tokens, when it was not what the user asked
+ * or the context: an answer that ends there says so. */
+enum { MD_CUT_NONE, MD_CUT_BUDGET, MD_CUT_MAX_TOKENS };
+
 typedef struct md_admission {
         int code;               /* MIXTRALD__V1__ERROR_CODE__*, 0 when admitted */
         uint64_t retry_at;      /* unix seconds, for QUOTA_EXCEEDED */
         uint32_t max_tokens;    /* granted completion tokens */
         uint64_t reserve;       /* tokens to hold for the request */
+        int cut;                /* MD_CUT_* */
         char msg[256];
 } md_admission;
 
@@ -108,38 +153,73 @@ void md_quota_admit(const md_limits *l, bool exempt, const md_usage_entry *e, co
 /* When enough budget returns for `need` tokens: the next hour or day. */
 uint64_t md_quota_retry_at(const md_limits *l, const md_usage_entry *e, uint64_t need);
 
-/* ---- requests (protocol.c) ------------------------------------------------- */
+/* ---- generation parameters (params.c, protocol.c) --------------------------- */
 
-/* A validated generate request, still text: tokenizing needs the model. */
+/* A number a transport was given, checked for range before it becomes the
+ * float the sampler takes (a huge double would be inf as a float). */
+typedef struct md_knob {
+        bool set;
+        double v;
+} md_knob;
+
+/* Owned text; s[len] is NUL (one inside is refused by the check). */
+typedef struct md_text {
+        char *s;                /* NULL: not given */
+        size_t len;
+} md_text;
+
+/* A generation request in the daemon's own terms, owning all its text:
+ * what each transport decodes its wire format into. */
 typedef struct md_gen_params {
-        const char *prompt;     /* or messages */
-        mx_message *messages;
+        md_text prompt;         /* or messages */
+        mx_message *messages;   /* [n_messages], each content owned */
         size_t n_messages;
-        const char *system;
+        md_text system;
         bool raw, want_ids, ignore_eos;
-        mx_sampling sampling;
+        md_knob temperature, top_p, min_p, repeat_penalty;
+        bool has_top_k, has_seed;
+        uint32_t top_k;
+        uint64_t seed;
         uint32_t max_tokens;    /* 0: as many as allowed */
-        const char *const *stop;
+        md_text *stop;          /* [n_stop] */
         size_t n_stop;
+        mx_sampling sampling;   /* filled by md_gen_params_check */
 } md_gen_params;
 
+/* Sets t to a copy of s[0..len): -ENOMEM. */
+int md_text_set(md_text *t, const char *s, size_t len);
+/* Adds a message (content copied); -ENOMEM or -E2BIG past the limit. */
+int md_gen_params_add_message(md_gen_params *p, mx_role role, const char *content, size_t len);
+int md_gen_params_add_stop(md_gen_params *p, const char *s, size_t len);
+/* Checks every field (ranges, NaN, UTF-8, NUL bytes, roles, sizes) and
+ * fills p->sampling; the seed, when absent, is drawn at random. */
+int md_gen_params_check(md_gen_params *p, mx_error *err);
+void md_gen_params_free(md_gen_params *p);
+/* The prompt ids (BOS first) of checked parameters. */
+int md_gen_params_ids(const md_gen_params *p, const mx_tokenizer *tok, mx_ids *ids, mx_error *err);
+/* At least how many tokens the prompt becomes (mx_tokenizer_min_tokens of
+ * each text), so that a request too long for the context is refused
+ * before any time goes into tokenizing it. */
+uint64_t md_gen_params_min_tokens(const md_gen_params *p, const mx_tokenizer *tok);
+
+/* The protobuf socket's decoder (protocol.c). */
 /* Unpacks a request frame's body; NULL when it is not a Request. */
 Mixtrald__V1__Request *md_request_unpack(const uint8_t *body, size_t len);
 void md_request_free(Mixtrald__V1__Request *r);
-/* Checks every field of a generate request (ranges, NaN, UTF-8, roles,
- * sizes) and fills p, whose strings point into g. The seed, when absent,
- * is drawn at random. */
+/* A Generate into checked parameters (md_gen_params_check). */
 int md_gen_params_from(const Mixtrald__V1__Generate *g, md_gen_params *p, mx_error *err);
-void md_gen_params_free(md_gen_params *p);
-/* The prompt ids (BOS first) of validated parameters. */
-int md_gen_params_ids(const md_gen_params *p, const mx_tokenizer *tok, mx_ids *ids, mx_error *err);
+/* The name of a text field of the frame that holds a NUL byte, or NULL
+ * (protobuf-c would cut that text short without a word). */
+const char *md_request_nul_field(const uint8_t *body, size_t len);
 
 /* ---- logging (log.c) ----------------------------------------------------------- */
 
 /* To the journal with structured fields when stderr is connected to it
- * (JOURNAL_STREAM), otherwise one readable line on stderr. */
+ * (JOURNAL_STREAM), otherwise one line on stderr, with a timestamp. */
 void md_log_init(void);
 void md_log(int priority, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Whether lines go to the journal (else stderr). */
+bool md_log_to_journal(void);
 /* A line about one request, with MIXTRALD_REQUEST_ID, MIXTRALD_UID and the
  * given token counts and timings as journal fields. */
 typedef struct md_log_fields {
@@ -150,6 +230,11 @@ typedef struct md_log_fields {
 } md_log_fields;
 void md_log_request(int priority, const md_log_fields *f, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
+
+/* One monotonic clock, in seconds. */
+double md_now(void);
+/* Unix time, in seconds. */
+uint64_t md_wall_now(void);
 
 /* ---- the engine's scheduler (scheduler.c) -------------------------------- */
 
@@ -162,51 +247,8 @@ typedef enum md_state {
 
 const char *md_state_name(md_state s);
 
-typedef struct md_conn md_conn;
 typedef struct md_sched md_sched;
-
-/* One generate request. The main thread creates it and frees it after it
- * has handled its end; the engine thread owns gen. Fields marked "locked"
- * are shared and guarded by the scheduler's mutex. */
-typedef struct md_request {
-        uint64_t id, tag;
-        uint32_t uid;
-        md_conn *conn;             /* main thread: a socket client, NULL once gone */
-        struct md_bus_call *bus;   /* main thread: or a D-Bus caller (dbus.c) */
-        struct md_request *conn_next;
-        mx_ids prompt;
-        mx_gen_opts opts;
-        char **stop;
-        bool want_ids;
-        uint32_t max_concurrent;   /* the user's limit, for the scheduler */
-        uint64_t reserved;         /* quota tokens held */
-        double t_submit;
-        mx_gen *gen;               /* engine thread */
-        /* locked */
-        md_state state;
-        bool cancel, started, dirty;
-        mx_buf out_text;
-        mx_ids out_ids;
-        mx_finish finish;
-        int error_code;            /* MIXTRALD__V1__ERROR_CODE__* when it failed */
-        char error_msg[256];
-        uint32_t completion_tokens;
-        double t_start, t_first, t_end;
-        struct md_request *sched_next, *dirty_next;
-        /* main thread: output taken from the engine, a snapshot of the rest */
-        mx_buf ship_text;
-        mx_ids ship_ids;
-        struct {
-                md_state state;
-                bool started;
-                mx_finish finish;
-                int error_code;
-                uint32_t completion_tokens;
-                double t_start, t_first, t_end;
-        } seen;
-} md_request;
-
-void md_request_destroy(md_request *r);
+typedef struct md_job md_job; /* the scheduler's side of one request */
 
 typedef struct md_sched_opts {
         uint32_t max_batch, prefill_chunk;
@@ -214,69 +256,265 @@ typedef struct md_sched_opts {
         uint64_t host_cache;    /* a GPU's host cache of experts (0: as opened), the same way */
 } md_sched_opts;
 
-/* Starts the engine thread; `notify` is written (an eventfd) whenever a
- * request has new output or has ended. */
-int md_sched_start(md_sched **out, mx_engine *e, const mx_tokenizer *tok, const md_sched_opts *o,
-                   int notify_fd, mx_error *err);
-/* Stops the thread: requests still there end with `code` and `msg`. */
-void md_sched_stop(md_sched *s, int code, const char *msg);
-void md_sched_set_opts(md_sched *s, const md_sched_opts *o);
-void md_sched_submit(md_sched *s, md_request *r);
-void md_sched_cancel(md_sched *s, md_request *r);
-/* Lets the engine thread look at flags set under the lock. */
-void md_sched_wake(md_sched *s);
-/* Ends every request with code and msg (queued ones at once, running ones
- * at the next step). */
-void md_sched_abort_all(md_sched *s, int code, const char *msg);
-/* Requests with news since the last call (linked by dirty_next), with the
- * lock held: the caller moves their output and calls md_sched_unlock. */
-md_request *md_sched_take_dirty(md_sched *s);
-void md_sched_lock(md_sched *s);
-void md_sched_unlock(md_sched *s);
-void md_sched_free(md_sched *s);
-/* Under the lock: the queue (by sched_next). */
-md_request *md_sched_queue_locked(md_sched *s);
-void md_sched_counts_locked(md_sched *s, uint32_t *queued, uint32_t *running);
-/* Under the lock: expert streaming's counters as of the last step. */
-void md_sched_expert_stats_locked(md_sched *s, mx_expert_stats *out);
+/* What a job computes. The arrays must live until md_sched_release. */
+typedef struct md_job_spec {
+        uint32_t uid;
+        uint32_t max_concurrent;   /* the user's limit (0: none) */
+        const int32_t *prompt;     /* [n_prompt] */
+        size_t n_prompt;
+        mx_gen_opts opts;          /* its stop strings too */
+        bool want_ids;
+        void *owner;               /* handed back with its news */
+} md_job_spec;
 
-/* ---- the service (server.c, conn.c, service.c) --------------------------- */
+/* A job's news since the last collect. text and ids stay valid until the
+ * next md_sched_collect. */
+typedef struct md_news {
+        md_job *job;
+        void *owner;
+        const char *text;          /* [text_len] new text, whole characters */
+        size_t text_len;
+        const int32_t *ids;        /* [n_ids] new ids, when asked for */
+        size_t n_ids;
+        md_state state;
+        uint32_t completion_tokens;
+        mx_finish finish;
+        int error_code;            /* MIXTRALD__V1__ERROR_CODE__* when it failed */
+        const char *error_msg;
+        double t_start, t_first, t_end; /* md_now(); 0 until then */
+} md_news;
+
+/* Loading on the engine thread (mx_load_engine), so that the daemon
+ * answers meanwhile; after it the thread serves. */
+typedef struct md_sched_load {
+        mx_load *load;
+        const mx_load_opts *opts;
+        int rc;                     /* after it ended: 0, or why not in err */
+        mx_error err;
+} md_sched_load;
+
+/* Starts the engine thread. It first runs ld (when given), then serves;
+ * `notify` (an eventfd) is written whenever a job has news, and when
+ * loading ended. */
+int md_sched_start(md_sched **out, md_sched_load *ld, const mx_tokenizer *tok, const md_sched_opts *o,
+                   int notify_fd, mx_error *err);
+/* Whether loading is over (ld->rc tells how), and how far it got. */
+bool md_sched_loaded(md_sched *s, double *fraction);
+/* The engine, once loaded (NULL before). */
+mx_engine *md_sched_engine(md_sched *s);
+/* Stops the thread: jobs still there end with `code` and `msg`. */
+void md_sched_stop(md_sched *s, int code, const char *msg);
+void md_sched_free(md_sched *s);
+void md_sched_set_opts(md_sched *s, const md_sched_opts *o);
+/* NULL when out of memory. */
+md_job *md_sched_submit(md_sched *s, const md_job_spec *spec);
+/* The job ends as cancelled (queued at once, running between steps);
+ * code and msg when given say why. */
+void md_sched_cancel(md_sched *s, md_job *j, int code, const char *msg);
+/* Ends every queued job with code and msg (draining). */
+void md_sched_abort_queued(md_sched *s, int code, const char *msg);
+/* Ends every job (queued at once, running at the next step). */
+void md_sched_abort_all(md_sched *s, int code, const char *msg);
+/* The jobs with news, with their new output; *out points into the
+ * scheduler, valid until the next call. Ended jobs are touched no more by
+ * the engine thread: release them once their end is handled. */
+size_t md_sched_collect(md_sched *s, const md_news **out);
+void md_sched_release(md_sched *s, md_job *j);
+/* Expert streaming's counters as of the last step. */
+void md_sched_expert_stats(md_sched *s, mx_expert_stats *out);
+
+/* ---- tokenizing off the event loop (tokenize.c) ------------------------------ */
+
+typedef struct md_tokenizer_thread md_tokenizer_thread;
+typedef struct md_tok_job md_tok_job;
+
+int md_tokenize_start(md_tokenizer_thread **out, const mx_tokenizer *tok, int notify_fd, mx_error *err);
+void md_tokenize_stop(md_tokenizer_thread *t);
+/* Tokenizes p into *ids (and a failure into *err) on the thread, round-
+ * robin between uids; p, ids and err must stay put until the job comes
+ * back through md_tokenize_collect. */
+md_tok_job *md_tokenize_submit(md_tokenizer_thread *t, uint32_t uid, const md_gen_params *p, mx_ids *ids,
+                               mx_error *err, void *owner);
+/* Its result is not wanted: it is skipped if not started. */
+void md_tokenize_cancel(md_tokenizer_thread *t, md_tok_job *j);
+/* Hands each finished job's owner and result (0 or negative errno) to
+ * fn, then forgets the job. */
+void md_tokenize_collect(md_tokenizer_thread *t, void (*fn)(void *owner, int rc, void *arg), void *arg);
+/* Jobs waiting or running. */
+size_t md_tokenize_pending(md_tokenizer_thread *t);
+
+/* ---- the request core (core.c) ---------------------------------------------- */
+
+typedef struct md_server md_server;
+typedef struct md_request md_request;
+
+/* Why a request was not admitted. */
+typedef struct md_refusal {
+        int code;                /* MIXTRALD__V1__ERROR_CODE__* */
+        char msg[sizeof(((mx_error *)0)->msg)];
+        uint64_t retry_at;       /* QUOTA_EXCEEDED: unix seconds */
+        uint32_t retry_after_ms; /* BUSY, UNAVAILABLE while loading */
+} md_refusal;
+
+typedef struct md_accepted {
+        uint64_t id;
+        uint32_t position;       /* requests ahead of it before it runs; 0: in the next step */
+        uint32_t prompt_tokens;
+        uint32_t max_tokens;     /* granted */
+} md_accepted;
+
+/* A request's numbers at its end. */
+typedef struct md_usage_report {
+        uint32_t prompt_tokens, completion_tokens;
+        double total_s, queued_s;
+        bool has_ttft;           /* a token came */
+        double ttft_s, tokens_per_s;
+} md_usage_report;
+
+typedef struct md_outcome {
+        int error_code;          /* 0: finished */
+        const char *error_msg;
+        mx_finish finish;
+        const char *note;        /* NULL, or why it ended where it did (the quota) */
+        md_usage_report usage;
+} md_outcome;
+
+/* How a request's transport hears of it. Exactly one of refused, or
+ * accepted then any chunks then end; then forget, after which the core
+ * never mentions data again. Not called at all after md_core_detach. */
+typedef struct md_sink_ops {
+        void (*accepted)(void *data, const md_accepted *a);
+        void (*refused)(void *data, const md_refusal *ref);
+        void (*chunk)(void *data, const char *text, size_t len, const int32_t *ids, size_t n_ids);
+        void (*end)(void *data, const md_outcome *o);
+        void (*forget)(void *data);
+} md_sink_ops;
+
+typedef struct md_core md_core;
+
+int md_core_new(md_server *srv, md_core **out, mx_error *err);
+/* Starts the threads it needs (tokenizing) and their event sources. */
+int md_core_start(md_core *c, mx_error *err);
+void md_core_free(md_core *c);
+/* Starts admitting a request of uid (p is taken, left empty): NULL and
+ * ref when refused at once; else the request, whose outcome comes
+ * through ops. */
+md_request *md_core_submit(md_core *c, uint32_t uid, md_gen_params *p, const md_sink_ops *ops, void *data,
+                           md_refusal *ref);
+/* The transport is gone: no more calls to its sink; the request stops. */
+void md_core_detach(md_core *c, md_request *r);
+/* Cancels uid's request id (anyone's for root): -ENOENT when there is no
+ * such request of theirs. */
+int md_core_cancel(md_core *c, uint32_t uid, uint64_t id);
+/* Whether id is a live request that uid may see (root sees all). */
+bool md_core_visible(md_core *c, uint32_t uid, uint64_t id);
+/* Engine news: called on the scheduler's eventfd. */
+int md_core_on_engine(md_core *c);
+/* Requests admitted and not yet ended, and those still being admitted. */
+size_t md_core_live(md_core *c);
+/* Ends every request not started yet (draining). */
+void md_core_drain(md_core *c);
+/* The totals since start. */
+void md_core_totals(md_core *c, uint64_t *requests, uint64_t *tokens);
+
+/* A user's quota as the daemon sees it now. */
+typedef struct md_quota_report {
+        uint32_t uid;
+        bool exempt;
+        md_limits limits;         /* max_context: the effective one */
+        uint64_t used_hour, used_day;
+        uint64_t hour_resets, day_resets; /* unix seconds */
+        uint32_t running, queued;
+} md_quota_report;
+
+int md_core_quota(md_core *c, uint32_t uid, md_quota_report *q);
+
+/* One live request, as status lists it. */
+typedef struct md_request_view {
+        uint64_t id;
+        uint32_t uid;
+        md_state state;
+        uint32_t prompt_tokens, completion_tokens;
+        double age_s;
+} md_request_view;
+
+/* The requests uid may see (all for root and admins) into *out (freed by
+ * the caller), and counts over all of them: queued counts those still
+ * being admitted too, and a request runs from the step that took it. */
+typedef struct md_request_counts {
+        uint32_t queued, running, prefilling, decoding;
+        uint64_t kv_tokens;
+} md_request_counts;
+int md_core_requests(md_core *c, uint32_t uid, bool all, md_request_view **out, size_t *n, md_request_counts *counts);
+
+/* ---- status (status.c) --------------------------------------------------------- */
+
+typedef struct md_status {
+        const char *version, *model, *device, *state; /* state: loading, serving, draining */
+        double load_fraction;          /* while loading: 0..1 */
+        uint64_t weight_bytes, kv_bytes, rss_bytes;
+        uint32_t queued, running, prefilling, decoding, max_batch, max_queue, connections, context_length;
+        uint64_t requests_total, tokens_total;
+        double uptime_s;
+        md_request_view *requests;     /* [n_requests], the caller's own or all */
+        size_t n_requests;
+        bool streaming;                /* experts read from the files as needed */
+        mx_expert_stats experts;
+        uint64_t expert_configured;    /* expert_memory ("min", and a GPU's auto, as they came to) */
+        double expert_read_gbps;       /* bytes read over the time steps waited on reads */
+} md_status;
+
+/* What the daemon says about itself to uid (requests: its own, or all for
+ * root and admins); free with md_status_free. */
+int md_status_fill(md_server *srv, uint32_t uid, md_status *st);
+void md_status_free(md_status *st);
+/* "loading", "serving", "draining". */
+const char *md_server_state(const md_server *srv);
+
+/* ---- the service ----------------------------------------------------------------- */
 
 typedef struct sd_event sd_event;
 typedef struct sd_event_source sd_event_source;
+typedef struct md_conn md_conn;
 
-typedef struct md_server {
+struct md_server {
         sd_event *event;
         md_config cfg;
         const char *config_path;
         bool config_required;
-        const char *model_dir;
-        mx_model *model;
-        mx_tokenizer *tok;
-        mx_engine *engine;
-        md_sched *sched;
-        md_usage usage;
+        bool user_instance;          /* --user */
+        const char *overrides[16][2];/* command-line [daemon] keys, over the file's */
+        size_t n_overrides;
+        /* the model */
+        mx_load_opts load_opts;
+        mx_load load;                /* model and tokenizer at once, the engine once loaded */
+        md_sched_load sched_load;
+        bool loading;                /* the engine thread is still loading */
+        const char *model_dir;       /* absolute */
         uint32_t context_length;
         uint64_t kv_bytes_per_token;
-        int listen_fd;
-        sd_event_source *listen_src;
-        int notify_fd;
+        /* the parts */
+        md_sched *sched;
+        md_core *core;
+        md_users *users;
+        md_usage usage;
+        int notify_fd;               /* the engine thread's eventfd */
         sd_event_source *notify_src;
+        /* the socket */
+        int listen_fd;
+        sd_event_source *listen_src, *accept_retry;
+        int reserve_fd;              /* kept open to refuse a client politely at the fd limit */
+        uint64_t emfile_refused;     /* clients refused at the fd limit since the last log line */
+        double emfile_logged;
         md_conn *conns;
         uint32_t n_conns;
-        md_request **live;           /* every request not yet ended, by the main thread */
-        size_t n_live, cap_live;
+        sd_event_source *dispatch;   /* one frame at a time, round-robin between users (conn.c) */
+        uint32_t last_uid_served;
         struct sd_bus *bus;          /* D-Bus, when on one */
-        md_request **ship;           /* scratch for md_server_on_engine */
-        size_t cap_ship;
-        uint64_t next_id, requests_total, tokens_total;
         double t_start;
         bool draining;
         sd_event_source *drain_timer;
         char *created_socket;        /* unlinked at exit */
-        const char *overrides[16][2];/* command-line [daemon] keys, over the file's */
-        size_t n_overrides;
-        bool user_instance;          /* --user */
         /* Expert streaming: the configured budget, and the one in force
          * (smaller while the host is short of memory; pressure.c). On a
          * GPU the host's memory is the host cache's: its size as opened,
@@ -285,10 +523,7 @@ typedef struct md_server {
         uint64_t host_cache_budget, host_cache_now;
         sd_event_source *pressure_timer;
         uint32_t calm_seconds;
-} md_server;
-
-/* The status message's expert-streaming part (server.c). */
-void md_fill_expert_stats(const mx_expert_stats *xs, uint64_t configured, Mixtrald__V1__ExpertStreaming *ex);
+};
 
 /* ---- memory pressure (pressure.c) ------------------------------------------ */
 
@@ -304,73 +539,42 @@ void md_server_set_expert_budget(md_server *srv, uint64_t budget);
 /* The options the engine thread follows, from srv's. */
 md_sched_opts md_server_sched_opts(const md_server *srv);
 
-struct md_conn {
-        md_server *srv;
-        int fd;
-        sd_event_source *src, *defer;
-        uint32_t uid, gid;
-        pid_t pid;
-        uint8_t *in;
-        size_t in_n, in_cap;
-        uint8_t *out;
-        size_t out_n, out_off, out_cap;
-        bool closing;                /* flush what is queued, then close */
-        bool dead;                   /* being freed */
-        md_request *reqs;            /* by conn_next */
-        md_conn *next, *prev;
-};
+/* ---- connections (conn.c) and the protobuf requests (proto_api.c) ------------- */
 
-/* conn.c */
+/* Takes an accepted socket: its peer identified by SO_PEERCRED. Over the
+ * per-user connection limit (root too) it gets BUSY and is closed. */
 int md_conn_new(md_server *srv, int fd);
 /* Drops the connection: its requests are cancelled, and it is freed once
  * the event loop is back at the top. */
 void md_conn_kill(md_conn *c, const char *why);
 void md_conn_free(md_conn *c);
+uint32_t md_conn_uid(const md_conn *c);
 /* Queues one response; a connection whose unsent output passes the limit
  * is dropped (it does not read). */
 void md_conn_send(md_conn *c, const Mixtrald__V1__Response *resp);
 void md_conn_send_error(md_conn *c, uint64_t tag, uint64_t request_id, int code, const char *msg);
+/* Connections that have sent everything they will get: close once flushed. */
+void md_conn_close_idle(md_server *srv, bool *pending);
 
-/* admission.c: shared by the socket and D-Bus */
-typedef struct md_refusal {
-        int code;                /* MIXTRALD__V1__ERROR_CODE__* */
-        char msg[sizeof(((mx_error *)0)->msg)];
-        uint64_t retry_at;       /* QUOTA_EXCEEDED: unix seconds */
-        uint32_t retry_after_ms; /* BUSY */
-} md_refusal;
+/* The protobuf side of one connection (proto_api.c). */
+typedef struct md_proto_conn md_proto_conn;
+md_proto_conn *md_proto_conn_new(md_server *srv, md_conn *c);
+/* The connection is going: its requests are detached. */
+void md_proto_conn_free(md_proto_conn *pc);
+/* One complete frame's body: false when it is not a Request at all. */
+bool md_proto_dispatch(md_proto_conn *pc, const uint8_t *body, size_t len);
 
-/* A validated, tokenized request within the user's quotas, not yet
- * submitted (the caller links it to its client first), or NULL and why. */
-md_request *md_admit(md_server *srv, uint32_t uid, uint32_t gid, uint64_t tag, const Mixtrald__V1__Generate *g,
-                     uint32_t *position, md_refusal *ref);
-void md_submit(md_server *srv, md_request *r);
-/* uid's live request id (any user's for root), or NULL. */
-md_request *md_find_request(md_server *srv, uint32_t uid, uint64_t id);
-int md_fill_quota(md_server *srv, uint32_t uid, uint32_t gid, Mixtrald__V1__Quota *q, Mixtrald__V1__Limits *lim);
-/* At a request's end: its usage charged and saved. */
-void md_charge(md_server *srv, const md_request *r);
-void md_live_remove(md_server *srv, md_request *r);
-uint64_t md_wall_now(void);
+/* ---- the service (service.c, main.c) --------------------------------------------- */
 
-/* server.c: the requests */
-void md_server_generate(md_conn *c, uint64_t tag, const Mixtrald__V1__Generate *g);
-void md_server_cancel(md_conn *c, uint64_t tag, const Mixtrald__V1__Cancel *m);
-void md_server_status(md_conn *c, uint64_t tag);
-void md_server_quota(md_conn *c, uint64_t tag);
-/* Ships output and ends of requests the engine has news of. */
-int md_server_on_engine(sd_event_source *s, int fd, uint32_t revents, void *userdata);
-void md_server_detach(md_server *srv, md_conn *c);
-double md_now(void);
-
-/* service.c: socket, signals, drain */
 int md_service_listen(md_server *srv, const char *path, mx_error *err);
 int md_service_signals(md_server *srv);
-int md_service_after_engine(sd_event_source *s, int fd, uint32_t revents, void *userdata);
+/* After the engine thread's news: a drain may be over. */
+void md_service_maybe_exit(md_server *srv);
 int md_service_exit_now(sd_event_source *s, uint64_t usec, void *userdata);
 /* main.c: defaults, then the file, then the command line */
 int md_service_load_config(md_server *srv, md_config *out, mx_error *err);
-/* server.c */
-void md_fill_usage(const md_request *r, Mixtrald__V1__Usage *u);
+/* main.c: loading ended on the engine thread (ok or not). */
+void md_service_loaded(md_server *srv);
 
 /* dbus.c: org.mixtrald.Mixtral1 on the system or session bus */
 /* Connects as cfg.bus says: "none", "system", "session", or "auto" (the
@@ -378,9 +582,5 @@ void md_fill_usage(const md_request *r, Mixtrald__V1__Usage *u);
  * when that bus is not there). */
 int md_dbus_start(md_server *srv, mx_error *err);
 void md_dbus_stop(md_server *srv);
-/* A request's news, to its D-Bus caller only. */
-void md_dbus_chunk(md_server *srv, md_request *r);
-void md_dbus_end(md_server *srv, md_request *r, const Mixtrald__V1__Usage *u);
-void md_dbus_forget(md_request *r);
-/* The State property changed (draining). */
+/* The State property changed (loading, serving, draining). */
 void md_dbus_state_changed(md_server *srv);

@@ -42,7 +42,7 @@ void md_server_set_expert_budget(md_server *srv, uint64_t budget) {
 /* The least the engine can hold: top-k experts per layer (and on a GPU's
  * host cache one more), so halving stops there and growing starts there. */
 static uint64_t floor_bytes(const md_server *srv, bool host) {
-        const mx_model *m = srv->model;
+        const mx_model *m = srv->load.model;
         const mx_layer *l = &m->layers[0];
         uint64_t per = l->w1[0]->nbytes + l->w2[0]->nbytes + l->w3[0]->nbytes;
         return per * m->cfg.n_layers * (m->cfg.n_experts_per_tok + host);

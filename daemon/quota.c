@@ -55,7 +55,7 @@ void md_quota_admit(const md_limits *l, bool exempt, const md_usage_entry *e, co
                 return;
         }
         if (l->max_tokens && grant > l->max_tokens)
-                grant = l->max_tokens;
+                grant = l->max_tokens, a->cut = MD_CUT_MAX_TOKENS;
         uint64_t need = (uint64_t)prompt_tokens + 1;
         if ((l->tokens_per_hour && need > l->tokens_per_hour) || (l->tokens_per_day && need > l->tokens_per_day))
                 return refuse(a, MIXTRALD__V1__ERROR_CODE__QUOTA_EXCEEDED,
@@ -78,15 +78,20 @@ void md_quota_admit(const md_limits *l, bool exempt, const md_usage_entry *e, co
                 bool windows_block = min_u64(left(l->tokens_per_hour, e->hour_used, 0),
                                              left(l->tokens_per_day, e->day_used, 0)) < need;
                 a->retry_at = windows_block ? md_quota_retry_at(l, e, need) : now + 1;
+                char hour[64] = "", day[64] = "";
+                if (l->tokens_per_hour)
+                        snprintf(hour, sizeof(hour), "%" PRIu64 " of %" PRIu64 " this hour, ", e->hour_used,
+                                 l->tokens_per_hour);
+                if (l->tokens_per_day)
+                        snprintf(day, sizeof(day), "%" PRIu64 " of %" PRIu64 " today, ", e->day_used,
+                                 l->tokens_per_day);
                 return refuse(a, MIXTRALD__V1__ERROR_CODE__QUOTA_EXCEEDED,
                               "this request needs %" PRIu64 " tokens of budget and %" PRIu64
-                              " are left (used %" PRIu64 " of %" PRIu64 " this hour, %" PRIu64
-                              " of %" PRIu64 " today, %" PRIu64 " held by running requests)",
-                              need, avail, e->hour_used, l->tokens_per_hour, e->day_used, l->tokens_per_day,
-                              f->reserved);
+                              " are left (used %s%s%" PRIu64 " held by running requests)",
+                              need, avail, hour, day, f->reserved);
         }
         if (avail != UINT64_MAX && avail - prompt_tokens < grant)
-                grant = (uint32_t)(avail - prompt_tokens);
+                grant = (uint32_t)(avail - prompt_tokens), a->cut = MD_CUT_BUDGET;
         a->max_tokens = grant;
         a->reserve = avail == UINT64_MAX ? 0 : (uint64_t)prompt_tokens + grant;
 }

@@ -13,18 +13,69 @@
 #include "mx_common.h"
 #include "mixtrald.h"
 
+/* At the file descriptor limit accept() fails while the client waits in
+ * the backlog, so the listening socket stays readable: without care the
+ * loop spins on it. Then a descriptor kept in reserve is given up to
+ * accept the client, tell it why and close it, accepting pauses for a
+ * moment (or until a connection closes), and the log says so once a
+ * minute at most. */
+static int on_accept_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        md_server *srv = userdata;
+        srv->accept_retry = sd_event_source_disable_unref(srv->accept_retry);
+        if (srv->listen_src)
+                sd_event_source_set_enabled(srv->listen_src, SD_EVENT_ON);
+        return 0;
+}
+
+static void refuse_at_limit(md_server *srv, int fd) {
+        if (srv->reserve_fd >= 0) {
+                close(srv->reserve_fd);
+                int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (c >= 0) {
+                        static const char why[] = "the daemon is out of file descriptors; try again shortly";
+                        Mixtrald__V1__Error e = MIXTRALD__V1__ERROR__INIT;
+                        e.has_code = true, e.code = MIXTRALD__V1__ERROR_CODE__BUSY, e.message = (char *)why;
+                        e.has_retry_after_ms = true, e.retry_after_ms = 1000;
+                        Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
+                        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_ERROR, resp.error = &e;
+                        uint8_t *frame;
+                        size_t len;
+                        if (mxp_frame_pack(&resp.base, &frame, &len) == 0) {
+                                ssize_t k = send(c, frame, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+                                (void)k; /* best effort */
+                                free(frame);
+                        }
+                        close(c);
+                        srv->emfile_refused++;
+                }
+                srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        }
+        double now = md_now();
+        if (now - srv->emfile_logged >= 60) {
+                md_log(LOG_WARNING, "out of file descriptors: %llu clients refused; accepting pauses while at the "
+                       "limit (raise LimitNOFILE= or lower max_connections_per_uid)",
+                       (unsigned long long)srv->emfile_refused);
+                srv->emfile_logged = now, srv->emfile_refused = 0;
+        }
+        sd_event_source_set_enabled(srv->listen_src, SD_EVENT_OFF);
+        if (!srv->accept_retry)
+                sd_event_add_time_relative(srv->event, &srv->accept_retry, CLOCK_MONOTONIC, 250000, 0, on_accept_retry,
+                                           srv);
+}
+
 static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         md_server *srv = userdata;
         for (int i = 0; i < 64; i++) {
                 int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-                if (c < 0) {
-                        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-                                md_log(LOG_WARNING, "accept: %m");
-                        if (errno == EMFILE || errno == ENFILE) /* do not spin at the limit */
-                                sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
-                        break;
+                if (c >= 0) {
+                        md_conn_new(srv, c);
+                        continue;
                 }
-                md_conn_new(srv, c);
+                if (errno == EMFILE || errno == ENFILE)
+                        refuse_at_limit(srv, fd);
+                else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                        md_log(LOG_WARNING, "accept: %m");
+                break;
         }
         return 0;
 }
@@ -108,35 +159,27 @@ int md_service_listen(md_server *srv, const char *path, mx_error *err) {
                 if (r < 0)
                         return r;
         }
+        if ((srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0)
+                return mx_error_set(err, -errno, "/dev/null: %s", strerror(errno));
         int r = sd_event_add_io(srv->event, &srv->listen_src, srv->listen_fd, EPOLLIN, on_accept, srv);
         return r < 0 ? mx_error_set(err, r, "sd_event_add_io: %s", strerror(-r)) : 0;
 }
 
 /* ---- stopping ---------------------------------------------------------------- */
 
-static void maybe_exit(md_server *srv) {
-        if (!srv->draining || srv->n_live)
+void md_service_maybe_exit(md_server *srv) {
+        if (!srv->draining || md_core_live(srv->core))
                 return;
-        for (md_conn *c = srv->conns, *next; c; c = next) {
-                next = c->next;
-                if (c->dead)
-                        continue;
-                if (c->out_n > c->out_off)
-                        c->closing = true; /* the last answers go out first */
-                else
-                        md_conn_kill(c, NULL);
-        }
-        bool pending = false;
-        for (md_conn *c = srv->conns; c; c = c->next)
-                pending |= !c->dead;
+        bool pending;
+        md_conn_close_idle(srv, &pending);
         if (!pending)
                 sd_event_exit(srv->event, 0);
 }
 
 static int on_drain_deadline(sd_event_source *s, uint64_t usec, void *userdata) {
         md_server *srv = userdata;
-        if (srv->n_live) {
-                md_log(LOG_NOTICE, "drain time over: aborting %zu requests", srv->n_live);
+        if (md_core_live(srv->core)) {
+                md_log(LOG_NOTICE, "drain time over: aborting %zu requests", md_core_live(srv->core));
                 md_sched_abort_all(srv->sched, MIXTRALD__V1__ERROR_CODE__UNAVAILABLE,
                                    "the daemon stopped before the request finished");
         }
@@ -168,43 +211,25 @@ static int on_stop(sd_event_source *s, const struct signalfd_siginfo *si, void *
         close(srv->listen_fd);
         srv->listen_fd = -1;
         /* The drain may be longer than the unit's stop timeout: ask for it. */
-        sd_notifyf(false, "STOPPING=1\nSTATUS=Stopping: %zu requests to finish\nEXTEND_TIMEOUT_USEC=%llu",
-                   srv->n_live, (unsigned long long)((srv->cfg.drain_seconds + 10) * 1e6));
-        md_log(LOG_INFO, "stopping: letting %zu requests finish (up to %.0f s)", srv->n_live, srv->cfg.drain_seconds);
+        size_t live = md_core_live(srv->core);
+        sd_notifyf(false, "STOPPING=1\nSTATUS=Stopping: %zu requests to finish\nEXTEND_TIMEOUT_USEC=%llu", live,
+                   (unsigned long long)((srv->cfg.drain_seconds + 10) * 1e6));
+        md_log(LOG_INFO, "stopping: letting %zu requests finish (up to %.0f s)", live, srv->cfg.drain_seconds);
         md_dbus_state_changed(srv);
         /* Requests not yet started would only begin new work: end them now. */
-        md_sched_lock(srv->sched);
-        for (md_request *r = md_sched_queue_locked(srv->sched); r; r = r->sched_next) {
-                r->error_code = MIXTRALD__V1__ERROR_CODE__UNAVAILABLE;
-                snprintf(r->error_msg, sizeof(r->error_msg), "the daemon is stopping; the request had not started");
-                r->cancel = true;
-        }
-        md_sched_unlock(srv->sched);
-        md_sched_wake(srv->sched);
+        md_core_drain(srv->core);
         uint64_t usec = (uint64_t)(srv->cfg.drain_seconds * 1e6);
         int r = sd_event_add_time_relative(srv->event, &srv->drain_timer, CLOCK_MONOTONIC, usec, 0,
                                            on_drain_deadline, srv);
         if (r < 0)
                 return r;
-        maybe_exit(srv);
+        md_service_maybe_exit(srv);
         return 0;
-}
-
-int md_service_after_engine(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        md_server *srv = userdata;
-        int r = md_server_on_engine(s, fd, revents, userdata);
-        maybe_exit(srv);
-        return r;
 }
 
 /* ---- reloading --------------------------------------------------------------- */
 
-static int on_reload(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
-        md_server *srv = userdata;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        sd_notifyf(false, "RELOADING=1\nSTATUS=Reloading the configuration\nMONOTONIC_USEC=%llu",
-                   (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+static void reload(md_server *srv) {
         mx_error err = {0};
         md_config next;
         if (md_service_load_config(srv, &next, &err) < 0) {
@@ -222,11 +247,12 @@ static int on_reload(sd_event_source *s, const struct signalfd_siginfo *si, void
                 }
                 next.threads = srv->cfg.threads;
                 uint64_t budget = srv->expert_budget;
-                if (mx_expert_budget_parse(next.expert_memory ? next.expert_memory : "auto", srv->model, &budget,
+                if (mx_expert_budget_parse(next.expert_memory ? next.expert_memory : "auto", srv->load.model, &budget,
                                            &err) < 0)
                         md_log(LOG_ERR, "%s; expert memory stays as it was", err.msg);
                 md_config_free(&srv->cfg);
                 srv->cfg = next;
+                md_users_flush(srv->users);
                 if (budget != srv->expert_budget)
                         md_log(LOG_INFO, "expert memory: %llu bytes configured", (unsigned long long)budget);
                 srv->expert_budget = budget;
@@ -234,6 +260,24 @@ static int on_reload(sd_event_source *s, const struct signalfd_siginfo *si, void
                 md_server_set_expert_budget(srv, budget);
                 md_log(LOG_INFO, "configuration reloaded");
         }
+}
+
+static int on_reload(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        md_server *srv = userdata;
+        /* systemd has been told STOPPING=1: no READY=1 after that. */
+        if (srv->draining) {
+                md_log(LOG_NOTICE, "reload ignored: the daemon is stopping");
+                return 0;
+        }
+        /* Before READY=1 systemd expects no RELOADING=1: still loading, the
+         * file is read again quietly. */
+        if (srv->loading)
+                return reload(srv), 0;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        sd_notifyf(false, "RELOADING=1\nSTATUS=Reloading the configuration\nMONOTONIC_USEC=%llu",
+                   (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+        reload(srv);
         sd_notify(false, "READY=1\nSTATUS=Serving");
         return 0;
 }

@@ -3,10 +3,17 @@
  * fsyncs it, renames it over the old one and fsyncs the directory.
  *
  * The file is text, one uid per line: "uid hour_start hour_used day_start
- * day_used", after a "mixtrald-usage 1" header line. */
+ * day_used", after a "mixtrald-usage 1" header line.
+ *
+ * The state directory is the daemon's alone: it must belong to the user
+ * the daemon runs as and be writable by nobody else (else any user could
+ * rewrite everyone's usage), and STATE/lock, held with flock while the
+ * daemon runs, keeps a second daemon out (two would each count their own
+ * usage, the last writer winning: quotas doubled). */
 #include <fcntl.h>
 #include <inttypes.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include "mx_common.h"
@@ -17,7 +24,9 @@
 void md_usage_free(md_usage *u) {
         free(u->v);
         free(u->path);
-        *u = (md_usage){0};
+        if (u->lock_fd >= 0)
+                close(u->lock_fd); /* (and the lock with it) */
+        *u = (md_usage){.lock_fd = -1};
 }
 
 static md_usage_entry *find(md_usage *u, uint32_t uid) {
@@ -61,34 +70,114 @@ static bool parse_line(const char *line, md_usage_entry *e) {
         return ok;
 }
 
-static int parse(md_usage *u, FILE *f, mx_error *err) {
-        char line[256];
-        if (!fgets(line, sizeof(line), f) || strcmp(line, HEADER))
+static int parse(md_usage *u, char *text, mx_error *err) {
+        char *line = text, *next;
+        if (strncmp(text, HEADER, strlen(HEADER)))
                 return mx_error_set(err, -EBADMSG, "%s: not a mixtrald usage file", u->path);
-        for (unsigned n = 2; fgets(line, sizeof(line), f); n++) {
+        line += strlen(HEADER);
+        for (unsigned n = 2; *line; n++, line = next) {
+                next = strchr(line, '\n');
+                next = next ? next + 1 : line + strlen(line);
+                char saved = *next;
+                *next = '\0';
                 md_usage_entry e;
-                if (!parse_line(line, &e) || find(u, e.uid))
+                bool ok = parse_line(line, &e) && !find(u, e.uid);
+                *next = saved;
+                if (!ok)
                         return mx_error_set(err, -EBADMSG, "%s:%u: corrupt line", u->path, n);
                 md_usage_entry *p = add(u, e.uid);
                 if (!p)
                         return mx_error_set(err, -ENOMEM, "out of memory");
                 *p = e;
         }
-        return ferror(f) ? mx_error_set(err, -EIO, "%s: cannot read it", u->path) : 0;
+        return 0;
+}
+
+/* mkdir -p, each new directory 0700 (as the XDG base directory spec asks
+ * of the directories under a home). */
+static int make_dirs(const char *path) {
+        _cleanup_free_ char *p = strdup(path);
+        if (!p)
+                return -ENOMEM;
+        for (char *s = p + 1;; s++) {
+                if (*s && *s != '/')
+                        continue;
+                char c = *s;
+                *s = '\0';
+                if (mkdir(p, 0700) < 0 && errno != EEXIST)
+                        return -errno;
+                if (!(*s = c))
+                        return 0;
+        }
+}
+
+static int check_dir(const char *dir, mx_error *err) {
+        struct stat st;
+        if (stat(dir, &st) < 0)
+                return mx_error_set(err, -errno, "%s: %s", dir, strerror(errno));
+        if (!S_ISDIR(st.st_mode))
+                return mx_error_set(err, -ENOTDIR, "%s: not a directory", dir);
+        if (st.st_uid != geteuid())
+                return mx_error_set(err, -EPERM, "%s belongs to uid %u, not to uid %u that the daemon runs as: "
+                                    "anyone who owns it could rewrite the usage", dir, (unsigned)st.st_uid,
+                                    (unsigned)geteuid());
+        if (st.st_mode & 022)
+                return mx_error_set(err, -EPERM, "%s is writable by %s (mode %04o): any such user could rewrite "
+                                    "everyone's usage; chmod go-w it", dir, st.st_mode & 002 ? "everyone" : "its group",
+                                    (unsigned)(st.st_mode & 07777));
+        return 0;
+}
+
+/* STATE/lock, with our pid in it for whoever finds it taken. */
+static int take_lock(md_usage *u, const char *dir, mx_error *err) {
+        _cleanup_free_ char *path = NULL;
+        if (asprintf(&path, "%s/lock", dir) < 0)
+                return mx_error_set(err, -ENOMEM, "out of memory");
+        _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
+        if (fd < 0)
+                return mx_error_set(err, -errno, "%s: %s", path, strerror(errno));
+        struct stat st;
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+                return mx_error_set(err, -EINVAL, "%s: not a regular file", path);
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                char pid[32] = "";
+                ssize_t k = pread(fd, pid, sizeof(pid) - 1, 0);
+                pid[k > 0 ? k : 0] = '\0';
+                pid[strcspn(pid, "\n")] = '\0';
+                return mx_error_set(err, -EBUSY, "another mixtrald%s%s%s uses the state directory %s",
+                                    *pid ? " (pid " : "", pid, *pid ? ")" : "", dir);
+        }
+        char line[32];
+        int n = snprintf(line, sizeof(line), "%d\n", (int)getpid());
+        if (ftruncate(fd, 0) < 0 || pwrite(fd, line, (size_t)n, 0) != n)
+                return mx_error_set(err, -errno, "%s: %s", path, strerror(errno));
+        u->lock_fd = MX_TAKE_FD(fd);
+        return 0;
 }
 
 int md_usage_open(md_usage *u, const char *state_dir, mx_error *err) {
-        *u = (md_usage){0};
-        if (mkdir(state_dir, 0700) < 0 && errno != EEXIST)
-                return mx_error_set(err, -errno, "cannot create %s: %s", state_dir, strerror(errno));
+        *u = (md_usage){.lock_fd = -1};
+        int r = make_dirs(state_dir);
+        if (r < 0)
+                return mx_error_set(err, r, "cannot create %s: %s", state_dir, strerror(-r));
+        if ((r = check_dir(state_dir, err)) < 0 || (r = take_lock(u, state_dir, err)) < 0)
+                return r;
         if (asprintf(&u->path, "%s/usage", state_dir) < 0) {
                 u->path = NULL;
                 return mx_error_set(err, -ENOMEM, "out of memory");
         }
-        _cleanup_fclose_ FILE *f = fopen(u->path, "re");
-        if (!f)
-                return errno == ENOENT ? 0 : mx_error_set(err, -errno, "%s: %s", u->path, strerror(errno));
-        return parse(u, f, err);
+        /* Read whole, refusing a FIFO or device unopened. */
+        _cleanup_free_ char *text = NULL;
+        size_t len;
+        mx_error why = {0};
+        r = mx_read_file(u->path, 64u << 20, &text, &len, &why);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return mx_error_set(err, r, "%s", why.msg);
+        if (strlen(text) != len)
+                return mx_error_set(err, -EBADMSG, "%s: not a mixtrald usage file (a NUL byte)", u->path);
+        return parse(u, text, err);
 }
 
 md_usage_entry *md_usage_get(md_usage *u, uint32_t uid, uint64_t now) {

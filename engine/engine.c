@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "model.h"
 #include "mx_common.h"
 
 typedef struct activations {
@@ -372,6 +373,10 @@ int mx_forward(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err
                 return r;
         if ((r = reserve_activations(e, T, L)) < 0)
                 return mx_error_set(err, r, "out of memory for the activations of %u tokens", T);
+        /* A model file that shrank under us fails every step until it is
+         * put back (model/file_io.c). */
+        if ((r = mx_model_check_files(m, err)) < 0)
+                return r;
         activations *a = &e->act;
         mx_step step = {e->tokens, e->pos, e->logit_rows, T, L, e->seqs, n};
         if (b->ops->step_begin && (r = b->ops->step_begin(b, &step)) < 0)
@@ -389,6 +394,9 @@ int mx_forward(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err
                         return r;
         }
         if (b->ops->step_end && (r = b->ops->step_end(b, err)) < 0)
+                return r;
+        /* Read zeros in place of a missing page: the step is worthless. */
+        if ((r = mx_model_check_files(m, err)) < 0)
                 return r;
         for (size_t i = 0; i < n; i++)
                 items[i].seq->len += items[i].n_tokens;

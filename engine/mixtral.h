@@ -71,6 +71,11 @@ int32_t mx_tokenizer_unk(const mx_tokenizer *tok);
 /* The piece as stored (with U+2581 for spaces); NULL for an id out of range. */
 const char *mx_tokenizer_piece(const mx_tokenizer *tok, int32_t id, size_t *len);
 
+/* At least how many tokens mx_tokenize gives for text, found without
+ * tokenizing (bytes other than whitespace over the widest piece); 0 when
+ * nothing can be said (no byte fallback). */
+uint64_t mx_tokenizer_min_tokens(const mx_tokenizer *tok, const char *text, size_t len);
+
 /* Appends the ids of text (any bytes; invalid UTF-8 becomes U+FFFD as in
  * SentencePiece) to out: dummy prefix, no BOS or EOS. */
 int mx_tokenize(const mx_tokenizer *tok, const char *text, size_t len, mx_ids *out);
@@ -315,6 +320,12 @@ int mx_model_copy_dense(mx_model *m, mx_error *err);
 /* Whether paging in helps: the files fit in memory with a fifth to spare
  * (otherwise the pass would only evict its own beginning). */
 bool mx_model_fits_in_memory(const mx_model *m);
+/* After reading the model's mapped files: -EIO naming the file when one
+ * shrank under the process (its missing pages read as zeros instead of
+ * killing it), until the file is put back as it was, when it is mapped
+ * again in place and this returns 0. The engine checks before and after
+ * every step. */
+int mx_model_check_files(const mx_model *m, mx_error *err);
 
 /* ---- engine: forward pass and sequences ---------------------------------- */
 
@@ -453,6 +464,43 @@ typedef struct mx_batch_item {
  * same whatever else is in the batch. -ENOSPC when a sequence would pass
  * its capacity, -EINVAL for a token outside the vocabulary. */
 int mx_forward(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err);
+
+/* ---- loading: the one policy the daemon and the tools share -------------- */
+
+typedef struct mx_load_opts {
+        const char *model;         /* a checkpoint directory */
+        const char *tokenizer;     /* NULL: the model's own */
+        const char *synthetic;     /* or a synthetic shape (no file, no tokenizer) */
+        uint32_t layers;           /* of the synthetic shape; 0: all */
+        const char *device;        /* cpu (NULL), cuda, cuda:N */
+        uint32_t threads;          /* 0: every online core */
+        mx_simd simd;
+        const char *expert_memory; /* NULL: auto (see mx_expert_budget_parse) */
+        const char *host_cache;    /* NULL: auto; a GPU's only */
+        /* Optional: what is being done ("Loading the model", ...), bytes
+         * done and in all. Called from the thread that loads. */
+        void (*progress)(const char *what, uint64_t done, uint64_t total, void *arg);
+        void *progress_arg;
+} mx_load_opts;
+
+typedef struct mx_load {
+        mx_model *model;
+        mx_tokenizer *tok;          /* NULL for a synthetic model */
+        mx_engine *engine;          /* after mx_load_engine */
+        int gpu;                    /* the GPU's index, -1 on the CPU */
+        uint64_t expert_memory;     /* streamed experts' budget (0: all resident) */
+        uint64_t expert_memory_min; /* top-k experts per layer: a smaller budget means this */
+        uint64_t host_cache;        /* a GPU's host cache (0: auto) */
+} mx_load;
+
+/* The fast half: the model's headers and configuration, its tokenizer
+ * (its vocabulary checked against the model), the device and the budgets.
+ * Every error a user can make is found here. */
+int mx_load_open(mx_load *l, const mx_load_opts *o, mx_error *err);
+/* The slow half: pages the model in (or copies the dense weights for
+ * streaming), uploads to a GPU, starts the engine. */
+int mx_load_engine(mx_load *l, const mx_load_opts *o, mx_error *err);
+void mx_load_free(mx_load *l);
 
 /* ---- sampling -------------------------------------------------------------- */
 

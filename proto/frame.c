@@ -144,3 +144,59 @@ const char *mxp_default_socket(const char *option, char *buf, size_t size) {
                 return buf;
         return MXP_SYSTEM_SOCKET;
 }
+
+/* ---- text with NUL bytes ------------------------------------------------ */
+
+static bool read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+        *v = 0;
+        for (int i = 0; i < MXP_VARINT_MAX && *p < end; i++) {
+                uint8_t b = *(*p)++;
+                *v |= (uint64_t)(b & 0x7f) << (7 * i);
+                if (!(b & 0x80))
+                        return true;
+        }
+        return false;
+}
+
+/* Walks one message's fields by the wire format (the frame already
+ * unpacked, so it is well formed); depth bounds nesting. */
+static const char *nul_in(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uint8_t *end, int depth) {
+        while (p < end && depth < 16) {
+                uint64_t key, len;
+                if (!read_varint(&p, end, &key))
+                        return NULL;
+                const ProtobufCFieldDescriptor *f =
+                        key >> 3 <= UINT32_MAX ? protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3)) : NULL;
+                switch (key & 7) {
+                case 0:
+                        if (!read_varint(&p, end, &len))
+                                return NULL;
+                        continue;
+                case 1:
+                case 5:
+                        if ((size_t)(end - p) < ((key & 7) == 1 ? 8u : 4u))
+                                return NULL;
+                        p += (key & 7) == 1 ? 8 : 4;
+                        continue;
+                case 2:
+                        if (!read_varint(&p, end, &len) || len > (uint64_t)(end - p))
+                                return NULL;
+                        if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, '\0', (size_t)len))
+                                return f->name;
+                        if (f && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+                                const char *in = nul_in(f->descriptor, p, p + len, depth + 1);
+                                if (in)
+                                        return in;
+                        }
+                        p += len;
+                        continue;
+                default:
+                        return NULL;
+                }
+        }
+        return NULL;
+}
+
+const char *mxp_text_with_nul(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len) {
+        return nul_in(d, buf, buf + len, 0);
+}

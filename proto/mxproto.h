@@ -28,6 +28,12 @@ int mxp_write_all(int fd, const void *buf, size_t len);
 int mxp_send(int fd, const ProtobufCMessage *m);
 int mxp_read_frame(int fd, size_t max, uint8_t **body, size_t *len);
 
+/* The name of the first text (string) field in the message buf[0..len)
+ * of type d, nested messages included, that holds a NUL byte; NULL when
+ * none does. protobuf-c cuts such text at the NUL without a word, so a
+ * reader that must not misread checks the frame first. */
+const char *mxp_text_with_nul(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len);
+
 /* "INVALID_ARGUMENT", ...: the protocol's names for error codes. */
 const char *mxp_error_name(int code);
 

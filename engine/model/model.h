@@ -47,6 +47,16 @@ int mx_json_write(const char *dir, const char *name, json_t *j, mx_error *err);
  * a regular file. Returns the fd (>= 0) and its size. */
 int mx_open_regular(const char *path, uint64_t *size, mx_error *err);
 
-/* Maps a whole regular file read-only (an empty file maps to NULL). */
+/* Maps a whole regular file read-only (an empty file maps to NULL), under
+ * the SIGBUS guard (file_io.c): a read past the end of a file that shrank
+ * gives zeros instead of killing the process, and mx_map_check says so. */
 int mx_map_file(const char *path, const uint8_t **map, uint64_t *size, mx_error *err);
 void mx_unmap_file(const uint8_t *map, uint64_t size);
+/* After reading the mapping: 0 when every read was real, else -EIO naming
+ * the file, until the file is back as it was (then it is mapped again at
+ * the same address and this returns 0). Call it where no other thread
+ * reads the mapping. */
+int mx_map_check(const uint8_t *map, mx_error *err);
+/* A file's identity for "put back as it was": its size and first MiB. */
+int mx_file_fingerprint(const char *path, uint64_t *out);
+

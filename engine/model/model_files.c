@@ -185,6 +185,15 @@ int mx_model_files_open(mx_model *m, mx_error *err) {
         return r;
 }
 
+int mx_model_check_files(const mx_model *m, mx_error *err) {
+        for (size_t i = 0; i < m->n_files; i++) {
+                int r = mx_map_check(m->files[i].map, err);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 void mx_model_files_close(mx_model *m) {
         for (size_t i = 0; i < m->n_files; i++) {
                 mx_unmap_file(m->files[i].map, m->files[i].size);

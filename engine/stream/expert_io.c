@@ -8,8 +8,8 @@
  *
  * After a failed read the file is suspect: before its next read, if the
  * path now names another file (the admin restored it by renaming a good
- * copy over it), that file is opened in its place when its safetensors
- * header is the same, and refused (-ESTALE) when it is not.
+ * copy over it), that file is opened in its place when its size and first
+ * MiB are the same, and refused (-ESTALE) when they are not.
  *
  * MX_IO_URING=0 makes every read a pread and MX_IO_DIRECT=0 every file
  * buffered (to test those paths where the kernel offers more), and
@@ -24,8 +24,9 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "stream.h"
+#include "model.h"
 #include "mx_common.h"
+#include "stream.h"
 
 #define RING_ENTRIES 64
 #define FIFO 256
@@ -34,7 +35,7 @@ struct mx_io {
         size_t n;
         int *fds;
         char **paths;
-        uint64_t *header_hash;  /* per file: its safetensors header's, 0 when unknown */
+        uint64_t *header_hash;  /* per file: its identity (size and first MiB), 0 when unknown */
         bool *suspect;          /* per file: a read failed since it was last looked at */
         bool any_direct;
         bool uring, registered_buffers;
@@ -82,23 +83,10 @@ static int open_reading(const char *path, bool *direct) {
         return fd < 0 ? -errno : fd;
 }
 
-/* FNV-1a of the file's safetensors header (its length, then the JSON),
- * read through a buffered descriptor of its own; 0 when unreadable. */
-static uint64_t header_hash(const char *path) {
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        uint8_t len8[8];
-        uint64_t h = 0xcbf29ce484222325ull, len = 0;
-        if (fd < 0)
-                return 0;
-        if (pread(fd, len8, 8, 0) == 8)
-                for (int i = 7; i >= 0; i--)
-                        len = len << 8 | len8[i];
-        _cleanup_free_ uint8_t *json = len && len <= (100u << 20) ? malloc(len) : NULL;
-        bool ok = json && pread(fd, json, len, 8) == (ssize_t)len;
-        close(fd);
-        for (uint64_t i = 0; ok && i < 8 + len; i++)
-                h = (h ^ (i < 8 ? len8[i] : json[i - 8])) * 0x100000001b3ull;
-        return ok ? h : 0;
+/* A file's identity (size and first MiB, model/file_io.c); 0 when unreadable. */
+static uint64_t identity(const char *path) {
+        uint64_t h = 0;
+        return mx_file_fingerprint(path, &h) < 0 ? 0 : h;
 }
 
 static int open_files(mx_io *io, const char *const *paths, mx_error *err) {
@@ -112,7 +100,7 @@ static int open_files(mx_io *io, const char *const *paths, mx_error *err) {
                         return mx_error_set(err, fd, "%s: %s", paths[i], strerror(-fd));
                 io->any_direct |= direct;
                 io->fds[i] = fd;
-                io->header_hash[i] = header_hash(paths[i]);
+                io->header_hash[i] = identity(paths[i]);
         }
         return 0;
 }
@@ -127,7 +115,7 @@ static int recheck(mx_io *io, uint32_t file) {
                 io->suspect[file] = false; /* gone, or the same file (restored in place, or not) */
                 return 0;
         }
-        uint64_t h = header_hash(io->paths[file]);
+        uint64_t h = identity(io->paths[file]);
         if (!h || h != io->header_hash[file])
                 return -ESTALE;
         bool direct;

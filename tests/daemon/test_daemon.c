@@ -371,6 +371,10 @@ static void test_slow_reader(dh_daemon *d) {
         dh_gen g = {.prompt = "Talk", .raw = true, .seed = 3, .ignore_eos = true};
         for (int i = 0; i < 8; i++)
                 CHECK(dh_send_generate(fd, (uint64_t)i + 1, &g) == 0, "send %d", i);
+        /* The daemon hangs up on us (unread output past max_output_bytes),
+         * then our requests go. */
+        struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+        CHECK(poll(&p, 1, 60000) == 1 && (p.revents & (POLLHUP | POLLRDHUP)), "the slow reader was not dropped");
         CHECK(wait_idle(d, 60000), "the slow reader's requests were not dropped");
         /* Everything it had not read is gone with the connection. */
         char buf[65536];

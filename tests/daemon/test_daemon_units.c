@@ -378,6 +378,15 @@ static void print_limits(const char *what, const md_limits *l) {
 #define NOBODY 65534
 #define NO_PASSWD 4000123 /* a uid without a passwd entry */
 
+/* The limits of a uid as the daemon finds them: its passwd entry's groups,
+ * whatever group a process of it runs as. */
+static void limits_of(const md_config *c, uint32_t uid, md_limits *l, bool *exempt) {
+        md_identity who;
+        CHECK(md_identity_lookup(uid, &who) == 0, "look up uid %u", uid);
+        md_config_limits(c, &who, l, exempt);
+        md_identity_free(&who);
+}
+
 static void test_limits(void) {
         /* getpwuid's answers share one buffer: copy each before the next. */
         char root_name[256] = "", group_name[256] = "";
@@ -409,12 +418,12 @@ static void test_limits(void) {
         md_limits l;
         bool exempt;
 
-        md_config_limits(&c, NO_PASSWD, NO_PASSWD, &l, &exempt);
+        limits_of(&c, NO_PASSWD, &l, &exempt);
         CHECK(!exempt, "uid without passwd is exempt");
         CHECK_LIMITS(l, base, "uid without passwd: not the defaults");
 
         /* root: exempt, and its own section still shapes the numbers shown. */
-        md_config_limits(&c, 0, 0, &l, &exempt);
+        limits_of(&c, 0, &l, &exempt);
         CHECK(exempt, "root is not exempt");
         md_limits want = base;
         want.max_tokens = 9;
@@ -422,29 +431,26 @@ static void test_limits(void) {
 
         /* nobody: its user section beats the group's for tokens_per_hour, the
          * group sets what the user section leaves, [quota] the rest. */
-        md_config_limits(&c, NOBODY, NOBODY, &l, &exempt);
+        limits_of(&c, NOBODY, &l, &exempt);
         CHECK(!exempt, "nobody is exempt");
         want = (md_limits){50, 700, 2, 1, 2048, 0};
         CHECK_LIMITS(l, want, "nobody: user, then group, then [quota]");
 
-        /* The group by primary gid alone, for a uid without a name. */
-        md_config_limits(&c, NO_PASSWD, NOBODY, &l, &exempt);
-        want = (md_limits){70, 700, 2, 1, 2048, 256};
-        CHECK_LIMITS(l, want, "group by primary gid");
+        /* A uid without a passwd entry has no groups: [quota] alone. */
+        limits_of(&c, NO_PASSWD, &l, &exempt);
+        CHECK_LIMITS(l, base, "uid without passwd: a group counted");
 
-        /* admin_group makes members exempt, by primary gid; a named group
-         * that does not exist makes nobody exempt. */
+        /* admin_group makes members exempt, by passwd's primary group; a
+         * named group that does not exist makes nobody exempt. */
         free(c.admin_group);
         c.admin_group = strdup(group_name);
-        md_config_limits(&c, NOBODY, NOBODY, &l, &exempt);
+        limits_of(&c, NOBODY, &l, &exempt);
         CHECK(exempt, "nobody in admin_group %s is not exempt", group_name);
-        md_config_limits(&c, NO_PASSWD, NOBODY, &l, &exempt);
-        CHECK(exempt, "uid without passwd, gid of admin_group, is not exempt");
-        md_config_limits(&c, NO_PASSWD, NO_PASSWD, &l, &exempt);
-        CHECK(!exempt, "a uid outside admin_group is exempt");
+        limits_of(&c, NO_PASSWD, &l, &exempt);
+        CHECK(!exempt, "a uid without passwd, in no group, is exempt");
         free(c.admin_group);
         c.admin_group = strdup("no-such-group-here");
-        md_config_limits(&c, NOBODY, NOBODY, &l, &exempt);
+        limits_of(&c, NOBODY, &l, &exempt);
         CHECK(!exempt, "a missing admin_group made nobody exempt");
         md_config_free(&c);
 
@@ -452,7 +458,7 @@ static void test_limits(void) {
         snprintf(text, sizeof(text), "[group:%s]\nmax_concurrent = 8\n[user:nobody]\nmax_concurrent = 1\n",
                  group_name);
         c = load_config("user-over-group.conf", text);
-        md_config_limits(&c, NOBODY, NOBODY, &l, &exempt);
+        limits_of(&c, NOBODY, &l, &exempt);
         CHECK(l.max_concurrent == 1, "user section lost to the group: %u", l.max_concurrent);
         md_config_free(&c);
 }
@@ -519,14 +525,14 @@ static void group_precedence(void) {
                                   "[group:mxtest-d]\ntokens_per_day = 0\nmax_queued = 50\n");
         md_limits l;
         bool exempt;
-        md_config_limits(&c, NOBODY, NOBODY, &l, &exempt);
+        limits_of(&c, NOBODY, &l, &exempt);
         /* 0 (no limit) is the most generous; a key only one group sets is
          * taken from it even where [quota] was more generous. */
         md_limits want = {0, 10000, 3, 3, 0, 100};
         CHECK_LIMITS(l, want, "most generous of the groups");
         CHECK(!exempt, "nobody exempt without admin_group");
 
-        md_config_limits(&c, NO_PASSWD, NOBODY, &l, &exempt);
+        limits_of(&c, NO_PASSWD, &l, &exempt);
         CHECK_LIMITS(l, base, "supplementary groups counted for a uid without a name");
 
         md_config_free(&c);
@@ -534,10 +540,10 @@ static void group_precedence(void) {
                         "[group:mxtest-a]\nmax_concurrent = 30\n[group:mxtest-b]\nmax_concurrent = 0\n"
                         "[user:nobody]\nmax_concurrent = 1\n"
                         "[daemon]\nadmin_group = mxtest-admin\n");
-        md_config_limits(&c, NOBODY, NOBODY, &l, &exempt);
+        limits_of(&c, NOBODY, &l, &exempt);
         CHECK(l.max_concurrent == 1, "user section lost to groups: %u", l.max_concurrent);
         CHECK(exempt, "supplementary member of admin_group not exempt");
-        md_config_limits(&c, NO_PASSWD, NOBODY, &l, &exempt);
+        limits_of(&c, NO_PASSWD, &l, &exempt);
         CHECK(!exempt, "admin_group membership of someone else counted");
         md_config_free(&c);
 }
@@ -657,8 +663,10 @@ static void test_usage_roundtrip(void) {
                 md_usage_free(&u);
         }
 
-        /* A state directory that cannot be created. */
-        char *deep = path_in("no/such/parent");
+        /* A state directory that cannot be created (a file where a parent
+         * would be); missing parents are made. */
+        free(write_file("a-file", "x"));
+        char *deep = path_in("a-file/state");
         r = md_usage_open(&u, deep, &err);
         CHECK(r < 0 && contains(err.msg, deep), "uncreatable state directory: %d %s", r, err.msg);
         md_usage_free(&u);
@@ -891,8 +899,8 @@ static void test_gen_defaults(void) {
         CHECK(r == 0, "plain prompt: %s", err.msg);
         mx_sampling d;
         mx_sampling_defaults(&d);
-        CHECK(p.prompt == g.prompt && !p.messages && p.n_messages == 0 && !p.system && !p.raw && !p.want_ids &&
-                      p.max_tokens == 0 && p.n_stop == 0,
+        CHECK(p.prompt.s && !strcmp(p.prompt.s, g.prompt) && p.prompt.len == 5 && !p.messages && p.n_messages == 0 &&
+                      !p.system.s && !p.raw && !p.want_ids && p.max_tokens == 0 && p.n_stop == 0,
               "plain prompt fields");
         CHECK(p.sampling.temperature == d.temperature && p.sampling.top_k == d.top_k &&
                       p.sampling.top_p == d.top_p && p.sampling.min_p == d.min_p &&
@@ -923,8 +931,8 @@ static void test_gen_defaults(void) {
                       p.sampling.min_p == 0 && fabsf(p.sampling.repeat_penalty - 1.3f) < 1e-6f &&
                       p.sampling.seed == 42,
               "options read");
-        CHECK(p.max_tokens == 77 && p.want_ids && p.system == g.system && p.n_stop == 2 &&
-                      p.stop[1] == stops[1],
+        CHECK(p.max_tokens == 77 && p.want_ids && p.system.s && !strcmp(p.system.s, g.system) && p.n_stop == 2 &&
+                      !strcmp(p.stop[1].s, stops[1]) && p.stop[1].len == strlen(stops[1]),
               "options read");
         md_gen_params_free(&p);
 
@@ -958,11 +966,11 @@ static void test_gen_messages(void) {
         mx_error err = {0};
         int r = md_gen_params_from(&g, &p, &err);
         CHECK(r == 0, "conversation: %s", err.msg);
-        CHECK(!p.prompt && p.n_messages == 4 && p.system == g.system, "conversation fields");
+        CHECK(!p.prompt.s && p.n_messages == 4 && p.system.s && !strcmp(p.system.s, g.system), "conversation fields");
         if (r == 0 && p.n_messages == 4) {
                 static const mx_role roles[] = {MX_ROLE_SYSTEM, MX_ROLE_USER, MX_ROLE_ASSISTANT, MX_ROLE_USER};
                 for (size_t i = 0; i < 4; i++)
-                        CHECK(p.messages[i].role == roles[i] && p.messages[i].content == m[i].content &&
+                        CHECK(p.messages[i].role == roles[i] && !strcmp(p.messages[i].content, m[i].content) &&
                                       p.messages[i].len == strlen(m[i].content),
                               "message %zu", i);
         }

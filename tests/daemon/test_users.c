@@ -1,9 +1,14 @@
 /* Several users of one daemon: each child drops to its own uid before it
  * connects, so the daemon knows it by SO_PEERCRED alone. Quotas are per
- * uid (and per [user:]/[group:] section), survive a restart, change on
- * SIGHUP; nobody sees or cancels another user's requests. Needs root.
+ * uid (and per [user:]/[group:] section, by the groups of the user's
+ * passwd entry whatever group its process runs as), survive a restart,
+ * change on SIGHUP; nobody sees or cancels another user's requests. Needs
+ * root: the test users live in a private mount namespace's /etc/passwd and
+ * /etc/group, which the daemon it starts sees too.
  *
  *   test-users MIXTRALD DEMO_MODEL_DIR */
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -12,7 +17,8 @@
 #include "harness.h"
 #include "test_util.h"
 
-enum { ALICE = 60001, BOB = 60002, CAROL = 60003, NOBODY = 65534, NOGROUP = 65534, STAFF = 50 };
+enum { ALICE = 60001, BOB = 60002, CAROL = 60003, DAVE = 60004, NOBODY = 65534, NOGROUP = 65534,
+       LIMITED = 60010, OTHER = 60011 };
 
 static const char *mixtrald, *model;
 static dh_daemon d;
@@ -20,7 +26,7 @@ static dh_daemon d;
 static const char config[] =
         "[daemon]\n"
         "threads = 1\n"
-        "admin_group = staff\n"
+        "admin_group = mxadmin\n"
         "max_connections_per_uid = 5\n"
         "[quota]\n"
         "tokens_per_hour = 200\n"
@@ -29,7 +35,9 @@ static const char config[] =
         "max_tokens = 40\n"
         "[user:nobody]\n"
         "tokens_per_hour = 0\n"
-        "max_tokens = 0\n";
+        "max_tokens = 0\n"
+        "[group:mxlimited]\n"
+        "tokens_per_hour = 30\n";
 
 /* Child bodies return 0 for "as expected"; they report why not on stderr. */
 static int fail(const char *fmt, ...) {
@@ -125,6 +133,18 @@ static int too_many_connections(void *arg) {
         for (int i = 0; i < 6; i++)
                 close(fds[i]);
         return 0;
+}
+
+/* Dave's passwd group is mxlimited; he runs as his other group (as `sg
+ * mxother` would): mxlimited's limit holds all the same. */
+static int group_by_passwd(void *arg) {
+        if (getegid() != OTHER)
+                return fail("running as gid %u, not %u", getegid(), OTHER);
+        Mixtrald__V1__Response *q = dh_quota(&d);
+        uint64_t limit = q ? q->quota->limits->tokens_per_hour : 0;
+        if (q)
+                mixtrald__v1__response__free_unpacked(q, NULL);
+        return limit == 30 ? 0 : fail("tokens_per_hour %llu, not mxlimited's 30", (unsigned long long)limit);
 }
 
 static int exempt_admin(void *arg) {
@@ -294,6 +314,41 @@ static void test_fair_between_users(void) {
         dh_cleanup(&fair);
 }
 
+/* The system's file with our lines added, bind-mounted over it in a
+ * private mount namespace. */
+static int overlay(const char *file, const char *more) {
+        char path[64];
+        snprintf(path, sizeof(path), "/tmp/mx-users-%s-XXXXXX", strrchr(file, '/') + 1);
+        int fd = mkstemp(path);
+        FILE *in = fopen(file, "re"), *out = fd >= 0 ? fdopen(fd, "w") : NULL;
+        char line[4096];
+        while (in && out && fgets(line, sizeof(line), in))
+                fputs(line, out);
+        if (out)
+                fputs(more, out);
+        bool ok = in && out && fclose(out) == 0;
+        if (in)
+                fclose(in);
+        chmod(path, 0644);
+        ok = ok && mount(path, file, NULL, MS_BIND, NULL) == 0;
+        unlink(path);
+        return ok ? 0 : -1;
+}
+
+static void with_test_users(void) {
+        if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+                test_skip("no private mount namespace for the test users");
+        if (overlay("/etc/passwd",
+                    "mxalice:x:60001:60001::/nonexistent:/usr/sbin/nologin\n"
+                    "mxbob:x:60002:60002::/nonexistent:/usr/sbin/nologin\n"
+                    "mxcarol:x:60003:60003::/nonexistent:/usr/sbin/nologin\n"
+                    "mxdave:x:60004:60010::/nonexistent:/usr/sbin/nologin\n") < 0 ||
+            overlay("/etc/group",
+                    "mxalice:x:60001:\nmxbob:x:60002:\nmxcarol:x:60003:\nmxlimited:x:60010:\n"
+                    "mxother:x:60011:mxdave\nmxadmin:x:60012:mxcarol\n") < 0)
+                test_skip("cannot put the test users in /etc/passwd and /etc/group");
+}
+
 int main(int argc, char **argv) {
         if (argc != 3) {
                 fprintf(stderr, "usage: test-users MIXTRALD DEMO_MODEL_DIR\n");
@@ -301,6 +356,7 @@ int main(int argc, char **argv) {
         }
         if (geteuid() != 0)
                 test_skip("several users need root to switch uids (run the tests as root)");
+        with_test_users();
         mixtrald = argv[1], model = argv[2];
         signal(SIGPIPE, SIG_IGN);
         CHECK(dh_init(&d, mixtrald, model, config) == 0, "init");
@@ -312,7 +368,8 @@ int main(int argc, char **argv) {
         CHECK(dh_as_user(ALICE, ALICE, exhaust, NULL) == 0, "Alice's budget was not enforced");
         CHECK(dh_as_user(BOB, BOB, one_request, NULL) == 0, "Bob was refused for Alice's usage");
         CHECK(dh_as_user(NOBODY, NOBODY, unlimited, NULL) == 0, "[user:nobody] did not lift the budget");
-        CHECK(dh_as_user(CAROL, STAFF, exempt_admin, NULL) == 0, "admin_group is not exempt");
+        CHECK(dh_as_user(CAROL, CAROL, exempt_admin, NULL) == 0, "admin_group is not exempt");
+        CHECK(dh_as_user(DAVE, OTHER, group_by_passwd, NULL) == 0, "another egid escaped a [group:] limit");
         CHECK(dh_as_user(BOB, BOB, too_many_connections, NULL) == 0, "max_connections_per_uid is not enforced");
         test_privacy();
         test_fair_between_users();

@@ -14,7 +14,11 @@
  *   - faults: a read error and a short read (MX_IO_FAULT), and the experts'
  *     shard truncated under the engine, each fail that request with a
  *     message naming the file; the engine then serves the next request
- *     (after the file is put back) with the same tokens as before. */
+ *     (after the file is put back) with the same tokens as before;
+ *   - the same with every weight mapped (no streaming): a read past the
+ *     end of a file that shrank under the engine is a SIGBUS, which the
+ *     engine's guard turns into a failed request naming the file; put back
+ *     in place or renamed over, the file serves the same tokens again. */
 #include <fcntl.h>
 #include <ftw.h>
 #include <jansson.h>
@@ -346,6 +350,45 @@ static void check_mixed_file_truncated(const char *src) {
         CHECK(generate(e, got, &err) == 0 && ids_eq(got, STEPS, want, STEPS), "mixed, restored: %s", err.msg);
 }
 
+static char *slurp(const char *path, size_t *n) {
+        struct stat st;
+        char *buf = stat(path, &st) == 0 ? malloc((size_t)st.st_size + 1) : NULL;
+        FILE *f = buf ? fopen(path, "rb") : NULL;
+        *n = f ? fread(buf, 1, (size_t)st.st_size, f) : 0;
+        if (f)
+                fclose(f);
+        return buf;
+}
+
+/* Mapped, not streamed: nothing copied, so a shrunk file is a SIGBUS
+ * inside the matrix kernels, on the pool's threads. */
+static void check_mapped_truncated(const mx_model *m, const int32_t *want) {
+        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(m, 0);
+        int32_t got[STEPS];
+        size_t n;
+        _cleanup_free_ char *saved = slurp(experts_path, &n);
+        mx_error err = {0};
+        if (!e || !saved)
+                return;
+        CHECK(truncate(experts_path, (off_t)(n / 3)) == 0, "truncate: %s", strerror(errno));
+        CHECK(generate(e, got, &err) == -EIO && strstr(err.msg, experts_path) && strstr(err.msg, "shrank"),
+              "mapped, truncated: '%s'", err.msg);
+        err = (mx_error){0};
+        CHECK(generate(e, got, &err) == -EIO, "mapped, still truncated: the request did not fail");
+        CHECK(write_file(experts_path, saved, n) == 0, "restore %s in place", experts_path);
+        err = (mx_error){0};
+        CHECK(generate(e, got, &err) == 0 && ids_eq(got, STEPS, want, STEPS), "mapped, restored in place: %s",
+              err.msg);
+        char fresh[sizeof(experts_path) + 8];
+        snprintf(fresh, sizeof(fresh), "%s.fresh", experts_path);
+        CHECK(write_file(fresh, saved, n) == 0 && truncate(experts_path, 4096) == 0, "truncate again");
+        CHECK(generate(e, got, &err) == -EIO, "mapped, truncated again: the request did not fail");
+        CHECK(rename(fresh, experts_path) == 0, "rename the copy over it");
+        err = (mx_error){0};
+        CHECK(generate(e, got, &err) == 0 && ids_eq(got, STEPS, want, STEPS), "mapped, copy renamed over: %s",
+              err.msg);
+}
+
 /* The budget's syntax, good and bad. */
 static void check_parse(const mx_model *m) {
         uint64_t all = all_expert_bytes(m), v = 7;
@@ -421,6 +464,7 @@ int main(int argc, char **argv) {
                 check_fault(m, want, "eio:1:40", "Input/output error");
                 check_fault(m, want, "short:1:40", "short read");
                 check_truncated(m, want);
+                check_mapped_truncated(m, want);
                 check_mixed_file_truncated(argv[1]);
                 /* Where io_uring cannot be had: the same tokens through pread. */
                 setenv("MX_IO_URING", "0", 1);

@@ -1,7 +1,8 @@
 /* Fuzzes what any local user's bytes reach first: the input is a stream
  * of frames as a connection would deliver it, each frame is decoded as a
  * mixtrald.v1.Request, and a generate request is validated and tokenized
- * (with the tokenizer trained at build time, or MX_FUZZ_TOKENIZER). Besides
+ * (with the tokenizer trained at build time, or MX_FUZZ_TOKENIZER), after
+ * the search for NUL bytes inside text that every frame goes through. Besides
  * the sanitizers, it checks that framing agrees with itself and that what
  * the validator accepts is what the engine may rely on. */
 #include <errno.h>
@@ -27,27 +28,27 @@ static void load(void) {
         }
 }
 
-static bool text_ok(const char *s) {
-        return s && mx_utf8_valid(s, strlen(s));
+/* UTF-8 with no NUL inside, and NUL-terminated. */
+static bool text_ok(const char *s, size_t len) {
+        return s && strlen(s) == len && mx_utf8_valid(s, len);
 }
 
 /* What the scheduler and the sampler take on trust once a request passed. */
 static void check_accepted(const Mixtrald__V1__Generate *g, const md_gen_params *p) {
-        if (!p->prompt == !p->n_messages || (p->prompt && (!*p->prompt || !text_ok(p->prompt))))
+        if (!p->prompt.s == !p->n_messages || (p->prompt.s && (!p->prompt.len || !text_ok(p->prompt.s, p->prompt.len))))
                 abort();
-        if (p->raw && (p->n_messages || p->system))
+        if (p->raw && (p->n_messages || p->system.s))
                 abort();
-        if (p->system && !text_ok(p->system))
+        if (p->system.s && !text_ok(p->system.s, p->system.len))
                 abort();
         for (size_t i = 0; i < p->n_messages; i++)
-                if (!text_ok(p->messages[i].content) || p->messages[i].len != strlen(p->messages[i].content) ||
-                    p->messages[i].role > MX_ROLE_ASSISTANT)
+                if (!text_ok(p->messages[i].content, p->messages[i].len) || p->messages[i].role > MX_ROLE_ASSISTANT)
                         abort();
         if (p->n_stop > 16 || p->n_stop != g->n_stop)
                 abort();
         for (size_t i = 0; i < p->n_stop; i++) {
-                size_t n = strlen(p->stop[i]);
-                if (n == 0 || n > 256 || !text_ok(p->stop[i]))
+                size_t n = p->stop[i].len;
+                if (n == 0 || n > 256 || !text_ok(p->stop[i].s, n))
                         abort();
         }
         if (mx_sampling_check(&p->sampling, NULL) < 0)
@@ -91,7 +92,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                     mxp_frame_find(buf, hdr + body - 1, MAX_FRAME, &h2, &b2) != 0)
                         abort();
                 Mixtrald__V1__Request *req = md_request_unpack(buf + hdr, body);
-                if (req && req->kind_case == MIXTRALD__V1__REQUEST__KIND_GENERATE)
+                /* The daemon looks for NUL bytes in text of every frame it
+                 * could unpack, before anything else. */
+                const char *nul = req ? md_request_nul_field(buf + hdr, body) : NULL;
+                if (req && !nul && req->kind_case == MIXTRALD__V1__REQUEST__KIND_GENERATE)
                         generate(req->generate);
                 md_request_free(req);
                 off += hdr + body;

@@ -1,0 +1,45 @@
+/* A lower bound on how many tokens a text becomes, without tokenizing it:
+ * the daemon refuses a prompt that cannot fit the context before spending
+ * any time on it (a 100 MB prompt would otherwise keep a thread busy for
+ * a minute only to be refused).
+ *
+ * Whitespace may be collapsed or dropped before encoding (the chat
+ * format's normalizer, remove_extra_whitespaces), but no other byte is:
+ * each survives as at least one byte of some piece, and a piece stands for
+ * at most as many of them as it has bytes that are not U+2581 (the escaped
+ * space). Without byte fallback a run of unknown characters is one <unk>,
+ * so no bound holds and the answer is 0. */
+#include <string.h>
+
+#include "text.h"
+
+static bool is_space(unsigned char c) {
+        return c == ' ' || (c >= '\t' && c <= '\r');
+}
+
+/* The most non-space text bytes one piece stands for. */
+static uint32_t widest_piece(const mx_tokenizer *tok) {
+        static const char lower_one_eighth_block[] = "\xE2\x96\x81"; /* U+2581 */
+        uint32_t most = 1;
+        for (uint32_t i = 0; i < tok->n; i++) {
+                const char *p = tok->text + tok->off[i];
+                uint32_t n = tok->len[i], spaces = 0;
+                if (tok->type[i] == MX_PIECE_BYTE || tok->type[i] == MX_PIECE_CONTROL)
+                        continue;
+                for (const char *q = p; (q = memmem(q, (size_t)(p + n - q), lower_one_eighth_block, 3)); q += 3)
+                        spaces++;
+                if (n - 3 * spaces > most)
+                        most = n - 3 * spaces;
+        }
+        return most;
+}
+
+uint64_t mx_tokenizer_min_tokens(const mx_tokenizer *tok, const char *text, size_t len) {
+        if (!tok->byte_fallback)
+                return 0;
+        uint64_t solid = 0;
+        for (size_t i = 0; i < len; i++)
+                solid += !is_space((unsigned char)text[i]);
+        uint32_t widest = widest_piece(tok);
+        return (solid + widest - 1) / widest;
+}
