@@ -7,11 +7,14 @@
  * format's normalizer, remove_extra_whitespaces), but no other byte is:
  * each survives as at least one byte of some piece, and a piece stands for
  * at most as many of them as it has bytes that are not U+2581 (the escaped
- * space). Without byte fallback a run of unknown characters is one <unk>,
+ * space, which a text may also hold itself: counted as a space on both
+ * sides). Without byte fallback a run of unknown characters is one <unk>,
  * so no bound holds and the answer is 0. */
 #include <string.h>
 
 #include "text.h"
+
+static const char escaped_space[] = "\xE2\x96\x81"; /* U+2581 */
 
 static bool is_space(unsigned char c) {
         return c == ' ' || (c >= '\t' && c <= '\r');
@@ -19,14 +22,13 @@ static bool is_space(unsigned char c) {
 
 /* The most non-space text bytes one piece stands for. */
 static uint32_t widest_piece(const mx_tokenizer *tok) {
-        static const char lower_one_eighth_block[] = "\xE2\x96\x81"; /* U+2581 */
         uint32_t most = 1;
         for (uint32_t i = 0; i < tok->n; i++) {
                 const char *p = tok->text + tok->off[i];
                 uint32_t n = tok->len[i], spaces = 0;
                 if (tok->type[i] == MX_PIECE_BYTE || tok->type[i] == MX_PIECE_CONTROL)
                         continue;
-                for (const char *q = p; (q = memmem(q, (size_t)(p + n - q), lower_one_eighth_block, 3)); q += 3)
+                for (const char *q = p; (q = memmem(q, (size_t)(p + n - q), escaped_space, 3)); q += 3)
                         spaces++;
                 if (n - 3 * spaces > most)
                         most = n - 3 * spaces;
@@ -38,8 +40,12 @@ uint64_t mx_tokenizer_min_tokens(const mx_tokenizer *tok, const char *text, size
         if (!tok->byte_fallback)
                 return 0;
         uint64_t solid = 0;
-        for (size_t i = 0; i < len; i++)
-                solid += !is_space((unsigned char)text[i]);
+        for (size_t i = 0; i < len; i++) {
+                if (len - i >= 3 && !memcmp(text + i, escaped_space, 3))
+                        i += 2;
+                else
+                        solid += !is_space((unsigned char)text[i]);
+        }
         uint32_t widest = widest_piece(tok);
         return (solid + widest - 1) / widest;
 }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -63,8 +64,10 @@ int dh_start(dh_daemon *d, const char *const *extra_env) {
                 unsetenv("JOURNAL_STREAM");
                 for (size_t i = 0; extra_env && extra_env[i]; i++)
                         putenv((char *)extra_env[i]);
+                if (d->nofile > 0)
+                        setrlimit(RLIMIT_NOFILE, &(struct rlimit){(rlim_t)d->nofile, (rlim_t)d->nofile});
                 const char *argv[32] = {d->binary, "--model", d->model, "--socket", d->socket, "--config",
-                                        d->config, "--state-directory", d->state};
+                                        d->config_arg ? d->config_arg : d->config, "--state-directory", d->state};
                 size_t n = 9;
                 static const char *const no_bus[] = {"--bus", "none", NULL};
                 for (const char *const *a = d->args ? d->args : no_bus; *a && n < 31; a++)

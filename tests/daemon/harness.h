@@ -16,6 +16,8 @@ typedef struct dh_daemon {
         pid_t pid;
         const char *binary, *model;
         const char *const *args;/* more daemon arguments (default: --bus none) */
+        int nofile;             /* RLIMIT_NOFILE for the daemon (0: as inherited) */
+        const char *config_arg; /* --config's value (default: the file dh_init wrote) */
         char seen[16384];       /* every notify message so far, in order */
         size_t n_seen;
 } dh_daemon;

@@ -200,6 +200,12 @@ static void test_config_errors(void) {
                 {"[daemon]\nthreads = 1\nthreads\n", 3, "key = value"},
                 {"[daemon]\nthreads = 1\n[quota\n", 3, "key = value"},
                 {"threads = 1\n", 1, "section []"},
+                /* What inih would take silently. */
+                {"[quota]\ntokens_per_day = 1000\n    0\n", 3, "indented"},
+                {"[quota]\ntokens_per_day = 1000\n\tmax_tokens = 5\n", 3, "indented"},
+                {"[daemon]\nthreads = 1\nthreads = 2\n", 3, "threads is given twice"},
+                {"[quota]\nmax_tokens = 1\n[quota]\nmax_concurrent = 2\n", 3, "[quota] is given twice"},
+                {"[user:nobody]\nmax_tokens = 1\n[daemon]\nthreads = 1\n[user:nobody]\n", 5, "given twice"},
         };
         char *path = path_in("bad.conf");
         for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
@@ -217,7 +223,22 @@ static void test_config_errors(void) {
                       cases[i].needle);
                 md_config_free(&c);
         }
-        free(path);
+
+        /* A NUL byte would end the line for inih: the rest unread. */
+        FILE *f = fopen(path, "we");
+        fwrite("[daemon]\nthreads = 1\0 junk\n", 1, 28, f);
+        fclose(f);
+        md_config n;
+        md_config_defaults(&n);
+        mx_error nerr = {0};
+        CHECK(md_config_load(&n, path, true, &nerr) < 0 && contains(nerr.msg, ":2:") && contains(nerr.msg, "NUL"),
+              "a NUL byte: '%s'", nerr.msg);
+        md_config_free(&n);
+        /* Indented comments and blank lines are fine. */
+        free(write_file("bad.conf", "[daemon]\n   # a note\n\t; another\n  \nthreads = 1\n"));
+        md_config_defaults(&n);
+        CHECK(md_config_load(&n, path, true, &nerr) == 0 && n.threads == 1, "indented comments: %s", nerr.msg);
+        md_config_free(&n);
 
         /* Limits at their bounds are accepted. */
         char *ok = write_file("edge.conf",
@@ -232,6 +253,7 @@ static void test_config_errors(void) {
               "bounds read back");
         md_config_free(&c);
         free(ok);
+        free(path);
 }
 
 static void test_config_files(void) {
@@ -1160,6 +1182,40 @@ static void test_request_unpack(void) {
         md_request_free(u);
 }
 
+/* Text with a NUL byte inside, which protobuf-c would cut short, found in
+ * the frame by field: the prompt, a message's role or content, a stop
+ * string; and none in a clean frame or in a non-text field. */
+static void test_nul_fields(void) {
+        static const struct {
+                uint8_t body[24];
+                size_t len;
+                const char *field;
+        } cases[] = {
+                /* generate{prompt "hi\0x"} */
+                {{0x12, 0x06, 0x0a, 0x04, 'h', 'i', 0, 'x'}, 8, "prompt"},
+                /* generate{messages{role "us\0r"}} */
+                {{0x12, 0x08, 0x12, 0x06, 0x0a, 0x04, 'u', 's', 0, 'r'}, 10, "role"},
+                /* generate{messages{content "\0"}} */
+                {{0x12, 0x05, 0x12, 0x03, 0x12, 0x01, 0}, 7, "content"},
+                /* generate{stop "a\0"} */
+                {{0x12, 0x04, 0x62, 0x02, 'a', 0}, 6, "stop"},
+                /* generate{system "\0"} */
+                {{0x12, 0x03, 0x1a, 0x01, 0}, 5, "system"},
+                /* generate{prompt "fine", seed 0} (a zero byte outside text) */
+                {{0x12, 0x08, 0x0a, 0x04, 'f', 'i', 'n', 'e', 0x50, 0x00}, 10, NULL},
+                /* tag 0 */
+                {{0x08, 0x00}, 2, NULL},
+        };
+        for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+                Mixtrald__V1__Request *u = md_request_unpack(cases[i].body, cases[i].len);
+                CHECK(u != NULL, "case %zu does not unpack", i);
+                md_request_free(u);
+                const char *f = md_request_nul_field(cases[i].body, cases[i].len);
+                CHECK(cases[i].field ? f && !strcmp(f, cases[i].field) : !f, "case %zu: '%s', not '%s'", i,
+                      f ? f : "(none)", cases[i].field ? cases[i].field : "(none)");
+        }
+}
+
 /* ---- framing ----------------------------------------------------------------- */
 
 static int find(const uint8_t *buf, size_t n, size_t max, size_t *hdr, size_t *body) {
@@ -1239,6 +1295,7 @@ int main(void) {
         test_gen_messages();
         test_gen_bad();
         test_request_unpack();
+        test_nul_fields();
         test_frame_find();
         remove_tree(tmpdir);
         return test_result();

@@ -2,7 +2,9 @@
  * (with our policy file included), the daemon on it with the demo model,
  * and callers over sd-bus and busctl. Signals reach only their caller;
  * each uid has its own quota; Cancel works; a caller that leaves has its
- * requests freed; bad options get named errors; the introspection XML in
+ * requests freed, but a forged NameOwnerChanged frees nothing; another
+ * user's request object cannot be told from a missing one; bad options
+ * get named errors; the introspection XML in
  * the repository is what the service says; D-Bus activation starts it.
  *
  *   test-dbus MIXTRALD DEMO_MODEL_DIR POLICY_FILE INTROSPECTION_XML */
@@ -428,6 +430,105 @@ static void test_cancel_and_leave(void) {
         CHECK(idle, "a caller that left the bus still has a request running");
 }
 
+/* Anyone may send a NameOwnerChanged signal to the service: a forged one
+ * saying the caller left must not cancel the caller's request. */
+static void test_forged_name_owner_changed(void) {
+        sd_bus *victim = connect_bus(bus_address), *forger = connect_bus(bus_address);
+        CHECK(victim && forger, "cannot connect to the test bus");
+        if (!victim || !forger)
+                return;
+        stream s = {0};
+        sd_bus_slot *slot = watch(victim, &s);
+        s.path = generate(victim, "keep going", 6, 200, true, NULL, 0);
+        CHECK(s.path, "Generate failed");
+        const char *who = NULL;
+        sd_bus_get_unique_name(victim, &who);
+        sd_bus_message *m = NULL;
+        int r = sd_bus_message_new_signal(forger, &m, "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                          "NameOwnerChanged");
+        if (r >= 0)
+                r = sd_bus_message_set_destination(m, NAME);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "sss", who, who, "");
+        if (r >= 0)
+                r = sd_bus_send(forger, m, NULL);
+        sd_bus_message_unref(m);
+        CHECK(r >= 0, "cannot send the forged signal: %s", strerror(-r));
+        sd_bus_flush(forger);
+        pump(victim, &s, 30000);
+        CHECK(s.done && !strcmp(s.reason, "length") && !s.failed[0],
+              "a forged NameOwnerChanged ended the victim's request ('%s' '%s')", s.reason, s.failed);
+        sd_bus_slot_unref(slot);
+        sd_bus_flush_close_unref(victim);
+        sd_bus_flush_close_unref(forger);
+}
+
+/* Introspecting another user's request says no more than introspecting
+ * one that never existed. */
+static int introspect_to(void *arg) {
+        int *p = arg;
+        char path[128];
+        ssize_t n = read(p[0], path, sizeof(path) - 1);
+        if (n <= 0)
+                return 2;
+        path[n] = '\0';
+        sd_bus *b = connect_bus(bus_address);
+        if (!b)
+                return 3;
+        sd_bus_error e1 = SD_BUS_ERROR_NULL, e2 = SD_BUS_ERROR_NULL;
+        sd_bus_message *r1 = NULL, *r2 = NULL;
+        int a = sd_bus_call_method(b, NAME, path, "org.freedesktop.DBus.Introspectable", "Introspect", &e1, &r1, "");
+        int z = sd_bus_call_method(b, NAME, "/org/mixtrald/Mixtral1/request/987654321",
+                                   "org.freedesktop.DBus.Introspectable", "Introspect", &e2, &r2, "");
+        const char *x1 = "", *x2 = "";
+        if (a >= 0)
+                sd_bus_message_read(r1, "s", &x1);
+        if (z >= 0)
+                sd_bus_message_read(r2, "s", &x2);
+        bool same = (a >= 0) == (z >= 0) && !strcmp(x1, x2) && (a >= 0 || sd_bus_error_has_name(&e1, e2.name));
+        if (!same)
+                fprintf(stderr, "[uid %u] someone else's request: %d %s %.80s; none: %d %s %.80s\n", getuid(), a,
+                        e1.name ? e1.name : "", x1, z, e2.name ? e2.name : "", x2);
+        sd_bus_error_free(&e1), sd_bus_error_free(&e2);
+        sd_bus_message_unref(r1), sd_bus_message_unref(r2);
+        sd_bus_flush_close_unref(b);
+        return same ? 0 : 1;
+}
+
+static int hold_request(void *arg) {
+        int *p = arg;
+        sd_bus *b = connect_bus(bus_address);
+        const char *path = b ? generate(b, "a private matter", 7, 0, true, NULL, 0) : NULL;
+        if (!path || write(p[1], path, strlen(path)) < 0)
+                return 2;
+        char go;
+        (void)!read(p[2], &go, 1); /* until the other looked */
+        sd_bus_call_method(b, NAME, PATH, NAME, "Cancel", NULL, NULL, "o", path);
+        sd_bus_flush_close_unref(b);
+        return 0;
+}
+
+static void test_request_objects_private(void) {
+        if (geteuid() != 0) {
+                printf("request objects private: skipped (needs root to switch uids)\n");
+                return;
+        }
+        int p[2], go[2];
+        CHECK(pipe(p) == 0 && pipe(go) == 0, "pipe");
+        int fds[3] = {p[0], p[1], go[0]};
+        fflush(NULL);
+        pid_t holder = fork();
+        if (holder == 0)
+                _exit(dh_drop_to(ALICE, ALICE) < 0 ? 99 : hold_request(fds));
+        int r = dh_as_user(BOB, BOB, introspect_to, fds);
+        CHECK(r == 0, "another user's request object answers differently from a missing one (%d)", r);
+        CHECK(write(go[1], "g", 1) == 1, "pipe");
+        int st;
+        waitpid(holder, &st, 0);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the request's owner failed");
+        close(p[0]), close(p[1]), close(go[0]), close(go[1]);
+}
+
 /* Runs as uid: Complete until QuotaExceeded (exit 0 when it came, with
  * the budget respected), or one Complete that must succeed (arg). */
 static int spend(void *arg) {
@@ -667,6 +768,8 @@ int main(int argc, char **argv) {
                 {"complete, quota, properties", test_complete_quota_properties},
                 {"bad options", test_bad_options},
                 {"cancel and leaving the bus", test_cancel_and_leave},
+                {"forged NameOwnerChanged", test_forged_name_owner_changed},
+                {"request objects private", test_request_objects_private},
                 {"quotas per uid", test_quotas_per_uid},
                 {"introspection", test_introspection},
                 {"busctl", test_busctl},

@@ -9,7 +9,8 @@
  * that streaming decode, one id at a time, emits only whole UTF-8
  * characters and adds up to the batch decode, and that decode(encode(x))
  * gives x back for valid UTF-8 without U+2581 (which SentencePiece itself
- * maps to a space).
+ * maps to a space), and that mx_tokenizer_min_tokens never says more than
+ * the real count.
  *
  *   tokenizer-check [--fixture] TOKENIZER CASES
  *
@@ -84,6 +85,9 @@ static void check_encode(const mx_tokenizer *tok, const char *text, size_t len, 
         int r = mx_tokenize(tok, text, len, &got);
         if (r < 0 || !ids_eq(got.v, got.n, want->v, want->n))
                 report("encode", text, len, want, &got);
+        /* The daemon refuses prompts on this bound before tokenizing. */
+        if (r == 0 && mx_tokenizer_min_tokens(tok, text, len) > got.n)
+                report("min_tokens above the real count", text, len, want, &got);
         if (utf8_strict(text, len) && !has_u2581(text, len)) {
                 mx_buf back = {0};
                 if (mx_detokenize(tok, got.v, got.n, &back) < 0 || back.n != len ||
