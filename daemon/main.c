@@ -218,13 +218,8 @@ static int load(md_server *srv, mx_error *err) {
                 return mx_error_set(err, -errno, "%s: %s", srv->cfg.model, strerror(errno));
         sd_notifyf(false, "STATUS=Opening %s\nEXTEND_TIMEOUT_USEC=%llu", srv->model_dir, 30000000ull);
         int r = mx_model_open(&srv->model, srv->model_dir, err);
-        _cleanup_free_ char *tp = NULL;
-        if (r < 0 || !(tp = mx_model_find_tokenizer(srv->model_dir, err)) ||
-            (r = mx_tokenizer_load(&srv->tok, tp, err)) < 0)
-                return r < 0 ? r : -ENOENT;
-        if (mx_tokenizer_vocab_size(srv->tok) != srv->model->cfg.vocab_size)
-                return mx_error_set(err, -EINVAL, "the tokenizer has %u pieces but the model a vocabulary of %u",
-                                    mx_tokenizer_vocab_size(srv->tok), srv->model->cfg.vocab_size);
+        if (r < 0 || (r = mx_model_load_tokenizer(srv->model, &srv->tok, err)) < 0)
+                return r;
         const char *budget = srv->cfg.expert_memory ? srv->cfg.expert_memory : "auto";
         if ((r = mx_expert_budget_parse(budget, srv->model, &srv->expert_budget, err)) < 0)
                 return r;

@@ -115,7 +115,7 @@ static int list_files(mx_model *m, json_t **weight_map, mx_error *err) {
         return mx_error_set(err, -ENOENT, "%s: no model.safetensors or %s", m->dir, INDEX_FILE);
 }
 
-static int append_tensors(mx_model *m, mx_tensor *t, size_t n, const char *file) {
+int mx_model_add_tensors(mx_model *m, mx_tensor *t, size_t n, const char *file) {
         mx_tensor *all = realloc(m->tensors, (m->n_tensors + n) * sizeof(*all));
         if (!all && m->n_tensors + n > 0)
                 return -ENOMEM;
@@ -139,7 +139,7 @@ static int map_one(mx_model *m, mx_model_file *f, mx_error *err) {
         r = mx_safetensors_parse(f->map, f->size, path, &t, &n, err);
         if (r < 0)
                 return r;
-        if (append_tensors(m, t, n, f->name) < 0) {
+        if (mx_model_add_tensors(m, t, n, f->name) < 0) {
                 mx_tensors_free(t, n);
                 return mx_error_set(err, -ENOMEM, "%s: out of memory", path);
         }
@@ -186,8 +186,10 @@ int mx_model_files_open(mx_model *m, mx_error *err) {
 }
 
 void mx_model_files_close(mx_model *m) {
+        model_priv *p = m->priv;
         for (size_t i = 0; i < m->n_files; i++) {
-                mx_unmap_file(m->files[i].map, m->files[i].size);
+                if (!p || !p->borrowed_maps)
+                        mx_unmap_file(m->files[i].map, m->files[i].size);
                 free(m->files[i].name);
         }
         free(m->files);
