@@ -309,6 +309,9 @@ char *mx_model_find_tokenizer(const char *dir, mx_error *err);
  * the directory's tokenizer.model / tokenizer.model.v1; its size checked
  * against the model's vocabulary. */
 int mx_model_load_tokenizer(const mx_model *m, mx_tokenizer **out, mx_error *err);
+/* A tokenizer from path: a SentencePiece model file, or a GGUF model's own
+ * vocabulary (any path mx_model_open takes as GGUF; only headers are read). */
+int mx_tokenizer_open(const char *path, mx_tokenizer **out, mx_error *err);
 
 typedef struct mx_footprint {
         uint64_t params;            /* all parameters */

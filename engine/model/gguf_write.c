@@ -6,7 +6,9 @@
  * blk.N.ffn_{gate,down,up}_exps.weight when they share a type (each
  * expert its own blk.N.ffn_gate.E.weight otherwise), q/k rows in
  * llama.cpp's interleaved RoPE order whatever order the source holds, and
- * every tensor in the type it has (block formats byte for byte). Tensors
+ * every matrix in the type it has (block formats byte for byte); norms
+ * in F32 as llama.cpp's converter stores them (exactly: the engine reads
+ * them as F32 anyway). Tensors
  * follow each other in file order, each at a multiple of 32, as llama.cpp
  * requires. The file appears under its name only once complete (written
  * to a temporary name, synced, renamed). Called by whoever saves a model
@@ -16,6 +18,7 @@
 
 #include "model.h"
 #include "mx_common.h"
+#include "quant.h"
 #include "text.h"
 
 #define ALIGNMENT MX_GGUF_DEFAULT_ALIGNMENT
@@ -30,6 +33,7 @@ typedef struct out_tensor {
         const mx_tensor *const *parts; /* [n_parts] */
         uint32_t n_parts;
         bool rope;                  /* q/k: rows into GGUF's RoPE order */
+        bool to_f32;                /* a norm stored in 16 bits, widened */
 } out_tensor;
 
 typedef struct writer {
@@ -108,6 +112,7 @@ static void add(writer *w, const char *name, const mx_tensor *const *parts, uint
         o->parts = parts;
         o->n_parts = n_parts;
         o->rope = rope;
+        o->to_f32 = t->ndim == 1 && t->dtype != MX_DTYPE_F32;
         o->ndim = t->ndim + (n_parts > 1);
         for (uint32_t i = 0; i < t->ndim; i++)
                 o->ne[i] = t->shape[t->ndim - 1 - i];
@@ -116,6 +121,8 @@ static void add(writer *w, const char *name, const mx_tensor *const *parts, uint
         o->nbytes = 0;
         for (uint32_t i = 0; i < n_parts; i++)
                 o->nbytes += parts[i]->nbytes;
+        if (o->to_f32)
+                o->dtype = MX_DTYPE_F32, o->nbytes = 4 * t->shape[0];
 }
 
 static bool same_dtype(const mx_tensor *const *v, uint32_t n) {
@@ -336,6 +343,21 @@ static int write_permuted(int fd, const mx_tensor *t, uint32_t head_dim) {
         return mx_write_all(fd, buf, t->nbytes);
 }
 
+static int write_f32(int fd, const mx_tensor *t) {
+        _cleanup_free_ float *buf = malloc(4 * t->shape[0]);
+        if (!buf)
+                return -ENOMEM;
+        for (uint64_t i = 0; i < t->shape[0]; i++)
+                buf[i] = mx_element_f32(t->data, t->dtype, i);
+        return mx_write_all(fd, buf, 4 * t->shape[0]);
+}
+
+static int write_part(int fd, const writer *w, const out_tensor *o, const mx_tensor *t) {
+        if (o->rope)
+                return write_permuted(fd, t, w->m->cfg.head_dim);
+        return o->to_f32 ? write_f32(fd, t) : mx_write_all(fd, t->data, t->nbytes);
+}
+
 static int write_data(int fd, void *arg) {
         writer *w = arg;
         static const uint8_t zeros[ALIGNMENT];
@@ -343,8 +365,7 @@ static int write_data(int fd, void *arg) {
         for (size_t i = 0; r == 0 && i < w->n; i++) {
                 const out_tensor *o = &w->t[i];
                 for (uint32_t k = 0; r == 0 && k < o->n_parts; k++)
-                        r = o->rope ? write_permuted(fd, o->parts[k], w->m->cfg.head_dim)
-                                        : mx_write_all(fd, o->parts[k]->data, o->parts[k]->nbytes);
+                        r = write_part(fd, w, o, o->parts[k]);
                 if (r == 0)
                         r = mx_write_all(fd, zeros, (ALIGNMENT - o->nbytes % ALIGNMENT) % ALIGNMENT);
                 w->done += o->nbytes;

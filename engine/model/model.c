@@ -4,6 +4,7 @@
  * error naming the file and the tensor. Three layouts: Hugging Face's and
  * mistral-inference's directories, and GGUF files (gguf_model.c), whose
  * merged expert tensors arrive here as per-expert views. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -107,6 +108,20 @@ static const char *shape_str(const uint64_t *dims, uint32_t n, char *buf, size_t
         return buf;
 }
 
+/* What a missing tensor's message names: the directory, or the GGUF file
+ * (a split set's first part) whose metadata describes the model. */
+static int missing(const mx_model *m, mx_error *err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int missing(const mx_model *m, mx_error *err, const char *fmt, ...) {
+        char what[384];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(what, sizeof(what), fmt, ap);
+        va_end(ap);
+        if (m->layout == MX_LAYOUT_GGUF)
+                return mx_error_set(err, -EINVAL, "%s/%s: %s is missing", m->dir, m->files[0].name, what);
+        return mx_error_set(err, -EINVAL, "%s: %s is missing", m->dir, what);
+}
+
 /* Finds the tensor called name and checks that its shape is [rows]
  * (cols == 0) or [rows, cols]. */
 static int bind(mx_model *m, const mx_tensor **out, uint64_t rows, uint64_t cols,
@@ -114,7 +129,7 @@ static int bind(mx_model *m, const mx_tensor **out, uint64_t rows, uint64_t cols
         char have[96], want[96];
         mx_tensor *t = mx_model_find(m, name);
         if (!t)
-                return mx_error_set(err, -EINVAL, "%s: tensor \"%s\" is missing", m->dir, name);
+                return missing(m, err, "tensor \"%s\"", name);
         uint64_t dims[2] = {rows, cols};
         uint32_t nd = cols ? 2 : 1;
         if (t->ndim != nd || t->shape[0] != rows || (nd == 2 && t->shape[1] != cols))
@@ -145,8 +160,7 @@ static int bind_expert(mx_model *m, const layout_names *nm, uint32_t L, uint32_t
                         return bind(m, out, rows, cols, merged, err);
                 if (!mx_model_find(m, name)) {
                         *strchr(merged, '[') = '\0';
-                        return mx_error_set(err, -EINVAL, "%s: tensor \"%s\" (or \"%s\") is missing", m->dir,
-                                            merged, name);
+                        return missing(m, err, "tensor \"%s\" (or \"%s\")", merged, name);
                 }
         }
         return bind(m, out, rows, cols, name, err);
@@ -290,6 +304,14 @@ int mx_model_load_tokenizer(const mx_model *m, mx_tokenizer **out, mx_error *err
                                     path ? path : m->dir, mx_tokenizer_vocab_size(tok), m->cfg.vocab_size);
         *out = MX_TAKE_PTR(tok);
         return 0;
+}
+
+int mx_tokenizer_open(const char *path, mx_tokenizer **out, mx_error *err) {
+        if (!mx_model_is_gguf(path))
+                return mx_tokenizer_load(out, path, err);
+        _cleanup_(mx_model_freep) mx_model *m = NULL;
+        int r = mx_model_open(&m, path, err);
+        return r < 0 ? r : mx_model_load_tokenizer(m, out, err);
 }
 
 char *mx_model_find_tokenizer(const char *dir, mx_error *err) {

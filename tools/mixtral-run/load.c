@@ -40,15 +40,12 @@ void run_progress(uint64_t done, uint64_t total, void *arg) {
  * model; a GGUF's vocabulary is in its header. */
 int run_load_tokenizer(const run_opts *o, mx_tokenizer **tok, mx_error *err) {
         _cleanup_free_ char *found = NULL;
-        _cleanup_(mx_model_freep) mx_model *m = NULL;
         const char *path = o->tokenizer;
-        if (!path && mx_model_is_gguf(o->model)) {
-                int r = mx_model_open(&m, o->model, err);
-                return r < 0 ? r : mx_model_load_tokenizer(m, tok, err);
-        }
+        if (!path && mx_model_is_gguf(o->model))
+                path = o->model;
         if (!path && !(path = found = mx_model_find_tokenizer(o->model, err)))
                 return -ENOENT;
-        return mx_tokenizer_load(tok, path, err);
+        return mx_tokenizer_open(path, tok, err);
 }
 
 bool run_on_gpu(const run_opts *o, int *index) {
