@@ -251,7 +251,8 @@ int mx_config_parse_params(const char *json, size_t len, const char *label, mx_c
 
 /* As llama.cpp's converter writes Mixtral. Optional keys take llama.cpp's
  * defaults: key/value heads = heads, RoPE base 10000, no vocab_size (then
- * the vocabulary's length). */
+ * the vocabulary's length); no context length is "not given", as in
+ * params.json (llama.cpp itself requires one). */
 static const mx_cfg_field gguf_fields[] = {
         FIELD(NULL, "llama.vocab_size", MX_CFG_UINT, false, MAX_VOCAB, vocab_size),
         FIELD(NULL, "llama.embedding_length", MX_CFG_UINT, true, MAX_DIM, hidden_size),
@@ -262,7 +263,7 @@ static const mx_cfg_field gguf_fields[] = {
         FIELD(NULL, "llama.attention.key_length", MX_CFG_UINT, false, MAX_DIM, head_dim),
         FIELD(NULL, "llama.expert_count", MX_CFG_UINT, true, MAX_LAYERS, n_experts),
         FIELD(NULL, "llama.expert_used_count", MX_CFG_UINT, true, MAX_LAYERS, n_experts_per_tok),
-        FIELD(NULL, "llama.context_length", MX_CFG_UINT, true, MAX_CONTEXT, max_position_embeddings),
+        FIELD(NULL, "llama.context_length", MX_CFG_UINT, false, MAX_CONTEXT, max_position_embeddings),
         FIELD(NULL, "llama.attention.sliding_window", MX_CFG_UINT, false, MAX_CONTEXT, sliding_window),
         FIELD(NULL, "llama.rope.freq_base", MX_CFG_POSITIVE_REAL, false, 1e12, rope_theta),
         FIELD(NULL, "llama.attention.layer_norm_rms_epsilon", MX_CFG_POSITIVE_REAL, true, 1.0, rms_norm_eps),

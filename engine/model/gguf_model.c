@@ -17,7 +17,7 @@
 #include "model.h"
 #include "mx_common.h"
 
-#define MAX_PARTS 99999u /* what the five digits of a split name hold */
+#define MAX_PARTS 4096u /* as many shards as a safetensors index may name */
 
 static void closedirp(DIR **d) {
         if (*d)
@@ -78,29 +78,23 @@ bool mx_model_is_gguf(const char *path) {
                !mx_dir_has(path, "params.json") && scan_dir(path, &n, NULL, NULL) == 0 && n > 0;
 }
 
-static int add_file(mx_model *m, const char *name) {
-        mx_model_file *f = realloc(m->files, (m->n_files + 1) * sizeof(*f));
-        if (!f)
-                return -ENOMEM;
-        m->files = f;
-        f[m->n_files] = (mx_model_file){.name = strdup(name)};
-        return f[m->n_files++].name ? 0 : -ENOMEM;
-}
-
 /* The files of the model named by file (in m->dir): itself, or every part
  * of its split set. */
 static int list_parts(mx_model *m, const char *file, mx_error *err) {
         unsigned part, count;
         size_t prefix;
         if (!split_name(file, &part, &count, &prefix))
-                return add_file(m, file) < 0 ? mx_error_set(err, -ENOMEM, "out of memory") : 0;
+                return mx_model_add_file(m, file) < 0 ? mx_error_set(err, -ENOMEM, "out of memory") : 0;
+        if (count > MAX_PARTS)
+                return mx_error_set(err, -EINVAL, "%s/%s: a split set of %u parts (at most %u)", m->dir, file,
+                                    count, MAX_PARTS);
         for (unsigned k = 1; k <= count; k++) {
                 char name[4096];
                 snprintf(name, sizeof(name), "%.*s-%05u-of-%05u.gguf", (int)prefix, file, k, count);
                 if (!mx_dir_has(m->dir, name))
                         return mx_error_set(err, -ENOENT, "%s/%s: part %u of the %u of this split set is missing",
                                             m->dir, name, k, count);
-                if (add_file(m, name) < 0)
+                if (mx_model_add_file(m, name) < 0)
                         return mx_error_set(err, -ENOMEM, "out of memory");
         }
         return 0;
@@ -279,7 +273,7 @@ int mx_gguf_model_files(mx_model *m, const char *path, mx_error *err) {
 int mx_gguf_model_buffer(mx_model *m, const uint8_t *data, uint64_t size, mx_error *err) {
         model_priv *p = m->priv;
         p->borrowed_maps = true;
-        if (!(m->dir = strdup("(memory)")) || add_file(m, "model.gguf") < 0)
+        if (!(m->dir = strdup("(memory)")) || mx_model_add_file(m, "model.gguf") < 0)
                 return mx_error_set(err, -ENOMEM, "out of memory");
         m->files[0].map = data;
         m->files[0].size = size;

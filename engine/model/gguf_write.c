@@ -163,7 +163,7 @@ static void add_layer(writer *w, uint32_t L) {
         add_experts(w, L, ly->w3, "up");
 }
 
-static int list_tensors(writer *w, mx_error *err) {
+static int list_tensors(writer *w, const char *path, mx_error *err) {
         const mx_model *m = w->m;
         size_t most = 3 + (size_t)m->cfg.n_layers * (7 + 3 * (size_t)m->cfg.n_experts);
         if (!(w->t = calloc(most, sizeof(*w->t))))
@@ -178,8 +178,8 @@ static int list_tensors(writer *w, mx_error *err) {
         for (size_t i = 0; i < w->n; i++) {
                 for (uint32_t k = 0; k < w->t[i].n_parts; k++)
                         if (!w->t[i].parts[k]->data)
-                                return mx_error_set(err, -EINVAL, "tensor %s has no weights in memory to write",
-                                                    w->t[i].name);
+                                return mx_error_set(err, -EINVAL, "%s: tensor %s has no weights in memory to write",
+                                                    path, w->t[i].name);
                 w->t[i].offset = at;
                 at += (w->t[i].nbytes + ALIGNMENT - 1) / ALIGNMENT * ALIGNMENT;
         }
@@ -378,7 +378,7 @@ static int write_data(int fd, void *arg) {
 int mx_gguf_write_model(const mx_model *m, const mx_tokenizer *tok, const char *path,
                         void (*progress)(uint64_t, uint64_t, void *), void *arg, mx_error *err) {
         writer w = {.m = m, .tok = tok, .progress = progress, .arg = arg};
-        int r = list_tensors(&w, err);
+        int r = list_tensors(&w, path, err);
         if (r == 0 && tok)
                 r = check_tokenizer(&w, path, err);
         if (r == 0 && build_head(&w) < 0)

@@ -276,17 +276,28 @@ static int open_checkpoint(mx_model *m, const char *dir, mx_error *err) {
         return r < 0 ? r : mx_model_files_open(m, err);
 }
 
-int mx_model_open(mx_model **out, const char *path, mx_error *err) {
+/* A model from path, or (path NULL) from a GGUF file in memory. */
+static int open_model(mx_model **out, const char *path, const uint8_t *data, uint64_t size, mx_error *err) {
         _cleanup_(mx_model_freep) mx_model *m = calloc(1, sizeof(*m));
         if (!m || !(m->priv = calloc(1, sizeof(model_priv))))
-                return mx_error_set(err, -ENOMEM, "%s: out of memory", path);
-        int r = mx_model_is_gguf(path) ? mx_gguf_model_files(m, path, err) : open_checkpoint(m, path, err);
+                return mx_error_set(err, -ENOMEM, "%s: out of memory", path ? path : "model");
+        int r = !path                     ? mx_gguf_model_buffer(m, data, size, err)
+                : mx_model_is_gguf(path) ? mx_gguf_model_files(m, path, err)
+                                          : open_checkpoint(m, path, err);
         if (r == 0)
                 r = mx_model_bind(m, err);
         if (r < 0)
                 return r;
         *out = MX_TAKE_PTR(m);
         return 0;
+}
+
+int mx_model_open(mx_model **out, const char *path, mx_error *err) {
+        return open_model(out, path, NULL, 0, err);
+}
+
+int mx_model_open_gguf_buffer(mx_model **out, const uint8_t *data, uint64_t size, mx_error *err) {
+        return open_model(out, NULL, data, size, err);
 }
 
 int mx_model_load_tokenizer(const mx_model *m, mx_tokenizer **out, mx_error *err) {

@@ -38,6 +38,8 @@ void mx_synth_fill(mx_pool *pool, const mx_tensor *t, uint16_t *v);
 
 /* Binds every tensor the architecture needs by name and shape. */
 int mx_model_bind(mx_model *m, mx_error *err);
+/* Adds a file name to m->files (once). */
+int mx_model_add_file(mx_model *m, const char *name);
 /* Appends n tensors of file (names move into m) to m->tensors. */
 int mx_model_add_tensors(mx_model *m, mx_tensor *t, size_t n, const char *file);
 
@@ -170,8 +172,11 @@ const char *mx_gguf_type_name(uint32_t type);
  * parses every file, reads the configuration, lists the tensors with each
  * merged expert tensor replaced by a view per expert. m->dir is set. */
 int mx_gguf_model_files(mx_model *m, const char *path, mx_error *err);
-/* The same for a file held in memory (the fuzzer). */
+/* The same for a file held in memory. */
 int mx_gguf_model_buffer(mx_model *m, const uint8_t *data, uint64_t size, mx_error *err);
+/* mx_model_open of a GGUF file held in data[0..size) (the fuzzer): data
+ * must outlive the model. */
+int mx_model_open_gguf_buffer(mx_model **out, const uint8_t *data, uint64_t size, mx_error *err);
 /* Frees the headers (model_priv.gguf) and their labels. */
 void mx_gguf_model_free(mx_model *m);
 /* The vocabulary of tokenizer.ggml.* as a tokenizer, checked against g. */
