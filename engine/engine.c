@@ -99,6 +99,13 @@ int mx_engine_open(mx_engine **out, const mx_model *m, const mx_engine_opts *o, 
         int r = mx_device_parse(o->device, &cuda);
         if (r < 0)
                 return mx_error_set(err, r, "device \"%s\": expected cpu, cuda or cuda:N", o->device);
+        /* GGUF files load block formats, which no backend computes with yet. */
+        for (size_t i = 0; i < m->n_tensors; i++)
+                if (mx_dtype_is_block(m->tensors[i].dtype))
+                        return mx_error_set(err, -EOPNOTSUPP,
+                                            "%s/%s: tensor \"%s\" is %s: the engine computes with F32, F16 and BF16 "
+                                            "weights only", m->dir, m->tensors[i].file, m->tensors[i].name,
+                                            mx_dtype_name(m->tensors[i].dtype));
         _cleanup_(mx_engine_freep) mx_engine *e = calloc(1, sizeof(*e));
         if (!e)
                 return mx_error_set(err, -ENOMEM, "out of memory");

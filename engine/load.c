@@ -29,17 +29,17 @@ static uint64_t experts_floor(const mx_model *m) {
         return per * m->cfg.n_layers * m->cfg.n_experts_per_tok;
 }
 
+/* The model's own tokenizer (tokenizer.model beside the checkpoint, a
+ * GGUF's vocabulary), or the one given. */
 static int load_tokenizer(mx_load *l, const mx_load_opts *o, mx_error *err) {
-        _cleanup_free_ char *found = NULL;
-        const char *path = o->tokenizer;
-        if (!path && !(path = found = mx_model_find_tokenizer(l->model->dir, err)))
-                return -ENOENT;
-        int r = mx_tokenizer_load(&l->tok, path, err);
+        int r = o->tokenizer ? mx_tokenizer_open(o->tokenizer, &l->tok, err)
+                             : mx_model_load_tokenizer(l->model, &l->tok, err);
         if (r < 0)
                 return r;
         if (mx_tokenizer_vocab_size(l->tok) != l->model->cfg.vocab_size)
-                return mx_error_set(err, -EINVAL, "%s has %u pieces but the model a vocabulary of %u", path,
-                                    mx_tokenizer_vocab_size(l->tok), l->model->cfg.vocab_size);
+                return mx_error_set(err, -EINVAL, "the tokenizer (%s) has %u pieces but the model a vocabulary of %u",
+                                    o->tokenizer ? o->tokenizer : l->model->dir, mx_tokenizer_vocab_size(l->tok),
+                                    l->model->cfg.vocab_size);
         return 0;
 }
 

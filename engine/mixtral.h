@@ -76,6 +76,32 @@ const char *mx_tokenizer_piece(const mx_tokenizer *tok, int32_t id, size_t *len)
  * nothing can be said (no byte fallback). */
 uint64_t mx_tokenizer_min_tokens(const mx_tokenizer *tok, const char *text, size_t len);
 
+/* SentencePiece's piece types (sentencepiece_model.proto; GGUF's
+ * tokenizer.ggml.token_type numbers them the same). */
+typedef enum mx_piece_type {
+        MX_PIECE_NORMAL = 1,
+        MX_PIECE_UNKNOWN = 2,
+        MX_PIECE_CONTROL = 3,
+        MX_PIECE_USER_DEFINED = 4,
+        MX_PIECE_UNUSED = 5,
+        MX_PIECE_BYTE = 6,
+} mx_piece_type;
+
+/* Everything a file must say to rebuild the same tokenizer (GGUF's writer
+ * uses it): per piece its score and type, and these. */
+typedef struct mx_tokenizer_info {
+        int32_t bos, eos, unk, pad;  /* -1: none */
+        bool add_bos, add_eos;       /* what a prompt gets at its ends */
+        bool add_space_prefix;       /* SentencePiece's add_dummy_prefix */
+        bool remove_extra_whitespaces, escape_whitespaces, byte_fallback;
+        const char *unk_surface;     /* how decoding spells the unknown piece */
+} mx_tokenizer_info;
+
+void mx_tokenizer_get_info(const mx_tokenizer *tok, mx_tokenizer_info *info);
+/* 0 and 0 for an id out of range. */
+float mx_tokenizer_score(const mx_tokenizer *tok, int32_t id);
+mx_piece_type mx_tokenizer_piece_type(const mx_tokenizer *tok, int32_t id);
+
 /* Appends the ids of text (any bytes; invalid UTF-8 becomes U+FFFD as in
  * SentencePiece) to out: dummy prefix, no BOS or EOS. */
 int mx_tokenize(const mx_tokenizer *tok, const char *text, size_t len, mx_ids *out);
@@ -230,8 +256,9 @@ typedef struct mx_config {
 } mx_config;
 
 typedef enum mx_layout {
-        MX_LAYOUT_HF,          /* config.json + model*.safetensors */
-        MX_LAYOUT_CONSOLIDATED /* params.json + consolidated*.safetensors */
+        MX_LAYOUT_HF,           /* config.json + model*.safetensors */
+        MX_LAYOUT_CONSOLIDATED, /* params.json + consolidated*.safetensors */
+        MX_LAYOUT_GGUF,         /* one .gguf file, or a split set NAME-0000k-of-0000N.gguf */
 } mx_layout;
 
 /* Parse and check a Hugging Face config.json or a mistral-inference
@@ -254,7 +281,7 @@ typedef struct mx_model_file {
 } mx_model_file;
 
 typedef struct mx_model {
-        char *dir;
+        char *dir;           /* the checkpoint's directory (a GGUF's: the one holding it) */
         mx_layout layout;
         mx_config cfg;
         mx_model_file *files;
@@ -266,9 +293,15 @@ typedef struct mx_model {
         void *priv;
 } mx_model;
 
-/* Opens a checkpoint directory of either layout: files are mapped, headers
- * checked, every tensor bound by name and shape to the configuration. */
-int mx_model_open(mx_model **out, const char *dir, mx_error *err);
+/* Opens a checkpoint: a directory of either safetensors layout, a GGUF
+ * file (or any part of a split set), or a directory holding one GGUF (or
+ * one split set). Files are mapped, headers checked, every tensor bound by
+ * name and shape to the configuration; nothing else is read. */
+int mx_model_open(mx_model **out, const char *path, mx_error *err);
+/* Whether mx_model_open takes path as GGUF: a file that starts with the
+ * GGUF magic or is named *.gguf, or a directory holding *.gguf files and
+ * neither config.json nor params.json. */
+bool mx_model_is_gguf(const char *path);
 void mx_model_free(mx_model *m);
 static inline void mx_model_freep(mx_model **m) {
         mx_model_free(*m);
@@ -277,6 +310,13 @@ static inline void mx_model_freep(mx_model **m) {
 /* The tokenizer file of a model directory (tokenizer.model, or
  * tokenizer.model.v1); newly allocated, or NULL with err set. */
 char *mx_model_find_tokenizer(const char *dir, mx_error *err);
+/* The model's tokenizer: a GGUF's own vocabulary (tokenizer.ggml.*), or
+ * the directory's tokenizer.model / tokenizer.model.v1; its size checked
+ * against the model's vocabulary. */
+int mx_model_load_tokenizer(const mx_model *m, mx_tokenizer **out, mx_error *err);
+/* A tokenizer from path: a SentencePiece model file, or a GGUF model's own
+ * vocabulary (any path mx_model_open takes as GGUF; only headers are read). */
+int mx_tokenizer_open(const char *path, mx_tokenizer **out, mx_error *err);
 
 typedef struct mx_footprint {
         uint64_t params;            /* all parameters */
@@ -303,6 +343,14 @@ int mx_model_synthetic(mx_model **out, const char *shape, uint32_t layers, bool 
  * each shard. */
 int mx_synthetic_write(const mx_model *m, const char *dir, void (*progress)(uint64_t, uint64_t, void *),
                        void *arg, mx_error *err);
+/* Writes m as a GGUF file (version 3) that llama.cpp and mx_model_open
+ * read: architecture llama, the tensors under llama.cpp's names in the
+ * types m holds (experts merged per layer when they share one), q/k rows
+ * in GGUF's RoPE order, and tok's vocabulary (tok may be NULL: no
+ * vocabulary). progress(bytes written, bytes in all, arg) after each
+ * tensor (may be NULL). The file appears at path only once complete. */
+int mx_gguf_write_model(const mx_model *m, const mx_tokenizer *tok, const char *path,
+                        void (*progress)(uint64_t, uint64_t, void *), void *arg, mx_error *err);
 /* Bytes of one layer's weights and of everything else, for a shape. */
 int mx_synthetic_sizes(const char *shape, uint64_t *per_layer, uint64_t *rest, uint32_t *max_layers);
 

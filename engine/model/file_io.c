@@ -1,6 +1,8 @@
 /* Files are opened with O_NONBLOCK so that a FIFO in a model directory is
  * reported instead of hanging start-up, and mapped instead of read: a 90 GB
- * checkpoint costs nothing until its pages are used.
+ * checkpoint costs nothing until its pages are used. Files are written
+ * under a temporary name, synced and renamed, so that a model file appears
+ * whole or not at all.
  *
  * A mapped file that shrinks under us (truncated, or rewritten in place)
  * turns every read past its new end into a SIGBUS, on whichever thread
@@ -245,5 +247,37 @@ int mx_read_file(const char *path, size_t max, char **data, size_t *len, mx_erro
         buf[got] = '\0';
         *data = MX_TAKE_PTR(buf);
         *len = got;
+        return 0;
+}
+
+int mx_write_all(int fd, const void *data, uint64_t n) {
+        const uint8_t *p = data;
+        while (n > 0) {
+                ssize_t k = write(fd, p, n > (1u << 30) ? (1u << 30) : (size_t)n);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0)
+                        return -errno;
+                p += k, n -= (uint64_t)k;
+        }
+        return 0;
+}
+
+int mx_write_atomic(const char *path, int (*body)(int fd, void *arg), void *arg, mx_error *err) {
+        _cleanup_free_ char *tmp = NULL;
+        if (asprintf(&tmp, "%s.tmp", path) < 0)
+                return mx_error_set(err, -ENOMEM, "%s: out of memory", path);
+        _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0)
+                return mx_error_set(err, -errno, "%s: %s", tmp, strerror(errno));
+        int r = body(fd, arg);
+        if (r == 0 && fsync(fd) < 0)
+                r = -errno;
+        if (r == 0 && rename(tmp, path) < 0)
+                r = -errno;
+        if (r < 0) {
+                unlink(tmp);
+                return mx_error_set(err, r, "%s: cannot write: %s", path, strerror(-r));
+        }
         return 0;
 }

@@ -1,7 +1,10 @@
 /* Opening a checkpoint: read the configuration, map the files, and bind
  * every tensor the architecture needs by name, checking its shape against
  * the configuration. A tensor that is missing, misshapen or left over is an
- * error naming the file and the tensor. */
+ * error naming the file and the tensor. Three layouts: Hugging Face's and
+ * mistral-inference's directories, and GGUF files (gguf_model.c), whose
+ * merged expert tensors arrive here as per-expert views. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -15,7 +18,9 @@ typedef struct layout_names {
         const char *embed, *norm, *lm_head;
         const char *layer; /* prefix of "<layer>.<suffix>" */
         const char *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *router;
-        const char *experts; /* prefix of "<expert>.w1.weight" within a layer */
+        /* w1, w2, w3 of expert e in layer L: "<layer>L.<mid>e<end>" */
+        const char *expert[3][2]; /* {mid, end} */
+        const char *merged[3][2]; /* GGUF: the per-expert views of merged tensors; {NULL} elsewhere */
 } layout_names;
 
 static const layout_names hf_names = {
@@ -28,7 +33,10 @@ static const layout_names hf_names = {
         "self_attn.o_proj.weight",
         "post_attention_layernorm.weight",
         "block_sparse_moe.gate.weight",
-        "block_sparse_moe.experts.",
+        {{"block_sparse_moe.experts.", ".w1.weight"},
+         {"block_sparse_moe.experts.", ".w2.weight"},
+         {"block_sparse_moe.experts.", ".w3.weight"}},
+        {{NULL}},
 };
 
 static const layout_names consolidated_names = {
@@ -41,7 +49,25 @@ static const layout_names consolidated_names = {
         "attention.wo.weight",
         "ffn_norm.weight",
         "feed_forward.gate.weight",
-        "feed_forward.experts.",
+        {{"feed_forward.experts.", ".w1.weight"},
+         {"feed_forward.experts.", ".w2.weight"},
+         {"feed_forward.experts.", ".w3.weight"}},
+        {{NULL}},
+};
+
+/* llama.cpp's names: w1 is the gate, w2 down, w3 up. */
+static const layout_names gguf_names = {
+        "token_embd.weight", "output_norm.weight", "output.weight",
+        "blk.",
+        "attn_norm.weight",
+        "attn_q.weight",
+        "attn_k.weight",
+        "attn_v.weight",
+        "attn_output.weight",
+        "ffn_norm.weight",
+        "ffn_gate_inp.weight",
+        {{"ffn_gate.", ".weight"}, {"ffn_down.", ".weight"}, {"ffn_up.", ".weight"}},
+        {{"ffn_gate_exps.weight[", "]"}, {"ffn_down_exps.weight[", "]"}, {"ffn_up_exps.weight[", "]"}},
 };
 
 static int cmp_name(const void *a, const void *b) {
@@ -82,6 +108,20 @@ static const char *shape_str(const uint64_t *dims, uint32_t n, char *buf, size_t
         return buf;
 }
 
+/* What a missing tensor's message names: the directory, or the GGUF file
+ * (a split set's first part) whose metadata describes the model. */
+static int missing(const mx_model *m, mx_error *err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int missing(const mx_model *m, mx_error *err, const char *fmt, ...) {
+        char what[384];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(what, sizeof(what), fmt, ap);
+        va_end(ap);
+        if (m->layout == MX_LAYOUT_GGUF)
+                return mx_error_set(err, -EINVAL, "%s/%s: %s is missing", m->dir, m->files[0].name, what);
+        return mx_error_set(err, -EINVAL, "%s: %s is missing", m->dir, what);
+}
+
 /* Finds the tensor called name and checks that its shape is [rows]
  * (cols == 0) or [rows, cols]. */
 static int bind(mx_model *m, const mx_tensor **out, uint64_t rows, uint64_t cols,
@@ -89,7 +129,7 @@ static int bind(mx_model *m, const mx_tensor **out, uint64_t rows, uint64_t cols
         char have[96], want[96];
         mx_tensor *t = mx_model_find(m, name);
         if (!t)
-                return mx_error_set(err, -EINVAL, "%s: tensor \"%s\" is missing", m->dir, name);
+                return missing(m, err, "tensor \"%s\"", name);
         uint64_t dims[2] = {rows, cols};
         uint32_t nd = cols ? 2 : 1;
         if (t->ndim != nd || t->shape[0] != rows || (nd == 2 && t->shape[1] != cols))
@@ -108,10 +148,21 @@ static int bind_in_layer(mx_model *m, const layout_names *nm, uint32_t L, const 
         return bind(m, out, rows, cols, name, err);
 }
 
+/* GGUF files hold an expert in a merged tensor (its view) or on its own. */
 static int bind_expert(mx_model *m, const layout_names *nm, uint32_t L, uint32_t e, int w,
                        const mx_tensor **out, uint64_t rows, uint64_t cols, mx_error *err) {
-        char name[192];
-        snprintf(name, sizeof(name), "%s%u.%s%u.w%d.weight", nm->layer, L, nm->experts, e, w);
+        char name[192], merged[192];
+        const char *const *x = nm->expert[w - 1], *const *y = nm->merged[w - 1];
+        snprintf(name, sizeof(name), "%s%u.%s%u%s", nm->layer, L, x[0], e, x[1]);
+        if (y[0]) {
+                snprintf(merged, sizeof(merged), "%s%u.%s%u%s", nm->layer, L, y[0], e, y[1]);
+                if (mx_model_find(m, merged))
+                        return bind(m, out, rows, cols, merged, err);
+                if (!mx_model_find(m, name)) {
+                        *strchr(merged, '[') = '\0';
+                        return missing(m, err, "tensor \"%s\" (or \"%s\")", merged, name);
+                }
+        }
         return bind(m, out, rows, cols, name, err);
 }
 
@@ -134,8 +185,9 @@ static int bind_layer(mx_model *m, const layout_names *nm, uint32_t L, mx_error 
                     (r = bind_expert(m, nm, L, e, 2, &ly->w2[e], h, f, err)) < 0 ||
                     (r = bind_expert(m, nm, L, e, 3, &ly->w3[e], f, h, err)) < 0)
                         return r;
-        if (m->layout == MX_LAYOUT_CONSOLIDATED) {
-                /* Only this layout stores q/k rows in interleaved RoPE order. */
+        if (m->layout != MX_LAYOUT_HF) {
+                /* mistral-inference stores q/k rows in interleaved RoPE order,
+                 * and llama.cpp's converter permutes HF's back to it. */
                 ((mx_tensor *)ly->wq)->rope_head_dim = c->head_dim;
                 ((mx_tensor *)ly->wk)->rope_head_dim = c->head_dim;
         }
@@ -144,7 +196,9 @@ static int bind_layer(mx_model *m, const layout_names *nm, uint32_t L, mx_error 
 
 int mx_model_bind(mx_model *m, mx_error *err) {
         const mx_config *c = &m->cfg;
-        const layout_names *nm = m->layout == MX_LAYOUT_HF ? &hf_names : &consolidated_names;
+        const layout_names *nm = m->layout == MX_LAYOUT_HF             ? &hf_names
+                                 : m->layout == MX_LAYOUT_CONSOLIDATED ? &consolidated_names
+                                                                       : &gguf_names;
         model_priv *p = m->priv;
         size_t per_layer = (size_t)c->n_experts * 3;
         m->layers = calloc(c->n_layers, sizeof(mx_layer));
@@ -177,12 +231,13 @@ static int read_config(mx_model *m, mx_error *err) {
         if (stat(m->dir, &st) < 0)
                 return mx_error_set(err, -errno, "%s: %s", m->dir, strerror(errno));
         if (!S_ISDIR(st.st_mode))
-                return mx_error_set(err, -ENOTDIR, "%s: not a directory (--model takes the checkpoint's directory)",
-                                    m->dir);
+                return mx_error_set(err, -ENOTDIR,
+                                    "%s: not a directory or a GGUF file (--model takes the checkpoint's directory "
+                                    "or its .gguf file)", m->dir);
         bool hf = mx_dir_has(m->dir, "config.json");
         if (!hf && !mx_dir_has(m->dir, "params.json"))
                 return mx_error_set(err, -ENOENT, "%s: no config.json (Hugging Face) or params.json "
-                                    "(mistral-inference) in this directory", m->dir);
+                                    "(mistral-inference) in this directory, and no .gguf file", m->dir);
         m->layout = hf ? MX_LAYOUT_HF : MX_LAYOUT_CONSOLIDATED;
         _cleanup_free_ char *path = NULL, *json = NULL;
         size_t len;
@@ -198,6 +253,8 @@ void mx_model_free(mx_model *m) {
         if (!m)
                 return;
         model_priv *p = m->priv;
+        if (p)
+                mx_gguf_model_free(m);
         mx_model_files_close(m);
         if (p) {
                 free(p->by_name);
@@ -212,19 +269,60 @@ void mx_model_free(mx_model *m) {
         free(m);
 }
 
-int mx_model_open(mx_model **out, const char *dir, mx_error *err) {
-        _cleanup_(mx_model_freep) mx_model *m = calloc(1, sizeof(*m));
-        if (!m || !(m->dir = strdup(dir)) || !(m->priv = calloc(1, sizeof(model_priv))))
+static int open_checkpoint(mx_model *m, const char *dir, mx_error *err) {
+        if (!(m->dir = strdup(dir)))
                 return mx_error_set(err, -ENOMEM, "%s: out of memory", dir);
         int r = read_config(m, err);
-        if (r == 0)
-                r = mx_model_files_open(m, err);
+        return r < 0 ? r : mx_model_files_open(m, err);
+}
+
+/* A model from path, or (path NULL) from a GGUF file in memory. */
+static int open_model(mx_model **out, const char *path, const uint8_t *data, uint64_t size, mx_error *err) {
+        _cleanup_(mx_model_freep) mx_model *m = calloc(1, sizeof(*m));
+        if (!m || !(m->priv = calloc(1, sizeof(model_priv))))
+                return mx_error_set(err, -ENOMEM, "%s: out of memory", path ? path : "model");
+        int r = !path                     ? mx_gguf_model_buffer(m, data, size, err)
+                : mx_model_is_gguf(path) ? mx_gguf_model_files(m, path, err)
+                                          : open_checkpoint(m, path, err);
         if (r == 0)
                 r = mx_model_bind(m, err);
         if (r < 0)
                 return r;
         *out = MX_TAKE_PTR(m);
         return 0;
+}
+
+int mx_model_open(mx_model **out, const char *path, mx_error *err) {
+        return open_model(out, path, NULL, 0, err);
+}
+
+int mx_model_open_gguf_buffer(mx_model **out, const uint8_t *data, uint64_t size, mx_error *err) {
+        return open_model(out, NULL, data, size, err);
+}
+
+int mx_model_load_tokenizer(const mx_model *m, mx_tokenizer **out, mx_error *err) {
+        _cleanup_(mx_tokenizer_freep) mx_tokenizer *tok = NULL;
+        _cleanup_free_ char *path = NULL;
+        const model_priv *p = m->priv;
+        int r = m->layout == MX_LAYOUT_GGUF
+                        ? mx_gguf_tokenizer(&p->gguf[0], m->cfg.vocab_size, &tok, err)
+                        : (path = mx_model_find_tokenizer(m->dir, err)) ? mx_tokenizer_load(&tok, path, err)
+                                                                         : -ENOENT;
+        if (r < 0)
+                return r;
+        if (mx_tokenizer_vocab_size(tok) != m->cfg.vocab_size)
+                return mx_error_set(err, -EINVAL, "%s: the tokenizer has %u pieces but the model a vocabulary of %u",
+                                    path ? path : m->dir, mx_tokenizer_vocab_size(tok), m->cfg.vocab_size);
+        *out = MX_TAKE_PTR(tok);
+        return 0;
+}
+
+int mx_tokenizer_open(const char *path, mx_tokenizer **out, mx_error *err) {
+        if (!mx_model_is_gguf(path))
+                return mx_tokenizer_load(out, path, err);
+        _cleanup_(mx_model_freep) mx_model *m = NULL;
+        int r = mx_model_open(&m, path, err);
+        return r < 0 ? r : mx_model_load_tokenizer(m, out, err);
 }
 
 char *mx_model_find_tokenizer(const char *dir, mx_error *err) {

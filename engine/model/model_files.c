@@ -43,7 +43,7 @@ static bool names_a_shard(const char *s) {
         return n > 12 && !strchr(s, '/') && strcmp(s + n - 12, ".safetensors") == 0;
 }
 
-static int add_file_name(mx_model *m, const char *name) {
+int mx_model_add_file(mx_model *m, const char *name) {
         for (size_t i = 0; i < m->n_files; i++)
                 if (strcmp(m->files[i].name, name) == 0)
                         return 0;
@@ -80,7 +80,7 @@ static int read_index(mx_model *m, json_t **weight_map, mx_error *err) {
                                             path, tensor, file ? file : "a non-string");
                 if (m->n_files >= MAX_SHARDS)
                         return mx_error_set(err, -EINVAL, "%s: more than %d shards", path, MAX_SHARDS);
-                if (add_file_name(m, file) < 0)
+                if (mx_model_add_file(m, file) < 0)
                         return -ENOMEM;
         }
         *weight_map = json_incref(map);
@@ -97,7 +97,7 @@ static int list_consolidated(mx_model *m, mx_error *err) {
                 return mx_error_set(err, -errno, "%s: %s", m->dir, strerror(errno));
         for (struct dirent *e; (e = readdir(d));)
                 if (strncmp(e->d_name, "consolidated", 12) == 0 && names_a_shard(e->d_name) &&
-                    (m->n_files >= MAX_SHARDS || add_file_name(m, e->d_name) < 0))
+                    (m->n_files >= MAX_SHARDS || mx_model_add_file(m, e->d_name) < 0))
                         return mx_error_set(err, -ENOMEM, "%s: too many files", m->dir);
         if (m->n_files == 0)
                 return mx_error_set(err, -ENOENT, "%s: no consolidated*.safetensors file", m->dir);
@@ -111,11 +111,11 @@ static int list_files(mx_model *m, json_t **weight_map, mx_error *err) {
         if (mx_dir_has(m->dir, INDEX_FILE))
                 return read_index(m, weight_map, err);
         if (mx_dir_has(m->dir, "model.safetensors"))
-                return add_file_name(m, "model.safetensors");
+                return mx_model_add_file(m, "model.safetensors");
         return mx_error_set(err, -ENOENT, "%s: no model.safetensors or %s", m->dir, INDEX_FILE);
 }
 
-static int append_tensors(mx_model *m, mx_tensor *t, size_t n, const char *file) {
+int mx_model_add_tensors(mx_model *m, mx_tensor *t, size_t n, const char *file) {
         mx_tensor *all = realloc(m->tensors, (m->n_tensors + n) * sizeof(*all));
         if (!all && m->n_tensors + n > 0)
                 return -ENOMEM;
@@ -139,7 +139,7 @@ static int map_one(mx_model *m, mx_model_file *f, mx_error *err) {
         r = mx_safetensors_parse(f->map, f->size, path, &t, &n, err);
         if (r < 0)
                 return r;
-        if (append_tensors(m, t, n, f->name) < 0) {
+        if (mx_model_add_tensors(m, t, n, f->name) < 0) {
                 mx_tensors_free(t, n);
                 return mx_error_set(err, -ENOMEM, "%s: out of memory", path);
         }
@@ -195,8 +195,10 @@ int mx_model_check_files(const mx_model *m, mx_error *err) {
 }
 
 void mx_model_files_close(mx_model *m) {
+        model_priv *p = m->priv;
         for (size_t i = 0; i < m->n_files; i++) {
-                mx_unmap_file(m->files[i].map, m->files[i].size);
+                if (!p || !p->borrowed_maps)
+                        mx_unmap_file(m->files[i].map, m->files[i].size);
                 free(m->files[i].name);
         }
         free(m->files);

@@ -3,13 +3,11 @@
  * data is aligned, as the reference writer does; the file appears under
  * its name only once complete (written to a temporary name, synced,
  * renamed). */
-#include <fcntl.h>
 #include <jansson.h>
 #include <string.h>
 
+#include "model.h"
 #include "mx_common.h"
-
-#include "mixtral.h"
 
 static int tensor_bytes(const mx_tensor_data *t, uint64_t *out) {
         /* Safetensors has no block formats: those go to GGUF. */
@@ -52,53 +50,35 @@ static char *make_header(const mx_tensor_data *t, size_t n, size_t *len) {
         return p;
 }
 
-static int write_all(int fd, const void *data, uint64_t n) {
-        const uint8_t *p = data;
-        while (n > 0) {
-                ssize_t k = write(fd, p, n > (1u << 30) ? (1u << 30) : (size_t)n);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k < 0)
-                        return -errno;
-                p += k, n -= (uint64_t)k;
-        }
-        return 0;
-}
+typedef struct body {
+        const mx_tensor_data *t;
+        size_t n;
+        const char *hdr;
+        size_t hlen;
+} body;
 
-static int write_body(int fd, const mx_tensor_data *t, size_t n, const char *hdr, size_t hlen) {
+static int write_body(int fd, void *arg) {
+        const body *b = arg;
         uint8_t len8[8];
         for (int i = 0; i < 8; i++)
-                len8[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
-        int r = write_all(fd, len8, 8);
+                len8[i] = (uint8_t)((uint64_t)b->hlen >> (8 * i));
+        int r = mx_write_all(fd, len8, 8);
         if (r == 0)
-                r = write_all(fd, hdr, hlen);
-        for (size_t i = 0; r == 0 && i < n; i++) {
+                r = mx_write_all(fd, b->hdr, b->hlen);
+        for (size_t i = 0; r == 0 && i < b->n; i++) {
                 uint64_t bytes;
-                r = tensor_bytes(&t[i], &bytes);
+                r = tensor_bytes(&b->t[i], &bytes);
                 if (r == 0)
-                        r = write_all(fd, t[i].data, bytes);
+                        r = mx_write_all(fd, b->t[i].data, bytes);
         }
-        if (r == 0 && fsync(fd) < 0)
-                r = -errno;
         return r;
 }
 
 int mx_safetensors_write(const char *path, const mx_tensor_data *t, size_t n, mx_error *err) {
         size_t hlen;
-        _cleanup_free_ char *hdr = make_header(t, n, &hlen), *tmp = NULL;
+        _cleanup_free_ char *hdr = make_header(t, n, &hlen);
         if (!hdr)
                 return mx_error_set(err, -ENOMEM, "%s: cannot build the header", path);
-        if (asprintf(&tmp, "%s.tmp", path) < 0)
-                return mx_error_set(err, -ENOMEM, "%s: out of memory", path);
-        _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (fd < 0)
-                return mx_error_set(err, -errno, "%s: %s", tmp, strerror(errno));
-        int r = write_body(fd, t, n, hdr, hlen);
-        if (r == 0 && rename(tmp, path) < 0)
-                r = -errno;
-        if (r < 0) {
-                unlink(tmp);
-                return mx_error_set(err, r, "%s: cannot write: %s", path, strerror(-r));
-        }
-        return 0;
+        body b = {t, n, hdr, hlen};
+        return mx_write_atomic(path, write_body, &b, err);
 }

@@ -10,15 +10,6 @@
 
 #include "mixtral.h"
 
-enum {
-        MX_PIECE_NORMAL = 1,
-        MX_PIECE_UNKNOWN = 2,
-        MX_PIECE_CONTROL = 3,
-        MX_PIECE_USER_DEFINED = 4,
-        MX_PIECE_UNUSED = 5,
-        MX_PIECE_BYTE = 6,
-};
-
 struct mx_tokenizer {
         uint32_t n;           /* pieces */
         char *text;           /* all pieces, each NUL-terminated */
@@ -32,7 +23,8 @@ struct mx_tokenizer {
         uint32_t *user_defined; /* ids of USER_DEFINED pieces */
         uint32_t n_user_defined;
         uint32_t n_unused;
-        int32_t unk, bos, eos;
+        int32_t unk, bos, eos, pad;
+        bool add_bos, add_eos; /* kept for files that record them (GGUF); encoding ignores them */
         bool add_dummy_prefix, remove_extra_whitespaces, escape_whitespaces;
         bool byte_fallback;
         /* No piece has U+2581 after another character, so no piece can
@@ -41,6 +33,36 @@ struct mx_tokenizer {
         char *unk_surface;
         size_t unk_surface_len;
 };
+
+/* One piece as a loader hands it to the table builder. */
+typedef struct mx_piece_src {
+        const char *s;
+        size_t len;
+        float score;
+        int type; /* mx_piece_type, unchecked */
+} mx_piece_src;
+
+/* What a tokenizer is built from, whichever file it came from (a
+ * SentencePiece ModelProto, a GGUF vocabulary). */
+typedef struct mx_vocab_src {
+        uint32_t n;           /* pieces, at least 1 */
+        size_t text_bytes;    /* their lengths, summed */
+        /* Piece i, asked for once each, in order. */
+        void (*piece)(void *ctx, uint32_t i, mx_piece_src *out);
+        void *ctx;
+        bool byte_fallback, add_dummy_prefix, remove_extra_whitespaces, escape_whitespaces;
+        const char *unk_surface; /* NULL: SentencePiece's " \u2047 " */
+} mx_vocab_src;
+
+#define MX_TOKENIZER_MAX_PIECES (1u << 20)
+#define MX_TOKENIZER_MAX_PIECE_BYTES 4096
+
+/* Builds the tables and checks what SentencePiece checks (pieces non-empty,
+ * not too long, known types, finite scores, no duplicates, one unknown
+ * piece, every byte piece when byte_fallback). BOS, EOS and padding are -1,
+ * add_bos on: the loader sets them as its file says. */
+int mx_tokenizer_build(const mx_vocab_src *src, const char *label, mx_tokenizer **out,
+                       mx_error *err);
 
 /* Id of the piece spelled s[0..len), or -1. */
 int32_t mx_tok_lookup(const mx_tokenizer *tok, const char *s, size_t len);

@@ -1,8 +1,11 @@
-/* Loading a SentencePiece model (a serialized sentencepiece.ModelProto) into
- * flat tables. Everything SentencePiece itself would refuse is refused here
- * too, with the reason; settings this tokenizer does not implement (unigram
- * models, normalization rules other than identity) are refused by name
- * rather than silently tokenized differently. */
+/* Building the tokenizer's flat tables (mx_tokenizer_build), from a
+ * SentencePiece model (a serialized sentencepiece.ModelProto, here) or a
+ * GGUF vocabulary (model/gguf_vocab.c): both describe their pieces and
+ * settings in an mx_vocab_src and the tables are made and checked once.
+ * Everything SentencePiece itself would refuse is refused too, with the
+ * reason; settings this tokenizer does not implement (unigram models,
+ * normalization rules other than identity) are refused by name rather than
+ * silently tokenized differently. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,10 +14,9 @@
 #include "sentencepiece_model.pb-c.h"
 #include "text.h"
 
-/* Far above real vocabularies (Mixtral 32k, the largest known 256k), and
- * checked before protobuf-c allocates a struct per piece. */
-#define MAX_PIECES (1u << 20)
-#define MAX_PIECE_BYTES 4096
+/* MX_TOKENIZER_MAX_PIECES (text.h) is far above real vocabularies (Mixtral
+ * 32k, the largest known 256k), and checked before protobuf-c allocates a
+ * struct per piece. */
 
 typedef Sentencepiece__ModelProto ModelProto;
 typedef Sentencepiece__ModelProto__SentencePiece Piece;
@@ -147,39 +149,36 @@ static bool insert_piece(mx_tokenizer *tok, uint32_t id) {
 }
 
 /* Copies one piece into the tables and checks what SentencePiece checks. */
-static int add_piece(mx_tokenizer *tok, const Piece *p, uint32_t id, size_t *pos,
+static int add_piece(mx_tokenizer *tok, const mx_piece_src *p, uint32_t id, size_t *pos,
                      const char *label, mx_error *err) {
-        const char *s = p->piece ? p->piece : "";
-        size_t len = strlen(s);
-        int type = p->has_type ? (int)p->type : MX_PIECE_NORMAL;
-
-        if (len == 0)
+        if (p->len == 0)
                 return mx_error_set(err, -EINVAL, "%s: piece %u is empty", label, id);
-        if (len > MAX_PIECE_BYTES)
-                return mx_error_set(err, -EINVAL, "%s: piece %u is %zu bytes long", label, id, len);
-        if (type < MX_PIECE_NORMAL || type > MX_PIECE_BYTE)
-                return mx_error_set(err, -EINVAL, "%s: piece %u has unknown type %d", label, id, type);
+        if (p->len > MX_TOKENIZER_MAX_PIECE_BYTES)
+                return mx_error_set(err, -EINVAL, "%s: piece %u is %zu bytes long", label, id, p->len);
+        if (p->type < MX_PIECE_NORMAL || p->type > MX_PIECE_BYTE)
+                return mx_error_set(err, -EINVAL, "%s: piece %u has unknown type %d", label, id, p->type);
         if (!isfinite(p->score))
                 return mx_error_set(err, -EINVAL, "%s: piece %u has a non-finite score", label, id);
 
-        memcpy(tok->text + *pos, s, len + 1);
+        char *s = tok->text + *pos;
+        memcpy(s, p->s, p->len);
+        s[p->len] = '\0';
         tok->off[id] = (uint32_t)*pos;
-        tok->len[id] = (uint32_t)len;
+        tok->len[id] = (uint32_t)p->len;
         tok->score[id] = p->score;
-        tok->type[id] = (uint8_t)type;
+        tok->type[id] = (uint8_t)p->type;
         tok->byte_of[id] = -1;
-        *pos += len + 1;
+        *pos += p->len + 1;
 
         if (!insert_piece(tok, id))
-                return mx_error_set(err, -EINVAL, "%s: piece %u (\"%s\") is a duplicate", label,
-                                    id, s);
-        if (type == MX_PIECE_UNKNOWN) {
+                return mx_error_set(err, -EINVAL, "%s: piece %u (\"%s\") is a duplicate", label, id, s);
+        if (p->type == MX_PIECE_UNKNOWN) {
                 if (tok->unk >= 0)
                         return mx_error_set(err, -EINVAL, "%s: two unknown pieces (%d and %u)",
                                             label, tok->unk, id);
                 tok->unk = (int32_t)id;
-        } else if (type == MX_PIECE_BYTE) {
-                int b = parse_byte_piece(s, len);
+        } else if (p->type == MX_PIECE_BYTE) {
+                int b = parse_byte_piece(s, p->len);
                 if (!tok->byte_fallback)
                         return mx_error_set(err, -EINVAL,
                                             "%s: byte piece %u but byte_fallback is off", label, id);
@@ -189,45 +188,11 @@ static int add_piece(mx_tokenizer *tok, const Piece *p, uint32_t id, size_t *pos
                                             id, s);
                 tok->byte_of[id] = (int16_t)b;
                 tok->byte_id[b] = (int32_t)id;
-        } else if (type == MX_PIECE_USER_DEFINED) {
+        } else if (p->type == MX_PIECE_USER_DEFINED) {
                 tok->user_defined[tok->n_user_defined++] = id;
-        } else if (type == MX_PIECE_UNUSED) {
+        } else if (p->type == MX_PIECE_UNUSED) {
                 tok->n_unused++;
         }
-        return 0;
-}
-
-static int check_specs(mx_tokenizer *tok, const ModelProto *m, const char *label,
-                       mx_error *err) {
-        const Sentencepiece__TrainerSpec *ts = m->trainer_spec;
-        const Sentencepiece__NormalizerSpec *ns = m->normalizer_spec;
-
-        if (!ts || !ts->has_model_type ||
-            ts->model_type != SENTENCEPIECE__TRAINER_SPEC__MODEL_TYPE__BPE)
-                return mx_error_set(err, -EOPNOTSUPP,
-                                    "%s: not a BPE SentencePiece model (model_type %d)", label,
-                                    ts && ts->has_model_type ? (int)ts->model_type : 1);
-        if (ts->treat_whitespace_as_suffix)
-                return mx_error_set(err, -EOPNOTSUPP,
-                                    "%s: treat_whitespace_as_suffix is not supported", label);
-        if (ns && ns->has_precompiled_charsmap && ns->precompiled_charsmap.len > 0)
-                return mx_error_set(err, -EOPNOTSUPP,
-                                    "%s: normalization rule \"%s\" is not supported (only identity)",
-                                    label, ns->name ? ns->name : "");
-        if (m->denormalizer_spec && m->denormalizer_spec->has_precompiled_charsmap &&
-            m->denormalizer_spec->precompiled_charsmap.len > 0)
-                return mx_error_set(err, -EOPNOTSUPP, "%s: denormalization rules are not supported",
-                                    label);
-
-        tok->byte_fallback = ts->byte_fallback;
-        tok->add_dummy_prefix = ns ? ns->add_dummy_prefix : true;
-        tok->remove_extra_whitespaces = ns ? ns->remove_extra_whitespaces : true;
-        tok->escape_whitespaces = ns ? ns->escape_whitespaces : true;
-        const char *surface = ts->unk_surface ? ts->unk_surface : " \xE2\x81\x87 ";
-        tok->unk_surface = strdup(surface);
-        if (!tok->unk_surface)
-                return -ENOMEM;
-        tok->unk_surface_len = strlen(surface);
         return 0;
 }
 
@@ -251,52 +216,38 @@ static bool can_split_words(const mx_tokenizer *tok) {
         return true;
 }
 
-/* bos and eos are found by their spelling in the trainer spec, as
- * SentencePiece does, and only count when they are control pieces. */
-static int32_t control_id(const mx_tokenizer *tok, const char *piece) {
-        int32_t id = mx_tok_lookup(tok, piece, strlen(piece));
-        return id >= 0 && tok->type[id] == MX_PIECE_CONTROL ? id : -1;
+static int set_flags(mx_tokenizer *tok, const mx_vocab_src *src) {
+        const char *surface = src->unk_surface ? src->unk_surface : " \xE2\x81\x87 ";
+        tok->byte_fallback = src->byte_fallback;
+        tok->add_dummy_prefix = src->add_dummy_prefix;
+        tok->remove_extra_whitespaces = src->remove_extra_whitespaces;
+        tok->escape_whitespaces = src->escape_whitespaces;
+        tok->bos = tok->eos = tok->pad = tok->unk = -1;
+        tok->add_bos = true;
+        memset(tok->byte_id, 0xff, sizeof(tok->byte_id));
+        tok->unk_surface_len = strlen(surface);
+        tok->unk_surface = strdup(surface);
+        return tok->unk_surface ? 0 : -ENOMEM;
 }
 
-int mx_tokenizer_load_buffer(mx_tokenizer **out, const void *data, size_t len,
-                             const char *label, mx_error *err) {
-        if (len > MX_TOKENIZER_MAX_FILE_BYTES)
-                return mx_error_set(err, -EFBIG, "%s: %zu bytes is too large for a tokenizer",
-                                    label, len);
-        long pieces = count_pieces(data, len);
-        if (pieces > (long)MAX_PIECES)
-                return mx_error_set(err, -EINVAL, "%s: %ld pieces (at most %u)", label, pieces,
-                                    MAX_PIECES);
-        _cleanup_(model_proto_freep) ModelProto *m =
-                pieces < 0 ? NULL : sentencepiece__model_proto__unpack(NULL, len, data);
-        if (!m)
-                return mx_error_set(err, -EBADMSG,
-                                    "%s: not a SentencePiece model (protobuf parse failed)", label);
-        if (m->n_pieces == 0 || m->n_pieces > MAX_PIECES)
-                return mx_error_set(err, -EINVAL, "%s: %zu pieces (expected 1..%u)", label,
-                                    m->n_pieces, MAX_PIECES);
-
+int mx_tokenizer_build(const mx_vocab_src *src, const char *label, mx_tokenizer **out,
+                       mx_error *err) {
+        if (src->n == 0 || src->n > MX_TOKENIZER_MAX_PIECES)
+                return mx_error_set(err, -EINVAL, "%s: %u pieces (expected 1..%u)", label, src->n,
+                                    MX_TOKENIZER_MAX_PIECES);
         _cleanup_(mx_tokenizer_freep) mx_tokenizer *tok = calloc(1, sizeof(*tok));
         if (!tok)
-                return -ENOMEM;
-        tok->n = (uint32_t)m->n_pieces;
-        tok->unk = -1;
-        memset(tok->byte_id, 0xff, sizeof(tok->byte_id));
-        int r = check_specs(tok, m, label, err);
-        if (r < 0)
-                return r == -ENOMEM ? mx_error_set(err, r, "%s: out of memory", label) : r;
-
-        /* Pieces cannot exceed the file's size, so this sum cannot overflow. */
-        size_t text_bytes = 0;
-        for (size_t i = 0; i < m->n_pieces; i++)
-                text_bytes += (m->pieces[i]->piece ? strlen(m->pieces[i]->piece) : 0) + 1;
-        tok->user_defined = calloc(tok->n, sizeof(uint32_t));
-        if (!tok->user_defined || alloc_tables(tok, text_bytes) < 0)
                 return mx_error_set(err, -ENOMEM, "%s: out of memory", label);
-
+        tok->n = src->n;
+        /* (a NUL after each piece) */
+        if (set_flags(tok, src) < 0 || !(tok->user_defined = calloc(tok->n, sizeof(uint32_t))) ||
+            alloc_tables(tok, src->text_bytes + src->n) < 0)
+                return mx_error_set(err, -ENOMEM, "%s: out of memory", label);
         size_t pos = 0;
         for (uint32_t i = 0; i < tok->n; i++) {
-                r = add_piece(tok, m->pieces[i], i, &pos, label, err);
+                mx_piece_src p;
+                src->piece(src->ctx, i, &p);
+                int r = add_piece(tok, &p, i, &pos, label, err);
                 if (r < 0)
                         return r;
         }
@@ -309,8 +260,87 @@ int mx_tokenizer_load_buffer(mx_tokenizer **out, const void *data, size_t len,
                                                     "%s: byte_fallback is on but piece <0x%02X> is missing",
                                                     label, b);
         tok->split_words = can_split_words(tok);
-        tok->bos = control_id(tok, m->trainer_spec->bos_piece ? m->trainer_spec->bos_piece : "<s>");
-        tok->eos = control_id(tok, m->trainer_spec->eos_piece ? m->trainer_spec->eos_piece : "</s>");
+        *out = MX_TAKE_PTR(tok);
+        return 0;
+}
+
+/* ---- SentencePiece's ModelProto ------------------------------------------------ */
+
+static int check_specs(const ModelProto *m, mx_vocab_src *src, const char *label, mx_error *err) {
+        const Sentencepiece__TrainerSpec *ts = m->trainer_spec;
+        const Sentencepiece__NormalizerSpec *ns = m->normalizer_spec;
+
+        if (!ts || !ts->has_model_type ||
+            ts->model_type != SENTENCEPIECE__TRAINER_SPEC__MODEL_TYPE__BPE)
+                return mx_error_set(err, -EOPNOTSUPP,
+                                    "%s: not a BPE SentencePiece model (model_type %d)", label,
+                                    ts && ts->has_model_type ? (int)ts->model_type : 1);
+        if (ts->treat_whitespace_as_suffix)
+                return mx_error_set(err, -EOPNOTSUPP,
+                                    "%s: treat_whitespace_as_suffix is not supported", label);
+        if (ns && ns->has_precompiled_charsmap && ns->precompiled_charsmap.len > 0)
+                return mx_error_set(err, -EOPNOTSUPP,
+                                    "%s: normalization rule \"%s\" is not supported (only identity)",
+                                    label, ns->name ? ns->name : "");
+        if (m->denormalizer_spec && m->denormalizer_spec->has_precompiled_charsmap &&
+            m->denormalizer_spec->precompiled_charsmap.len > 0)
+                return mx_error_set(err, -EOPNOTSUPP, "%s: denormalization rules are not supported",
+                                    label);
+        src->byte_fallback = ts->byte_fallback;
+        src->add_dummy_prefix = ns ? ns->add_dummy_prefix : true;
+        src->remove_extra_whitespaces = ns ? ns->remove_extra_whitespaces : true;
+        src->escape_whitespaces = ns ? ns->escape_whitespaces : true;
+        src->unk_surface = ts->unk_surface;
+        return 0;
+}
+
+static void proto_piece(void *ctx, uint32_t i, mx_piece_src *out) {
+        const Piece *p = ((const ModelProto *)ctx)->pieces[i];
+        out->s = p->piece ? p->piece : "";
+        out->len = strlen(out->s);
+        out->score = p->score;
+        out->type = p->has_type ? (int)p->type : MX_PIECE_NORMAL;
+}
+
+/* bos, eos and pad are found by their spelling in the trainer spec, as
+ * SentencePiece does, and only count when they are control pieces. */
+static int32_t control_id(const mx_tokenizer *tok, const char *piece, const char *dflt) {
+        piece = piece ? piece : dflt;
+        int32_t id = mx_tok_lookup(tok, piece, strlen(piece));
+        return id >= 0 && tok->type[id] == MX_PIECE_CONTROL ? id : -1;
+}
+
+int mx_tokenizer_load_buffer(mx_tokenizer **out, const void *data, size_t len,
+                             const char *label, mx_error *err) {
+        if (len > MX_TOKENIZER_MAX_FILE_BYTES)
+                return mx_error_set(err, -EFBIG, "%s: %zu bytes is too large for a tokenizer",
+                                    label, len);
+        long pieces = count_pieces(data, len);
+        if (pieces > (long)MX_TOKENIZER_MAX_PIECES)
+                return mx_error_set(err, -EINVAL, "%s: %ld pieces (at most %u)", label, pieces,
+                                    MX_TOKENIZER_MAX_PIECES);
+        _cleanup_(model_proto_freep) ModelProto *m =
+                pieces < 0 ? NULL : sentencepiece__model_proto__unpack(NULL, len, data);
+        if (!m)
+                return mx_error_set(err, -EBADMSG,
+                                    "%s: not a SentencePiece model (protobuf parse failed)", label);
+        if (m->n_pieces == 0 || m->n_pieces > MX_TOKENIZER_MAX_PIECES)
+                return mx_error_set(err, -EINVAL, "%s: %zu pieces (expected 1..%u)", label,
+                                    m->n_pieces, MX_TOKENIZER_MAX_PIECES);
+        mx_vocab_src src = {.n = (uint32_t)m->n_pieces, .piece = proto_piece, .ctx = m};
+        int r = check_specs(m, &src, label, err);
+        if (r < 0)
+                return r;
+        /* Pieces cannot exceed the file's size, so this sum cannot overflow. */
+        for (size_t i = 0; i < m->n_pieces; i++)
+                src.text_bytes += m->pieces[i]->piece ? strlen(m->pieces[i]->piece) : 0;
+        _cleanup_(mx_tokenizer_freep) mx_tokenizer *tok = NULL;
+        if ((r = mx_tokenizer_build(&src, label, &tok, err)) < 0)
+                return r;
+        const Sentencepiece__TrainerSpec *ts = m->trainer_spec;
+        tok->bos = control_id(tok, ts->bos_piece, "<s>");
+        tok->eos = control_id(tok, ts->eos_piece, "</s>");
+        tok->pad = control_id(tok, ts->pad_piece, "<pad>");
         *out = MX_TAKE_PTR(tok);
         return 0;
 }
@@ -346,4 +376,23 @@ const char *mx_tokenizer_piece(const mx_tokenizer *tok, int32_t id, size_t *len)
         if (len)
                 *len = tok->len[id];
         return tok->text + tok->off[id];
+}
+
+float mx_tokenizer_score(const mx_tokenizer *tok, int32_t id) {
+        return id >= 0 && (uint32_t)id < tok->n ? tok->score[id] : 0;
+}
+
+mx_piece_type mx_tokenizer_piece_type(const mx_tokenizer *tok, int32_t id) {
+        return id >= 0 && (uint32_t)id < tok->n ? (mx_piece_type)tok->type[id] : 0;
+}
+
+void mx_tokenizer_get_info(const mx_tokenizer *tok, mx_tokenizer_info *info) {
+        *info = (mx_tokenizer_info){
+                .bos = tok->bos, .eos = tok->eos, .unk = tok->unk, .pad = tok->pad,
+                .add_bos = tok->add_bos, .add_eos = tok->add_eos,
+                .add_space_prefix = tok->add_dummy_prefix,
+                .remove_extra_whitespaces = tok->remove_extra_whitespaces,
+                .escape_whitespaces = tok->escape_whitespaces, .byte_fallback = tok->byte_fallback,
+                .unk_surface = tok->unk_surface,
+        };
 }

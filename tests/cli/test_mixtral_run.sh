@@ -2,9 +2,9 @@
 # mixtral-run as a user types it: options, exit codes, messages, and the
 # files it reads (real files, FIFOs, stdin).
 #
-#   test_mixtral_run.sh MIXTRAL_RUN DEMO_MODEL_DIR TRAINED_TOKENIZER HF_TINY_DIR
+#   test_mixtral_run.sh MIXTRAL_RUN DEMO_MODEL_DIR TRAINED_TOKENIZER HF_TINY_DIR [GGUF_FIXTURES]
 set -u
-run=$1 demo=$2 trained=$3 tiny=$4
+run=$1 demo=$2 trained=$3 tiny=$4 gguf=${5:-}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failures=0
@@ -178,6 +178,32 @@ import json, sys
 d = json.loads(sys.argv[1])
 assert d["model"] == "synthetic:b1" and d["decode_tokens_per_s"] > 0, d
 ' "$bench" || fail "--synthetic --bench JSON: $bench"
+
+# --- GGUF files (tests/model/make_gguf.py's conversions of hf-tiny) ------------------
+if [ -n "$gguf" ] && [ -f "$gguf/tiny-bf16.gguf" ]; then
+        g=$gguf/tiny-bf16.gguf
+        out=$("$run" -m "$g" --info) || fail "--info on $g"
+        for line in "layout: gguf" "files: 1" "layers: 2" "experts: 8" "head_dim: 16" "tie_word_embeddings: false"; do
+                grep -qF -- "$line" <<<"$out" || fail "--info on $g lacks '$line'"
+        done
+        expect 0 "files: 3" -- "$run" -m "$gguf/split" --info
+        expect 0 "Q8_0" -- "$run" -m "$gguf/tiny-q8_0.gguf" --info
+        want=$("$run" -m "$tiny" -p "Hello world" --temperature 0 -n 8 --print-ids)
+        got=$("$run" -m "$g" -p "Hello world" --temperature 0 -n 8 --print-ids) || fail "generation on $g"
+        [ "$got" = "$want" ] || fail "$g: greedy ids '$got', the safetensors checkpoint's '$want'"
+        got=$("$run" -m "$g" -p "Hello world" --temperature 0 -n 8 --print-ids --expert-memory 50%)
+        [ "$got" = "$want" ] || fail "$g --expert-memory 50%: greedy ids '$got', expected '$want'"
+        want=$("$run" -m "$tiny" --tokenize -p "Hello world, ünïcödé")
+        [ "$("$run" -m "$g" --tokenize -p "Hello world, ünïcödé")" = "$want" ] || fail "--tokenize on $g"
+        [ "$("$run" -t "$g" --tokenize -p "Hello world, ünïcödé")" = "$want" ] || fail "-t $g --tokenize"
+        expect 0 "" -- "$run" -m "$g" --chat "Hi there" -n 4 --seed 1
+        expect 1 "tensor \"token_embd.weight\" is Q8_0" -- "$run" -m "$gguf/tiny-q8_0.gguf" -p x -n 1
+        expect 1 "$gguf/bad/magic.gguf: not a GGUF file" -- "$run" -m "$gguf/bad/magic.gguf" --info
+        expect 1 "$gguf/bad/tok-gpt2.gguf: tokenizer \"gpt2\" is not supported" -- \
+                "$run" -m "$gguf/bad/tok-gpt2.gguf" -p x -n 1
+else
+        echo "no GGUF fixtures (tests/model/make_gguf.py needs the venv): GGUF not checked"
+fi
 
 if [ "$failures" -gt 0 ]; then
         echo "$failures failure(s)" >&2

@@ -6,15 +6,6 @@
 #include "fuzz.h"
 #include "mixtral.h"
 
-static void exercise(const mx_tokenizer *tok, const char *text, size_t len) {
-        mx_ids ids = {0};
-        mx_buf out = {0};
-        if (mx_tokenize(tok, text, len, &ids) == 0)
-                mx_detokenize(tok, ids.v, ids.n, &out);
-        mx_ids_free(&ids);
-        mx_buf_free(&out);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         mx_tokenizer *tok = NULL;
         mx_error err;
@@ -23,8 +14,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         static const char *const texts[] = {"", " ", "Hello world", "  a\n\tb  ", "\xff\xfe\xe6\x97",
                                             "日本語 🙂", "\xe2\x96\x81x"};
         for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
-                exercise(tok, texts[i], strlen(texts[i]));
-        exercise(tok, (const char *)data, size < 256 ? size : 256);
+                fuzz_round_trip(tok, texts[i], strlen(texts[i]));
+        fuzz_round_trip(tok, (const char *)data, size < 256 ? size : 256);
         int32_t ids[64];
         uint32_t n = mx_tokenizer_vocab_size(tok);
         for (int i = 0; i < 64; i++)

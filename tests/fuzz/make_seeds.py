@@ -1,6 +1,9 @@
 #!/usr/bin/python3
 """Regenerates the seed corpus in tests/fuzz/corpus (run from this directory).
 
+The GGUF seeds are tests/model/gguf_raw.py's tiny Mixtral-shaped model (merged
+experts, per expert, version 2, a split part) and some of its malformed files.
+
 The tokenizer-model seeds are small models trained with ../../tools/train-demo-tokenizer:
     ../../tools/train-demo-tokenizer corpus/tokenizer_model/trained-small.model \
         --vocab_size=400 --character_coverage=0.98
@@ -10,6 +13,10 @@ The tokenizer-model seeds are small models trained with ../../tools/train-demo-t
 import json
 import os
 import struct
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model"))
+import gguf_raw  # noqa: E402
 
 
 def write(d, name, data):
@@ -186,3 +193,16 @@ conf("bad-budget-huge", "[daemon]\nhost_cache = 99999999T\n")
 conf("bad-section", "[user:]\nmax_tokens = 1\n[nowhere]\nx = 1\n")
 conf("bad-line", "[daemon]\nmodel /no/equals\n")
 conf("long-line", "[daemon]\nmodel = /" + "m" * 300 + "\n")
+
+
+# GGUF: the tiny valid model in its shapes, and malformed ones near each rule.
+gg = "corpus/gguf"
+write(gg, "valid", gguf_raw.base())
+write(gg, "valid-v2", gguf_raw.base(version=2))
+write(gg, "valid-perexpert", gguf_raw.build(gguf_raw.base_kvs(), gguf_raw.base_tensors(merged=False)))
+write(gg, "valid-split-part", gguf_raw.split_parts(2)[0][1])
+for name, _, _, data in gguf_raw.bad_files():
+    if name in ("array-nested", "bool-2", "key-twice", "alignment-13", "dims-5", "size-overflow",
+                "row-blocks", "overlap", "name-twice", "experts-count", "experts-missing", "tok-count",
+                "scores-u8", "token-utf8", "byte-malformed", "unk-disagrees"):
+        write(gg, name, data)

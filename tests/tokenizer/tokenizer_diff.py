@@ -125,6 +125,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--checker", required=True, help="path of tokenizer-check")
     ap.add_argument("--model", help="tokenizer.model (default: the real one, else skip)")
+    ap.add_argument("--checker-tokenizer", help="what tokenizer-check loads (default: --model), e.g. a GGUF "
+                    "file holding --model's vocabulary")
     ap.add_argument("--count", type=int, default=20000, help="random strings (default 20000)")
     ap.add_argument("--id-sequences", type=int, default=5000)
     args = ap.parse_args()
@@ -155,7 +157,7 @@ def main():
             dec = sp.decode(ids).encode("utf-8")
             f.write(f"D\t{' '.join(map(str, ids))}\t{dec.hex()}\n")
     try:
-        r = subprocess.run([args.checker, model, path])
+        r = subprocess.run([args.checker, args.checker_tokenizer or model, path])
     finally:
         if os.environ.get("MX_DIFF_KEEP"):
             print(f"cases kept in {path}")

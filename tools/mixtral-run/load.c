@@ -36,12 +36,16 @@ void run_progress(uint64_t done, uint64_t total, void *arg) {
         fflush(stderr);
 }
 
+/* A checkpoint directory's tokenizer file is read without opening the
+ * model; a GGUF's vocabulary is in its header. */
 int run_load_tokenizer(const run_opts *o, mx_tokenizer **tok, mx_error *err) {
         _cleanup_free_ char *found = NULL;
         const char *path = o->tokenizer;
+        if (!path && mx_model_is_gguf(o->model))
+                path = o->model;
         if (!path && !(path = found = mx_model_find_tokenizer(o->model, err)))
                 return -ENOENT;
-        return mx_tokenizer_load(tok, path, err);
+        return mx_tokenizer_open(path, tok, err);
 }
 
 bool run_on_gpu(const run_opts *o, int *index) {
