@@ -145,9 +145,15 @@ static const mx_cfg_field params_fields[] = {
         FIELD("moe", "num_experts_per_tok", MX_CFG_UINT, true, MAX_LAYERS, n_experts_per_tok),
         FIELD(NULL, "max_seq_len", MX_CFG_UINT, false, MAX_CONTEXT, max_position_embeddings),
         FIELD(NULL, "sliding_window", MX_CFG_UINT, false, MAX_CONTEXT, sliding_window),
-        FIELD(NULL, "rope_theta", MX_CFG_POSITIVE_REAL, true, 1e12, rope_theta),
+        FIELD(NULL, "rope_theta", MX_CFG_POSITIVE_REAL, false, 1e12, rope_theta),
         FIELD(NULL, "norm_eps", MX_CFG_POSITIVE_REAL, true, 1.0, rms_norm_eps),
 };
+
+/* What mistral-inference takes when params.json does not say, as the
+ * original Mixtral release's does not: RoPE's base 1e6, and Mixtral's
+ * context of 32768 positions. */
+#define PARAMS_ROPE_THETA 1e6
+#define PARAMS_MAX_SEQ_LEN 32768
 
 /* A JSON value as the checks see it; in HF configs a token id may be a
  * list of which the first is the one the tokenizer uses. */
@@ -218,6 +224,8 @@ static int parse_params(cfg_ctx *c, mx_config *cfg) {
         if (!json_is_object(json_object_get(c->root, "moe")))
                 return mx_error_set(c->err, -EOPNOTSUPP,
                                     "%s: no \"moe\" object: not a mixture-of-experts model", c->label);
+        cfg->rope_theta = PARAMS_ROPE_THETA;
+        cfg->max_position_embeddings = PARAMS_MAX_SEQ_LEN;
         int r = mx_config_fill(params_fields, MX_ELEMENTSOF(params_fields), json_value, c->root,
                                c->label, cfg, c->err);
         if (r < 0)

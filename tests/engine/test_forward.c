@@ -197,18 +197,22 @@ static void same_everywhere(const mx_model *m) {
 
 /* The same weights in the mistral-inference layout (params.json, names,
  * q/k rows in interleaved RoPE order) must give the same logits, bit for
- * bit: the loader presents both layouts as one model. */
-static void write_consolidated(const mx_model *m, const char *dir) {
+ * bit: the loader presents both layouts as one model. `released` writes
+ * params.json as Mistral released Mixtral's: no rope_theta, no
+ * max_seq_len. */
+static void write_consolidated(const mx_model *m, const char *dir, bool released) {
         const mx_config *c = &m->cfg;
-        char path[4096], name[160];
+        char path[4096], name[160], extra[160] = "";
+        if (!released)
+                snprintf(extra, sizeof(extra), "\"rope_theta\": %.17g, \"max_seq_len\": %u, ", c->rope_theta,
+                         c->max_position_embeddings);
         snprintf(path, sizeof(path), "%s/params.json", dir);
         FILE *f = fopen(path, "w");
         fprintf(f, "{\"dim\": %u, \"n_layers\": %u, \"head_dim\": %u, \"hidden_dim\": %u, \"n_heads\": %u, "
-                   "\"n_kv_heads\": %u, \"norm_eps\": %.17g, \"vocab_size\": %u, \"rope_theta\": %.17g, "
-                   "\"max_seq_len\": %u, \"moe\": {\"num_experts\": %u, \"num_experts_per_tok\": %u}}",
+                   "\"n_kv_heads\": %u, \"norm_eps\": %.17g, \"vocab_size\": %u, %s"
+                   "\"moe\": {\"num_experts\": %u, \"num_experts_per_tok\": %u}}",
                 c->hidden_size, c->n_layers, c->head_dim, c->intermediate_size, c->n_heads, c->n_kv_heads,
-                c->rms_norm_eps, c->vocab_size, c->rope_theta, c->max_position_embeddings, c->n_experts,
-                c->n_experts_per_tok);
+                c->rms_norm_eps, c->vocab_size, extra, c->n_experts, c->n_experts_per_tok);
         fclose(f);
         mx_tensor_data *t = calloc(m->n_tensors, sizeof(*t));
         size_t n = 0;
@@ -250,13 +254,17 @@ static void write_consolidated(const mx_model *m, const char *dir) {
         free(t);
 }
 
-static void consolidated_layout(const mx_model *hf) {
+static void consolidated_layout(const mx_model *hf, bool released) {
         char dir[] = "/tmp/mx-consolidated-XXXXXX", path[4096];
         CHECK(mkdtemp(dir), "mkdtemp");
-        write_consolidated(hf, dir);
+        write_consolidated(hf, dir, released);
         mx_model *m = NULL;
         mx_error err = {0};
         CHECK(mx_model_open(&m, dir, &err) == 0 && m->layout == MX_LAYOUT_CONSOLIDATED, "%s", err.msg);
+        if (m && released)
+                CHECK(m->cfg.rope_theta == 1e6 && m->cfg.max_position_embeddings == 32768,
+                      "the released params.json: rope_theta %g, context %u (not mistral-inference's 1e6, 32768)",
+                      m->cfg.rope_theta, m->cfg.max_position_embeddings);
         if (m) {
                 mx_engine *a = open_engine(hf, MX_SIMD_AUTO, 0), *b = open_engine(m, MX_SIMD_AUTO, 0);
                 for (size_t c = 0; c < n_cases; c++) {
@@ -265,7 +273,8 @@ static void consolidated_layout(const mx_model *hf) {
                               "case %zu: the mistral-inference layout gives other logits", c);
                         free(x), free(y);
                 }
-                printf("mistral-inference layout: same logits, bit for bit\n");
+                printf("mistral-inference layout%s: same logits, bit for bit\n",
+                       released ? " (params.json as released)" : "");
                 mx_engine_free(a), mx_engine_free(b);
                 mx_model_free(m);
         }
@@ -298,7 +307,10 @@ int main(int argc, char **argv) {
                 against_transformers(e);
         mx_engine_free(e);
         same_everywhere(m);
-        consolidated_layout(m);
+        consolidated_layout(m, false);
+        /* (Only where the checkpoint's values are mistral-inference's defaults.) */
+        if (m->cfg.rope_theta == 1e6)
+                consolidated_layout(m, true);
         mx_model_free(m);
         return test_result();
 }
