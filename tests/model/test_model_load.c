@@ -648,9 +648,11 @@ static void compare_weights(const mx_model *h, const mx_model *c, const ckpt *hc
 static void check_consolidated_model(const mx_model *c) {
         CHECK(c->layout == MX_LAYOUT_CONSOLIDATED, "consolidated: layout %d", c->layout);
         check_config(&c->cfg, &tiny, "consolidated");
-        CHECK(c->cfg.max_position_embeddings == 0 && c->cfg.bos_token_id == -1 &&
-                      c->cfg.eos_token_id == -1 && !c->cfg.tie_word_embeddings,
+        CHECK(c->cfg.bos_token_id == -1 && c->cfg.eos_token_id == -1 && !c->cfg.tie_word_embeddings,
               "consolidated: what params.json does not give must be unset");
+        /* ... but for the context: mistral-inference's, Mixtral's 32768. */
+        CHECK(c->cfg.max_position_embeddings == 32768, "consolidated: context %u without max_seq_len",
+              c->cfg.max_position_embeddings);
 }
 
 static void case_consolidated(void) {
