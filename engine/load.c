@@ -59,13 +59,19 @@ int mx_load_open(mx_load *l, const mx_load_opts *o, mx_error *err) {
         *l = (mx_load){.gpu = -1};
         if (mx_device_parse(o->device, &l->gpu) < 0)
                 return mx_error_set(err, -EINVAL, "device \"%s\": expected cpu, cuda or cuda:N", o->device);
-        if (!o->model)
+        if (!o->model && !o->synthetic)
                 return mx_error_set(err, -EINVAL, "no model given");
         int r = o->synthetic ? 0 : mx_model_open(&l->model, o->model, err);
         if (r == 0 && o->synthetic)
                 r = mx_model_synthetic(&l->model, o->synthetic, o->layers, l->gpu < 0, err);
-        if (r == 0 && !o->synthetic)
-                r = load_tokenizer(l, o, err);
+        if (r == 0 && !o->synthetic) {
+                mx_error why = {0};
+                r = load_tokenizer(l, o, &why);
+                if (r == -ENOENT && o->tokenizer_optional && !o->tokenizer)
+                        r = 0;
+                else if (r < 0)
+                        *err = why;
+        }
         if (r == 0)
                 r = budgets(l, o, err);
         if (r < 0)

@@ -518,6 +518,7 @@ int mx_forward(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err
 typedef struct mx_load_opts {
         const char *model;         /* a checkpoint directory */
         const char *tokenizer;     /* NULL: the model's own */
+        bool tokenizer_optional;   /* a model without one loads (tok NULL) */
         const char *synthetic;     /* or a synthetic shape (no file, no tokenizer) */
         uint32_t layers;           /* of the synthetic shape; 0: all */
         const char *device;        /* cpu (NULL), cuda, cuda:N */
@@ -640,10 +641,17 @@ size_t mx_gen_prompt_len(const mx_gen *g);
 /* Writes a random Mixtral in the Hugging Face layout (config.json, two
  * safetensors shards and their index, tokenizer.model copied from
  * tokenizer_path when it fits) into dir, which must exist. shape "demo"
- * (a few MB; its vocabulary is the tokenizer's) or "b1" (DESIGN.md section 6,
- * 1.6 GB; tokenizer optional). Same seed, same bytes. */
+ * (a few MB; its vocabulary is the tokenizer's) or "b1" (the CPU benchmark
+ * shape, 1.6 GB, Mixtral's vocabulary of 32000: without a tokenizer of that
+ * size, a made-up one). Same seed, same bytes. */
 int mx_demo_model_write(const char *dir, const char *shape, const char *tokenizer_path, uint64_t seed,
                         mx_error *err);
+
+/* Writes a made-up SentencePiece BPE model of vocab_size pieces (at least
+ * 355): <unk>, <s>, </s>, the 256 byte pieces (any text encodes, through
+ * byte fallback), the printable ASCII characters, then filler words; for
+ * random models whose vocabulary no tokenizer at hand has. */
+int mx_tokenizer_write_synthetic(const char *path, uint32_t vocab_size, mx_error *err);
 
 /* ---- text ---------------------------------------------------------------- */
 

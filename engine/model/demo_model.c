@@ -14,8 +14,9 @@
 #include "model.h"
 
 /* "demo": a few MB, for the quick start and the tests; its vocabulary is
- * the tokenizer's. "b1": the CPU benchmark shape of DESIGN.md section 6
- * (791 M parameters, 1.6 GB in bf16). */
+ * the tokenizer's. "b1": the CPU benchmark shape (791 M parameters, 1.6 GB
+ * in bf16, Mixtral's vocabulary), with a made-up tokenizer when none of
+ * that size is given. */
 static const mx_config demo_shape = {
         .hidden_size = 64,
         .intermediate_size = 160,
@@ -227,7 +228,10 @@ int mx_demo_model_write(const char *dir, const char *shape, const char *tokenize
                 return mx_error_set(err, -EINVAL, "the demo model needs a tokenizer (--tokenizer FILE)");
         if (c.bos_token_id < 0 || c.eos_token_id < 0)
                 return mx_error_set(err, -EINVAL, "%s: the tokenizer has no <s> or </s>", tokenizer_path);
-        r = with_tok ? copy_tokenizer(dir, tokenizer_path, err) : 0;
+        _cleanup_free_ char *made = NULL;
+        if (!with_tok && asprintf(&made, "%s/tokenizer.model", dir) < 0)
+                return mx_error_set(err, -ENOMEM, "out of memory");
+        r = with_tok ? copy_tokenizer(dir, tokenizer_path, err) : mx_tokenizer_write_synthetic(made, c.vocab_size, err);
         if (r == 0)
                 r = mx_hf_config_write(dir, &c, err);
         if (r == 0)

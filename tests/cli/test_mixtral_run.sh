@@ -36,6 +36,10 @@ expect 2 "unexpected argument 'stray'" -- "$run" --tokenize -t "$trained" -p x s
 expect 2 "--tokenize needs a prompt" -- "$run" --tokenize -t "$trained"
 expect 2 "--host-cache is for --device cuda" -- "$run" --model "$demo" --host-cache 1G -p x
 expect 2 "either --shape or --synthetic" -- "$run" --make-demo "$tmp/x" --shape b1 --synthetic b1
+# A budget below what a step needs is raised, and says so; "min" is that on purpose.
+expect 0 "using those" -- "$run" --model "$demo" --expert-memory 1000 -n 2 -p x
+out=$("$run" --model "$demo" --expert-memory min -n 2 -p x 2>&1) || fail "--expert-memory min: $out"
+case "$out" in *"using those"*) fail "--expert-memory min was reported as raised: $out" ;; esac
 expect 2 "need --tokenizer FILE or --model DIR" -- "$run" --tokenize -p x
 expect 2 "excludes a conversation" -- "$run" --tokenize -t "$trained" -p x --chat y
 expect 2 "--prompt and --prompt-file" -- "$run" --tokenize -t "$trained" -p x -f y

@@ -20,12 +20,10 @@
 #define DEFAULT_DECODE 64
 
 /* The given prompt, or BOS and DEFAULT_PROMPT - 1 fixed pseudo-random ids. */
-static int bench_prompt(const run_opts *o, const mx_model *m, mx_ids *ids, mx_error *err) {
-        if (run_has_prompt(o)) {
-                _cleanup_(mx_tokenizer_freep) mx_tokenizer *tok = NULL;
-                int r = run_load_tokenizer(o, &tok, err);
-                return r < 0 ? r : run_prompt_ids(o, tok, ids, err);
-        }
+static int bench_prompt(const run_opts *o, const mx_load *l, mx_ids *ids, mx_error *err) {
+        const mx_model *m = l->model;
+        if (run_has_prompt(o))
+                return run_prompt_ids(o, l->tok, ids, err);
         uint64_t x = 88172645463325252ull;
         int r = mx_ids_push(ids, m->cfg.bos_token_id >= 0 ? m->cfg.bos_token_id : 1);
         for (int i = 1; r == 0 && i < DEFAULT_PROMPT; i++) {
@@ -173,12 +171,13 @@ static void print_decode(const decode_result *d, const ceilings *c, bool first) 
 
 int run_bench(const run_opts *o) {
         mx_error err = {0};
-        _cleanup_(mx_model_freep) mx_model *m = NULL;
-        _cleanup_(mx_engine_freep) mx_engine *e = NULL;
+        _cleanup_(mx_load_free) mx_load l = {.gpu = -1};
         _cleanup_(mx_seq_freep) mx_seq *s = NULL;
         _cleanup_(mx_ids_free) mx_ids prompt = {0};
-        if (run_load(o, &m, &e, &err) < 0 || bench_prompt(o, m, &prompt, &err) < 0)
+        if (run_load(o, run_has_prompt(o), &l, &err) < 0 || bench_prompt(o, &l, &prompt, &err) < 0)
                 return run_fail(&err);
+        const mx_model *m = l.model;
+        mx_engine *e = l.engine;
         uint32_t decode = o->max_tokens ? o->max_tokens : DEFAULT_DECODE, vocab = m->cfg.vocab_size;
         _cleanup_free_ float *logits = malloc(vocab * sizeof(float));
         if (!logits)

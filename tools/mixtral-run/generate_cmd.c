@@ -42,19 +42,16 @@ static int loop(mx_engine *e, mx_gen *g, const run_opts *o, mx_error *err) {
 
 int run_generate(const run_opts *o) {
         mx_error err = {0};
-        _cleanup_(mx_tokenizer_freep) mx_tokenizer *tok = NULL;
-        _cleanup_(mx_model_freep) mx_model *m = NULL;
-        _cleanup_(mx_engine_freep) mx_engine *e = NULL;
+        _cleanup_(mx_load_free) mx_load l = {.gpu = -1};
         _cleanup_(mx_gen_freep) mx_gen *g = NULL;
         _cleanup_(mx_ids_free) mx_ids prompt = {0};
-        if (run_load_tokenizer(o, &tok, &err) < 0 || run_prompt_ids(o, tok, &prompt, &err) < 0 ||
-            run_load(o, &m, &e, &err) < 0)
+        /* (The prompt is made before the weights load: a bad one costs nothing.) */
+        _cleanup_(mx_tokenizer_freep) mx_tokenizer *early = NULL;
+        if (run_load_tokenizer(o, &early, &err) < 0 || run_prompt_ids(o, early, &prompt, &err) < 0 ||
+            run_load(o, true, &l, &err) < 0)
                 return run_fail(&err);
-        if (mx_tokenizer_vocab_size(tok) != m->cfg.vocab_size) {
-                mx_error_set(&err, -EINVAL, "the tokenizer has %u pieces but the model a vocabulary of %u",
-                             mx_tokenizer_vocab_size(tok), m->cfg.vocab_size);
-                return run_fail(&err);
-        }
+        mx_engine *e = l.engine;
+        const mx_tokenizer *tok = l.tok;
         mx_gen_opts go = {.sampling = o->sampling, .max_tokens = o->max_tokens, .stop = o->stop,
                           .n_stop = o->n_stop, .max_context = o->ctx, .prefill_chunk = 512,
                           .keep_leading_space = !(o->messages || o->chat), .ignore_eos = o->ignore_eos};

@@ -1,5 +1,6 @@
-/* Loading for generation and benchmarks: open (headers only), page the
- * weights in with a progress bar on a terminal, start the engine. */
+/* Loading for generation and benchmarks, through the engine's one loader
+ * (mx_load, the daemon's too) with a progress bar on a terminal; and the
+ * synthetic shapes' layers that fit a GPU. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -8,33 +9,12 @@
 
 #include "mx_common.h"
 #include "mx_config.h"
+#include "mx_progress.h"
 #include "run.h"
 
 #if MX_HAVE_CUDA
 #include "mixtral_kernels.h"
 #endif
-
-run_bar run_bar_new(const char *what) {
-        return (run_bar){isatty(STDERR_FILENO) == 1, -1, what};
-}
-
-void run_progress(uint64_t done, uint64_t total, void *arg) {
-        run_bar *b = arg;
-        int pct = total ? (int)(done * 100 / total) : 100;
-        if (!b->tty || pct == b->last)
-                return;
-        b->last = pct;
-        char fill[41];
-        int k = pct * 40 / 100;
-        for (int i = 0; i < 40; i++)
-                fill[i] = i < k ? '#' : ' ';
-        fill[40] = '\0';
-        fprintf(stderr, "\r%s [%s] %3d%%  %.1f / %.1f GiB", b->what, fill, pct,
-                (double)done / (1u << 30), (double)total / (1u << 30));
-        if (done == total)
-                fputc('\n', stderr);
-        fflush(stderr);
-}
 
 /* A checkpoint directory's tokenizer file is read without opening the
  * model; a GGUF's vocabulary is in its header. */
@@ -87,38 +67,44 @@ static int layers_that_fit(const run_opts *o, uint32_t *layers, mx_error *err) {
         return 0;
 }
 
+/* The synthetic shape's layers: as many as asked, else as fit. */
+static int synthetic_layers(const run_opts *o, uint32_t *layers, mx_error *err) {
+        *layers = o->layers;
+        return *layers || !o->synthetic ? 0 : layers_that_fit(o, layers, err);
+}
+
 int run_open_model(const run_opts *o, mx_model **m, mx_error *err) {
         if (!o->synthetic)
                 return mx_model_open(m, o->model, err);
-        uint32_t layers = o->layers;
-        int r = layers ? 0 : layers_that_fit(o, &layers, err);
+        uint32_t layers;
+        int r = synthetic_layers(o, &layers, err);
         /* The CPU engine reads weights from host memory; the GPU makes its own. */
         return r < 0 ? r : mx_model_synthetic(m, o->synthetic, layers, !run_on_gpu(o, NULL), err);
 }
 
-int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err) {
-        int r = run_open_model(o, m, err);
+static void on_progress(const char *what, uint64_t done, uint64_t total, void *arg) {
+        mx_progress_bar_show(arg, what, done, total);
+}
+
+int run_load(const run_opts *o, bool need_tokenizer, mx_load *l, mx_error *err) {
+        uint32_t layers;
+        int r = synthetic_layers(o, &layers, err);
         if (r < 0)
                 return r;
-        uint64_t budget = 0;
-        if (o->expert_memory && (r = mx_expert_budget_parse(o->expert_memory, *m, &budget, err)) < 0)
+        mx_progress_bar bar = mx_progress_bar_new(isatty(STDERR_FILENO) == 1);
+        mx_load_opts lo = {.model = o->model, .tokenizer = o->tokenizer, .tokenizer_optional = !need_tokenizer,
+                           .synthetic = o->synthetic, .layers = layers, .device = o->device, .threads = o->threads,
+                           .simd = o->simd, .expert_memory = o->expert_memory, .host_cache = o->host_cache,
+                           .progress = on_progress, .progress_arg = &bar};
+        if ((r = mx_load_open(l, &lo, err)) < 0)
                 return r;
-        uint64_t host_cache = 0;
-        if (o->host_cache && (r = mx_host_cache_parse(o->host_cache, *m, &host_cache, err)) < 0)
-                return r;
-        /* (A GPU reads the mapping only as it uploads.) */
-        if (budget && !o->synthetic && !run_on_gpu(o, NULL) && (r = mx_model_copy_dense(*m, err)) < 0)
-                return r;
-        run_bar b = run_bar_new("loading model");
-        /* Streaming reads experts itself: paging the files in would defeat it.
-         * A GPU reads the files once as it uploads (and may stream). */
-        if (!o->synthetic && !budget && !run_on_gpu(o, NULL) && mx_model_fits_in_memory(*m))
-                mx_model_prefault(*m, run_progress, &b);
-        run_bar up = run_bar_new("loading model");
-        mx_engine_opts eo = {.device = o->device, .threads = o->threads, .simd = o->simd,
-                             .expert_memory = budget, .host_cache = host_cache, .progress = run_progress,
-                             .progress_arg = &up};
-        return mx_engine_open(e, *m, &eo, err);
+        /* "min" means it; a number below it is a surprise worth a line. */
+        if (l->expert_memory && l->expert_memory < l->expert_memory_min && strcmp(o->expert_memory, "min"))
+                fprintf(stderr, "mixtral-run: --expert-memory %s is less than the top-%u experts of every layer "
+                        "that a step needs at once; using those %.1f MiB (the same as --expert-memory min)\n",
+                        o->expert_memory, l->model->cfg.n_experts_per_tok,
+                        (double)l->expert_memory_min / (1u << 20));
+        return mx_load_engine(l, &lo, err);
 }
 
 double run_now(void) {

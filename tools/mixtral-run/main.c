@@ -10,6 +10,7 @@
 
 #include "mx_common.h"
 #include "mx_config.h"
+#include "mx_progress.h"
 #include "run.h"
 
 static const char usage_text[] =
@@ -435,6 +436,10 @@ static int do_info(const run_opts *o, mx_error *err) {
         return run_info(m);
 }
 
+static void writing(uint64_t done, uint64_t total, void *bar) {
+        mx_progress_bar_show(bar, "writing model", done, total);
+}
+
 static int do_make_demo(const run_opts *o, mx_error *err) {
         if (mkdir(o->make_demo, 0755) < 0 && errno != EEXIST) {
                 mx_error_set(err, -errno, "%s: %s", o->make_demo, strerror(errno));
@@ -442,9 +447,9 @@ static int do_make_demo(const run_opts *o, mx_error *err) {
         }
         if (o->synthetic) {
                 _cleanup_(mx_model_freep) mx_model *m = NULL;
-                run_bar b = run_bar_new("writing model");
+                mx_progress_bar b = mx_progress_bar_new(isatty(STDERR_FILENO) == 1);
                 if (mx_model_synthetic(&m, o->synthetic, o->layers, false, err) < 0 ||
-                    mx_synthetic_write(m, o->make_demo, run_progress, &b, err) < 0)
+                    mx_synthetic_write(m, o->make_demo, writing, &b, err) < 0)
                         return run_fail(err);
         } else if (mx_demo_model_write(o->make_demo, o->shape, o->tokenizer, o->seed, err) < 0) {
                 return run_fail(err);

@@ -33,19 +33,10 @@ int run_devices(void);
 int run_generate(const run_opts *o);
 int run_bench(const run_opts *o);
 
-/* A progress bar on stderr when it is a terminal: "WHAT [###   ] 40%
- * 1.2 / 3.0 GiB"; run_progress(done bytes, total bytes, &bar). */
-typedef struct run_bar {
-        bool tty;
-        int last;
-        const char *what;
-} run_bar;
-run_bar run_bar_new(const char *what);
-void run_progress(uint64_t done, uint64_t total, void *arg);
-
-/* Opens the model, shows a progress bar on a terminal while its pages
- * come in, and starts an engine on it. */
-int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err);
+/* Opens the model and its tokenizer (optional unless need_tokenizer),
+ * shows a progress bar on a terminal while its pages come in or go to the
+ * GPU, and starts an engine on it (free with mx_load_free). */
+int run_load(const run_opts *o, bool need_tokenizer, mx_load *l, mx_error *err);
 /* The checkpoint of --model, or the --synthetic model (its layers chosen
  * to fit the GPU when --layers is not given). */
 int run_open_model(const run_opts *o, mx_model **m, mx_error *err);
