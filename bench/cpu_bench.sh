@@ -1,5 +1,5 @@
 #!/bin/sh
-# The CPU benchmark of DESIGN.md section 6 on the b1 shape (791 M
+# The CPU benchmark (bench/README.md) on the b1 shape (791 M
 # parameters, bf16, random weights made here): decode at one thread and at
 # every core, as a fraction of the memory bandwidth measured in the same
 # run, and prefill of 512 tokens against OpenBLAS sgemm on the same shapes.

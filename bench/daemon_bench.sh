@@ -1,5 +1,5 @@
 #!/bin/sh
-# Continuous batching on the CPU (issue 4): the same requests one at a time
+# Continuous batching on the CPU: the same requests one at a time
 # and all at once through a real mixtrald on the b1 model (made here if
 # absent), for several client counts. One JSON line per run; bench/README.md
 # keeps the results.

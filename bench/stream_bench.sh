@@ -1,5 +1,5 @@
 #!/bin/sh
-# Expert streaming on the CPU (issue 7): decode speed and hit rate against
+# Expert streaming on the CPU: decode speed and hit rate against
 # the experts' memory budget (all, 75%, 50%, 25%, the minimum) on the b1
 # model, with the page cache dropped before each run (as root; the expert
 # reads are O_DIRECT anyway), and the read throughput of fio's sequential

@@ -1,5 +1,5 @@
 /* mixtral, the thin client of mixtrald: what its modules share. It talks
- * to the daemon only (DESIGN.md section 5) and never loads a model. */
+ * to the daemon only (docs/daemon.md) and never loads a model. */
 #pragma once
 
 #include <stdbool.h>

@@ -102,7 +102,7 @@ int md_config_set_daemon(md_config *c, const char *key, const char *v, mx_error 
                 unsigned long m = strtoul(v, &end, 8);
                 if (errno || *end || !*v || m > 0777)
                         return mx_error_set(err, -EINVAL, "socket_mode=%s: expected octal like 0666", v);
-                c->socket_mode = (unsigned)m;
+                c->socket_mode = (unsigned)m, c->socket_mode_set = true;
         } else if (!strcmp(key, "bus")) {
                 if (strcmp(v, "auto") && strcmp(v, "system") && strcmp(v, "session") && strcmp(v, "none"))
                         return mx_error_set(err, -EINVAL, "bus=%s: expected auto, system, session or none", v);

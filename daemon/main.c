@@ -18,17 +18,21 @@
 #define SYSTEM_CONFIG "/etc/mixtrald/mixtrald.conf"
 
 static const char usage_text[] =
-        "Usage: mixtrald [--model DIR] [OPTIONS]\n"
+        "Usage: mixtrald [--model PATH] [OPTIONS]\n"
+        "       mixtrald --user [OPTIONS]\n"
+        "       mixtrald --check-config [OPTIONS]\n"
         "\n"
         "The Mixtral inference daemon: keeps the model in memory and serves every\n"
-        "local user over a Unix socket (protobuf, docs/protocol.md), with\n"
-        "per-user quotas. Runs under systemd (socket activation, Type=notify,\n"
-        "watchdog) or by hand as any user.\n"
+        "local user over a Unix socket (protobuf; see mixtrald(8)) and on D-Bus as\n"
+        "org.mixtrald.Mixtral1, with per-user quotas. Runs under systemd (socket\n"
+        "activation, Type=notify, watchdog) or by hand as any user. It answers while\n"
+        "the model loads (status: loading, and how far; requests wait).\n"
         "\n"
         "Options (each overrides the [daemon] key of the same name in the file):\n"
-        "  -m, --model DIR            the checkpoint directory (Hugging Face or\n"
-        "                             mistral-inference layout)\n"
-        "      --device DEV           cpu (default) or cuda\n"
+        "  -m, --model PATH           a checkpoint directory (Hugging Face or\n"
+        "                             mistral-inference layout), a GGUF file, or a\n"
+        "                             directory of one\n"
+        "      --device DEV           cpu (default), cuda, or cuda:N (the N-th GPU)\n"
         "  -s, --socket PATH          the socket to create, when systemd passes none\n"
         "                             (default: " MXP_SYSTEM_SOCKET " for root,\n"
         "                             else $XDG_RUNTIME_DIR/mixtrald.sock)\n"
@@ -38,21 +42,26 @@ static const char usage_text[] =
         "                             missing default file means built-in defaults)\n"
         "      --state-directory DIR  where usage is kept (default $STATE_DIRECTORY, or\n"
         "                             /var/lib/mixtrald for root, else\n"
-        "                             ~/.local/state/mixtrald)\n"
+        "                             ~/.local/state/mixtrald, made 0700 if missing);\n"
+        "                             yours alone, one daemon at a time\n"
         "      --threads N            CPU threads for the engine (default: every core)\n"
         "      --max-frame-bytes N    largest request accepted (default 1M)\n"
-        "      --socket-mode MODE     octal mode of a socket made here (default 0666)\n"
-        "      --bus BUS              D-Bus: system, session, none, or auto (default: the\n"
-        "                             system bus for root, the session bus with --user;\n"
-        "                             auto goes on without one when it is not there)\n"
+        "      --socket-mode MODE     octal mode of a socket made here (default 0666\n"
+        "                             for the system daemon, else 0600)\n"
+        "      --bus BUS              D-Bus: system, session, none, or auto (default:\n"
+        "                             the system bus for root without --user, else\n"
+        "                             the session bus; auto goes on without D-Bus\n"
+        "                             when that bus is not there)\n"
         "      --user                 a per-user instance: session bus, and the socket,\n"
         "                             configuration and state under the user's own\n"
         "                             directories even when run as root\n"
-        "      --check-config         read the configuration, report, and exit\n"
+        "      --check-config         check the file, the model (headers, tokenizer,\n"
+        "                             budgets) and the state directory; exit 0 if the\n"
+        "                             daemon would start\n"
         "  -h, --help                 this text\n"
         "      --version              the version\n"
         "\n"
-        "Configuration (INI; see mixtrald(8) and docs/daemon.md):\n"
+"Configuration (INI; see mixtrald(8)):\n"
         "  [daemon]  model device socket socket_mode state_directory max_frame_bytes bus\n"
         "            threads admin_group max_batch max_queue max_connections_per_uid\n"
         "            max_output_bytes prefill_chunk drain_seconds expert_memory\n"
@@ -175,6 +184,10 @@ int md_service_load_config(md_server *srv, md_config *out, mx_error *err) {
                 if (!c.state_directory)
                         r = mx_error_set(err, -ENOMEM, "no state directory: set state_directory");
         }
+        /* Every user's socket for the system daemon (quotas, not the mode,
+         * limit them); a user's own daemon is that user's alone. */
+        if (!c.socket_mode_set)
+                c.socket_mode = system ? 0666 : 0600;
         if (r == 0 && !c.socket) {
                 c.socket = system ? strdup(MXP_SYSTEM_SOCKET) : user_path("XDG_RUNTIME_DIR", ".", "mixtrald.sock");
                 if (!c.socket || (!system && !getenv("XDG_RUNTIME_DIR")))
@@ -212,24 +225,33 @@ static void on_progress(const char *what, uint64_t done, uint64_t total, void *a
 
 static load_progress progress;
 
-/* The fast half of loading, before anything is served: every mistake in
- * the model, its tokenizer or the budgets is found here. */
-static int open_model(md_server *srv, mx_error *err) {
+/* What the engine's loader is given: the configuration's keys, the
+ * model's path made absolute (status and D-Bus show where the model is,
+ * whatever the cwd was). */
+static int loader_opts(md_server *srv, mx_error *err) {
         if (!srv->cfg.model)
                 return mx_error_set(err, -EINVAL, "no model: give --model DIR or model= in [daemon]");
-        /* Status and D-Bus show where the model is, whatever the cwd was. */
         if (!(srv->model_dir = realpath(srv->cfg.model, NULL)))
-                return mx_error_set(err, -errno, "%s: %s", srv->cfg.model, strerror(errno));
+                return mx_error_set(err, -errno, "the model %s: %s", srv->cfg.model, strerror(errno));
         int gpu = -1;
         mx_device_parse(srv->cfg.device, &gpu);
-        if (srv->cfg.host_cache && gpu < 0)
-                md_log(LOG_NOTICE, "host_cache is for device=cuda: on the CPU, expert_memory is the cache");
-        progress.bar = mx_progress_bar_new(isatty(STDERR_FILENO) == 1 && !md_log_to_journal());
         srv->load_opts = (mx_load_opts){.model = srv->model_dir, .device = srv->cfg.device,
                                         .threads = srv->cfg.threads, .expert_memory = srv->cfg.expert_memory,
                                         .host_cache = gpu >= 0 ? srv->cfg.host_cache : NULL,
                                         .progress = on_progress, .progress_arg = &progress};
-        int r = mx_load_open(&srv->load, &srv->load_opts, err);
+        return 0;
+}
+
+/* The fast half of loading, before anything is served: every mistake in
+ * the model, its tokenizer or the budgets is found here. */
+static int open_model(md_server *srv, mx_error *err) {
+        int r = loader_opts(srv, err);
+        if (r < 0)
+                return r;
+        if (srv->cfg.host_cache && !srv->load_opts.host_cache)
+                md_log(LOG_NOTICE, "host_cache is for device=cuda: on the CPU, expert_memory is the cache");
+        progress.bar = mx_progress_bar_new(isatty(STDERR_FILENO) == 1 && !md_log_to_journal());
+        r = mx_load_open(&srv->load, &srv->load_opts, err);
         if (r < 0)
                 return r;
         srv->expert_budget = srv->expert_now = srv->load.expert_memory;
@@ -257,6 +279,29 @@ void md_service_loaded(md_server *srv) {
         sd_notifyf(false, "READY=1\nSTATUS=Serving %s on %s", srv->model_dir, dev);
         md_log(LOG_INFO, "ready: serving %s on %s", srv->model_dir, dev);
         md_dbus_state_changed(srv);
+}
+
+/* --check-config: what start-up would refuse, found without starting:
+ * the file (read above), the model (its headers, tokenizer and budgets),
+ * the state directory. */
+static int check_config(md_server *srv) {
+        mx_error err = {0};
+        _cleanup_(mx_load_free) mx_load l = {.gpu = -1};
+        int r = loader_opts(srv, &err);
+        if (r == 0)
+                r = mx_load_open(&l, &srv->load_opts, &err);
+        if (r == 0)
+                r = md_state_dir_check(srv->cfg.state_directory, &err);
+        if (r < 0) {
+                fprintf(stderr, "mixtrald: %s: %s\n", srv->config_path, err.msg);
+                return 1;
+        }
+        bool file = access(srv->config_path, F_OK) == 0;
+        printf("%s%s: OK (model %s: %u layers, context %u; socket %s, state %s, %zu user/group sections)\n",
+               srv->config_path, file ? "" : " (absent: built-in defaults)", srv->model_dir,
+               l.model->cfg.n_layers, l.model->cfg.max_position_embeddings, srv->cfg.socket,
+               srv->cfg.state_directory, srv->cfg.n_sections);
+        return 0;
 }
 
 /* ---- running ---------------------------------------------------------------- */
@@ -380,11 +425,10 @@ int main(int argc, char **argv) {
                 return 1;
         }
         if (a.check_only) {
-                printf("%s: OK (model %s, socket %s, state %s, %zu user/group sections)\n", srv.config_path,
-                       srv.cfg.model ? srv.cfg.model : "(unset)", srv.cfg.socket, srv.cfg.state_directory,
-                       srv.cfg.n_sections);
+                r = check_config(&srv);
                 md_config_free(&srv.cfg);
-                return 0;
+                free((char *)srv.model_dir);
+                return r;
         }
         r = serve(&srv, &err);
         if (r < 0 && r != -EIO) {

@@ -45,7 +45,8 @@ typedef struct md_config {
         char *expert_memory;          /* auto (NULL), min, bytes or NN%: see mx_expert_budget_parse */
         char *memory_pressure;        /* auto (NULL: /proc/pressure/memory), off, or a file like it */
         char *host_cache;             /* auto (NULL), min, bytes or NN%: the GPU's host cache of experts */
-        unsigned socket_mode;
+        unsigned socket_mode;         /* as given; see socket_mode_set */
+        bool socket_mode_set;         /* else 0666 for the system daemon, 0600 for a user's */
         uint32_t max_frame_bytes, threads;
         uint32_t max_batch;           /* sequences advanced together */
         uint32_t max_queue;           /* admitted requests waiting beyond the batch, all users */
@@ -119,6 +120,8 @@ typedef struct md_usage {
  * (created on first save). A corrupt file is an error, never silently
  * reset. */
 int md_usage_open(md_usage *u, const char *state_dir, mx_error *err);
+/* The checks md_usage_open makes of an existing state directory. */
+int md_state_dir_check(const char *dir, mx_error *err);
 void md_usage_free(md_usage *u);
 /* The uid's entry with windows rolled to now (NULL: out of memory). */
 md_usage_entry *md_usage_get(md_usage *u, uint32_t uid, uint64_t now);

@@ -111,6 +111,15 @@ static int make_dirs(const char *path) {
         }
 }
 
+static int check_dir(const char *dir, mx_error *err);
+
+int md_state_dir_check(const char *dir, mx_error *err) {
+        struct stat st;
+        if (stat(dir, &st) < 0 && errno == ENOENT)
+                return 0; /* (made at start) */
+        return check_dir(dir, err);
+}
+
 static int check_dir(const char *dir, mx_error *err) {
         struct stat st;
         if (stat(dir, &st) < 0)

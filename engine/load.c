@@ -9,7 +9,9 @@
  * large model (paging the files in, uploading to a GPU) and may run on
  * another thread. Nothing here prints; progress goes to the caller's
  * callback, with a line saying what is being done. */
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "mx_common.h"
 
@@ -89,9 +91,23 @@ static void report(uint64_t done, uint64_t total, void *arg) {
         s->o->progress(s->what, done, total, s->o->progress_arg);
 }
 
+/* A test hook, as MX_IO_FAULT is one: MX_TEST_LOAD_SECONDS=N makes the
+ * load take N more seconds, reporting progress, so that what is served
+ * while a real 90 GB model loads can be tested with a small one. */
+static void test_pause(const mx_load_opts *o) {
+        const char *v = getenv("MX_TEST_LOAD_SECONDS");
+        int tenths = v ? 10 * atoi(v) : 0;
+        for (int i = 0; i < tenths && i < 6000; i++) {
+                if (o->progress)
+                        o->progress("Loading the model", (uint64_t)i, (uint64_t)tenths, o->progress_arg);
+                nanosleep(&(struct timespec){0, 100000000}, NULL);
+        }
+}
+
 int mx_load_engine(mx_load *l, const mx_load_opts *o, mx_error *err) {
         bool file = !o->synthetic, cpu = l->gpu < 0;
         int r;
+        test_pause(o);
         /* Streaming reads the files for experts only, and survives a file
          * changed under it (a request fails, not the process). A GPU reads
          * the mapping once, as it uploads. */

@@ -329,8 +329,7 @@ typedef struct mx_footprint {
 
 void mx_model_footprint(const mx_model *m, mx_footprint *fp);
 
-/* A model of a known shape with random weights and no file (DESIGN.md
- * section 6): shape "mixtral-8x7b" (the real Mixtral's) or "b1" (the CPU
+/* A model of a known shape with random weights and no file (bench/README.md): shape "mixtral-8x7b" (the real Mixtral's) or "b1" (the CPU
  * benchmark's), with `layers` of its layers (0: all). host_weights makes
  * every weight in host memory (for the CPU engine); otherwise matrices are
  * left for the device to generate (data NULL) and only the norms exist on
@@ -469,7 +468,7 @@ int mx_expert_budget_parse(const char *s, const mx_model *m, uint64_t *out, mx_e
 /* The same for mx_engine_opts.host_cache: "auto" is 0, "all" every expert. */
 int mx_host_cache_parse(const char *s, const mx_model *m, uint64_t *out, mx_error *err);
 
-/* The machine's memory bandwidth as DESIGN.md section 6 measures it: a
+/* The machine's memory bandwidth as bench/README.md measures it: a
  * memcpy of `bytes` (each byte counted once) and a read-only pass over
  * `bytes` on `threads` threads (0: all), in GB/s: the median of three
  * rounds, each the best of three runs. */

@@ -260,7 +260,7 @@ void mxk_prof_report(mxk_ctx *c);
 /* ---- measurements ------------------------------------------------------------ */
 
 /* Device-to-device copy of `bytes`, best of a few: GB/s counting bytes read
- * plus written (DESIGN.md section 6). */
+ * plus written (bench/README.md). */
 int mxk_measure_copy(mxk_ctx *c, size_t bytes, double *gbps);
 /* Host-to-device copy of `bytes` from pinned memory,
  * best of a few: GB/s (what streamed experts can reach). */

@@ -9,7 +9,7 @@
 
 #include "mixtrald.pb-c.h"
 
-/* Default and hard bounds on one frame's message (DESIGN.md section 5). */
+/* Default and hard bounds on one frame's message (docs/daemon.md). */
 #define MXP_DEFAULT_MAX_FRAME (1u << 20)
 #define MXP_VARINT_MAX 10
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Independent check of tests/data/hf-*/expected.json: a pure-numpy Mixtral forward
-pass written from DESIGN.md section 2 (no torch, no transformers, no safetensors
+pass written from docs/engine.md (no torch, no transformers, no safetensors
 library), run in float64 on each checkpoint and compared with the transformers
 logits and greedy ids recorded by tools/make-hf-reference.py.
 
     python3 tools/check-hf-reference.py [tests/data/hf-tiny ...]
 
 Needs only numpy. Exits non-zero if a relative L2 error exceeds 1e-4 or a greedy
-id differs. Also checks that the checkpoint holds exactly the DESIGN.md tensor
+id differs. Also checks that the checkpoint holds exactly the Mixtral tensor
 names, each BF16 with the expected shape.
 """
 
@@ -85,7 +85,7 @@ def silu(x):
 
 
 def forward(cfg, w, ids):
-    """Logits [T, vocab] for one sequence, DESIGN.md section 2, literally."""
+    """Logits [T, vocab] for one sequence, as docs/engine.md writes it, literally."""
     H, nh, kv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = cfg.get("head_dim") or H // nh
     eps, theta = cfg["rms_norm_eps"], cfg["rope_theta"]

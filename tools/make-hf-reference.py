@@ -15,7 +15,7 @@ Pinned versions (checked at run time; these are NOT CI dependencies, CI only
 reads the committed outputs):
     python        3.11 (the pyenv python3 first on PATH, not /usr/bin/python3)
     torch         2.5.1   (PyPI wheel, run on the CPU only)
-    transformers  4.46.3  (save_pretrained writes the DESIGN.md section 2 names:
+    transformers  4.46.3  (save_pretrained writes the Hugging Face names of docs/model-files.md:
                            model.layers.L.block_sparse_moe.experts.E.w1.weight ...)
     safetensors   0.8.0
 Install:  pip install torch==2.5.1 transformers==4.46.3 safetensors==0.8.0

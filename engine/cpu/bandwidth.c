@@ -1,5 +1,5 @@
 /* Measuring the memory bandwidth that decode speed is judged against
- * (DESIGN.md section 6): memcpy of a large buffer, and a multi-threaded
+ * (bench/README.md): memcpy of a large buffer, and a multi-threaded
  * read-only pass with the widest loads this CPU has. */
 #include <errno.h>
 #include <string.h>

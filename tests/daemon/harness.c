@@ -49,7 +49,7 @@ int dh_init(dh_daemon *d, const char *binary, const char *model, const char *con
         return 0;
 }
 
-int dh_start(dh_daemon *d, const char *const *extra_env) {
+int dh_launch(dh_daemon *d, const char *const *extra_env) {
         pid_t pid = fork();
         if (pid < 0)
                 return -errno;
@@ -68,14 +68,22 @@ int dh_start(dh_daemon *d, const char *const *extra_env) {
                         setrlimit(RLIMIT_NOFILE, &(struct rlimit){(rlim_t)d->nofile, (rlim_t)d->nofile});
                 const char *argv[32] = {d->binary, "--model", d->model, "--socket", d->socket, "--config",
                                         d->config_arg ? d->config_arg : d->config, "--state-directory", d->state};
-                size_t n = 9;
+                size_t n = d->own_dirs ? 3 : 9;
                 static const char *const no_bus[] = {"--bus", "none", NULL};
                 for (const char *const *a = d->args ? d->args : no_bus; *a && n < 31; a++)
                         argv[n++] = *a;
+                argv[n] = NULL;
                 execv(d->binary, (char *const *)argv);
                 _exit(127);
         }
         d->pid = pid;
+        return 0;
+}
+
+int dh_start(dh_daemon *d, const char *const *extra_env) {
+        int r = dh_launch(d, extra_env);
+        if (r < 0)
+                return r;
         if (!dh_notify_wait(d, "READY=1", 60000)) {
                 fprintf(stderr, "the daemon did not become ready; its log (%s):\n", d->log);
                 dh_show_log(d, 1000);

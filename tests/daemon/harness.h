@@ -18,6 +18,7 @@ typedef struct dh_daemon {
         const char *const *args;/* more daemon arguments (default: --bus none) */
         int nofile;             /* RLIMIT_NOFILE for the daemon (0: as inherited) */
         const char *config_arg; /* --config's value (default: the file dh_init wrote) */
+        bool own_dirs;          /* no --socket, --config, --state-directory: the daemon's defaults */
         char seen[16384];       /* every notify message so far, in order */
         size_t n_seen;
 } dh_daemon;
@@ -25,8 +26,9 @@ typedef struct dh_daemon {
 /* Makes the directory and writes config_text as the config file. */
 int dh_init(dh_daemon *d, const char *binary, const char *model, const char *config_text);
 /* Starts the daemon (extra_env: NULL-terminated "K=V" list or NULL) and
- * waits for READY=1; -ETIMEDOUT after 60 s. */
+ * waits for READY=1; -ETIMEDOUT after 60 s. dh_launch does not wait. */
 int dh_start(dh_daemon *d, const char *const *extra_env);
+int dh_launch(dh_daemon *d, const char *const *extra_env);
 /* Waits for a notify message containing needle (timeout in ms). */
 bool dh_notify_wait(dh_daemon *d, const char *needle, int timeout_ms);
 /* SIGTERM and wait: the exit status (or 128 + signal). */

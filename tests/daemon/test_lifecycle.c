@@ -349,6 +349,81 @@ static void test_expert_faults(void) {
         CHECK(system(cmd) == 0, "clean up");
 }
 
+/* The socket is bound before the model loads: while it loads, status says
+ * "loading" and how far, and a request waits in the queue, answered once
+ * the model is ready (READY=1 only then). */
+static void test_serves_while_loading(void) {
+        dh_daemon d;
+        const char *env[] = {"MX_TEST_LOAD_SECONDS=3", NULL};
+        if (dh_init(&d, mixtrald, model, "[daemon]\nthreads=1\n") < 0 || dh_launch(&d, env) < 0)
+                return dh_cleanup(&d);
+        Mixtrald__V1__Response *st = NULL;
+        for (int t = 0; t < 100 && !(st = dh_status(&d)); t++)
+                usleep(20000);
+        CHECK(st && !strcmp(st->status->state, "loading") && st->status->has_load_progress &&
+                      st->status->load_progress < 1,
+              "status while loading: %s %g", st ? st->status->state : "(none)", st ? st->status->load_progress : -1);
+        if (st)
+                mixtrald__v1__response__free_unpacked(st, NULL);
+        CHECK(!strstr(d.seen, "READY=1"), "READY=1 before the model was loaded");
+        dh_gen g = {.prompt = "early bird", .raw = true, .max_tokens = 4, .ignore_eos = true};
+        dh_result res = {0};
+        CHECK(dh_run(&d, &g, &res) == 0 && res.error == 0 && res.completion_tokens == 4,
+              "a request sent while loading: %d %s", res.error, res.message);
+        dh_result_free(&res);
+        CHECK(dh_notify_wait(&d, "READY=1", 10000), "no READY=1 after loading");
+        st = dh_status(&d);
+        CHECK(st && !strcmp(st->status->state, "serving") && st->status->load_progress == 1, "status after loading");
+        if (st)
+                mixtrald__v1__response__free_unpacked(st, NULL);
+        /* By hand, each log line has the time. */
+        FILE *f = fopen(d.log, "r");
+        char line[512] = "";
+        CHECK(f && fgets(line, sizeof(line), f), "no log");
+        int y, mo, day, h, mi, sec, ms;
+        CHECK(sscanf(line, "%d-%d-%d %d:%d:%d.%d mixtrald: ", &y, &mo, &day, &h, &mi, &sec, &ms) == 7,
+              "the log line has no time: %s", line);
+        if (f)
+                fclose(f);
+        CHECK(dh_stop(&d) == 0, "exit status");
+        dh_cleanup(&d);
+}
+
+/* `mixtrald --user` as a user whose home has nothing yet: the state
+ * directory is made (0700, with its parents), the socket is the user's
+ * alone (0600). */
+static void test_user_in_fresh_home(void) {
+        dh_daemon d;
+        if (dh_init(&d, mixtrald, model, "") < 0)
+                return dh_cleanup(&d);
+        char home[280], run[280], env_home[300], env_run[300], state[320];
+        snprintf(home, sizeof(home), "%s/home", d.dir);
+        snprintf(run, sizeof(run), "%s/run", d.dir);
+        CHECK(mkdir(home, 0700) == 0 && mkdir(run, 0700) == 0, "mkdir");
+        snprintf(env_home, sizeof(env_home), "HOME=%s", home);
+        snprintf(env_run, sizeof(env_run), "XDG_RUNTIME_DIR=%s", run);
+        snprintf(d.socket, sizeof(d.socket), "%.250s/mixtrald.sock", run);
+        static const char *const args[] = {"--user", "--bus", "none", "--threads", "1", NULL};
+        d.args = args, d.own_dirs = true;
+        unsetenv("XDG_STATE_HOME"), unsetenv("XDG_CONFIG_HOME");
+        const char *env[] = {env_home, env_run, NULL};
+        if (dh_start(&d, env) == 0) {
+                struct stat st;
+                snprintf(state, sizeof(state), "%s/.local/state/mixtrald", home);
+                CHECK(stat(state, &st) == 0 && S_ISDIR(st.st_mode) && (st.st_mode & 0777) == 0700,
+                      "%s was not made 0700", state);
+                CHECK(stat(d.socket, &st) == 0 && (st.st_mode & 0777) == 0600, "the user's socket is %04o, not 0600",
+                      (unsigned)(st.st_mode & 0777));
+                dh_gen g = {.prompt = "hello", .raw = true, .max_tokens = 2};
+                dh_result res = {0};
+                CHECK(dh_run(&d, &g, &res) == 0 && res.error == 0, "not served: %s", res.message);
+                dh_result_free(&res);
+                CHECK(dh_stop(&d) == 0, "exit status");
+        } else
+                CHECK(0, "mixtrald --user did not start in a fresh home");
+        dh_cleanup(&d);
+}
+
 int main(int argc, char **argv) {
         if (argc != 3) {
                 fprintf(stderr, "usage: test-lifecycle MIXTRALD DEMO_MODEL_DIR\n");
@@ -363,5 +438,7 @@ int main(int argc, char **argv) {
         test_usage_survives_kill9();
         test_expert_streaming();
         test_expert_faults();
+        test_serves_while_loading();
+        test_user_in_fresh_home();
         return test_result();
 }

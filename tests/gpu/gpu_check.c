@@ -1,5 +1,5 @@
 /* mixtral-gpu-check: the CUDA engine against the CPU engine on one model
- * (DESIGN.md section 7). Checks, each printed as a line of a Markdown table:
+ * (docs/testing.md). Checks, each printed as a line of a Markdown table:
  *   prefill  logits of every prompt position (cuBLAS path), relative L2
  *   decode   greedy steps: ids equal, logits of each step (GEMV path)
  *   batch    sequences stepped together on the GPU against each alone

@@ -1,5 +1,5 @@
 #!/bin/bash
-# GPU checks (DESIGN.md section 7), on a CUDA machine, with binaries built
+# GPU checks (docs/testing.md), on a CUDA machine, with binaries built
 # elsewhere and carried in build/ (plus any shared library the machine
 # lacks on LD_LIBRARY_PATH; cuBLAS is found on the machine and loaded at
 # run time). In under 8 minutes:

@@ -104,7 +104,7 @@ static void tensor_name(mx_layout layout, kind k, uint32_t L, uint32_t e, char *
                 snprintf(buf, size, "%s%u.%s", nm->layer, L, nm->in_layer[k - K_ATTN_NORM]);
 }
 
-/* [rows] when cols is 0, else [rows, cols], as DESIGN.md section 2 gives. */
+/* [rows] when cols is 0, else [rows, cols], as docs/model-files.md gives. */
 static void tensor_shape(const dims *d, kind k, uint64_t *rows, uint64_t *cols) {
         uint64_t h = d->hidden, q = (uint64_t)d->heads * d->head_dim,
                  kvd = (uint64_t)d->kv_heads * d->head_dim;

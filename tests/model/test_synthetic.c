@@ -1,5 +1,5 @@
 /* Synthetic models (mixtral-run --synthetic): the shapes are the real
- * Mixtral's and DESIGN.md's b1, every weight is what mx_synth_bf16 gives
+ * Mixtral's and the benchmark's b1, every weight is what mx_synth_bf16 gives
  * (the CUDA backend makes the same values on the device), nothing is zero,
  * a model made for the GPU has no host matrices and the CPU engine says it
  * cannot run it, and a bad shape or layer count is refused. */
@@ -51,7 +51,7 @@ static void check_values(void) {
         uint64_t per_layer = 0, rest = 0;
         uint32_t most = 0;
         mx_synthetic_sizes("b1", &per_layer, &rest, &most);
-        /* DESIGN.md section 6: b1 has 791 M parameters over its 8 layers. */
+        /* bench/README.md: b1 has 791 M parameters over its 8 layers. */
         CHECK(most == 8 && (per_layer * 8 + rest) / 2 / 1000000 == 791, "b1: %llu M parameters",
               (unsigned long long)((per_layer * 8 + rest) / 2 / 1000000));
         CHECK(m->cfg.n_layers == 1 && fp.bytes == per_layer + rest, "one layer of b1");

@@ -5,10 +5,10 @@
 # daemon, and the installed configuration passes the installed daemon's
 # --check-config. A second install leaves a changed configuration alone.
 #
-# usage: test_install.sh MESON BUILD-DIR WHAT=PATH...
+# usage: test_install.sh MESON BUILD-DIR MODEL WHAT=PATH...
 set -u
-meson=$1 build=$2
-shift 2
+meson=$1 build=$2 model=$3
+shift 3
 fail() {
         echo "FAIL: $*"
         exit 1
@@ -37,7 +37,7 @@ grep -qx "Exec=$daemon --user" "$t${at[dbus-session-service]}" || fail "session 
 grep -qx 'SystemdService=mixtrald.service' "$t${at[dbus-system-service]}" || fail "system activation SystemdService="
 grep -q '^u mixtrald ' "$t${at[sysusers]}" || fail "sysusers.d file makes no user mixtrald"
 [ -x "$t$daemon" ] || fail "$daemon is not executable"
-"$t$daemon" --config "$t${at[config]}" --check-config || fail "the installed configuration"
+"$t$daemon" --config "$t${at[config]}" --model "$model" --check-config || fail "the installed configuration"
 cmp -s "$t${at[config]}" "$t${at[config-default]}" || fail "the configuration differs from its default copy"
 
 # The sysusers.d file as systemd-sysusers applies it, to an empty root.

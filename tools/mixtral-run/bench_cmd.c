@@ -1,5 +1,5 @@
 /* --bench: prefill and decode speed, and decode as a fraction of the
- * memory bandwidth measured in the same run (DESIGN.md section 6). Decode
+ * memory bandwidth measured in the same run (bench/README.md). Decode
  * is greedy and ignores EOS so every run does the same work; --batch runs
  * it for several sequences in lockstep. The ceilings: on the CPU the larger
  * of memcpy and a read pass (medians of three, taken after decoding); on a
