@@ -110,7 +110,7 @@ typedef struct victim_stats {
 static int victim(const dh_daemon *d, double seconds, victim_stats *st) {
         int gen = dh_connect(d), stat = dh_connect(d);
         dh_gen g = {.prompt = "The history of", .raw = true, .has_temperature = true, .max_tokens = 48,
-                    .ignore_eos = true, .seed = 1};
+                    .ignore_eos = true, .seed = 1, .want_ids = true};
         static double lat[1 << 16];
         double t0 = now_s(), next_status = t0, asked = 0, last = 0;
         int n_lat = 0, tokens = 0;
@@ -148,7 +148,7 @@ static int victim(const dh_daemon *d, double seconds, victim_stats *st) {
                                 return -1;
                         double t = now_s();
                         if (r->kind_case == MIXTRALD__V1__RESPONSE__KIND_CHUNK) {
-                                tokens += (int)(r->chunk->n_token_ids ? r->chunk->n_token_ids : 1);
+                                tokens += (int)r->chunk->n_token_ids;
                                 st->max_gap = t - last > st->max_gap ? t - last : st->max_gap;
                                 last = t;
                         }

@@ -30,6 +30,9 @@ struct mx_tokenizer {
         /* No piece has U+2581 after another character, so no piece can
          * span the start of a word: each word is encoded on its own. */
         bool split_words;
+        /* The most bytes of text other than whitespace one piece stands
+         * for (token_bound.c). */
+        uint32_t widest_piece;
         char *unk_surface;
         size_t unk_surface_len;
 };
@@ -132,3 +135,6 @@ static inline size_t mx_utf8_valid_char(const char *s, size_t len) {
         int k = mx_utf8_check(s, len);
         return k > 0 ? (size_t)k : 0;
 }
+
+/* Sets tok->widest_piece, once the pieces are in (token_bound.c). */
+void mx_tok_measure_widest(mx_tokenizer *tok);

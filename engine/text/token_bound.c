@@ -20,8 +20,9 @@ static bool is_space(unsigned char c) {
         return c == ' ' || (c >= '\t' && c <= '\r');
 }
 
-/* The most non-space text bytes one piece stands for. */
-static uint32_t widest_piece(const mx_tokenizer *tok) {
+/* The most non-space text bytes one piece stands for: measured once, when
+ * the tokenizer is built, since a prompt is bounded on every request. */
+void mx_tok_measure_widest(mx_tokenizer *tok) {
         uint32_t most = 1;
         for (uint32_t i = 0; i < tok->n; i++) {
                 const char *p = tok->text + tok->off[i];
@@ -33,7 +34,7 @@ static uint32_t widest_piece(const mx_tokenizer *tok) {
                 if (n - 3 * spaces > most)
                         most = n - 3 * spaces;
         }
-        return most;
+        tok->widest_piece = most;
 }
 
 uint64_t mx_tokenizer_min_tokens(const mx_tokenizer *tok, const char *text, size_t len) {
@@ -41,11 +42,12 @@ uint64_t mx_tokenizer_min_tokens(const mx_tokenizer *tok, const char *text, size
                 return 0;
         uint64_t solid = 0;
         for (size_t i = 0; i < len; i++) {
-                if (len - i >= 3 && !memcmp(text + i, escaped_space, 3))
+                unsigned char c = (unsigned char)text[i];
+                if (c == 0xE2 && len - i >= 3 && !memcmp(text + i, escaped_space, 3))
                         i += 2;
                 else
-                        solid += !is_space((unsigned char)text[i]);
+                        solid += !is_space(c);
         }
-        uint32_t widest = widest_piece(tok);
+        uint32_t widest = tok->widest_piece ? tok->widest_piece : 1;
         return (solid + widest - 1) / widest;
 }

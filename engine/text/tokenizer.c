@@ -260,6 +260,7 @@ int mx_tokenizer_build(const mx_vocab_src *src, const char *label, mx_tokenizer 
                                                     "%s: byte_fallback is on but piece <0x%02X> is missing",
                                                     label, b);
         tok->split_words = can_split_words(tok);
+        mx_tok_measure_widest(tok);
         *out = MX_TAKE_PTR(tok);
         return 0;
 }
