@@ -361,9 +361,13 @@ static int start(sd_bus_message *m, md_server *srv, md_gen_params *p, bool compl
         int r = caller(m, &uid, e);
         if (r < 0)
                 return r;
-        if (md_gen_params_check(p, &err) < 0)
-                return fail(e, err.code == -ENOMEM ? MIXTRALD__V1__ERROR_CODE__INTERNAL
-                                                   : MIXTRALD__V1__ERROR_CODE__INVALID_ARGUMENT, "%s", err.msg);
+        if (md_gen_params_check(p, &err) < 0) {
+                int code = err.code == -ENOMEM ? MIXTRALD__V1__ERROR_CODE__INTERNAL
+                                               : MIXTRALD__V1__ERROR_CODE__INVALID_ARGUMENT;
+                md_log_request(LOG_NOTICE, &(md_log_fields){.uid = uid}, "refused: %s: %s", mxp_error_name(code),
+                               err.msg);
+                return fail(e, code, "%s", err.msg);
+        }
         md_bus_call *bc = calloc(1, sizeof(*bc));
         char *sender = strdup(sd_bus_message_get_sender(m));
         if (!bc || !sender) {
@@ -381,13 +385,28 @@ static int start(sd_bus_message *m, md_server *srv, md_gen_params *p, bool compl
         return 1; /* replied to later */
 }
 
+/* A call refused for its arguments, logged once like every refusal. */
+static int bad_call(sd_bus_message *m, sd_bus_error *e, int r) {
+        uint32_t uid;
+        sd_bus_error ignored = SD_BUS_ERROR_NULL;
+        if (sd_bus_error_is_set(e) && caller(m, &uid, &ignored) >= 0)
+                md_log_request(LOG_NOTICE, &(md_log_fields){.uid = uid}, "refused: %s: %s",
+                               strncmp(e->name, ERROR_PREFIX, strlen(ERROR_PREFIX)) ? e->name
+                                                                                   : e->name + strlen(ERROR_PREFIX),
+                               e->message ? e->message : "");
+        sd_bus_error_free(&ignored);
+        return r;
+}
+
 /* Generate and Complete: a prompt and options. */
 static int start_prompt(sd_bus_message *m, md_server *srv, bool complete, sd_bus_error *e) {
         _cleanup_(md_gen_params_free) md_gen_params p = {0};
         const char *prompt;
         int r = sd_bus_message_read(m, "s", &prompt);
-        if (r < 0 || (r = take_text(&p.prompt, prompt)) < 0 || (r = read_options(m, &p, e)) < 0)
+        if (r < 0 || (r = take_text(&p.prompt, prompt)) < 0)
                 return r;
+        if ((r = read_options(m, &p, e)) < 0)
+                return bad_call(m, e, r);
         return start(m, srv, &p, complete, e);
 }
 
@@ -399,7 +418,7 @@ static int method_chat(sd_bus_message *m, void *userdata, sd_bus_error *e) {
         _cleanup_(md_gen_params_free) md_gen_params p = {0};
         int r;
         if ((r = read_messages(m, &p, e)) < 0 || (r = read_options(m, &p, e)) < 0)
-                return r;
+                return bad_call(m, e, r);
         return start(m, userdata, &p, false, e);
 }
 
