@@ -2,12 +2,15 @@
  * systemd's _cleanup_ macros, and overflow-checked size arithmetic. */
 #pragma once
 
+#include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
@@ -79,4 +82,25 @@ static inline int mx_grow(void **buf, size_t *cap, size_t need, size_t elem) {
         *buf = p;
         *cap = n;
         return 0;
+}
+
+/* A memory amount as the budgets take it: a number from a digit on (no
+ * sign, space, "nan" or "inf"), then at most one unit: % (a fraction of
+ * something, at most 100%) or K, M, G, T (bytes, at most 1e19). */
+static inline bool mx_parse_amount(const char *s, double *fraction, double *bytes) {
+        if (!isdigit((unsigned char)*s))
+                return false;
+        char *end = NULL;
+        errno = 0;
+        double v = strtod(s, &end);
+        double unit = *end == 'K'  ? 1024.0
+                      : *end == 'M' ? 1048576.0
+                      : *end == 'G' ? 1073741824.0
+                      : *end == 'T' ? 1099511627776.0
+                                    : 1;
+        if (errno || !isfinite(v) || v <= 0 || (*end && (end[1] || !strchr("%KMGT", *end))))
+                return false;
+        *fraction = *end == '%' ? v / 100 : 0;
+        *bytes = *end == '%' ? 0 : v * unit;
+        return *fraction <= 1 && *bytes <= 1e19;
 }

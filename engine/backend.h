@@ -1,19 +1,25 @@
-/* The seam between the forward pass (forward.c, written once) and the
- * devices that run it. A backend owns its memory: activations and KV caches
- * are pointers the forward pass passes along but never dereferences, so
- * the same pass drives the CPU now and CUDA next. Operations that may need
- * memory return 0 or -ENOMEM. Private to the engine. */
+/* The seam between the forward pass (engine.c, written once) and the
+ * devices that run it. A backend owns its memory: activations and the KV
+ * pool are the backend's, and the forward pass passes activation pointers
+ * along but never dereferences them, so the same pass drives the CPU and
+ * CUDA. Operations that may need memory return 0 or -ENOMEM. Private to
+ * the engine. */
 #pragma once
 
 #include "mixtral.h"
 
 typedef struct mx_backend mx_backend;
-typedef struct mx_kv mx_kv; /* one sequence's K and V for every layer */
+
+/* Tokens per KV block. The pool (kv_init) is [block][layer][K|V][MX_KV_BLOCK]
+ * [kv_heads * head_dim] of the KV type; the engine decides which block
+ * holds which sequence's positions (kv/kv.h). */
+#define MX_KV_BLOCK 16
 
 /* One sequence's share of a batched step: n tokens at positions
- * pos0 .. pos0+n-1, rows row0 .. row0+n-1 of the activations. */
+ * pos0 .. pos0+n-1, rows row0 .. row0+n-1 of the activations; position i
+ * lives in pool block blocks[i / MX_KV_BLOCK] at i % MX_KV_BLOCK. */
 typedef struct mx_attn_seq {
-        mx_kv *kv;
+        const uint32_t *blocks; /* [(pos0 + n + MX_KV_BLOCK - 1) / MX_KV_BLOCK] at least */
         uint32_t pos0, n, row0;
 } mx_attn_seq;
 
@@ -49,10 +55,15 @@ typedef struct mx_backend_ops {
         /* dst (host) = src (device), n floats. */
         void (*download)(mx_backend *b, float *dst, const float *src, size_t n);
 
-        /* KV cache of one sequence, growing on demand up to max_tokens. */
-        mx_kv *(*kv_new)(mx_backend *b, uint32_t max_tokens);
-        void (*kv_free)(mx_backend *b, mx_kv *kv);
-        int (*kv_reserve)(mx_backend *b, mx_kv *kv, uint32_t tokens);
+        /* Bytes of memory free now, of which an auto-sized KV pool takes a
+         * share (the host's available memory; a GPU's free memory). */
+        uint64_t (*memory_free)(mx_backend *b);
+        /* The KV pool: `blocks` blocks of type t, allocated once, before
+         * any step. */
+        int (*kv_init)(mx_backend *b, mx_kv_type t, uint32_t blocks);
+        /* Block dst = block src, every layer (copy on write), before the
+         * next step writes to dst. */
+        void (*kv_copy)(mx_backend *b, uint32_t dst, uint32_t src);
 
         /* dst[i] = src[rows[i]], rows of cols floats. */
         void (*gather)(mx_backend *b, const float *src, uint64_t cols, const uint32_t *rows,
@@ -69,8 +80,9 @@ typedef struct mx_backend_ops {
         /* Rotary embedding applied in place to q [n][heads*hd] and k [n][kv*hd];
          * pos[i] is token i's position. */
         void (*rope)(mx_backend *b, float *q, float *k, const uint32_t *pos, uint32_t n);
-        /* Appends k, v to each sequence's cache at layer L, then causal GQA
-         * attention of q over the cache: out [rows][heads*hd]. */
+        /* Writes k, v into each sequence's blocks at layer L (rounded to the
+         * pool's type), then causal GQA attention of q over the blocks, in
+         * fp32: out [rows][heads*hd]. */
         int (*attention)(mx_backend *b, uint32_t layer, const mx_attn_seq *seqs, size_t n_seqs,
                          const float *q, const float *k, const float *v, float *out);
         /* acc[n][hidden] += MoE(x): router softmax over all experts, top-k,
@@ -106,7 +118,17 @@ struct mx_backend {
          * KV-cache bytes. */
         uint64_t weight_bytes, kv_bytes;
         uint64_t matmul_flops; /* 2 x rows x cols x tokens per product */
+        mx_kv_type kv_type;    /* the pool's, once kv_init ran */
 };
+
+/* Bytes of one element of the pool, and of one block (every layer). */
+static inline size_t mx_kv_elem_bytes(mx_kv_type t) {
+        return t == MX_KV_F32 ? 4 : 2;
+}
+
+static inline uint64_t mx_kv_block_bytes(const mx_config *c, mx_kv_type t) {
+        return (uint64_t)c->n_layers * 2 * MX_KV_BLOCK * c->n_kv_heads * c->head_dim * mx_kv_elem_bytes(t);
+}
 
 /* The CPU backend: threads (0 = all online cores), an instruction set
  * (MX_SIMD_AUTO = the best the CPU has), and a budget for streamed experts

@@ -1,5 +1,6 @@
-/* The engine: a backend for the model, sequences with their KV caches, and
- * the Mixtral forward pass written once against the backend's operations:
+/* The engine: a backend for the model, sequences with their blocks of the
+ * KV pool (kv/kv.h), and the Mixtral forward pass written once against the
+ * backend's operations:
  *
  *   x = embed(tokens)
  *   per layer:  x += o(attention(rope(q, k), v))   of RMSNorm(x)
@@ -11,6 +12,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "kv.h"
 #include "model.h"
 #include "mx_common.h"
 
@@ -23,6 +25,8 @@ typedef struct activations {
 struct mx_engine {
         const mx_model *model;
         mx_backend *be;
+        mx_kv_pool *kv;
+        uint64_t kv_block_bytes;
         activations act;
         /* host-side step description, grown as needed */
         int32_t *tokens;
@@ -36,7 +40,7 @@ struct mx_engine {
 
 struct mx_seq {
         mx_engine *e;
-        mx_kv *kv;
+        mx_kv_table kv;
         uint32_t len, max;
 };
 
@@ -68,6 +72,7 @@ void mx_engine_free(mx_engine *e) {
                 release_activations(e);
                 e->be->ops->destroy(e->be);
         }
+        mx_kv_pool_free(e->kv);
         free(e->tokens), free(e->pos), free(e->logit_rows), free(e->seqs);
         free(e->reqs), free(e->ids), free(e->host_logits);
         free(e);
@@ -88,6 +93,22 @@ int mx_device_parse(const char *d, int *cuda_index) {
         if (i < 0 || i >= 64 || *end)
                 return -EINVAL;
         *cuda_index = (int)i;
+        return 0;
+}
+
+/* The KV pool, sized now that the weights took what they take. */
+static int open_kv(mx_engine *e, const mx_engine_opts *o, bool gpu, mx_error *err) {
+        const mx_config *c = &e->model->cfg;
+        e->kv_block_bytes = mx_kv_block_bytes(c, o->kv_type);
+        uint32_t blocks;
+        int r = mx_kv_pool_size(o->kv_memory, o->kv_memory_percent, e->be->ops->memory_free(e->be), gpu,
+                                e->kv_block_bytes, c->max_position_embeddings, &blocks, err);
+        if (r < 0)
+                return r;
+        if ((r = mx_kv_pool_new(blocks, &e->kv)) < 0 || (r = e->be->ops->kv_init(e->be, o->kv_type, blocks)) < 0)
+                return mx_error_set(err, r, "out of %s memory for a KV cache of %u blocks (%.1f MiB)",
+                                    gpu ? "GPU" : "host", blocks,
+                                    (double)blocks * (double)e->kv_block_bytes / (1 << 20));
         return 0;
 }
 
@@ -112,7 +133,7 @@ int mx_engine_open(mx_engine **out, const mx_model *m, const mx_engine_opts *o, 
         e->model = m;
         r = cuda >= 0 ? mx_cuda_backend_new(m, cuda, o, &e->be, err)
                       : mx_cpu_backend_new(m, o->threads, o->simd, o->expert_memory, &e->be, err);
-        if (r < 0)
+        if (r < 0 || (r = open_kv(e, o, cuda >= 0, err)) < 0)
                 return r;
         *out = MX_TAKE_PTR(e);
         return 0;
@@ -143,6 +164,18 @@ int mx_engine_set_host_cache(mx_engine *e, uint64_t bytes, mx_error *err) {
         return e->be->ops->set_host_cache(e->be, bytes, err);
 }
 
+void mx_engine_kv_stats(const mx_engine *e, mx_kv_stats *s) {
+        mx_kv_pool_stats(e->kv, s);
+        s->type = e->be->kv_type;
+        s->block_bytes = e->kv_block_bytes;
+}
+
+uint32_t mx_engine_kv_tokens(const mx_engine *e) {
+        mx_kv_stats s;
+        mx_kv_pool_stats(e->kv, &s);
+        return s.blocks * MX_KV_BLOCK;
+}
+
 const mx_model *mx_engine_model(const mx_engine *e) {
         return e->model;
 }
@@ -154,18 +187,17 @@ const char *mx_engine_describe(const mx_engine *e) {
 /* ---- sequences --------------------------------------------------------------- */
 
 int mx_seq_new(mx_engine *e, uint32_t max_tokens, mx_seq **out, mx_error *err) {
-        uint32_t limit = e->model->cfg.max_position_embeddings;
+        uint32_t limit = e->model->cfg.max_position_embeddings, pool = mx_engine_kv_tokens(e);
         if (max_tokens == 0)
                 max_tokens = limit;
         if (max_tokens == 0)
                 return mx_error_set(err, -EINVAL, "the model gives no context length: set one (--ctx)");
         mx_seq *s = calloc(1, sizeof(*s));
-        if (!s || !(s->kv = e->be->ops->kv_new(e->be, max_tokens))) {
-                free(s);
+        if (!s)
                 return mx_error_set(err, -ENOMEM, "out of memory for a sequence");
-        }
         s->e = e;
-        s->max = max_tokens;
+        s->max = max_tokens < pool ? max_tokens : pool;
+        s->kv.cache = true;
         *out = s;
         return 0;
 }
@@ -173,7 +205,7 @@ int mx_seq_new(mx_engine *e, uint32_t max_tokens, mx_seq **out, mx_error *err) {
 void mx_seq_free(mx_seq *s) {
         if (!s)
                 return;
-        s->e->be->ops->kv_free(s->e->be, s->kv);
+        mx_kv_table_free(s->e->kv, &s->kv, s->len);
         free(s);
 }
 
@@ -186,7 +218,32 @@ uint32_t mx_seq_capacity(const mx_seq *s) {
 }
 
 void mx_seq_reset(mx_seq *s) {
+        mx_kv_table_release(s->e->kv, &s->kv, s->len);
         s->len = 0;
+}
+
+void mx_seq_set_cache(mx_seq *s, bool on, uint64_t ns) {
+        s->kv.cache = on;
+        s->kv.ns = ns;
+}
+
+static void copy_block(void *arg, uint32_t dst, uint32_t src) {
+        mx_backend *b = arg;
+        b->ops->kv_copy(b, dst, src);
+}
+
+uint32_t mx_seq_reuse(mx_seq *s, const int32_t *tokens, size_t n) {
+        if (s->len)
+                return 0;
+        uint32_t most = n < s->max ? (uint32_t)n : s->max;
+        s->len = mx_kv_table_reuse(s->e->kv, &s->kv, tokens, most, copy_block, s->e->be);
+        return s->len;
+}
+
+int mx_seq_reserve(mx_seq *s, uint32_t tokens, uint32_t spare) {
+        if (tokens > s->max)
+                return -ENOSPC;
+        return mx_kv_table_reserve(s->e->kv, &s->kv, tokens, spare);
 }
 
 /* ---- the forward pass ------------------------------------------------------- */
@@ -285,10 +342,14 @@ static int plan(mx_engine *e, const mx_batch_item *items, size_t n, uint32_t *to
                         if ((it->logits && (it->all_logits || last)) || (it->sampler && last))
                                 e->logit_rows[L++] = T + j;
                 }
-                e->seqs[i] = (mx_attn_seq){it->seq->kv, it->seq->len, it->n_tokens, T};
-                r = e->be->ops->kv_reserve(e->be, it->seq->kv, it->seq->len + it->n_tokens);
+                r = mx_seq_reserve(it->seq, it->seq->len + it->n_tokens, 0);
+                if (r == -ENOBUFS)
+                        return mx_error_set(err, r, "item %zu: the KV cache is full (%u blocks of %u tokens, every "
+                                            "one held by a sequence)", i, mx_engine_kv_tokens(e) / MX_KV_BLOCK,
+                                            MX_KV_BLOCK);
                 if (r < 0)
-                        return mx_error_set(err, r, "out of memory for the KV cache");
+                        return mx_error_set(err, r, "out of memory");
+                e->seqs[i] = (mx_attn_seq){it->seq->kv.blocks, it->seq->len, it->n_tokens, T};
                 T += it->n_tokens;
         }
         *tokens = T;
@@ -405,7 +466,10 @@ int mx_forward(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err
         /* Read zeros in place of a missing page: the step is worthless. */
         if ((r = mx_model_check_files(m, err)) < 0)
                 return r;
-        for (size_t i = 0; i < n; i++)
-                items[i].seq->len += items[i].n_tokens;
+        for (size_t i = 0; i < n; i++) {
+                mx_seq *q = items[i].seq;
+                mx_kv_table_commit(e->kv, &q->kv, q->len, items[i].tokens, items[i].n_tokens);
+                q->len += items[i].n_tokens;
+        }
         return 0;
 }

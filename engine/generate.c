@@ -1,9 +1,13 @@
 /* One generation request, driven step by step so that the daemon can put
- * many of them in each forward pass. The prompt is fed in chunks; then
- * each step samples a token, decodes it to whole UTF-8 characters, and
- * holds back text that could still become a stop string. It finishes on
- * EOS, a stop string (not included in the text), max_tokens, or a full
- * context. */
+ * many of them in each forward pass. It starts from the longest prefix
+ * of its tokens the KV cache holds, and feeds the rest of the prompt in
+ * chunks; then each step samples a token, decodes it to whole UTF-8
+ * characters, and holds back text that could still become a stop string.
+ * It finishes on EOS, a stop string (not included in the text),
+ * max_tokens, or a full context. A scheduler may suspend it between
+ * steps (its blocks go back to the pool) and start it again later: it
+ * then reads its prompt and what it generated again, from the cache where
+ * the cache kept them, and carries on where it was. */
 #include <string.h>
 
 #include "mx_common.h"
@@ -19,6 +23,9 @@ struct mx_gen {
         size_t n_prompt;
         size_t fed;        /* tokens the model has seen */
         uint32_t last_fed; /* tokens fed by the last prepare */
+        bool started;      /* holds its sequence's blocks (or reused what it could) */
+        bool ever_started;
+        size_t cached;     /* prompt tokens the cache served at the first start */
         bool wants_logits;
         int32_t next;      /* what the engine sampled */
         mx_decoder dec;
@@ -81,9 +88,11 @@ int mx_gen_new(mx_engine *e, const mx_tokenizer *tok, const int32_t *prompt, siz
                 return r;
         if ((r = mx_seq_new(e, o->max_context, &g->seq, err)) < 0)
                 return r;
-        if (n_prompt >= mx_seq_capacity(g->seq))
-                return mx_error_set(err, -E2BIG, "the prompt of %zu tokens does not fit the context of %u",
-                                    n_prompt, mx_seq_capacity(g->seq));
+        mx_seq_set_cache(g->seq, !o->no_prefix_cache, o->cache_namespace);
+        uint32_t cap = mx_seq_capacity(g->seq);
+        if (n_prompt >= cap)
+                return mx_error_set(err, -E2BIG, "the prompt of %zu tokens does not fit the %s of %u tokens", n_prompt,
+                                    cap == mx_engine_kv_tokens(e) ? "KV cache (kv_memory)" : "context", cap);
         if (mx_ids_append(&g->all, prompt, n_prompt) < 0 ||
             mx_sampler_new(&o->sampling, c->vocab_size, &g->sampler) < 0 ||
             mx_buf_append(&g->pending, "", 0) < 0)
@@ -95,6 +104,48 @@ int mx_gen_new(mx_engine *e, const mx_tokenizer *tok, const int32_t *prompt, siz
         return 0;
 }
 
+/* From the longest cached prefix, leaving the last token to compute. */
+static void reuse(mx_gen *g) {
+        g->fed = mx_seq_reuse(g->seq, g->all.v, g->all.n - 1);
+        if (!g->ever_started)
+                g->cached = g->fed < g->n_prompt ? g->fed : g->n_prompt;
+        g->started = g->ever_started = true;
+}
+
+static uint32_t room_for(const mx_gen *g, size_t tokens) {
+        uint32_t cap = mx_seq_capacity(g->seq);
+        return tokens < cap ? (uint32_t)tokens : cap;
+}
+
+int mx_gen_start(mx_gen *g, uint32_t spare, mx_error *err) {
+        if (g->started || g->finish != MX_FINISH_NONE)
+                return 0;
+        reuse(g);
+        int r = mx_seq_reserve(g->seq, room_for(g, g->all.n + 1), spare);
+        if (r == 0)
+                return 0;
+        mx_gen_suspend(g);
+        return r == -ENOBUFS ? mx_error_set(err, r, "the KV cache has no room for %zu more tokens now",
+                                            g->all.n + 1)
+                             : mx_error_set(err, r, "out of memory");
+}
+
+int mx_gen_grow(mx_gen *g) {
+        if (!g->started || g->finish != MX_FINISH_NONE)
+                return 0;
+        return mx_seq_reserve(g->seq, room_for(g, g->all.n), 0);
+}
+
+void mx_gen_suspend(mx_gen *g) {
+        mx_seq_reset(g->seq);
+        g->fed = 0, g->last_fed = 0;
+        g->started = false;
+}
+
+size_t mx_gen_cached_tokens(const mx_gen *g) {
+        return g->cached;
+}
+
 void mx_gen_prepare(mx_gen *g, mx_batch_item *item) {
         /* The engine samples (on the GPU where it runs), so no logits come
          * back: only the id. */
@@ -103,6 +154,8 @@ void mx_gen_prepare(mx_gen *g, mx_batch_item *item) {
         g->wants_logits = false;
         if (g->finish != MX_FINISH_NONE)
                 return;
+        if (!g->started)
+                reuse(g);
         size_t todo = g->all.n - g->fed; /* unread prompt, or the last sampled token */
         uint32_t n = todo > g->chunk ? g->chunk : (uint32_t)todo;
         item->tokens = g->all.v + g->fed;

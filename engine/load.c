@@ -1,6 +1,6 @@
 /* The one loader the daemon and mixtral-run share: the policy of turning a
- * model path and a few texts (device, expert memory, host cache) into a
- * model, its tokenizer and an engine, written once.
+ * model path and a few texts (device, expert memory, host cache, KV cache)
+ * into a model, its tokenizer and an engine, written once.
  *
  * In two halves, because a server wants to answer while the slow half
  * runs: mx_load_open reads only headers (the model's files, the
@@ -51,6 +51,11 @@ static int budgets(mx_load *l, const mx_load_opts *o, mx_error *err) {
         if (r < 0)
                 return r;
         l->expert_memory_min = experts_floor(l->model);
+        if (o->kv_type && mx_kv_type_from_string(o->kv_type, &l->kv_type) < 0)
+                return mx_error_set(err, -EINVAL, "KV type \"%s\": expected bf16 or f32", o->kv_type);
+        if ((r = mx_kv_memory_parse(o->kv_memory ? o->kv_memory : "auto", &l->kv_memory, &l->kv_memory_percent,
+                                    err)) < 0)
+                return r;
         if (o->host_cache && l->gpu < 0)
                 return mx_error_set(err, -EINVAL, "a host cache (%s) is for a GPU that streams experts; on the CPU "
                                     "expert memory is the cache", o->host_cache);
@@ -120,6 +125,8 @@ int mx_load_engine(mx_load *l, const mx_load_opts *o, mx_error *err) {
                 mx_model_prefault(l->model, o->progress ? report : NULL, &paging);
         mx_engine_opts eo = {.device = o->device, .threads = o->threads, .simd = o->simd,
                              .expert_memory = l->expert_memory, .host_cache = l->host_cache,
+                             .kv_type = l->kv_type, .kv_memory = l->kv_memory,
+                             .kv_memory_percent = l->kv_memory_percent,
                              .progress = o->progress ? report : NULL, .progress_arg = &upload};
         if ((r = mx_engine_open(&l->engine, l->model, &eo, err)) < 0)
                 return r;

@@ -386,6 +386,23 @@ typedef enum mx_simd {
 /* "auto", "scalar", "avx2", "avx512" */
 int mx_simd_from_string(const char *s, mx_simd *out);
 
+/* What the KV cache holds K and V as; attention computes in fp32 either
+ * way. bf16 (the default) holds twice the tokens; f32 is for exactness
+ * tests. Every backend rounds to bf16 the same way (nearest, ties to
+ * even). */
+typedef enum mx_kv_type {
+        MX_KV_BF16,
+        MX_KV_F32,
+} mx_kv_type;
+
+/* "bf16" or "f32"; -EINVAL otherwise. */
+int mx_kv_type_from_string(const char *s, mx_kv_type *out);
+const char *mx_kv_type_name(mx_kv_type t);
+/* The KV cache's size (kv_memory): "auto" (both 0), bytes with K, M, G or
+ * T, or a percentage (1 to 100) of the memory free when the engine opens
+ * (the GPU's, after the weights). With err NULL it only checks the text. */
+int mx_kv_memory_parse(const char *s, uint64_t *bytes, uint32_t *percent, mx_error *err);
+
 typedef struct mx_engine_opts {
         const char *device; /* "cpu" (default), "cuda" or "cuda:N" */
         uint32_t threads;   /* 0: every online core */
@@ -400,6 +417,12 @@ typedef struct mx_engine_opts {
          * quarter). On a GPU a model that does not fit streams its experts
          * even with expert_memory 0, within what fits. */
         uint64_t host_cache;
+        /* The KV cache: one pool of blocks for every sequence, of
+         * kv_memory bytes or kv_memory_percent of the free memory (both 0:
+         * auto; docs/engine.md). */
+        mx_kv_type kv_type;
+        uint64_t kv_memory;
+        uint32_t kv_memory_percent;
         /* Optional: called as the weights go to the device. */
         void (*progress)(uint64_t done, uint64_t total, void *arg);
         void *progress_arg;
@@ -474,7 +497,28 @@ int mx_host_cache_parse(const char *s, const mx_model *m, uint64_t *out, mx_erro
  * rounds, each the best of three runs. */
 int mx_measure_bandwidth(size_t bytes, uint32_t threads, double *memcpy_gbps, double *read_gbps);
 
-/* A sequence: its tokens so far live in a KV cache of at most max_tokens. */
+/* The KV cache: a pool of blocks of block_tokens tokens (every layer's K
+ * and V), shared by all sequences. A block is used (held by sequences),
+ * cached (holding a prefix nobody holds now, kept for reuse and given up
+ * least recently used first) or free. */
+typedef struct mx_kv_stats {
+        mx_kv_type type;
+        uint32_t block_tokens;
+        uint64_t block_bytes;
+        uint32_t blocks, used, cached, free; /* blocks = used + cached + free */
+        uint64_t lookups, hits;              /* prefix lookups, and those that found tokens */
+        uint64_t hit_tokens;                 /* tokens they found */
+        uint64_t evictions;                  /* cached blocks given up for new ones */
+} mx_kv_stats;
+
+void mx_engine_kv_stats(const mx_engine *e, mx_kv_stats *s);
+/* Tokens the pool holds at most (blocks x block_tokens): no sequence is
+ * longer. */
+uint32_t mx_engine_kv_tokens(const mx_engine *e);
+
+/* A sequence: its tokens so far live in the KV cache's blocks; at most
+ * max_tokens of them (0: the model's context), and never more than the
+ * pool holds. */
 typedef struct mx_seq mx_seq;
 
 int mx_seq_new(mx_engine *e, uint32_t max_tokens, mx_seq **out, mx_error *err);
@@ -484,7 +528,22 @@ static inline void mx_seq_freep(mx_seq **s) {
 }
 uint32_t mx_seq_len(const mx_seq *s);
 uint32_t mx_seq_capacity(const mx_seq *s);
+/* Empties the sequence: its blocks go back to the pool, the full ones
+ * (and the partial last one) staying cached for reuse. */
 void mx_seq_reset(mx_seq *s);
+/* Prefix reuse, on by default in namespace 0: blocks are reused only
+ * between sequences of the same namespace (the daemon gives each user
+ * one); off, the sequence neither reuses nor leaves blocks cached. */
+void mx_seq_set_cache(mx_seq *s, bool on, uint64_t ns);
+/* On an empty sequence: starts it from the longest cached prefix of
+ * tokens[0..n) and returns how many tokens that is (the sequence's new
+ * length; up to n). The logits that follow are those of computing them
+ * (bit for bit on the same backend and KV type; docs/engine.md). */
+uint32_t mx_seq_reuse(mx_seq *s, const int32_t *tokens, size_t n);
+/* Holds room for `tokens` tokens in all now (mx_forward takes blocks as
+ * it needs them otherwise): -ENOBUFS, with what it held still held, when
+ * that would leave fewer than `spare` blocks for other sequences. */
+int mx_seq_reserve(mx_seq *s, uint32_t tokens, uint32_t spare);
 
 /* One sequence's part of a forward step: n_tokens more tokens; logits of
  * the last one (vocab floats), or of each (n_tokens x vocab) when
@@ -509,7 +568,8 @@ typedef struct mx_batch_item {
 
 /* Advances every item's sequence in one step. Each token's results are the
  * same whatever else is in the batch. -ENOSPC when a sequence would pass
- * its capacity, -EINVAL for a token outside the vocabulary. */
+ * its capacity, -ENOBUFS when the KV cache has no block left for it,
+ * -EINVAL for a token outside the vocabulary. */
 int mx_forward(mx_engine *e, const mx_batch_item *items, size_t n, mx_error *err);
 
 /* ---- loading: the one policy the daemon and the tools share -------------- */
@@ -525,6 +585,8 @@ typedef struct mx_load_opts {
         mx_simd simd;
         const char *expert_memory; /* NULL: auto (see mx_expert_budget_parse) */
         const char *host_cache;    /* NULL: auto; a GPU's only */
+        const char *kv_type;       /* NULL: bf16 */
+        const char *kv_memory;     /* NULL: auto (see mx_kv_memory_parse) */
         /* Optional: what is being done ("Loading the model", ...), bytes
          * done and in all. Called from the thread that loads. */
         void (*progress)(const char *what, uint64_t done, uint64_t total, void *arg);
@@ -539,6 +601,9 @@ typedef struct mx_load {
         uint64_t expert_memory;     /* streamed experts' budget (0: all resident) */
         uint64_t expert_memory_min; /* top-k experts per layer: a smaller budget means this */
         uint64_t host_cache;        /* a GPU's host cache (0: auto) */
+        mx_kv_type kv_type;
+        uint64_t kv_memory;         /* bytes, or */
+        uint32_t kv_memory_percent; /* of the free memory (both 0: auto) */
 } mx_load;
 
 /* The fast half: the model's headers and configuration, its tokenizer
@@ -606,6 +671,10 @@ typedef struct mx_gen_opts {
         /* EOS does not end the answer (benchmarks, tests): it is generated
          * like any token, and decodes to no text. */
         bool ignore_eos;
+        /* Prefix reuse (mx_seq_set_cache): the namespace the request's
+         * blocks are reused in and left cached in, or none at all. */
+        uint64_t cache_namespace;
+        bool no_prefix_cache;
 } mx_gen_opts;
 
 /* One request: its sequence, sampler, streaming decoder and stop strings.
@@ -625,6 +694,23 @@ void mx_gen_free(mx_gen *g);
 static inline void mx_gen_freep(mx_gen **g) {
         mx_gen_free(*g);
 }
+/* Takes the request's KV blocks: its longest cached prefix (all but the
+ * last of its tokens at most: one is computed for the logits), then room
+ * for the rest of its tokens and one more. -ENOBUFS, holding nothing, when
+ * that would leave fewer than `spare` blocks for others (mx_gen_new has
+ * refused what the pool could never hold). Without it, the first prepare
+ * reuses what it finds and mx_forward takes blocks as it goes. */
+int mx_gen_start(mx_gen *g, uint32_t spare, mx_error *err);
+/* Room for what the next step feeds (a scheduler calls it for every
+ * request before building a step): -ENOBUFS when the pool has none left. */
+int mx_gen_grow(mx_gen *g);
+/* Gives every block back (whole ones stay cached): the request waits,
+ * keeping what it generated, until mx_gen_start resumes it; what the
+ * cache kept is not computed again. */
+void mx_gen_suspend(mx_gen *g);
+/* Prompt tokens served from the cache when the request first started (the
+ * rest were computed). */
+size_t mx_gen_cached_tokens(const mx_gen *g);
 void mx_gen_prepare(mx_gen *g, mx_batch_item *item);
 /* After the forward step: appends new text (whole UTF-8 characters, never
  * part of a stop string) to text; *token is the sampled id or -1 while the

@@ -1,10 +1,12 @@
-// Causal grouped-query attention over fp32 KV caches, for decode and
-// prefill alike. A block takes one token, one KV head and one slice of the
-// sequence: each of its warps walks keys of that slice, reading every key
-// and value once for all the query heads that share the KV head, with an
-// online softmax (running maximum and sum), so no score matrix is ever
-// stored. Slices are merged by a second kernel (flash-decoding), which
-// gives short decode steps enough blocks to fill the GPU.
+// Causal grouped-query attention over the KV pool's blocks (bf16 or f32,
+// read as fp32), for decode and prefill alike. A block takes one token,
+// one KV head and one slice of the sequence: each of its warps walks keys
+// of that slice, finding each key's pool block through the sequence's
+// block table, reading every key and value once for all the query heads
+// that share the KV head, with an online softmax (running maximum and
+// sum), so no score matrix is ever stored. Slices are merged by a second
+// kernel (flash-decoding), which gives short decode steps enough blocks to
+// fill the GPU. tests/gpu/fake_kernels.c is its twin on the host.
 #include <cerrno>
 
 #include "kernels_internal.h"
@@ -29,10 +31,18 @@ extern "C" size_t mxk_attention_scratch(uint32_t n, uint32_t heads, uint32_t hd,
         return (size_t)n * heads * slices_for(n, kv_heads, longest) * (hd + 2);
 }
 
-// DPL: head dimensions per lane (hd <= 32 * DPL).
-template <int DPL>
+__device__ static inline float kv_load(const float *p) {
+        return *p;
+}
+
+__device__ static inline float kv_load(const uint16_t *p) {
+        return __uint_as_float((uint32_t)*p << 16);
+}
+
+// DPL: head dimensions per lane (hd <= 32 * DPL); E: the pool's element.
+template <int DPL, typename E>
 __global__ static void __launch_bounds__(ATT_WARPS * 32)
-    attention_slice_kernel(const mxk_row *rows, uint32_t layer, const float *q, uint32_t heads,
+    attention_slice_kernel(mxk_kv kv, const mxk_row *rows, uint32_t layer, const float *q, uint32_t heads,
                            uint32_t kv_heads, uint32_t hd, float *part) {
         __shared__ float sm_o[ATT_WARPS][MAX_GROUP][32 * DPL];
         __shared__ float sm_m[ATT_WARPS][MAX_GROUP], sm_l[ATT_WARPS][MAX_GROUP];
@@ -43,9 +53,9 @@ __global__ static void __launch_bounds__(ATT_WARPS * 32)
         // count, so a captured decode step replays at any length.
         uint32_t len = d.pos + 1, slice = (len + slices - 1) / slices;
         uint32_t i0 = min(len, s * slice), i1 = min(len, i0 + slice);
-        size_t stride = (size_t)kv_heads * hd;
-        const float *keys = d.kv + (size_t)layer * 2 * d.cap * stride + (size_t)g * hd;
-        const float *vals = keys + (size_t)d.cap * stride;
+        size_t stride = (size_t)kv_heads * hd, half = (size_t)MXK_KV_BLOCK * stride;
+        const uint32_t *table = kv.tables + d.table;
+        const E *pool = (const E *)kv.pool + (size_t)layer * 2 * half + (size_t)g * hd;
         float scale = sqrtf((float)hd);
 
         float qr[MAX_GROUP][DPL], o[MAX_GROUP][DPL], m[MAX_GROUP], l[MAX_GROUP];
@@ -65,11 +75,13 @@ __global__ static void __launch_bounds__(ATT_WARPS * 32)
         }
         for (uint32_t i = i0 + warp; i < i1; i += ATT_WARPS) {
                 float kr[DPL], vr[DPL];
+                const E *key = pool + (size_t)table[i / MXK_KV_BLOCK] * kv.layers * 2 * half +
+                               (size_t)(i % MXK_KV_BLOCK) * stride;
 #pragma unroll
                 for (int u = 0; u < DPL; u++) {
                         uint32_t dim = lane + 32 * u;
-                        kr[u] = dim < hd ? keys[(size_t)i * stride + dim] : 0.0f;
-                        vr[u] = dim < hd ? vals[(size_t)i * stride + dim] : 0.0f;
+                        kr[u] = dim < hd ? kv_load(key + dim) : 0.0f;
+                        vr[u] = dim < hd ? kv_load(key + half + dim) : 0.0f;
                 }
 #pragma unroll
                 for (uint32_t j = 0; j < MAX_GROUP; j++) {
@@ -143,9 +155,20 @@ __global__ static void attention_merge_kernel(const float *part, uint32_t slices
         }
 }
 
-extern "C" void mxk_attention(mxk_ctx *c, const mxk_row *rows, uint32_t n, uint32_t layer,
-                              const float *q, float *out, uint32_t heads, uint32_t kv_heads,
-                              uint32_t hd, uint32_t longest, float *scratch) {
+template <int DPL>
+static void launch_slices(mxk_ctx *c, dim3 grid, const mxk_kv *kv, const mxk_row *rows, uint32_t layer,
+                          const float *q, uint32_t heads, uint32_t kv_heads, uint32_t hd, float *scratch) {
+        if (kv->bf16)
+                attention_slice_kernel<DPL, uint16_t><<<grid, ATT_WARPS * 32, 0, c->stream>>>(
+                        *kv, rows, layer, q, heads, kv_heads, hd, scratch);
+        else
+                attention_slice_kernel<DPL, float><<<grid, ATT_WARPS * 32, 0, c->stream>>>(
+                        *kv, rows, layer, q, heads, kv_heads, hd, scratch);
+}
+
+extern "C" void mxk_attention(mxk_ctx *c, const mxk_kv *kv, const mxk_row *rows, uint32_t n, uint32_t layer,
+                              const float *q, float *out, uint32_t heads, uint32_t kv_heads, uint32_t hd,
+                              uint32_t longest, float *scratch) {
         if (!n)
                 return;
         uint32_t group = heads / kv_heads;
@@ -157,13 +180,13 @@ extern "C" void mxk_attention(mxk_ctx *c, const mxk_row *rows, uint32_t n, uint3
         uint32_t slices = slices_for(n, kv_heads, longest);
         dim3 grid(n, kv_heads, slices);
         if (hd <= 32)
-                attention_slice_kernel<1><<<grid, ATT_WARPS * 32, 0, c->stream>>>(rows, layer, q, heads, kv_heads, hd, scratch);
+                launch_slices<1>(c, grid, kv, rows, layer, q, heads, kv_heads, hd, scratch);
         else if (hd <= 64)
-                attention_slice_kernel<2><<<grid, ATT_WARPS * 32, 0, c->stream>>>(rows, layer, q, heads, kv_heads, hd, scratch);
+                launch_slices<2>(c, grid, kv, rows, layer, q, heads, kv_heads, hd, scratch);
         else if (hd <= 128)
-                attention_slice_kernel<4><<<grid, ATT_WARPS * 32, 0, c->stream>>>(rows, layer, q, heads, kv_heads, hd, scratch);
+                launch_slices<4>(c, grid, kv, rows, layer, q, heads, kv_heads, hd, scratch);
         else
-                attention_slice_kernel<8><<<grid, ATT_WARPS * 32, 0, c->stream>>>(rows, layer, q, heads, kv_heads, hd, scratch);
+                launch_slices<8>(c, grid, kv, rows, layer, q, heads, kv_heads, hd, scratch);
         mxk_launched(c, "attention_slice");
         attention_merge_kernel<<<n * heads, hd < 128 ? 128 : hd, 0, c->stream>>>(scratch, slices, hd, out);
         mxk_launched(c, "attention_merge");

@@ -162,22 +162,41 @@ extern "C" void mxk_rope(mxk_ctx *c, float *q, float *k, const float *cs, const 
         mxk_launched(c, "rope");
 }
 
-__global__ static void kv_append_kernel(const mxk_row *rows, uint32_t layer, const float *k,
-                                        const float *v, uint32_t stride) {
+// mx_f32_to_bf16's integer steps (round to nearest, ties to even; a NaN
+// stays a quiet NaN of the same sign), so that the CPU and the GPU store
+// the same K and V bits; __float2bfloat16_rn differs on NaN.
+__device__ static inline uint16_t kv_bf16(float f) {
+        uint32_t u = __float_as_uint(f);
+        if ((u & 0x7fffffffu) > 0x7f800000u)
+                return (uint16_t)((u >> 16) | 0x40);
+        u += 0x7fffu + ((u >> 16) & 1);
+        return (uint16_t)(u >> 16);
+}
+
+// One row per blockIdx.y: its block of the pool from its sequence's table.
+__global__ static void kv_append_kernel(mxk_kv kv, const mxk_row *rows, uint32_t layer, const float *k,
+                                        const float *v) {
         mxk_row r = rows[blockIdx.y];
-        float *keys = r.kv + (size_t)layer * 2 * r.cap * stride + (size_t)r.pos * stride;
-        float *vals = keys + (size_t)r.cap * stride;
-        for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < stride; i += gridDim.x * blockDim.x) {
-                keys[i] = k[(size_t)blockIdx.y * stride + i];
-                vals[i] = v[(size_t)blockIdx.y * stride + i];
+        size_t half = (size_t)MXK_KV_BLOCK * kv.stride;
+        size_t at = ((size_t)kv.tables[r.table + r.pos / MXK_KV_BLOCK] * kv.layers + layer) * 2 * half +
+                    (size_t)(r.pos % MXK_KV_BLOCK) * kv.stride;
+        const float *kr = k + (size_t)blockIdx.y * kv.stride, *vr = v + (size_t)blockIdx.y * kv.stride;
+        for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < kv.stride; i += gridDim.x * blockDim.x) {
+                if (kv.bf16) {
+                        ((uint16_t *)kv.pool)[at + i] = kv_bf16(kr[i]);
+                        ((uint16_t *)kv.pool)[at + half + i] = kv_bf16(vr[i]);
+                } else {
+                        ((float *)kv.pool)[at + i] = kr[i];
+                        ((float *)kv.pool)[at + half + i] = vr[i];
+                }
         }
 }
 
-extern "C" void mxk_kv_append(mxk_ctx *c, const mxk_row *rows, uint32_t n, uint32_t layer,
-                              const float *k, const float *v, uint32_t stride) {
+extern "C" void mxk_kv_append(mxk_ctx *c, const mxk_kv *kv, const mxk_row *rows, uint32_t n, uint32_t layer,
+                              const float *k, const float *v) {
         if (!n)
                 return;
-        dim3 grid((stride + 255) / 256, n);
-        kv_append_kernel<<<grid, 256, 0, c->stream>>>(rows, layer, k, v, stride);
+        dim3 grid((kv->stride + 255) / 256, n);
+        kv_append_kernel<<<grid, 256, 0, c->stream>>>(*kv, rows, layer, k, v);
         mxk_launched(c, "kv_append");
 }

@@ -164,25 +164,38 @@ void mxk_rope_table(mxk_ctx *c, const uint32_t *pos, uint32_t n, const float *in
 void mxk_rope(mxk_ctx *c, float *q, float *k, const float *cs, const float *sn, uint32_t n,
               uint32_t heads, uint32_t kv_heads, uint32_t hd);
 
-/* A token of the step: its sequence's KV cache (fp32, laid out
- * [layer][K|V][cap][kv_heads * hd]) and its position. */
+/* Tokens per block of the KV pool (the engine's MX_KV_BLOCK). */
+#define MXK_KV_BLOCK 16
+
+/* The KV pool as the kernels see it: [blocks][layers][K|V][MXK_KV_BLOCK]
+ * [stride] elements, bf16 (rounded to nearest even, as mx_f32_to_bf16) or
+ * f32; and the step's block tables, one sequence's after another. */
+typedef struct mxk_kv {
+        void *pool;
+        const uint32_t *tables; /* device: [entries] pool block of each MXK_KV_BLOCK positions */
+        uint32_t layers, stride; /* stride: kv_heads * hd */
+        bool bf16;
+} mxk_kv;
+
+/* A token of the step: where its sequence's block table starts in
+ * kv->tables, and its position. */
 typedef struct mxk_row {
-        float *kv;
-        uint32_t cap, pos;
+        uint32_t table, pos;
 } mxk_row;
 
-/* Writes k, v [n][kv_heads * hd] into each row's cache at its position. */
-void mxk_kv_append(mxk_ctx *c, const mxk_row *rows, uint32_t n, uint32_t layer, const float *k,
-                   const float *v, uint32_t stride);
+/* Writes k, v [n][stride] into each row's block at its position. */
+void mxk_kv_append(mxk_ctx *c, const mxk_kv *kv, const mxk_row *rows, uint32_t n, uint32_t layer,
+                   const float *k, const float *v);
 /* How many slices of the sequence mxk_attention makes (its grid). */
 uint32_t mxk_attention_slices(uint32_t n, uint32_t kv_heads, uint32_t longest);
 /* Floats of scratch mxk_attention needs. */
 size_t mxk_attention_scratch(uint32_t n, uint32_t heads, uint32_t hd, uint32_t kv_heads,
                              uint32_t longest);
-/* Causal GQA attention of q [n][heads][hd] over each row's cache up to its
- * position: out [n][heads][hd]. Split over the sequence length, each KV
- * head read once for its query heads; longest = max position + 1. */
-void mxk_attention(mxk_ctx *c, const mxk_row *rows, uint32_t n, uint32_t layer, const float *q,
+/* Causal GQA attention of q [n][heads][hd] over each row's blocks up to
+ * its position, in fp32: out [n][heads][hd]. Split over the sequence
+ * length, each KV head read once for its query heads; longest = max
+ * position + 1. */
+void mxk_attention(mxk_ctx *c, const mxk_kv *kv, const mxk_row *rows, uint32_t n, uint32_t layer, const float *q,
                    float *out, uint32_t heads, uint32_t kv_heads, uint32_t hd, uint32_t longest,
                    float *scratch);
 

@@ -2,7 +2,8 @@
  * the mapped files (bf16 stays bf16), fp32 arithmetic, work spread over a
  * thread pool, matrix products in the kernels of the best instruction set
  * (kernels.h). Element-wise steps are plain C shared by every instruction
- * set, so results do not depend on it. */
+ * set, so results do not depend on it. The KV pool is one host allocation
+ * (attention.c reads and writes it). */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,11 +14,6 @@
 #include "kernels.h"
 #include "mx_common.h"
 #include "pool.h"
-
-struct mx_kv {
-        uint32_t cap, max;
-        float **k, **v; /* per layer: [cap][kv_heads][head_dim] */
-};
 
 static cpu_backend *cpu(mx_backend *b) {
         return (cpu_backend *)b;
@@ -41,54 +37,44 @@ static void cpu_download(mx_backend *b, float *dst, const float *src, size_t n) 
         memcpy(dst, src, n * sizeof(float));
 }
 
-static mx_kv *cpu_kv_new(mx_backend *b, uint32_t max_tokens) {
-        uint32_t layers = b->model->cfg.n_layers;
-        mx_kv *kv = calloc(1, sizeof(*kv));
-        if (!kv)
-                return NULL;
-        kv->max = max_tokens;
-        kv->k = calloc(layers, sizeof(float *));
-        kv->v = calloc(layers, sizeof(float *));
-        if (!kv->k || !kv->v) {
-                free(kv->k), free(kv->v), free(kv);
-                return NULL;
-        }
-        return kv;
+/* MemAvailable: what the kernel could hand out without swapping. */
+static uint64_t cpu_memory_free(mx_backend *b) {
+        _cleanup_fclose_ FILE *f = fopen("/proc/meminfo", "re");
+        char line[128];
+        unsigned long long kib;
+        while (f && fgets(line, sizeof(line), f))
+                if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1)
+                        return (uint64_t)kib << 10;
+        long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+        return pages > 0 && size > 0 ? (uint64_t)pages * (uint64_t)size : 0;
 }
 
-static void cpu_kv_free(mx_backend *b, mx_kv *kv) {
-        if (!kv)
-                return;
-        for (uint32_t L = 0; L < b->model->cfg.n_layers; L++)
-                free(kv->k[L]), free(kv->v[L]);
-        free(kv->k), free(kv->v), free(kv);
-}
-
-/* Grows by doubling (at least 256 tokens) so appends stay cheap. */
-static int cpu_kv_reserve(mx_backend *b, mx_kv *kv, uint32_t tokens) {
-        const mx_config *c = &b->model->cfg;
-        if (tokens > kv->max)
-                return -ENOSPC;
-        if (tokens <= kv->cap)
-                return 0;
-        uint32_t cap = kv->cap ? kv->cap : 256;
-        while (cap < tokens)
-                cap = cap > kv->max / 2 ? kv->max : cap * 2;
-        size_t per_token = (size_t)c->n_kv_heads * c->head_dim, bytes;
-        if (!mx_mul_size((size_t)cap * per_token, sizeof(float), &bytes))
+/* Untouched pages of the pool cost nothing until a sequence writes them. */
+static int cpu_kv_init(mx_backend *b, mx_kv_type t, uint32_t blocks) {
+        cpu_backend *cb = cpu(b);
+        uint64_t bytes;
+        if (!mx_mul_u64(blocks, mx_kv_block_bytes(&b->model->cfg, t), &bytes) || bytes > SIZE_MAX)
                 return -ENOMEM;
-        for (uint32_t L = 0; L < c->n_layers; L++) {
-                float *k = realloc(kv->k[L], bytes);
-                if (k)
-                        kv->k[L] = k;
-                float *v = k ? realloc(kv->v[L], bytes) : NULL;
-                if (v)
-                        kv->v[L] = v;
-                if (!k || !v)
-                        return -ENOMEM;
-        }
-        kv->cap = cap;
+        void *p = NULL;
+        if (posix_memalign(&p, 64, (size_t)bytes ? (size_t)bytes : 1) != 0)
+                return -ENOMEM;
+        free(cb->kv);
+        cb->kv = p;
+        cb->kv_bytes = (size_t)bytes;
+        b->kv_type = t;
         return 0;
+}
+
+void *mx_cpu_kv_block(cpu_backend *cb, uint32_t block, uint32_t layer, bool v) {
+        const mx_config *c = &cb->base.model->cfg;
+        size_t half = (size_t)MX_KV_BLOCK * c->n_kv_heads * c->head_dim * mx_kv_elem_bytes(cb->base.kv_type);
+        return (char *)cb->kv + (((size_t)block * c->n_layers + layer) * 2 + v) * half;
+}
+
+static void cpu_kv_copy(mx_backend *b, uint32_t dst, uint32_t src) {
+        cpu_backend *cb = cpu(b);
+        memcpy(mx_cpu_kv_block(cb, dst, 0, false), mx_cpu_kv_block(cb, src, 0, false),
+               mx_kv_block_bytes(&b->model->cfg, b->kv_type));
 }
 
 /* ---- element-wise steps -------------------------------------------------------- */
@@ -179,6 +165,7 @@ static void cpu_destroy(mx_backend *b) {
         free(cb->rope_sin);
         mx_cpu_moe_free(cb);
         mx_expert_cache_free(cb->experts);
+        free(cb->kv);
         free(cb);
 }
 
@@ -222,9 +209,9 @@ static const mx_backend_ops cpu_ops = {
         .alloc = cpu_alloc,
         .release = cpu_release,
         .download = cpu_download,
-        .kv_new = cpu_kv_new,
-        .kv_free = cpu_kv_free,
-        .kv_reserve = cpu_kv_reserve,
+        .memory_free = cpu_memory_free,
+        .kv_init = cpu_kv_init,
+        .kv_copy = cpu_kv_copy,
         .embed = cpu_embed,
         .rmsnorm = cpu_rmsnorm,
         .matmul = mx_cpu_matmul,
@@ -236,14 +223,6 @@ static const mx_backend_ops cpu_ops = {
         .expert_stats = cpu_expert_stats,
         .set_expert_memory = cpu_set_expert_memory,
 };
-
-float *mx_kv_keys(mx_kv *kv, uint32_t layer) {
-        return kv->k[layer];
-}
-
-float *mx_kv_values(mx_kv *kv, uint32_t layer) {
-        return kv->v[layer];
-}
 
 static mx_isa isa_for(mx_simd simd) {
         switch (simd) {

@@ -27,6 +27,8 @@ typedef struct cpu_backend {
         cpu_scratch *scratch;                  /* one per thread */
         struct cpu_moe *moe;
         struct mx_expert_cache *experts; /* NULL: every expert mapped */
+        void *kv;       /* the KV pool: [blocks][layer][K|V][MX_KV_BLOCK][kv_heads * head_dim] of base.kv_type */
+        size_t kv_bytes;
         mx_error err;                    /* what failed in a step, for step_end */
 } cpu_backend;
 
@@ -49,5 +51,6 @@ void mx_cpu_moe_free(cpu_backend *cb);
  * probabilities. The CUDA kernel (kernels/moe.cu) computes the same. */
 void mx_cpu_route(const float *logits, uint32_t experts, uint32_t k, float *p, uint32_t *choice, float *weight);
 
-float *mx_kv_keys(mx_kv *kv, uint32_t layer);
-float *mx_kv_values(mx_kv *kv, uint32_t layer);
+/* Block `block`'s keys (v false) or values of one layer in the KV pool:
+ * [MX_KV_BLOCK][kv_heads * head_dim] elements of the pool's type. */
+void *mx_cpu_kv_block(cpu_backend *cb, uint32_t block, uint32_t layer, bool v);

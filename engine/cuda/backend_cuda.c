@@ -1,5 +1,5 @@
 /* The CUDA backend: weights resident on the GPU (weights_cuda.c), fp32
- * activations and KV caches in device memory, every operation a kernel or
+ * activations and the KV pool in device memory, every operation a kernel or
  * cuBLAS call on one stream (kernels/). The host enqueues a whole step and
  * waits only where results come back (logits) or where cuBLAS needs the
  * experts' token counts (prefill: more than MXK_PADDED_MAX tokens). */
@@ -10,12 +10,7 @@
 #include "cuda_backend.h"
 #include "mx_common.h"
 
-/* This backend's KV cache: one device allocation [layer][K|V][cap][kv*hd]
- * of fp32 (a private type: the CPU backend has its own). */
-struct mx_kv {
-        float *d;
-        uint32_t cap, max;
-};
+_Static_assert(MXK_KV_BLOCK == MX_KV_BLOCK, "the kernels' KV block is the engine's");
 
 static cuda_backend *cuda(mx_backend *b) {
         return (cuda_backend *)b;
@@ -62,45 +57,37 @@ static void cuda_download(mx_backend *b, float *dst, const float *src, size_t n)
         mxk_download(cuda(b)->ctx, dst, src, n * sizeof(float));
 }
 
-static mx_kv *cuda_kv_new(mx_backend *b, uint32_t max_tokens) {
-        mx_kv *kv = calloc(1, sizeof(*kv));
-        if (kv)
-                kv->max = max_tokens;
-        return kv;
+/* What the pool may take a share of: the free memory less 1 GiB for the
+ * activations and products. */
+static uint64_t cuda_memory_free(mx_backend *b) {
+        size_t free_b = 0, total_b = 0;
+        mxk_free_memory(cuda(b)->ctx, &free_b, &total_b);
+        const uint64_t work = (uint64_t)1 << 30;
+        return free_b > work ? free_b - work : 0;
 }
 
-static void cuda_kv_free(mx_backend *b, mx_kv *kv) {
-        if (!kv)
-                return;
-        mxk_free(cuda(b)->ctx, kv->d);
-        free(kv);
-}
-
-/* Grows by doubling (at least 256 tokens); the old contents move over
- * layer by layer since the layout depends on the capacity. */
-static int cuda_kv_reserve(mx_backend *b, mx_kv *kv, uint32_t tokens) {
-        const mx_config *c = &b->model->cfg;
-        mxk_ctx *ctx = cuda(b)->ctx;
-        if (tokens > kv->max)
-                return -ENOSPC;
-        if (tokens <= kv->cap)
-                return 0;
-        uint32_t cap = kv->cap ? kv->cap : 256;
-        while (cap < tokens)
-                cap = cap > kv->max / 2 ? kv->max : cap * 2;
-        size_t block = (size_t)kv_stride(c) * sizeof(float), bytes;
-        if (!mx_mul_size((size_t)cap * 2 * c->n_layers, block, &bytes))
+static int cuda_kv_init(mx_backend *b, mx_kv_type t, uint32_t blocks) {
+        cuda_backend *cb = cuda(b);
+        uint64_t bytes;
+        if (!mx_mul_u64(blocks, mx_kv_block_bytes(&b->model->cfg, t), &bytes) || bytes > SIZE_MAX)
                 return -ENOMEM;
-        float *d = NULL;
-        if (dev_malloc(cuda(b), (void **)&d, bytes) < 0)
+        void *p = NULL;
+        if (dev_malloc(cb, &p, (size_t)bytes) < 0)
                 return -ENOMEM;
-        for (uint32_t i = 0; kv->d && i < 2 * c->n_layers; i++)
-                mxk_copy(ctx, d + (size_t)i * cap * kv_stride(c), kv->d + (size_t)i * kv->cap * kv_stride(c),
-                         (size_t)kv->cap * block);
-        mxk_free(ctx, kv->d);
-        kv->d = d;
-        kv->cap = cap;
+        mxk_free(cb->ctx, cb->kv.pool);
+        cb->epoch++;
+        cb->kv = (mxk_kv){.pool = p, .layers = b->model->cfg.n_layers, .stride = kv_stride(&b->model->cfg),
+                          .bf16 = t == MX_KV_BF16};
+        b->kv_type = t;
         return 0;
+}
+
+/* On the compute stream: ordered before the next step's writes. */
+static void cuda_kv_copy(mx_backend *b, uint32_t dst, uint32_t src) {
+        cuda_backend *cb = cuda(b);
+        size_t bytes = mx_kv_block_bytes(&b->model->cfg, b->kv_type);
+        mxk_bind_thread(cb->ctx);
+        mxk_copy(cb->ctx, (char *)cb->kv.pool + dst * bytes, (char *)cb->kv.pool + src * bytes, bytes);
 }
 
 /* Frees *p and allocates bytes when *cap_bytes is short. */
@@ -120,7 +107,7 @@ static int grow(cuda_backend *cb, void **p, size_t *cap_bytes, size_t bytes) {
 
 /* ---- the step ------------------------------------------------------------------ */
 
-static int reserve_step(cuda_backend *cb, uint32_t T, uint32_t L) {
+static int reserve_step(cuda_backend *cb, uint32_t T, uint32_t L, uint32_t tables) {
         const mx_config *c = &cb->base.model->cfg;
         mxk_ctx *ctx = cb->ctx;
         if (T > cb->step_cap || L > cb->logit_cap)
@@ -144,15 +131,24 @@ static int reserve_step(cuda_backend *cb, uint32_t T, uint32_t L) {
                         return -ENOMEM;
                 cb->logit_cap = L;
         }
+        if (tables > cb->tables_cap) {
+                cb->epoch++;
+                mxk_free(ctx, cb->d_tables);
+                cb->d_tables = NULL, cb->tables_cap = 0;
+                if (dev_malloc(cb, (void **)&cb->d_tables, (size_t)tables * 4) < 0)
+                        return -ENOMEM;
+                cb->tables_cap = tables;
+                cb->kv.tables = cb->d_tables;
+        }
         size_t widest = c->hidden_size > c->n_heads * c->head_dim ? c->hidden_size : c->n_heads * c->head_dim;
         /* Two bf16 terms per activation (gemm.cu). */
         if (grow(cb, (void **)&cb->bf16_scratch, &cb->bf16_cap, 2 * (size_t)T * widest * 2) < 0)
                 return -ENOMEM;
-        size_t host = (size_t)T * (4 + 4 + sizeof(mxk_row)) + (size_t)L * 4;
+        size_t host = (size_t)T * (4 + 4 + sizeof(mxk_row)) + (size_t)L * 4 + (size_t)tables * 4;
         /* Pinned memory is slow to free (and see mxk_host_free): room for a
-         * full context at once, from the start. */
+         * full context at once, from the start (its block table too). */
         size_t most = (size_t)(c->max_position_embeddings > 4096 ? c->max_position_embeddings : 4096) *
-                      (8 + sizeof(mxk_row) + 4);
+                      (8 + sizeof(mxk_row) + 4 + 4);
         host = host > most ? host : most;
         if (host > cb->h_step_cap) {
                 cb->epoch++;
@@ -211,7 +207,8 @@ static int cuda_step_begin(mx_backend *b, const mx_step *s) {
         mxk_wait_mark(cb->ctx, MXK_MARK_STEP_INPUT);
         if (cb->stream)
                 mx_cuda_stream_pressure(cb);
-        int r = reserve_step(cb, T, L);
+        uint32_t tables = mx_cuda_kv_entries(s->seqs, s->n_seqs);
+        int r = reserve_step(cb, T, L, tables);
         if (r == 0)
                 r = reserve_moe(cb, T);
         if (r < 0)
@@ -221,16 +218,14 @@ static int cuda_step_begin(mx_backend *b, const mx_step *s) {
         uint32_t *pos = (uint32_t *)(h + (size_t)T * 4);
         mxk_row *rows = (mxk_row *)(h + (size_t)T * 8);
         uint32_t *logit_rows = (uint32_t *)(h + (size_t)T * (8 + sizeof(mxk_row)));
+        uint32_t *table = logit_rows + L;
         memcpy(tokens, s->tokens, (size_t)T * 4);
         memcpy(pos, s->pos, (size_t)T * 4);
         memcpy(logit_rows, s->logit_rows, (size_t)L * 4);
+        mx_cuda_kv_layout(s->seqs, s->n_seqs, rows, table);
         uint32_t longest = 0;
-        for (size_t i = 0; i < s->n_seqs; i++) {
-                const mx_attn_seq *a = &s->seqs[i];
-                for (uint32_t j = 0; j < a->n; j++)
-                        rows[a->row0 + j] = (mxk_row){a->kv->d, a->kv->cap, a->pos0 + j};
-                longest = a->pos0 + a->n > longest ? a->pos0 + a->n : longest;
-        }
+        for (size_t i = 0; i < s->n_seqs; i++)
+                longest = s->seqs[i].pos0 + s->seqs[i].n > longest ? s->seqs[i].pos0 + s->seqs[i].n : longest;
         cb->T = T;
         cb->longest = longest;
         size_t att = mxk_attention_scratch(T, c->n_heads, c->head_dim, c->n_kv_heads, longest);
@@ -243,7 +238,7 @@ static int cuda_step_begin(mx_backend *b, const mx_step *s) {
         size_t tmp = 2 * ((size_t)T * qh > (size_t)L * c->vocab_size ? (size_t)T * qh : (size_t)L * c->vocab_size);
         if (T > MXK_GEMV_MAX && mxk_reserve_tmp(cb->ctx, tmp) < 0)
                 return -ENOMEM;
-        mx_cuda_graph_begin(cb, T, L, mxk_attention_slices(T, c->n_kv_heads, longest));
+        mx_cuda_graph_begin(cb, T, L, mxk_attention_slices(T, c->n_kv_heads, longest), tables);
         if (mx_cuda_replaying(cb))
                 return 0;
         prof(cb, "step input", T);
@@ -251,6 +246,7 @@ static int cuda_step_begin(mx_backend *b, const mx_step *s) {
         mxk_upload(cb->ctx, cb->d_pos, pos, (size_t)T * 4);
         mxk_upload(cb->ctx, cb->d_rows, rows, (size_t)T * sizeof(mxk_row));
         mxk_upload(cb->ctx, cb->d_logit_rows, logit_rows, (size_t)L * 4);
+        mxk_upload(cb->ctx, cb->d_tables, table, (size_t)tables * 4);
         if (cb->mode == RUN_DIRECT) /* (a graph's step ends with a synchronisation) */
                 mxk_mark(cb->ctx, MXK_MARK_STEP_INPUT);
         mxk_rope_table(cb->ctx, cb->d_pos, T, cb->inv_freq, c->head_dim / 2, cb->d_cos, cb->d_sin);
@@ -374,14 +370,14 @@ static int cuda_attention(mx_backend *b, uint32_t layer, const mx_attn_seq *seqs
         uint32_t stride = kv_stride(c);
         for (size_t s = 0; s < n_seqs; s++) {
                 const mx_attn_seq *a = &seqs[s];
-                b->kv_bytes += 2ull * stride * sizeof(float) *
+                b->kv_bytes += 2ull * stride * mx_kv_elem_bytes(b->kv_type) *
                                ((uint64_t)a->n * a->pos0 + (uint64_t)a->n * (a->n + 1) / 2);
         }
         if (mx_cuda_replaying(cb))
                 return 0;
         prof(cb, "attention", cb->T);
-        mxk_kv_append(cb->ctx, cb->d_rows, cb->T, layer, k, v, stride);
-        mxk_attention(cb->ctx, cb->d_rows, cb->T, layer, q, out, c->n_heads, c->n_kv_heads, c->head_dim,
+        mxk_kv_append(cb->ctx, &cb->kv, cb->d_rows, cb->T, layer, k, v);
+        mxk_attention(cb->ctx, &cb->kv, cb->d_rows, cb->T, layer, q, out, c->n_heads, c->n_kv_heads, c->head_dim,
                       cb->longest, cb->att_scratch);
         return mxk_status(cb->ctx, NULL, 0);
 }
@@ -493,7 +489,7 @@ static void cuda_destroy(mx_backend *b) {
                                 cb->moe.choice, cb->moe.weight, cb->moe.list_tok, cb->moe.list_w,
                                 cb->moe.slot_of, cb->moe.counts, cb->moe.act, cb->moe.y, cb->moe.xe,
                                 cb->moe.act16, cb->moe.h13, cb->moe.ytmp, cb->d_experts_read, cb->inv_freq,
-                                cb->d_sample, cb->d_sample_work, cb->d_ids};
+                                cb->d_sample, cb->d_sample_work, cb->d_ids, cb->kv.pool, cb->d_tables};
                 for (size_t i = 0; i < MX_ELEMENTSOF(bufs); i++)
                         mxk_free(cb->ctx, bufs[i]);
                 mxk_host_free(cb->h_step);
@@ -510,9 +506,9 @@ static const mx_backend_ops cuda_ops = {
         .alloc = cuda_alloc,
         .release = cuda_release,
         .download = cuda_download,
-        .kv_new = cuda_kv_new,
-        .kv_free = cuda_kv_free,
-        .kv_reserve = cuda_kv_reserve,
+        .memory_free = cuda_memory_free,
+        .kv_init = cuda_kv_init,
+        .kv_copy = cuda_kv_copy,
         .embed = cuda_embed,
         .rmsnorm = cuda_rmsnorm,
         .matmul = cuda_matmul,
@@ -549,15 +545,16 @@ static int upload_inv_freq(cuda_backend *cb, mx_error *err) {
 
 /* What to stream: the budget asked for; or, when every weight would not
  * fit, what fits beside the rest with room to work (0: no streaming). */
-static int stream_budget(cuda_backend *cb, uint64_t asked, uint64_t *budget, mx_error *err) {
+static int stream_budget(cuda_backend *cb, uint64_t asked, uint64_t kv_bytes, uint64_t *budget, mx_error *err) {
         const mx_model *m = cb->base.model;
         uint64_t experts, dense;
         mx_cuda_weights_size(m, &experts, &dense);
         size_t free_b = 0, total_b = 0;
         mxk_free_memory(cb->ctx, &free_b, &total_b);
         /* Whether it fits is weights_cuda.c's test (1 GiB to work in); a
-         * streamed model keeps 2 GiB beside its slots for KV caches. */
-        const uint64_t fit = (uint64_t)1 << 30, margin = (uint64_t)2 << 30;
+         * streamed model keeps 2 GiB beside its slots to work in and for
+         * an auto-sized KV pool, and the bytes of one sized by hand. */
+        const uint64_t fit = (uint64_t)1 << 30, margin = ((uint64_t)2 << 30) + kv_bytes;
         *budget = asked;
         if (!asked && m->n_files && experts + dense + fit > free_b && free_b > dense + margin)
                 *budget = free_b - dense - margin;
@@ -592,7 +589,7 @@ int mx_cuda_backend_new(const mx_model *m, int index, const mx_engine_opts *o, m
         }
         uint64_t budget = 0;
         if (r == 0)
-                r = stream_budget(cb, o->expert_memory, &budget, err);
+                r = stream_budget(cb, o->expert_memory, o->kv_memory, &budget, err);
         if (r == 0) {
                 const mx_config *c = &m->cfg;
                 uint64_t least = budget ? (uint64_t)c->n_layers * c->n_experts_per_tok * 3 *

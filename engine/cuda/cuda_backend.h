@@ -19,6 +19,11 @@ typedef struct cuda_backend {
         unsigned long long *d_experts_read;
         float *inv_freq;       /* device, head_dim / 2 */
 
+        /* The KV pool and the step's view of it (kv_cuda.c). */
+        mxk_kv kv;              /* pool: [blocks][layer][K|V][MX_KV_BLOCK][kv_heads * hd]; tables: d_tables */
+        uint32_t *d_tables;     /* [tables_cap] */
+        uint32_t tables_cap, tables_n; /* entries allocated; uploaded by this step */
+
         /* The step, on the device. */
         uint32_t step_cap, logit_cap, T, longest;
         int32_t *d_tokens;
@@ -55,16 +60,17 @@ typedef struct cuda_backend {
         uint64_t epoch;      /* bumped whenever a buffer a graph holds moves */
         uint64_t tick;
         struct cuda_graph {
-                uint32_t T, L, slices;
+                uint32_t T, L, slices, tables;
                 uint64_t epoch, used;
                 void *exec;
         } graphs[8], *current;
 } cuda_backend;
 
 /* Called by step_begin once the step's host data is ready and before it
- * enqueues anything: a decode step of a shape seen before replays its
- * graph (and the operations enqueue nothing); a new one is recorded. */
-void mx_cuda_graph_begin(cuda_backend *cb, uint32_t T, uint32_t L, uint32_t slices);
+ * enqueues anything: a decode step of a shape seen before (tokens, logit
+ * rows, attention slices, block-table entries uploaded) replays its graph
+ * (and the operations enqueue nothing); a new one is recorded. */
+void mx_cuda_graph_begin(cuda_backend *cb, uint32_t T, uint32_t L, uint32_t slices, uint32_t tables);
 /* Before results are read: ends a recording and launches the graph. */
 int mx_cuda_graph_finish(cuda_backend *cb);
 void mx_cuda_graphs_free(cuda_backend *cb);
@@ -72,6 +78,12 @@ void mx_cuda_graphs_free(cuda_backend *cb);
 static inline bool mx_cuda_replaying(const cuda_backend *cb) {
         return cb->mode == RUN_REPLAY;
 }
+
+/* The step's block-table entries to upload (a power of two, at least 64),
+ * and the layout: rows[T] (each token's table and position) and the
+ * tables, one sequence's after another (kv_cuda.c). */
+uint32_t mx_cuda_kv_entries(const mx_attn_seq *seqs, size_t n);
+void mx_cuda_kv_layout(const mx_attn_seq *seqs, size_t n, mxk_row *rows, uint32_t *tables);
 
 /* Bytes the weights take on the device: the experts' and the rest. */
 void mx_cuda_weights_size(const mx_model *m, uint64_t *experts, uint64_t *dense);

@@ -1,15 +1,16 @@
 /* Decode steps as CUDA graphs. A step of up to MXK_PADDED_MAX tokens (no
  * host synchronisation inside) is recorded once per shape (tokens, logit
- * rows, attention slices) and replayed afterwards: one launch instead of
- * hundreds. What changes between steps (tokens, positions, KV caches) is
- * data the graph's first copies bring from the pinned step buffer, so
- * replays stay valid until a buffer the graph holds moves (epoch). */
+ * rows, attention slices, block-table entries) and replayed afterwards:
+ * one launch instead of hundreds. What changes between steps (tokens,
+ * positions, block tables) is data the graph's first copies bring from the
+ * pinned step buffer, so replays stay valid until a buffer the graph holds
+ * moves (epoch). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "cuda_backend.h"
 
-void mx_cuda_graph_begin(cuda_backend *cb, uint32_t T, uint32_t L, uint32_t slices) {
+void mx_cuda_graph_begin(cuda_backend *cb, uint32_t T, uint32_t L, uint32_t slices, uint32_t tables) {
         cb->mode = RUN_DIRECT;
         cb->current = NULL;
         /* Up to MXK_PADDED_MAX tokens nothing in a step waits on the host. */
@@ -18,7 +19,8 @@ void mx_cuda_graph_begin(cuda_backend *cb, uint32_t T, uint32_t L, uint32_t slic
         struct cuda_graph *g = NULL, *lru = &cb->graphs[0];
         for (size_t i = 0; i < sizeof(cb->graphs) / sizeof(cb->graphs[0]); i++) {
                 struct cuda_graph *x = &cb->graphs[i];
-                if (x->exec && x->T == T && x->L == L && x->slices == slices && x->epoch == cb->epoch)
+                if (x->exec && x->T == T && x->L == L && x->slices == slices && x->tables == tables &&
+                    x->epoch == cb->epoch)
                         g = x;
                 if (!x->exec || (lru->exec && x->used < lru->used))
                         lru = x;
@@ -31,7 +33,7 @@ void mx_cuda_graph_begin(cuda_backend *cb, uint32_t T, uint32_t L, uint32_t slic
                 return;
         }
         mxk_graph_free(lru->exec);
-        *lru = (struct cuda_graph){T, L, slices, cb->epoch, cb->tick, NULL};
+        *lru = (struct cuda_graph){T, L, slices, tables, cb->epoch, cb->tick, NULL};
         if (mxk_capture_begin(cb->ctx) == 0) {
                 cb->current = lru;
                 cb->mode = RUN_RECORD;

@@ -3,8 +3,6 @@
  * the current one is using. A slot holds one expert's w1, w2, w3 as read:
  * each from the aligned block before it to the aligned block after it (so
  * O_DIRECT can read it), the tensor starting `delta` bytes in. */
-#include <ctype.h>
-#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -416,27 +414,6 @@ static uint64_t experts_bytes(const mx_model *m) {
         return all;
 }
 
-/* A number from a digit on (no sign, space, "nan" or "inf"), then at most
- * one unit: the fraction of all (a percentage, at most 100) or bytes per
- * unit (at most 1e19 bytes: a uint64_t). */
-static bool budget_number(const char *s, double *fraction, double *bytes) {
-        if (!isdigit((unsigned char)*s))
-                return false;
-        char *end = NULL;
-        errno = 0;
-        double v = strtod(s, &end);
-        double unit = *end == 'K'  ? 1024.0
-                      : *end == 'M' ? 1048576.0
-                      : *end == 'G' ? 1073741824.0
-                      : *end == 'T' ? 1099511627776.0
-                                    : 1;
-        if (errno || !isfinite(v) || v <= 0 || (*end && (end[1] || !strchr("%KMGT", *end))))
-                return false;
-        *fraction = *end == '%' ? v / 100 : 0;
-        *bytes = *end == '%' ? 0 : v * unit;
-        return *fraction <= 1 && *bytes <= 1e19;
-}
-
 int mx_expert_budget_parse(const char *s, const mx_model *m, uint64_t *out, mx_error *err) {
         uint64_t all = m ? experts_bytes(m) : 0, v;
         double fraction = 0, bytes = 0;
@@ -444,7 +421,7 @@ int mx_expert_budget_parse(const char *s, const mx_model *m, uint64_t *out, mx_e
                 v = 0;
         else if (!strcmp(s, "min"))
                 v = 1; /* the cache keeps top-k per layer whatever it is given */
-        else if (budget_number(s, &fraction, &bytes)) {
+        else if (mx_parse_amount(s, &fraction, &bytes)) {
                 double want = fraction > 0 ? fraction * (double)all : bytes;
                 /* All of them or more: nothing to stream. */
                 v = want < 1 ? 1 : want >= (double)all ? all : (uint64_t)want;

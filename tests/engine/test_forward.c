@@ -62,7 +62,7 @@ static double rel_l2(const float *a, const float *b, size_t n) {
 }
 
 static mx_engine *open_engine(const mx_model *m, mx_simd simd, uint32_t threads) {
-        mx_engine_opts o = {.simd = simd, .threads = threads};
+        mx_engine_opts o = {.simd = simd, .threads = threads, .kv_type = MX_KV_F32};
         mx_engine *e = NULL;
         mx_error err = {0};
         CHECK(mx_engine_open(&e, m, &o, &err) == 0, "%s", err.msg);
@@ -169,7 +169,7 @@ static void same_everywhere(const mx_model *m) {
         static const uint32_t threads[] = {1, 3};
         for (size_t i = 0; i < MX_ELEMENTSOF(all); i++)
                 for (size_t t = 0; t < MX_ELEMENTSOF(threads); t++) {
-                        mx_engine_opts o = {.simd = all[i], .threads = threads[t]};
+                        mx_engine_opts o = {.simd = all[i], .threads = threads[t], .kv_type = MX_KV_F32};
                         mx_engine *e = NULL;
                         mx_error err = {0};
                         if (mx_engine_open(&e, m, &o, &err) < 0) {

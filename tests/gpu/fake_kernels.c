@@ -4,8 +4,11 @@
  * "device" memory is host memory under an adjustable limit, copies happen
  * at once, events report not-done every other poll (so both of the
  * engine's branches run), and the MoE kernels compute what the CUDA ones
- * do, in fp32 from bf16 weights. Not a model of timing or of the GPU's
- * ordering: tests/gpu/run.sh checks those on a GPU. */
+ * do, in fp32 from bf16 weights. The KV kernels too (for kv_cuda.c's
+ * layout): the same addressing through block tables, the same rounding to
+ * bf16 (bit for bit), and attention as the kernel splits it into slices
+ * and warps. Not a model of timing or of the GPU's ordering:
+ * tests/gpu/run.sh checks those on a GPU. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -202,5 +205,116 @@ void mxk_moe_combine(mxk_ctx *c, const mxk_moe_buffers *b, float *acc, uint32_t 
                                 s += b->y[(size_t)p * H + h] * b->list_w[p];
                         }
                         acc[(size_t)t * H + h] += s;
+                }
+}
+
+/* ---- the KV pool and attention (kernels/elementwise.cu, attention.cu) ------- */
+
+/* Element `at` of the pool, as fp32. */
+static float kv_get(const mxk_kv *kv, size_t at) {
+        return kv->bf16 ? mx_bf16_to_f32(((const uint16_t *)kv->pool)[at]) : ((const float *)kv->pool)[at];
+}
+
+/* Where row r's keys of `layer` lie in the pool: the values follow
+ * MXK_KV_BLOCK * stride elements later. */
+static size_t kv_at(const mxk_kv *kv, uint32_t table, uint32_t pos, uint32_t layer) {
+        size_t half = (size_t)MXK_KV_BLOCK * kv->stride;
+        return ((size_t)kv->tables[table + pos / MXK_KV_BLOCK] * kv->layers + layer) * 2 * half +
+               (size_t)(pos % MXK_KV_BLOCK) * kv->stride;
+}
+
+void mxk_kv_append(mxk_ctx *c, const mxk_kv *kv, const mxk_row *rows, uint32_t n, uint32_t layer, const float *k,
+                   const float *v) {
+        (void)c;
+        size_t half = (size_t)MXK_KV_BLOCK * kv->stride;
+        for (uint32_t r = 0; r < n; r++) {
+                size_t at = kv_at(kv, rows[r].table, rows[r].pos, layer);
+                for (uint32_t i = 0; i < kv->stride; i++) {
+                        float kr = k[(size_t)r * kv->stride + i], vr = v[(size_t)r * kv->stride + i];
+                        if (kv->bf16) {
+                                ((uint16_t *)kv->pool)[at + i] = mx_f32_to_bf16(kr);
+                                ((uint16_t *)kv->pool)[at + half + i] = mx_f32_to_bf16(vr);
+                        } else {
+                                ((float *)kv->pool)[at + i] = kr;
+                                ((float *)kv->pool)[at + half + i] = vr;
+                        }
+                }
+        }
+}
+
+#define ATT_WARPS 4
+#define MIN_SLICE 32
+
+uint32_t mxk_attention_slices(uint32_t n, uint32_t kv_heads, uint32_t longest) {
+        uint32_t blocks = n * kv_heads, want = blocks >= 264 ? 1 : (264 + blocks - 1) / blocks;
+        uint32_t most = (longest + MIN_SLICE - 1) / MIN_SLICE;
+        want = want < most ? want : most;
+        return want ? want : 1;
+}
+
+size_t mxk_attention_scratch(uint32_t n, uint32_t heads, uint32_t hd, uint32_t kv_heads, uint32_t longest) {
+        return (size_t)n * heads * mxk_attention_slices(n, kv_heads, longest) * (hd + 2);
+}
+
+/* One (row, head, slice) as the kernel's ATT_WARPS warps walk it, each an
+ * online softmax over every ATT_WARPS-th key, then merged: the maximum,
+ * the sum and the output into part ([2 + hd]). */
+static void attend_slice(const mxk_kv *kv, mxk_row d, uint32_t layer, const float *qh, uint32_t g, uint32_t hd,
+                         uint32_t i0, uint32_t i1, float *part) {
+        float m[ATT_WARPS], l[ATT_WARPS], o[ATT_WARPS][256] = {{0}}, scale = sqrtf((float)hd);
+        size_t half = (size_t)MXK_KV_BLOCK * kv->stride;
+        for (uint32_t w = 0; w < ATT_WARPS; w++) {
+                m[w] = -INFINITY, l[w] = 0;
+                for (uint32_t i = i0 + w; i < i1; i += ATT_WARPS) {
+                        size_t at = kv_at(kv, d.table, i, layer) + (size_t)g * hd;
+                        float dot = 0;
+                        for (uint32_t x = 0; x < hd; x++)
+                                dot += qh[x] * kv_get(kv, at + x);
+                        float sc = dot / scale, mn = fmaxf(m[w], sc), corr = expf(m[w] - mn), p = expf(sc - mn);
+                        l[w] = l[w] * corr + p;
+                        for (uint32_t x = 0; x < hd; x++)
+                                o[w][x] = o[w][x] * corr + p * kv_get(kv, at + half + x);
+                        m[w] = mn;
+                }
+        }
+        float mm = -INFINITY;
+        for (uint32_t w = 0; w < ATT_WARPS; w++)
+                mm = fmaxf(mm, m[w]);
+        part[0] = mm, part[1] = 0;
+        for (uint32_t x = 0; x < hd; x++)
+                part[2 + x] = 0;
+        for (uint32_t w = 0; mm > -INFINITY && w < ATT_WARPS; w++) {
+                float f = expf(m[w] - mm);
+                part[1] += l[w] * f;
+                for (uint32_t x = 0; x < hd; x++)
+                        part[2 + x] += o[w][x] * f;
+        }
+}
+
+void mxk_attention(mxk_ctx *c, const mxk_kv *kv, const mxk_row *rows, uint32_t n, uint32_t layer, const float *q,
+                   float *out, uint32_t heads, uint32_t kv_heads, uint32_t hd, uint32_t longest, float *scratch) {
+        (void)c;
+        uint32_t slices = mxk_attention_slices(n, kv_heads, longest), group = heads / kv_heads;
+        for (uint32_t r = 0; r < n; r++)
+                for (uint32_t h = 0; h < heads; h++) {
+                        uint32_t len = rows[r].pos + 1, slice = (len + slices - 1) / slices;
+                        float *p = scratch + ((size_t)r * heads + h) * slices * (hd + 2), mm = -INFINITY;
+                        for (uint32_t s = 0; s < slices; s++) {
+                                uint32_t i0 = len < s * slice ? len : s * slice, i1 = len < i0 + slice ? len : i0 + slice;
+                                attend_slice(kv, rows[r], layer, q + ((size_t)r * heads + h) * hd, h / group, hd, i0,
+                                             i1, p + s * (hd + 2));
+                                mm = fmaxf(mm, p[s * (hd + 2)]);
+                        }
+                        for (uint32_t x = 0; x < hd; x++) {
+                                float ll = 0, oo = 0;
+                                for (uint32_t s = 0; s < slices; s++) {
+                                        const float *ps = p + s * (hd + 2);
+                                        if (ps[0] == -INFINITY)
+                                                continue;
+                                        float f = expf(ps[0] - mm);
+                                        ll += ps[1] * f, oo += ps[2 + x] * f;
+                                }
+                                out[((size_t)r * heads + h) * hd + x] = oo / ll;
+                        }
                 }
 }

@@ -241,7 +241,8 @@ static mx_engine *engine(mx_model *m, const char *expert_memory) {
                 CHECK(mx_expert_budget_parse(expert_memory, m, &budget, &err) == 0, "%s", err.msg);
                 CHECK(mx_model_copy_dense(m, &err) == 0, "%s", err.msg);
         }
-        mx_engine_opts o = {.expert_memory = budget};
+        /* (f32 KV: transformers' greedy ids are the reference) */
+        mx_engine_opts o = {.expert_memory = budget, .kv_type = MX_KV_F32};
         CHECK(mx_engine_open(&e, m, &o, &err) == 0, "%s: %s", m->dir, err.msg);
         return e;
 }
