@@ -135,6 +135,13 @@ static void print_status(const ProtobufCMessage *m) {
                 printf("context:     %u tokens\n", s->context_length);
         printf("memory:      weights %s, KV cache %s, resident %s\n", bytes_text(s->weight_bytes, a, sizeof(a)),
                bytes_text(s->kv_bytes, b, sizeof(b)), bytes_text(s->rss_bytes, c, sizeof(c)));
+        if (s->kv_cache) {
+                const Mixtrald__V1__KvCache *k = s->kv_cache;
+                printf("KV cache:    %s, %u blocks of %u tokens (%s each): %u used, %u cached, %u free; %llu of "
+                       "%llu lookups hit, %llu prompt tokens served\n", or_unknown(k->type), k->blocks, k->block_tokens,
+                       bytes_text(k->block_bytes, a, sizeof(a)), k->used, k->cached, k->free,
+                       (unsigned long long)k->hits, (unsigned long long)k->lookups, (unsigned long long)k->hit_tokens);
+        }
         if (s->experts) {
                 const Mixtrald__V1__ExpertStreaming *x = s->experts;
                 uint64_t asked = x->hits + x->misses;

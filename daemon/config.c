@@ -32,7 +32,7 @@ void md_config_defaults(md_config *c) {
 void md_config_free(md_config *c) {
         free(c->model), free(c->device), free(c->socket), free(c->state_directory);
         free(c->admin_group), free(c->bus), free(c->expert_memory), free(c->memory_pressure);
-        free(c->host_cache);
+        free(c->host_cache), free(c->kv_type), free(c->kv_memory);
         for (size_t i = 0; i < c->n_sections; i++)
                 free(c->sections[i].name);
         free(c->sections);
@@ -137,6 +137,24 @@ int md_config_set_daemon(md_config *c, const char *key, const char *v, mx_error 
                         return mx_error_set(err, -EINVAL, "host_cache=%s: expected auto, min, bytes (K, M, G, T) "
                                             "or a percentage (up to 100%%) of the experts", v);
                 r = set_string(&c->host_cache, strcmp(v, "auto") ? v : NULL);
+        } else if (!strcmp(key, "kv_type")) {
+                mx_kv_type t;
+                if (mx_kv_type_from_string(v, &t) < 0)
+                        return mx_error_set(err, -EINVAL, "kv_type=%s: expected bf16 or f32", v);
+                r = set_string(&c->kv_type, t == MX_KV_BF16 ? NULL : v);
+        } else if (!strcmp(key, "kv_memory")) {
+                if (mx_kv_memory_parse(v, NULL, NULL, NULL) < 0)
+                        return mx_error_set(err, -EINVAL, "kv_memory=%s: expected auto, bytes (K, M, G, T) or a "
+                                            "whole percentage (1%% to 100%%) of the free memory", v);
+                r = set_string(&c->kv_memory, strcmp(v, "auto") ? v : NULL);
+        } else if (!strcmp(key, "prefix_cache_share")) {
+                static const char *const shares[] = {"user", "all", "off"};
+                size_t i = 0;
+                while (i < MX_ELEMENTSOF(shares) && strcmp(v, shares[i]))
+                        i++;
+                if (i == MX_ELEMENTSOF(shares))
+                        return mx_error_set(err, -EINVAL, "prefix_cache_share=%s: expected user, all or off", v);
+                c->prefix_cache_share = (int)i;
         } else {
                 static const struct {
                         const char *key;

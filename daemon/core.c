@@ -45,7 +45,7 @@ struct md_request {
         int cut;                     /* MD_CUT_*: what set max_tokens */
         /* as of the last news */
         md_state state;
-        uint32_t completion_tokens;
+        uint32_t completion_tokens, cached_tokens;
         double t_start, t_first, t_end;
         md_request *next;            /* in the admitting list */
 };
@@ -132,10 +132,14 @@ static void judge(md_core *c, uint32_t uid, uint64_t n, uint32_t max_tokens, boo
                        now, a);
 }
 
-static bool refused_by(const md_admission *a, md_refusal *ref) {
+static bool refused_by(const md_core *c, const md_admission *a, md_refusal *ref) {
         if (!a->code)
                 return false;
         refusal(ref, a->code, a->msg);
+        /* A context cut to the KV pool's size is the admin's to raise. */
+        size_t n = strlen(ref->msg);
+        if (a->code == MIXTRALD__V1__ERROR_CODE__TOO_LONG && c->srv->context_is_kv)
+                snprintf(ref->msg + n, sizeof(ref->msg) - n, " (all the KV cache holds: kv_memory)");
         ref->retry_at = a->retry_at;
         return true;
 }
@@ -165,7 +169,7 @@ static bool early_refusal(md_core *c, uint32_t uid, const md_gen_params *p, md_r
                          (unsigned long long)least, l.max_context && !exempt && l.max_context < srv->context_length
                                                             ? l.max_context
                                                             : srv->context_length);
-        return refused_by(&a, ref);
+        return refused_by(c, &a, ref);
 }
 
 md_request *md_core_submit(md_core *c, uint32_t uid, md_gen_params *p, const md_sink_ops *ops, void *data,
@@ -223,10 +227,13 @@ static int to_engine(md_core *c, md_request *r, const md_admission *a, const md_
                 return -ENOMEM;
         for (size_t i = 0; i < p->n_stop; i++)
                 r->stop[i] = p->stop[i].s;
+        /* Namespace 0 is everyone's; a user's own is uid + 1. */
+        int share = srv->cfg.prefix_cache_share;
         r->opts = (mx_gen_opts){.sampling = p->sampling, .max_tokens = a->max_tokens, .stop = r->stop,
                                 .n_stop = p->n_stop, .max_context = (uint32_t)r->prompt.n + a->max_tokens,
                                 .prefill_chunk = srv->cfg.prefill_chunk, .keep_leading_space = p->raw,
-                                .ignore_eos = p->ignore_eos};
+                                .ignore_eos = p->ignore_eos, .no_prefix_cache = share == MD_SHARE_OFF,
+                                .cache_namespace = share == MD_SHARE_USER ? (uint64_t)r->uid + 1 : 0};
         /* The context holds the prompt and every granted token, plus the
          * slot the last one is fed into. */
         if (r->opts.max_context < srv->context_length)
@@ -270,7 +277,7 @@ static void admit(md_core *c, md_request *r, int rc) {
                 ref.retry_after_ms = 1000;
         } else {
                 judge(c, r->uid, r->prompt.n, r->params.max_tokens, false, &a, &l, &exempt);
-                if (!refused_by(&a, &ref) && to_engine(c, r, &a, &l, exempt) < 0)
+                if (!refused_by(c, &a, &ref) && to_engine(c, r, &a, &l, exempt) < 0)
                         refusal(&ref, MIXTRALD__V1__ERROR_CODE__INTERNAL, "out of memory");
         }
         if (ref.code) {
@@ -315,7 +322,7 @@ static void fill_usage(const md_request *r, md_usage_report *u) {
         uint32_t n = r->completion_tokens;
         bool started = r->t_start > 0;
         *u = (md_usage_report){.prompt_tokens = (uint32_t)r->prompt.n, .completion_tokens = n,
-                               .total_s = r->t_end - r->t_submit};
+                               .cached_prompt_tokens = r->cached_tokens, .total_s = r->t_end - r->t_submit};
         u->queued_s = started ? r->t_start - r->t_submit : u->total_s;
         if (n) {
                 u->has_ttft = true, u->ttft_s = r->t_first - r->t_submit;
@@ -324,12 +331,13 @@ static void fill_usage(const md_request *r, md_usage_report *u) {
         }
 }
 
-/* Charges what a request used and saves the usage file, so that a crash
- * right after loses nothing. */
+/* Charges what a request used (the prompt tokens it computed, those the
+ * KV cache served being free, and what it generated) and saves the usage
+ * file, so that a crash right after loses nothing. */
 static void charge(md_core *c, const md_request *r) {
         if (r->t_start <= 0)
                 return;
-        uint64_t tokens = r->prompt.n + r->completion_tokens;
+        uint64_t tokens = r->prompt.n - r->cached_tokens + r->completion_tokens;
         c->tokens_total += tokens;
         mx_error err = {0};
         md_server *srv = c->srv;
@@ -355,10 +363,12 @@ static void end(md_core *c, md_request *r, const md_news *n) {
         if (o.error_code)
                 md_log_request(LOG_INFO, &lf, "%s: %s", mxp_error_name(o.error_code), o.error_msg);
         else
-                md_log_request(LOG_INFO, &lf, "finished (%s%s%s): %u + %u tokens, %.2f s to the first, %.1f tokens/s",
+                md_log_request(LOG_INFO, &lf,
+                               "finished (%s%s%s): %u + %u tokens (%u of the prompt's cached), %.2f s to the first, "
+                               "%.1f tokens/s",
                                mx_finish_name(o.finish), o.note ? ", " : "", o.note ? o.note : "",
-                               o.usage.prompt_tokens, o.usage.completion_tokens, o.usage.ttft_s,
-                               o.usage.tokens_per_s);
+                               o.usage.prompt_tokens, o.usage.completion_tokens, o.usage.cached_prompt_tokens,
+                               o.usage.ttft_s, o.usage.tokens_per_s);
         if (r->ops)
                 r->ops->end(r->data, &o);
         charge(c, r);
@@ -373,6 +383,7 @@ int md_core_on_engine(md_core *c) {
                 const md_news *x = &news[i];
                 md_request *r = x->owner;
                 r->state = x->state, r->completion_tokens = x->completion_tokens;
+                r->cached_tokens = x->cached_tokens;
                 r->t_start = x->t_start, r->t_first = x->t_first, r->t_end = x->t_end;
                 if (r->ops && (x->text_len || x->n_ids))
                         r->ops->chunk(r->data, x->text, x->text_len, x->ids, x->n_ids);
@@ -454,8 +465,6 @@ int md_core_requests(md_core *c, uint32_t uid, bool all, md_request_view **out, 
         double now = md_now();
         for (size_t i = 0; i < c->n_live; i++) {
                 const md_request *r = c->live[i];
-                if (r->state == MD_PREFILL || r->state == MD_DECODE)
-                        counts->kv_tokens += r->prompt.n + r->completion_tokens;
                 counts->prefilling += r->state == MD_PREFILL;
                 counts->decoding += r->state == MD_DECODE;
                 counts->queued += r->state == MD_QUEUED;

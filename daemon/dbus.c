@@ -296,6 +296,8 @@ static int append_usage(sd_bus_message *m, const md_usage_report *u) {
                 r = append_entry(m, "prompt_tokens", "u", u->prompt_tokens);
         if (r >= 0)
                 r = append_entry(m, "completion_tokens", "u", u->completion_tokens);
+        if (r >= 0)
+                r = append_entry(m, "cached_prompt_tokens", "u", u->cached_prompt_tokens);
         if (r >= 0 && u->has_ttft)
                 r = append_entry(m, "time_to_first_token_s", "d", u->ttft_s);
         if (r >= 0 && u->has_ttft)
@@ -506,6 +508,22 @@ static int append_experts(sd_bus_message *reply, const md_status *s) {
         return r;
 }
 
+/* The KV pool, once loaded (as the socket's Status). */
+static int append_kv(sd_bus_message *reply, const mx_kv_stats *k) {
+        const struct {
+                const char *key;
+                uint64_t v;
+        } counts[] = {{"kv_block_tokens", k->block_tokens}, {"kv_block_bytes", k->block_bytes},
+                      {"kv_blocks", k->blocks},             {"kv_used", k->used},
+                      {"kv_cached", k->cached},             {"kv_free", k->free},
+                      {"kv_lookups", k->lookups},           {"kv_hits", k->hits},
+                      {"kv_hit_tokens", k->hit_tokens},     {"kv_evictions", k->evictions}};
+        int r = append_entry(reply, "kv_type", "s", mx_kv_type_name(k->type));
+        for (size_t i = 0; r >= 0 && i < MX_ELEMENTSOF(counts); i++)
+                r = append_entry(reply, counts[i].key, "t", counts[i].v);
+        return r;
+}
+
 /* The service's load, without anyone's requests. */
 static int method_get_status(sd_bus_message *m, void *userdata, sd_bus_error *e) {
         md_server *srv = userdata;
@@ -526,6 +544,7 @@ static int method_get_status(sd_bus_message *m, void *userdata, sd_bus_error *e)
             (r = append_entry(reply, "queued", "u", s.queued)) < 0 ||
             (r = append_entry(reply, "experts_streamed", "b", (int)s.streaming)) < 0 ||
             (s.streaming && (r = append_experts(reply, &s)) < 0) ||
+            (s.kv.blocks && (r = append_kv(reply, &s.kv)) < 0) ||
             (r = sd_bus_message_close_container(reply)) < 0)
                 return r;
         return sd_bus_send(NULL, reply, NULL);

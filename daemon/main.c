@@ -65,7 +65,7 @@ static const char usage_text[] =
         "  [daemon]  model device socket socket_mode state_directory max_frame_bytes bus\n"
         "            threads admin_group max_batch max_queue max_connections_per_uid\n"
         "            max_output_bytes prefill_chunk drain_seconds expert_memory\n"
-        "            memory_pressure host_cache\n"
+        "            memory_pressure host_cache kv_type kv_memory prefix_cache_share\n"
         "  [quota]   tokens_per_hour tokens_per_day max_concurrent max_queued\n"
         "            max_context max_tokens   (0: no limit)\n"
         "  [user:NAME] and [group:NAME]: the [quota] keys for that user or group\n"
@@ -77,10 +77,15 @@ static const char usage_text[] =
         "On a GPU, a model that does not fit streams its experts by itself, and\n"
         "host_cache (auto, min, bytes or NN%) is the page-locked RAM they pass\n"
         "through (auto: all of them when they take under a quarter of the RAM).\n"
+        "The KV cache is one pool of kv_memory (auto, bytes or NN% of the free\n"
+        "memory) holding K and V as kv_type (bf16 or f32); requests wait while it\n"
+        "is full. A request reuses the cached prefix of its prompt (a conversation\n"
+        "so far) and is charged only the prompt tokens computed: prefix_cache_share\n"
+        "user (a user's own prefixes), all (everyone's) or off.\n"
         "\n"
-        "Signals: SIGHUP reloads the configuration (limits, quotas, expert_memory;\n"
-        "model, device, host_cache, socket and state directory change only at\n"
-        "restart). SIGTERM stops: new requests are refused, queued ones end with\n"
+        "Signals: SIGHUP reloads the configuration (limits, quotas, expert_memory,\n"
+        "prefix_cache_share; model, device, host_cache, kv_type, kv_memory, socket\n"
+        "and state directory change only at restart). SIGTERM stops: new requests are refused, queued ones end with\n"
         "UNAVAILABLE, running ones may finish for drain_seconds (default 30), then the\n"
         "rest are aborted; a second SIGTERM aborts at once. Exit status 0 after a\n"
         "stop, 1 on a start-up error, 2 for a usage error.\n";
@@ -238,6 +243,7 @@ static int loader_opts(md_server *srv, mx_error *err) {
         srv->load_opts = (mx_load_opts){.model = srv->model_dir, .device = srv->cfg.device,
                                         .threads = srv->cfg.threads, .expert_memory = srv->cfg.expert_memory,
                                         .host_cache = gpu >= 0 ? srv->cfg.host_cache : NULL,
+                                        .kv_type = srv->cfg.kv_type, .kv_memory = srv->cfg.kv_memory,
                                         .progress = on_progress, .progress_arg = &progress};
         return 0;
 }
@@ -257,7 +263,6 @@ static int open_model(md_server *srv, mx_error *err) {
         srv->expert_budget = srv->expert_now = srv->load.expert_memory;
         mx_footprint fp;
         mx_model_footprint(srv->load.model, &fp);
-        srv->kv_bytes_per_token = fp.kv_bytes_per_token;
         srv->context_length = srv->load.model->cfg.max_position_embeddings;
         md_log(LOG_INFO, "model %s: %.2f GiB of weights, context %u; loading it on %s", srv->model_dir,
                (double)fp.bytes / (1u << 30), srv->context_length, srv->cfg.device ? srv->cfg.device : "cpu");
@@ -275,9 +280,17 @@ void md_service_loaded(md_server *srv) {
         mx_expert_stats xs;
         md_sched_expert_stats(srv->sched, &xs);
         srv->host_cache_budget = srv->host_cache_now = xs.host_budget;
+        /* No request is longer than the KV pool holds. */
+        mx_kv_stats kv;
+        mx_engine_kv_stats(srv->load.engine, &kv);
+        uint32_t pool = mx_engine_kv_tokens(srv->load.engine);
+        if (pool < srv->context_length || !srv->context_length)
+                srv->context_length = pool, srv->context_is_kv = true;
         const char *dev = mx_engine_describe(srv->load.engine);
         sd_notifyf(false, "READY=1\nSTATUS=Serving %s on %s", srv->model_dir, dev);
-        md_log(LOG_INFO, "ready: serving %s on %s", srv->model_dir, dev);
+        md_log(LOG_INFO, "ready: serving %s on %s; KV cache %.1f GiB of %s, %u tokens (context %u)", srv->model_dir,
+               dev, (double)kv.blocks * (double)kv.block_bytes / (1u << 30), mx_kv_type_name(kv.type), pool,
+               srv->context_length);
         md_dbus_state_changed(srv);
 }
 

@@ -39,12 +39,20 @@ typedef struct md_quota_section {
         unsigned set;  /* bit i: field i given */
 } md_quota_section;
 
+/* prefix_cache_share: a user's requests reuse only that user's cached
+ * prefixes (a hit is visible in timing, so it would tell one user what
+ * another asked), everyone's, or none. */
+enum { MD_SHARE_USER, MD_SHARE_ALL, MD_SHARE_OFF };
+
 typedef struct md_config {
         char *model, *device, *socket, *state_directory, *admin_group;
         char *bus;                    /* auto (NULL), system, session, none */
         char *expert_memory;          /* auto (NULL), min, bytes or NN%: see mx_expert_budget_parse */
         char *memory_pressure;        /* auto (NULL: /proc/pressure/memory), off, or a file like it */
         char *host_cache;             /* auto (NULL), min, bytes or NN%: the GPU's host cache of experts */
+        char *kv_type;                /* bf16 (NULL) or f32 */
+        char *kv_memory;              /* auto (NULL), bytes or NN% of the free memory: see mx_kv_memory_parse */
+        int prefix_cache_share;       /* MD_SHARE_*: whose cached prompt prefixes a request may reuse */
         unsigned socket_mode;         /* as given; see socket_mode_set */
         bool socket_mode_set;         /* else 0666 for the system daemon, 0600 for a user's */
         uint32_t max_frame_bytes, threads;
@@ -281,6 +289,7 @@ typedef struct md_news {
         size_t n_ids;
         md_state state;
         uint32_t completion_tokens;
+        uint32_t cached_tokens;    /* prompt tokens the KV cache served (once it started) */
         mx_finish finish;
         int error_code;            /* MIXTRALD__V1__ERROR_CODE__* when it failed */
         const char *error_msg;
@@ -314,7 +323,8 @@ md_job *md_sched_submit(md_sched *s, const md_job_spec *spec);
 /* The job ends as cancelled (queued at once, running between steps);
  * code and msg when given say why. */
 void md_sched_cancel(md_sched *s, md_job *j, int code, const char *msg);
-/* Ends every queued job with code and msg (draining). */
+/* Ends every queued job that has not started with code and msg (draining);
+ * one suspended for KV blocks resumes and finishes. */
 void md_sched_abort_queued(md_sched *s, int code, const char *msg);
 /* Ends every job (queued at once, running at the next step). */
 void md_sched_abort_all(md_sched *s, int code, const char *msg);
@@ -325,6 +335,8 @@ size_t md_sched_collect(md_sched *s, const md_news **out);
 void md_sched_release(md_sched *s, md_job *j);
 /* Expert streaming's counters as of the last step. */
 void md_sched_expert_stats(md_sched *s, mx_expert_stats *out);
+/* The KV pool as of the last step (zeros while loading). */
+void md_sched_kv_stats(md_sched *s, mx_kv_stats *out);
 
 /* ---- tokenizing off the event loop (tokenize.c) ------------------------------ */
 
@@ -369,6 +381,7 @@ typedef struct md_accepted {
 /* A request's numbers at its end. */
 typedef struct md_usage_report {
         uint32_t prompt_tokens, completion_tokens;
+        uint32_t cached_prompt_tokens; /* of prompt_tokens, served from the KV cache (not computed, not charged) */
         double total_s, queued_s;
         bool has_ttft;           /* a token came */
         double ttft_s, tokens_per_s;
@@ -446,7 +459,6 @@ typedef struct md_request_view {
  * being admitted too, and a request runs from the step that took it. */
 typedef struct md_request_counts {
         uint32_t queued, running, prefilling, decoding;
-        uint64_t kv_tokens;
 } md_request_counts;
 int md_core_requests(md_core *c, uint32_t uid, bool all, md_request_view **out, size_t *n, md_request_counts *counts);
 
@@ -455,7 +467,7 @@ int md_core_requests(md_core *c, uint32_t uid, bool all, md_request_view **out, 
 typedef struct md_status {
         const char *version, *model, *device, *state; /* state: loading, serving, draining */
         double load_fraction;          /* while loading: 0..1 */
-        uint64_t weight_bytes, kv_bytes, rss_bytes;
+        uint64_t weight_bytes, kv_bytes, rss_bytes; /* kv_bytes: blocks held by running requests */
         uint32_t queued, running, prefilling, decoding, max_batch, max_queue, connections, context_length;
         uint64_t requests_total, tokens_total;
         double uptime_s;
@@ -464,6 +476,7 @@ typedef struct md_status {
         bool streaming;                /* experts read from the files as needed */
         mx_expert_stats experts;
         uint64_t expert_configured;    /* expert_memory ("min", and a GPU's auto, as they came to) */
+        mx_kv_stats kv;                /* the KV pool (blocks 0 while loading) */
         double expert_read_gbps;       /* bytes read over the time steps waited on reads */
 } md_status;
 
@@ -495,7 +508,7 @@ struct md_server {
         bool loading;                /* the engine thread is still loading */
         const char *model_dir;       /* absolute */
         uint32_t context_length;
-        uint64_t kv_bytes_per_token;
+        bool context_is_kv;          /* context_length is what the KV pool holds (less than the model's) */
         /* the parts */
         md_sched *sched;
         md_core *core;

@@ -101,6 +101,7 @@ static void fill_usage(const md_usage_report *u, Mixtrald__V1__Usage *pu) {
         pu->has_queued_s = true, pu->queued_s = u->queued_s;
         pu->has_time_to_first_token_s = u->has_ttft, pu->time_to_first_token_s = u->ttft_s;
         pu->has_tokens_per_second = u->has_ttft, pu->tokens_per_second = u->tokens_per_s;
+        pu->has_cached_prompt_tokens = true, pu->cached_prompt_tokens = u->cached_prompt_tokens;
 }
 
 static void on_end(void *data, const md_outcome *o) {
@@ -194,6 +195,20 @@ static void fill_experts(const md_status *s, Mixtrald__V1__ExpertStreaming *ex) 
         }
 }
 
+static void fill_kv(const mx_kv_stats *k, Mixtrald__V1__KvCache *kv) {
+        kv->type = (char *)mx_kv_type_name(k->type);
+        kv->has_block_tokens = true, kv->block_tokens = k->block_tokens;
+        kv->has_block_bytes = true, kv->block_bytes = k->block_bytes;
+        kv->has_blocks = true, kv->blocks = k->blocks;
+        kv->has_used = true, kv->used = k->used;
+        kv->has_cached = true, kv->cached = k->cached;
+        kv->has_free = true, kv->free = k->free;
+        kv->has_lookups = true, kv->lookups = k->lookups;
+        kv->has_hits = true, kv->hits = k->hits;
+        kv->has_hit_tokens = true, kv->hit_tokens = k->hit_tokens;
+        kv->has_evictions = true, kv->evictions = k->evictions;
+}
+
 static void fill_status(const md_status *s, Mixtrald__V1__Status *st) {
         st->version = (char *)s->version, st->model = (char *)s->model, st->device = (char *)s->device;
         st->state = (char *)s->state;
@@ -241,6 +256,11 @@ static void status(md_proto_conn *pc, uint64_t tag) {
         if (s.streaming) {
                 fill_experts(&s, &ex);
                 st.experts = &ex;
+        }
+        Mixtrald__V1__KvCache kv = MIXTRALD__V1__KV_CACHE__INIT;
+        if (s.kv.blocks) {
+                fill_kv(&s.kv, &kv);
+                st.kv_cache = &kv;
         }
         Mixtrald__V1__Response resp = response(tag, 0);
         resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_STATUS, resp.status = &st;

@@ -5,6 +5,17 @@
  * places go round-robin between users, not jobs, so one user's hundred
  * requests do not starve another's one.
  *
+ * The KV cache is one pool of blocks. A job joins the batch only once it
+ * holds blocks for its whole prompt (less what the cache already has) and
+ * its first token, leaving a block spare for each job already running; if
+ * the pool cannot give them, it waits at the head of the queue and nobody
+ * else is admitted until a job ends. Before each step every running job
+ * grows by the block its next token needs, oldest first; when the pool is
+ * empty the newest running job is suspended (its blocks go back, the full
+ * ones staying cached) and waits at the head of the queue to resume where
+ * it was. The oldest job can always grow (no request is longer than the
+ * pool), so the batch never deadlocks.
+ *
  * Before it serves, the thread loads the model (md_sched_load): paging in
  * and uploading take minutes on a large model, and the daemon answers
  * meanwhile; jobs submitted during the load wait in the queue.
@@ -24,9 +35,11 @@
 
 struct md_job {
         md_job_spec spec;          /* main thread's, fixed at submit */
-        mx_gen *gen;               /* engine thread */
+        mx_gen *gen;               /* engine thread; made when first admitted */
+        uint64_t admitted;         /* engine thread: order of its last admission (the newest is suspended first) */
         /* locked */
         md_state state;
+        uint32_t cached_tokens;
         bool cancel, dirty;
         mx_buf out_text;           /* new output since the last collect */
         mx_ids out_ids;
@@ -62,6 +75,9 @@ struct md_sched {
         int stop_code;
         char stop_msg[256];
         mx_expert_stats xstats;    /* as of the last step */
+        mx_kv_stats kstats;
+        bool kv_wait;              /* the job at the head waits for KV blocks: nobody is admitted until a job ends */
+        uint64_t admissions;
         /* engine thread */
         int notify_fd;
         uint32_t last_prefill_uid;
@@ -120,6 +136,7 @@ static void set_error(md_job *j, int code, const char *msg) {
  * main thread learns of it; from here on only the main thread touches it. */
 static void end_locked(md_sched *s, md_job *j, int code, const char *msg) {
         set_error(j, code, msg);
+        s->kv_wait = false; /* (its blocks, if any, are back) */
         if (j->state == MD_QUEUED)
                 unqueue(s, j);
         else
@@ -155,14 +172,18 @@ static uint32_t running_of(const md_sched *s, uint32_t uid) {
         return n;
 }
 
-/* The first queued job of the next user after the cursor (in uid order,
- * wrapping) who is under their concurrency limit. */
+/* The queued job to admit next: one that ran before (it was suspended,
+ * or it waits for KV blocks), in queue order; else the first of the next
+ * user after the cursor (in uid order, wrapping) who is under their
+ * concurrency limit. */
 static md_job **pick_locked(md_sched *s) {
         md_job **best = NULL, **first = NULL;
         for (md_job **p = &s->queue; *p; p = &(*p)->queue_next) {
                 const md_job_spec *j = &(*p)->spec;
                 if (j->max_concurrent && running_of(s, j->uid) >= j->max_concurrent)
                         continue;
+                if ((*p)->gen)
+                        return p;
                 if (j->uid > s->last_uid && (!best || j->uid < (*best)->spec.uid))
                         best = p;
                 if (!first || j->uid < (*first)->spec.uid)
@@ -171,33 +192,94 @@ static md_job **pick_locked(md_sched *s) {
         return best ? best : first;
 }
 
+/* Its request, and its KV blocks (leaving one spare for each running
+ * job): 0, -ENOBUFS to wait, or another error that ended it. */
+static int start_locked(md_sched *s, md_job *j) {
+        mx_error err = {0};
+        int rc = j->gen ? 0 : mx_gen_new(s->e, s->tok, j->spec.prompt, j->spec.n_prompt, &j->spec.opts, &j->gen, &err);
+        if (rc == 0)
+                rc = mx_gen_start(j->gen, (uint32_t)s->n_running, &err);
+        /* With nothing running the whole pool is there: it never fits. */
+        if (rc == -ENOBUFS && s->n_running == 0) {
+                snprintf(err.msg, sizeof(err.msg), "the request does not fit the KV cache (kv_memory)");
+                rc = -E2BIG;
+        }
+        if (rc < 0 && rc != -ENOBUFS)
+                end_locked(s, j, rc == -E2BIG ? MIXTRALD__V1__ERROR_CODE__TOO_LONG : MIXTRALD__V1__ERROR_CODE__INTERNAL,
+                           err.msg);
+        if (rc == 0)
+                j->cached_tokens = (uint32_t)mx_gen_cached_tokens(j->gen);
+        return rc;
+}
+
 static void admit_locked(md_sched *s) {
         md_job **p;
-        while (s->n_running < s->o.max_batch && (p = pick_locked(s))) {
+        while (!s->kv_wait && s->n_running < s->o.max_batch && (p = pick_locked(s))) {
                 md_job *j = *p;
                 if (mx_grow((void **)&s->running, &s->cap_running, s->n_running + 1, sizeof(*s->running)) < 0)
                         return; /* try again next step */
+                int rc = start_locked(s, j);
+                if (rc == -ENOBUFS)
+                        s->kv_wait = true; /* (it waits at its place) */
+                if (rc < 0)
+                        continue;
                 *p = j->queue_next;
                 j->queue_next = NULL;
                 j->state = MD_PREFILL;
-                j->t_start = md_now();
+                j->admitted = ++s->admissions;
+                if (j->t_start <= 0)
+                        j->t_start = md_now();
                 s->last_uid = j->spec.uid;
                 s->running[s->n_running++] = j;
                 mark_dirty(s, j); /* (status shows it running) */
         }
 }
 
-static int start_gen(md_sched *s, md_job *j) {
-        mx_error err = {0};
-        int rc = mx_gen_new(s->e, s->tok, j->spec.prompt, j->spec.n_prompt, &j->spec.opts, &j->gen, &err);
-        if (rc < 0) {
-                pthread_mutex_lock(&s->lock);
-                end_locked(s, j,
-                           rc == -E2BIG ? MIXTRALD__V1__ERROR_CODE__TOO_LONG : MIXTRALD__V1__ERROR_CODE__INTERNAL,
-                           err.msg);
-                pthread_mutex_unlock(&s->lock);
+/* j goes back to the head of the queue without its blocks, to resume once
+ * a job has ended. */
+static void suspend_locked(md_sched *s, md_job *j) {
+        md_log(LOG_INFO, "a request of uid %u is suspended: the KV cache is full; it resumes when a request ends",
+               j->spec.uid);
+        mx_gen_suspend(j->gen);
+        remove_running(s, j);
+        j->queue_next = s->queue;
+        s->queue = j;
+        j->state = MD_QUEUED;
+        s->kv_wait = true;
+        mark_dirty(s, j);
+}
+
+static md_job *newest_running(md_sched *s) {
+        md_job *newest = NULL;
+        for (size_t i = 0; i < s->n_running; i++)
+                if (!newest || s->running[i]->admitted > newest->admitted)
+                        newest = s->running[i];
+        return newest;
+}
+
+static int by_admission(const void *a, const void *b) {
+        const md_job *x = *(md_job *const *)a, *y = *(md_job *const *)b;
+        return x->admitted < y->admitted ? -1 : x->admitted > y->admitted;
+}
+
+/* Every running job gets the block its next token needs, oldest first,
+ * suspending the newest while the pool has none; then run[*n] is what
+ * still runs, oldest first. */
+static void grow_locked(md_sched *s, md_job **run, size_t *n) {
+        qsort(s->running, s->n_running, sizeof(*s->running), by_admission);
+        for (size_t i = 0; i < s->n_running; i++) {
+                md_job *j = s->running[i];
+                while (mx_gen_grow(j->gen) == -ENOBUFS) {
+                        md_job *victim = newest_running(s);
+                        suspend_locked(s, victim);
+                        if (victim == j)
+                                break;
+                }
         }
-        return rc;
+        if (s->n_running == 0)
+                s->kv_wait = false; /* (then the head job has the whole pool to try) */
+        *n = s->n_running;
+        memcpy(run, s->running, *n * sizeof(*run));
 }
 
 /* Prefilling jobs take prompt chunks in round-robin by uid until the
@@ -238,7 +320,9 @@ static void publish(md_sched *s, md_job *j, int32_t token, int rc) {
         double t = md_now();
         if (rc == 0 && token >= 0) {
                 if (j->state == MD_PREFILL)
-                        j->state = MD_DECODE, j->t_first = t;
+                        j->state = MD_DECODE;
+                if (j->t_first <= 0)
+                        j->t_first = t;
                 j->completion_tokens++;
                 if (j->spec.want_ids && mx_ids_push(&j->out_ids, token) < 0)
                         rc = -ENOMEM;
@@ -257,9 +341,6 @@ static void publish(md_sched *s, md_job *j, int32_t token, int rc) {
 }
 
 static void step(md_sched *s, md_job **run, size_t n, mx_batch_item *items, md_job **who) {
-        for (size_t i = 0; i < n; i++)
-                if (!run[i]->gen && start_gen(s, run[i]) < 0)
-                        run[i]->gen = NULL;
         size_t k = build_batch(s, run, n, items, who);
         if (k == 0)
                 return;
@@ -325,12 +406,14 @@ static void load(md_sched *s) {
         o.progress = on_load_progress, o.progress_arg = &w;
         ld->rc = mx_load_engine(ld->load, &o, &ld->err);
         mx_expert_stats xs = {0};
+        mx_kv_stats ks = {0};
         if (ld->rc == 0)
-                mx_engine_expert_stats(ld->load->engine, &xs);
+                mx_engine_expert_stats(ld->load->engine, &xs), mx_engine_kv_stats(ld->load->engine, &ks);
         pthread_mutex_lock(&s->lock);
         s->loaded = true;
         s->e = ld->rc == 0 ? ld->load->engine : NULL;
         s->xstats = xs;
+        s->kstats = ks;
         /* What the engine opened with is what is in force (a GPU chose
          * its host cache itself). */
         s->expert_memory = s->o.expert_memory = ld->load->expert_memory;
@@ -402,13 +485,14 @@ static void *engine_thread(void *arg) {
                         pthread_mutex_lock(&s->lock);
                         continue;
                 }
-                memcpy(b.run, s->running, n * sizeof(*b.run));
+                grow_locked(s, b.run, &n);
                 pthread_mutex_unlock(&s->lock);
                 step(s, b.run, n, b.items, b.who);
                 mx_expert_stats xs;
                 mx_engine_expert_stats(s->e, &xs);
                 pthread_mutex_lock(&s->lock);
                 s->xstats = xs;
+                mx_engine_kv_stats(s->e, &s->kstats);
         }
         while (s->queue)
                 end_locked(s, s->queue, s->stop_code, s->stop_msg);
@@ -527,8 +611,12 @@ void md_sched_cancel(md_sched *s, md_job *j, int code, const char *msg) {
 
 void md_sched_abort_queued(md_sched *s, int code, const char *msg) {
         pthread_mutex_lock(&s->lock);
-        while (s->queue)
-                end_locked(s, s->queue, code, msg);
+        /* (A job suspended for KV blocks has started: it stays.) */
+        for (md_job *j = s->queue, *next; j; j = next) {
+                next = j->queue_next;
+                if (j->t_start <= 0)
+                        end_locked(s, j, code, msg);
+        }
         pthread_mutex_unlock(&s->lock);
         wake_main(s);
 }
@@ -557,7 +645,8 @@ static void take(md_job *j, md_news *n) {
         j->out_ids.n = 0;
         *n = (md_news){.job = j, .owner = j->spec.owner, .text = j->shipped_text.p, .text_len = j->shipped_text.n,
                        .ids = j->shipped_ids.v, .n_ids = j->shipped_ids.n, .state = j->state,
-                       .completion_tokens = j->completion_tokens, .finish = j->finish, .error_code = j->error_code,
+                       .completion_tokens = j->completion_tokens, .cached_tokens = j->cached_tokens,
+                       .finish = j->finish, .error_code = j->error_code,
                        .error_msg = j->error_msg, .t_start = j->t_start, .t_first = j->t_first, .t_end = j->t_end};
 }
 
@@ -590,5 +679,11 @@ void md_sched_release(md_sched *s, md_job *j) {
 void md_sched_expert_stats(md_sched *s, mx_expert_stats *out) {
         pthread_mutex_lock(&s->lock);
         *out = s->xstats;
+        pthread_mutex_unlock(&s->lock);
+}
+
+void md_sched_kv_stats(md_sched *s, mx_kv_stats *out) {
+        pthread_mutex_lock(&s->lock);
+        *out = s->kstats;
         pthread_mutex_unlock(&s->lock);
 }

@@ -236,9 +236,12 @@ static void reload(md_server *srv) {
                 md_log(LOG_ERR, "reload failed, keeping the running configuration: %s", err.msg);
         } else {
                 /* What the running engine and socket were built from stays. */
-                static const char *const fixed[] = {"model", "device", "socket", "state_directory"};
-                char **mine[] = {&srv->cfg.model, &srv->cfg.device, &srv->cfg.socket, &srv->cfg.state_directory};
-                char **theirs[] = {&next.model, &next.device, &next.socket, &next.state_directory};
+                static const char *const fixed[] = {"model", "device", "socket", "state_directory", "kv_type",
+                                                    "kv_memory"};
+                char **mine[] = {&srv->cfg.model, &srv->cfg.device, &srv->cfg.socket, &srv->cfg.state_directory,
+                                 &srv->cfg.kv_type, &srv->cfg.kv_memory};
+                char **theirs[] = {&next.model, &next.device, &next.socket, &next.state_directory, &next.kv_type,
+                                   &next.kv_memory};
                 for (size_t i = 0; i < MX_ELEMENTSOF(fixed); i++) {
                         if ((*mine[i] || *theirs[i]) && (!*mine[i] || !*theirs[i] || strcmp(*mine[i], *theirs[i])))
                                 md_log(LOG_NOTICE, "%s changes only at restart", fixed[i]);

@@ -43,7 +43,8 @@ int md_status_fill(md_server *srv, uint32_t uid, md_status *st) {
                 return -ENOMEM;
         st->queued = counts.queued, st->running = counts.running;
         st->prefilling = counts.prefilling, st->decoding = counts.decoding;
-        st->kv_bytes = counts.kv_tokens * srv->kv_bytes_per_token;
+        md_sched_kv_stats(srv->sched, &st->kv);
+        st->kv_bytes = st->kv.used * st->kv.block_bytes;
         md_sched_expert_stats(srv->sched, &st->experts);
         const mx_expert_stats *xs = &st->experts;
         st->streaming = xs->streaming;

@@ -1,10 +1,12 @@
 /* Causal grouped-query attention over each sequence's blocks of the KV
- * pool. One task per (token, KV head): the query heads sharing that KV head
- * read its keys and values together, block by block. Scores are
+ * pool. One task per (rows of one sequence, KV head): the query heads
+ * sharing that KV head, for up to ROWS consecutive tokens, read its keys
+ * and values together, block by block, so each block is read (and a bf16
+ * one widened to fp32, exactly) once for all of them. Scores are
  * q.k / sqrt(head_dim) and a softmax in fp32 with the maximum subtracted,
- * as Hugging Face computes them. A bf16 pool's rows are widened to fp32
- * (exactly) before the products, so both pool types run the same fp32
- * arithmetic; what a step writes is rounded to the pool's type first and
+ * as Hugging Face computes them; each (token, head) is computed alone, in
+ * key order, so the result does not depend on how tokens were grouped or
+ * batched. What a step writes is rounded to the pool's type first and
  * read back from it, so a token's K and V are the same whichever step
  * wrote them. */
 #include <errno.h>
@@ -14,19 +16,29 @@
 #include "cpu_backend.h"
 #include "quant.h"
 
+#define ROWS 16
+
 typedef struct attn_job {
         cpu_backend *cb;
         uint32_t layer;
         const mx_attn_seq *seqs;
         size_t n_seqs;
+        uint32_t rows;     /* per task at most (ROWS; fewer for short steps, so that threads share them) */
         const float *q;
         float *out;
 } attn_job;
 
-static const mx_attn_seq *seq_of_row(const attn_job *j, uint32_t row) {
-        for (size_t s = 0; s < j->n_seqs; s++)
-                if (row < j->seqs[s].row0 + j->seqs[s].n)
+/* Task k's sequence and its rows [*r0, *r1) (as offsets in the sequence). */
+static const mx_attn_seq *rows_of(const attn_job *j, uint32_t k, uint32_t *r0, uint32_t *r1) {
+        for (size_t s = 0; s < j->n_seqs; s++) {
+                uint32_t groups = (j->seqs[s].n + j->rows - 1) / j->rows;
+                if (k < groups) {
+                        *r0 = k * j->rows;
+                        *r1 = *r0 + j->rows < j->seqs[s].n ? *r0 + j->rows : j->seqs[s].n;
                         return &j->seqs[s];
+                }
+                k -= groups;
+        }
         return NULL;
 }
 
@@ -50,43 +62,56 @@ static const float *block_rows(const attn_job *j, uint32_t block, bool v, uint32
         return wide;
 }
 
+/* Keys (or values) of block b that row `len` long sees. */
+static uint32_t seen(uint32_t len, uint32_t b) {
+        uint32_t i0 = b * MX_KV_BLOCK;
+        return len <= i0 ? 0 : len - i0 < MX_KV_BLOCK ? len - i0 : MX_KV_BLOCK;
+}
+
 static void attn_task(void *arg, uint32_t task, uint32_t thread) {
         const attn_job *j = arg;
         const mx_config *c = &j->cb->base.model->cfg;
         const mx_kernels *k = j->cb->k;
-        uint32_t hd = c->head_dim, kvh = c->n_kv_heads, group = c->n_heads / kvh;
-        uint32_t row = task / kvh, g = task % kvh;
-        const mx_attn_seq *s = seq_of_row(j, row);
-        uint32_t len = s->pos0 + (row - s->row0) + 1, blocks = (len + MX_KV_BLOCK - 1) / MX_KV_BLOCK;
-        /* scratch: each head's sum, scores [group][len], one block's rows widened */
-        float *sum = j->cb->scratch[thread].p, *p = sum + group, *wide = p + (size_t)group * len;
+        uint32_t hd = c->head_dim, kvh = c->n_kv_heads, group = c->n_heads / kvh, g = task % kvh, r0, r1;
+        const mx_attn_seq *s = rows_of(j, task / kvh, &r0, &r1);
+        uint32_t longest = s->pos0 + r1, blocks = (longest + MX_KV_BLOCK - 1) / MX_KV_BLOCK;
+        size_t heads = (size_t)(r1 - r0) * group; /* (row, head) pairs, row-major */
+        /* scratch: each pair's sum, its scores [longest], one block widened */
+        float *sum = j->cb->scratch[thread].p, *p = sum + heads, *wide = p + heads * longest;
         float scale = (float)sqrt((double)hd);
-        const float *qh = j->q + (size_t)row * c->n_heads * hd + (size_t)g * group * hd;
-        float *o = j->out + (size_t)row * c->n_heads * hd + (size_t)g * group * hd;
         size_t step;
 
         for (uint32_t b = 0; b < blocks; b++) {
-                uint32_t i0 = b * MX_KV_BLOCK, n = len - i0 < MX_KV_BLOCK ? len - i0 : MX_KV_BLOCK;
-                const float *keys = block_rows(j, s->blocks[b], false, g, n, wide, &step);
-                for (uint32_t h = 0; h < group; h++)
-                        for (uint32_t i = 0; i < n; i++)
-                                p[(size_t)h * len + i0 + i] = k->dot(qh + (size_t)h * hd, keys + i * step, hd) / scale;
+                const float *keys = block_rows(j, s->blocks[b], false, g, seen(longest, b), wide, &step);
+                for (uint32_t r = r0; r < r1; r++)
+                        for (uint32_t h = 0; h < group; h++) {
+                                const float *qh = j->q + ((size_t)(s->row0 + r) * c->n_heads + g * group + h) * hd;
+                                float *ph = p + ((size_t)(r - r0) * group + h) * longest + b * MX_KV_BLOCK;
+                                for (uint32_t i = 0; i < seen(s->pos0 + r + 1, b); i++)
+                                        ph[i] = k->dot(qh, keys + i * step, hd) / scale;
+                        }
         }
-        for (uint32_t h = 0; h < group; h++) {
-                float *ph = p + (size_t)h * len, max = -INFINITY;
+        for (size_t x = 0; x < heads; x++) {
+                uint32_t len = s->pos0 + r0 + (uint32_t)(x / group) + 1;
+                float *ph = p + x * longest, max = -INFINITY;
                 for (uint32_t i = 0; i < len; i++)
                         max = ph[i] > max ? ph[i] : max;
-                sum[h] = 0;
+                sum[x] = 0;
                 for (uint32_t i = 0; i < len; i++)
-                        sum[h] += ph[i] = expf(ph[i] - max);
-                memset(o + (size_t)h * hd, 0, hd * sizeof(float));
+                        sum[x] += ph[i] = expf(ph[i] - max);
         }
+        for (uint32_t r = r0; r < r1; r++)
+                memset(j->out + ((size_t)(s->row0 + r) * c->n_heads + g * group) * hd, 0, (size_t)group * hd * 4);
         for (uint32_t b = 0; b < blocks; b++) {
-                uint32_t i0 = b * MX_KV_BLOCK, n = len - i0 < MX_KV_BLOCK ? len - i0 : MX_KV_BLOCK;
-                const float *vals = block_rows(j, s->blocks[b], true, g, n, wide, &step);
-                for (uint32_t h = 0; h < group; h++)
-                        for (uint32_t i = 0; i < n; i++)
-                                k->axpy(p[(size_t)h * len + i0 + i] / sum[h], vals + i * step, o + (size_t)h * hd, hd);
+                const float *vals = block_rows(j, s->blocks[b], true, g, seen(longest, b), wide, &step);
+                for (uint32_t r = r0; r < r1; r++)
+                        for (uint32_t h = 0; h < group; h++) {
+                                size_t x = (size_t)(r - r0) * group + h;
+                                float *o = j->out + ((size_t)(s->row0 + r) * c->n_heads + g * group + h) * hd;
+                                const float *ph = p + x * longest + b * MX_KV_BLOCK;
+                                for (uint32_t i = 0; i < seen(s->pos0 + r + 1, b); i++)
+                                        k->axpy(ph[i] / sum[x], vals + i * step, o, hd);
+                        }
         }
 }
 
@@ -123,11 +148,17 @@ int mx_cpu_attention(mx_backend *b, uint32_t layer, const mx_attn_seq *seqs, siz
                 /* each token reads keys and values up to its position */
                 b->kv_bytes += 2 * stride * elem * ((uint64_t)a->n * a->pos0 + (uint64_t)a->n * (a->n + 1) / 2);
         }
-        size_t group = c->n_heads / c->n_kv_heads;
+        /* Rows per task: ROWS, or fewer when that leaves threads idle. */
+        uint32_t rows = (uint32_t)(((uint64_t)tokens * c->n_kv_heads + 2 * cb->threads - 1) / (2 * cb->threads));
+        rows = rows < 1 ? 1 : rows > ROWS ? ROWS : rows;
+        uint32_t tasks = 0;
+        for (size_t s = 0; s < n_seqs; s++)
+                tasks += (seqs[s].n + rows - 1) / rows;
+        size_t pairs = (size_t)rows * (c->n_heads / c->n_kv_heads);
         for (uint32_t t = 0; t < cb->threads; t++)
-                if (!mx_cpu_scratch(cb, t, group * (1 + (size_t)longest) + (size_t)MX_KV_BLOCK * c->head_dim))
+                if (!mx_cpu_scratch(cb, t, pairs * (1 + (size_t)longest) + (size_t)MX_KV_BLOCK * c->head_dim))
                         return -ENOMEM;
-        attn_job j = {cb, layer, seqs, n_seqs, q, out};
-        mx_pool_run(cb->pool, tokens * c->n_kv_heads, attn_task, &j);
+        attn_job j = {cb, layer, seqs, n_seqs, rows, q, out};
+        mx_pool_run(cb->pool, tasks * c->n_kv_heads, attn_task, &j);
         return 0;
 }

@@ -311,6 +311,7 @@ static bool fold(dh_result *res, const Mixtrald__V1__Response *r) {
                 if (r->finished->usage) {
                         res->prompt_tokens = r->finished->usage->prompt_tokens;
                         res->completion_tokens = r->finished->usage->completion_tokens;
+                        res->cached_prompt_tokens = r->finished->usage->cached_prompt_tokens;
                         res->ttft_s = r->finished->usage->time_to_first_token_s;
                 }
                 return true;

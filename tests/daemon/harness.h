@@ -76,7 +76,7 @@ typedef struct dh_result {
         int error;              /* error code, 0 when finished */
         char message[256];
         uint64_t retry_at;
-        uint32_t prompt_tokens, completion_tokens;
+        uint32_t prompt_tokens, completion_tokens, cached_prompt_tokens;
         double ttft_s;
         bool accepted;
 } dh_result;

@@ -2,7 +2,8 @@
  * connects, so the daemon knows it by SO_PEERCRED alone. Quotas are per
  * uid (and per [user:]/[group:] section, by the groups of the user's
  * passwd entry whatever group its process runs as), survive a restart,
- * change on SIGHUP; nobody sees or cancels another user's requests. Needs
+ * change on SIGHUP; nobody sees or cancels another user's requests, or
+ * reuses another's cached prompt prefix unless the admin allows it. Needs
  * root: the test users live in a private mount namespace's /etc/passwd and
  * /etc/group, which the daemon it starts sees too.
  *
@@ -314,6 +315,62 @@ static void test_fair_between_users(void) {
         dh_cleanup(&fair);
 }
 
+static dh_daemon kv;
+
+static const char kv_system[] =
+        "You are the assistant of a small team. Answer briefly and exactly, and say so when you do not know; "
+        "the team's daemon serves one language model to every user of the machine, within quotas.";
+
+typedef struct kv_case {
+        const char *prompt;
+        bool cached; /* most of the prompt from the cache, or none of it */
+} kv_case;
+
+static int ask(void *arg) {
+        const kv_case *c = arg;
+        dh_gen g = {.system = kv_system, .prompt = c->prompt, .max_tokens = 4, .has_temperature = true};
+        dh_result res = {0};
+        int rc = dh_run(&kv, &g, &res);
+        uint32_t cached = res.cached_prompt_tokens, prompt = res.prompt_tokens;
+        bool ok = rc == 0 && res.error == 0 && (c->cached ? cached > prompt / 2 : cached == 0);
+        dh_result_free(&res);
+        return ok ? 0 : fail("\"%s\": %u of %u prompt tokens cached, expected %s", c->prompt, cached, prompt,
+                             c->cached ? "most" : "none");
+}
+
+static void kv_share(const char *share) {
+        FILE *f = fopen(kv.config, "w");
+        fprintf(f, "[daemon]\nthreads = 1\nprefix_cache_share = %s\n", share);
+        fclose(f);
+        kill(kv.pid, SIGHUP);
+        CHECK(dh_notify_wait(&kv, "READY=1", 5000), "no READY=1 after SIGHUP");
+}
+
+/* Cached prompt prefixes: by default a user's requests reuse only their
+ * own (a hit is visible in the timing); prefix_cache_share = all shares
+ * everyone's, off nobody's; each takes effect on SIGHUP. */
+static void test_prefix_sharing(void) {
+        if (dh_init(&kv, mixtrald, model, "[daemon]\nthreads = 1\n") < 0 || dh_start(&kv, NULL) < 0) {
+                CHECK(0, "the KV daemon did not start");
+                return dh_cleanup(&kv);
+        }
+        chmod(kv.dir, 0755);
+        CHECK(dh_as_user(BOB, BOB, ask, &(kv_case){"first", false}) == 0, "Bob's first request");
+        CHECK(dh_as_user(BOB, BOB, ask, &(kv_case){"second", true}) == 0, "Bob's own prefix was not reused");
+        CHECK(dh_as_user(CAROL, CAROL, ask, &(kv_case){"second", false}) == 0, "Carol was served Bob's prefix");
+        kv_share("all");
+        CHECK(dh_as_user(BOB, BOB, ask, &(kv_case){"third", false}) == 0, "Bob's request under all");
+        CHECK(dh_as_user(CAROL, CAROL, ask, &(kv_case){"fourth", true}) == 0,
+              "Carol was not served the prefix under prefix_cache_share = all");
+        kv_share("off");
+        CHECK(dh_as_user(CAROL, CAROL, ask, &(kv_case){"fifth", false}) == 0, "a prefix was served under off");
+        CHECK(dh_as_user(CAROL, CAROL, ask, &(kv_case){"fifth", false}) == 0, "a prefix was served under off");
+        CHECK(dh_stop(&kv) == 0, "exit status");
+        if (test_failures)
+                dh_show_log(&kv, 20);
+        dh_cleanup(&kv);
+}
+
 /* The system's file with our lines added, bind-mounted over it in a
  * private mount namespace. */
 static int overlay(const char *file, const char *more) {
@@ -373,6 +430,7 @@ int main(int argc, char **argv) {
         CHECK(dh_as_user(BOB, BOB, too_many_connections, NULL) == 0, "max_connections_per_uid is not enforced");
         test_privacy();
         test_fair_between_users();
+        test_prefix_sharing();
 
         /* kill -9 and a restart: Alice is still over her budget. */
         dh_kill9(&d);

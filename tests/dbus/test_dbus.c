@@ -235,7 +235,8 @@ static void check_status(sd_bus *b) {
         int streamed = 0;
         uint64_t hits = 0, misses = 0, budget = 0, configured = 0, resident = UINT64_MAX, bytes_read = 0;
         uint32_t slots = 0, running = 99;
-        const char *state = NULL, *how = NULL;
+        uint64_t kv_blocks = 0, kv_used = UINT64_MAX, kv_hit_tokens = 0;
+        const char *state = NULL, *how = NULL, *kv_type = NULL;
         if (r >= 0 && sd_bus_message_enter_container(reply, 'a', "{sv}") > 0)
                 while (sd_bus_message_enter_container(reply, 'e', "sv") > 0) {
                         const char *k;
@@ -249,7 +250,9 @@ static void check_status(sd_bus *b) {
                                     {"expert_configured_bytes", "t", &configured},
                                     {"expert_resident_bytes", "t", &resident},
                                     {"expert_bytes_read", "t", &bytes_read},
-                                    {"expert_slots_per_layer", "u", &slots}, {"expert_how", "s", &how}};
+                                    {"expert_slots_per_layer", "u", &slots}, {"expert_how", "s", &how},
+                                    {"kv_type", "s", &kv_type}, {"kv_blocks", "t", &kv_blocks},
+                                    {"kv_used", "t", &kv_used}, {"kv_hit_tokens", "t", &kv_hit_tokens}};
                         size_t i = 0;
                         while (i < sizeof(want) / sizeof(want[0]) && strcmp(k, want[i].key))
                                 i++;
@@ -262,6 +265,9 @@ static void check_status(sd_bus *b) {
                 }
         CHECK(state && !strcmp(state, "serving") && running == 0, "GetStatus: state %s, %u running",
               state ? state : "(none)", running);
+        CHECK(kv_type && !strcmp(kv_type, "bf16") && kv_blocks > 0 && kv_used == 0 && kv_hit_tokens > 0,
+              "GetStatus: KV cache %s, %llu blocks, %llu used, %llu tokens served", kv_type ? kv_type : "(none)",
+              (unsigned long long)kv_blocks, (unsigned long long)kv_used, (unsigned long long)kv_hit_tokens);
         CHECK(streamed && hits + misses > 0 && misses > 0 && bytes_read > 0,
               "GetStatus: streamed %d, %llu hits, %llu misses, %llu bytes read", streamed,
               (unsigned long long)hits, (unsigned long long)misses, (unsigned long long)bytes_read);
@@ -274,6 +280,34 @@ static void check_status(sd_bus *b) {
         sd_bus_message_unref(reply);
 }
 
+/* Complete("Hello"): its usage dict's token counts. */
+static void complete_hello(sd_bus *b, uint32_t usage[3]) {
+        static const char *const keys[] = {"prompt_tokens", "completion_tokens", "cached_prompt_tokens"};
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        int r = sd_bus_call_method(b, NAME, PATH, NAME, "Complete", &e, &reply, "sa{sv}", "Hello", 2, "max_tokens",
+                                   "u", 5, "ignore_eos", "b", 1);
+        const char *text = NULL;
+        CHECK(r >= 0 && sd_bus_message_read(reply, "s", &text) >= 0 && text && *text, "Complete failed: %s",
+              e.message ? e.message : "");
+        usage[0] = usage[1] = usage[2] = UINT32_MAX;
+        if (r >= 0 && sd_bus_message_enter_container(reply, 'a', "{sv}") > 0)
+                while (sd_bus_message_enter_container(reply, 'e', "sv") > 0) {
+                        const char *k;
+                        sd_bus_message_read(reply, "s", &k);
+                        size_t i = 0;
+                        while (i < 3 && strcmp(k, keys[i]))
+                                i++;
+                        if (i < 3)
+                                sd_bus_message_read(reply, "v", "u", &usage[i]);
+                        else
+                                sd_bus_message_skip(reply, "v");
+                        sd_bus_message_exit_container(reply);
+                }
+        sd_bus_message_unref(reply);
+        sd_bus_error_free(&e);
+}
+
 static void test_complete_quota_properties(void) {
         sd_bus *b = connect_bus(bus_address);
         if (!b) {
@@ -282,25 +316,15 @@ static void test_complete_quota_properties(void) {
         }
         sd_bus_error e = SD_BUS_ERROR_NULL;
         sd_bus_message *reply = NULL;
-        int r = sd_bus_call_method(b, NAME, PATH, NAME, "Complete", &e, &reply, "sa{sv}", "Hello", 2, "max_tokens",
-                                   "u", 5, "ignore_eos", "b", 1);
-        const char *text = NULL;
-        CHECK(r >= 0 && sd_bus_message_read(reply, "s", &text) >= 0 && text && *text, "Complete failed: %s",
-              e.message ? e.message : "");
-        uint32_t completion = 0;
-        if (r >= 0 && sd_bus_message_enter_container(reply, 'a', "{sv}") > 0)
-                while (sd_bus_message_enter_container(reply, 'e', "sv") > 0) {
-                        const char *k;
-                        sd_bus_message_read(reply, "s", &k);
-                        if (!strcmp(k, "completion_tokens"))
-                                sd_bus_message_read(reply, "v", "u", &completion);
-                        else
-                                sd_bus_message_skip(reply, "v");
-                        sd_bus_message_exit_container(reply);
-                }
-        CHECK(completion == 5, "Complete's usage says %u completion tokens, not 5", completion);
-        sd_bus_message_unref(reply), reply = NULL;
-        sd_bus_error_free(&e);
+        /* The same question again: all of its prompt but the last token
+         * comes from the KV cache, and the usage says so. */
+        uint32_t first[3], again[3];
+        complete_hello(b, first);
+        complete_hello(b, again);
+        CHECK(first[1] == 5, "Complete's usage says %u completion tokens, not 5", first[1]);
+        CHECK(first[2] < again[2] && again[0] == first[0] && again[2] == again[0] - 1,
+              "cached_prompt_tokens: %u, then %u of %u", first[2], again[2], again[0]);
+        int r;
 
         r = sd_bus_call_method(b, NAME, PATH, NAME, "Chat", &e, &reply, "a(ss)a{sv}", 2, "user", "Hi", "assistant",
                                "Hello", 1, "max_tokens", "u", 3);

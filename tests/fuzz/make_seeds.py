@@ -165,6 +165,9 @@ drain_seconds = 30
 expert_memory = 50%
 memory_pressure = /proc/pressure/memory
 host_cache = 16G
+kv_type = bf16
+kv_memory = 25%
+prefix_cache_share = user
 threads = 8
 max_batch = 16
 max_queue = 64
@@ -190,6 +193,8 @@ conf("budgets", "[daemon]\nexpert_memory = min\nhost_cache = all\nexpert_memory 
      "host_cache = 0.25%\nexpert_memory = 200G\n")
 conf("bad-budget", "[daemon]\nexpert_memory = 101%\n")
 conf("bad-budget-huge", "[daemon]\nhost_cache = 99999999T\n")
+conf("kv-cache", "[daemon]\nkv_type = f32\nkv_memory = 8G\nkv_memory = 101%\nprefix_cache_share = all\n"
+     "prefix_cache_share = nobody\n")
 conf("bad-section", "[user:]\nmax_tokens = 1\n[nowhere]\nx = 1\n")
 conf("bad-line", "[daemon]\nmodel /no/equals\n")
 conf("long-line", "[daemon]\nmodel = /" + "m" * 300 + "\n")

@@ -3,8 +3,12 @@
  *   prefill  logits of every prompt position (cuBLAS path), relative L2
  *   decode   greedy steps: ids equal, logits of each step (GEMV path)
  *   batch    sequences stepped together on the GPU against each alone
+ *   prefix   logits after a prefix from the KV cache (whole blocks shared,
+ *            a last block copied) equal those after computing it, bit for
+ *            bit, on the checked engine
  *   streamed with --expert-memory: the checks above ran with the experts
  *            streamed, which happened (misses, copies) within the budget
+ * Both engines hold K and V as --kv-type says (bf16 by default).
  * Exit status 0 when all hold, 1 when one fails, 77 without a GPU. */
 #include <math.h>
 #include <stdio.h>
@@ -312,6 +316,49 @@ static int sweep(const pair *p, mx_error *err) {
         return 0;
 }
 
+/* Logits of q after p, p computed or reused from the cache. */
+static int after_prefix(mx_engine *e, const int32_t *p, uint32_t np, const int32_t *q, uint32_t nq, bool reuse,
+                        float *logits, uint32_t *reused, mx_error *err) {
+        _cleanup_(mx_seq_freep) mx_seq *s = NULL;
+        int r = mx_seq_new(e, np + nq + 1, &s, err);
+        if (r < 0)
+                return r;
+        *reused = reuse ? mx_seq_reuse(s, p, np) : 0;
+        mx_batch_item rest = {.seq = s, .tokens = p + *reused, .n_tokens = np - *reused};
+        mx_batch_item it = {.seq = s, .tokens = q, .n_tokens = nq, .logits = logits, .all_logits = true};
+        if (rest.n_tokens && (r = mx_forward(e, &rest, 1, err)) < 0)
+                return r;
+        return mx_forward(e, &it, 1, err);
+}
+
+/* A prefix of whole blocks, and one that ends inside a block: the logits
+ * of what follows, cached prefix against computed, bit for bit. */
+static int check_prefix(const pair *p, mx_error *err) {
+        static const uint32_t lengths[] = {48, 53};
+        enum { NQ = 6 };
+        uint32_t V = p->vocab;
+        int32_t prompt[53 + NQ];
+        _cleanup_free_ float *computed = malloc((size_t)NQ * V * sizeof(float));
+        _cleanup_free_ float *cached = malloc((size_t)NQ * V * sizeof(float));
+        if (!computed || !cached)
+                return mx_error_set(err, -ENOMEM, "out of memory");
+        for (size_t i = 0; i < sizeof(lengths) / sizeof(lengths[0]); i++) {
+                uint32_t np = lengths[i], r0, r1;
+                make_prompt(V, np + NQ, 70 + i, prompt);
+                int r = after_prefix(p->gpu, prompt, np, prompt + np, NQ, false, computed, &r0, err);
+                if (r == 0)
+                        r = after_prefix(p->gpu, prompt, np, prompt + np, NQ, true, cached, &r1, err);
+                if (r < 0)
+                        return r;
+                double e = rel_l2(cached, computed, (size_t)NQ * V);
+                char detail[96];
+                snprintf(detail, sizeof(detail), "%u-token prefix, %u from the cache; relative L2", np, r1);
+                report(p->label, "prefix from the cache", detail, e,
+                       r1 == np && memcmp(cached, computed, (size_t)NQ * V * sizeof(float)) == 0);
+        }
+        return 0;
+}
+
 /* The checks ran on streamed experts: read (misses), copied up on a GPU,
  * never more held than the budget. */
 static void check_streamed(const pair *p, bool gpu) {
@@ -330,12 +377,14 @@ static void check_streamed(const pair *p, bool gpu) {
 static int usage(void) {
         fprintf(stderr, "Usage: mixtral-gpu-check (--model DIR | --synthetic SHAPE --layers N) [--prompt N] [--steps N]\n"
                 "                         [--against DEVICE (default cuda; cpu checks this program)] [--sweep 1]\n"
-                "                         [--expert-memory M [--host-cache M]] (streams the checked engine's experts)\n");
+                "                         [--expert-memory M [--host-cache M]] (streams the checked engine's experts)\n"
+                "                         [--kv-type bf16|f32] (both engines')\n");
         return 2;
 }
 
 int main(int argc, char **argv) {
         const char *dir = NULL, *shape = NULL, *against = "cuda", *budget = NULL, *host_cache = NULL;
+        const char *kv_type = "bf16";
         uint32_t layers = 1, n_prompt = 24, steps = 8;
         bool do_sweep = false;
         for (int i = 1; i + 1 < argc; i += 2) {
@@ -357,6 +406,8 @@ int main(int argc, char **argv) {
                         budget = argv[i + 1];
                 else if (!strcmp(argv[i], "--host-cache"))
                         host_cache = argv[i + 1];
+                else if (!strcmp(argv[i], "--kv-type"))
+                        kv_type = argv[i + 1];
                 else
                         return usage();
         }
@@ -372,7 +423,10 @@ int main(int argc, char **argv) {
         int r = shape ? mx_model_synthetic(&mc, shape, layers, true, &err) : mx_model_open(&mc, dir, &err);
         if (r == 0 && shape)
                 r = mx_model_synthetic(&mg, shape, layers, strcmp(against, "cpu") == 0, &err);
-        mx_engine_opts gpu_opts = {.device = against};
+        mx_engine_opts gpu_opts = {.device = against}, cpu_opts = {0};
+        if (mx_kv_type_from_string(kv_type, &gpu_opts.kv_type) < 0)
+                return usage();
+        cpu_opts.kv_type = gpu_opts.kv_type;
         if (r == 0 && budget)
                 r = mx_expert_budget_parse(budget, mc, &gpu_opts.expert_memory, &err);
         if (r == 0 && host_cache)
@@ -382,10 +436,10 @@ int main(int argc, char **argv) {
                 return 77;
         }
         if (r == 0)
-                r = mx_engine_open(&cpu, mc, NULL, &err);
+                r = mx_engine_open(&cpu, mc, &cpu_opts, &err);
         char label[320];
-        snprintf(label, sizeof(label), "%s%s%s", shape ? shape : dir, budget ? ", experts streamed in " : "",
-                 budget ? budget : "");
+        snprintf(label, sizeof(label), "%s%s%s, %s KV", shape ? shape : dir, budget ? ", experts streamed in " : "",
+                 budget ? budget : "", kv_type);
         pair p = {label, cpu, gpu, mc ? mc->cfg.vocab_size : 0};
         if (r == 0)
                 r = check_against_cpu(&p, n_prompt, steps, &err);
@@ -393,6 +447,8 @@ int main(int argc, char **argv) {
                 r = check_batch(&p, &err);
         if (r == 0)
                 r = check_sampling(&p, &err);
+        if (r == 0)
+                r = check_prefix(&p, &err);
         if (r == 0 && do_sweep)
                 r = sweep(&p, &err);
         if (r == 0 && budget)

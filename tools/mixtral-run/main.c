@@ -81,6 +81,10 @@ static const char usage_text[] =
         "      --host-cache M     on a GPU, streamed experts pass through M of page-locked\n"
         "                         RAM (as --expert-memory; default: all experts when\n"
         "                         they take under a quarter of the RAM, else a quarter)\n"
+        "      --kv-type T        what the KV cache holds K and V as: bf16 (default) or f32\n"
+        "      --kv-memory M      the KV cache's size: bytes with K, M, G, T, a percentage of\n"
+        "                         the free memory (25%), or auto (a quarter of the free\n"
+        "                         memory, half on a GPU, at most 8 contexts)\n"
         "      --ignore-eos       go on past the end of the answer (until --max-tokens or\n"
         "                         the context)\n"
         "      --print-ids        print the generated token ids (space-separated, one line)\n"
@@ -152,6 +156,8 @@ enum {
         OPT_BATCH,
         OPT_EXPERT_MEMORY,
         OPT_HOST_CACHE,
+        OPT_KV_TYPE,
+        OPT_KV_MEMORY,
 };
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -268,6 +274,8 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 {"batch", required_argument, NULL, OPT_BATCH},
                 {"expert-memory", required_argument, NULL, OPT_EXPERT_MEMORY},
                 {"host-cache", required_argument, NULL, OPT_HOST_CACHE},
+                {"kv-type", required_argument, NULL, OPT_KV_TYPE},
+                {"kv-memory", required_argument, NULL, OPT_KV_MEMORY},
                 {0},
         };
         int c;
@@ -313,6 +321,8 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 case OPT_BATCH: r = parse_batches(optarg, o); break;
                 case OPT_EXPERT_MEMORY: o->expert_memory = optarg; break;
                 case OPT_HOST_CACHE: o->host_cache = optarg; break;
+                case OPT_KV_TYPE: o->kv_type = optarg; break;
+                case OPT_KV_MEMORY: o->kv_memory = optarg; break;
                 case OPT_SIMD:
                         if (mx_simd_from_string(optarg, &o->simd) < 0)
                                 r = usage_error("--simd: '%s' is not one of auto, scalar, avx2, avx512", optarg);

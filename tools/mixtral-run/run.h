@@ -9,6 +9,7 @@ typedef struct run_opts {
         const char *model, *tokenizer;
         const char *prompt, *prompt_file, *messages, *chat, *system;
         const char *make_demo, *decode, *device, *shape, *synthetic, *expert_memory, *host_cache;
+        const char *kv_type, *kv_memory;
         unsigned long long seed;
         bool tokenize, info, devices, print_ids, bench, ignore_eos;
         /* generation */
