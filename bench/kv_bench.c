@@ -11,7 +11,7 @@
  *   pool (counted: sequences reserved until the pool refuses), alone and
  *   sharing a SHARED-token prefix from the cache.
  *
- *   kv-bench [--model DIR | --synthetic SHAPE] [--device D] [--threads N]
+ *   kv-bench [--model DIR | --synthetic SHAPE [--layers N]] [--device D] [--threads N]
  *            [--history 0,1024,4096,16384] [--new 20] [--runs 3]
  *            [--budget 1G] [--seq 4096] [--shared 1024]
  *
@@ -26,7 +26,7 @@
 
 typedef struct bench_opts {
         const char *model, *synthetic, *device, *budget;
-        uint32_t threads, new_tokens, runs, seq, shared;
+        uint32_t threads, new_tokens, runs, seq, shared, layers;
         uint32_t history[16];
         size_t n_history;
 } bench_opts;
@@ -205,6 +205,8 @@ int main(int argc, char **argv) {
                         bo.model = v, bo.synthetic = NULL;
                 else if (!strcmp(k, "--synthetic"))
                         bo.synthetic = v;
+                else if (!strcmp(k, "--layers"))
+                        bo.layers = (uint32_t)atoi(v);
                 else if (!strcmp(k, "--device"))
                         bo.device = v;
                 else if (!strcmp(k, "--threads"))
@@ -232,8 +234,8 @@ int main(int argc, char **argv) {
         }
         mx_error err = {0};
         _cleanup_(mx_load_free) mx_load l = {.gpu = -1};
-        mx_load_opts lo = {.model = bo.model, .synthetic = bo.synthetic, .device = bo.device, .threads = bo.threads,
-                           .tokenizer_optional = true};
+        mx_load_opts lo = {.model = bo.model, .synthetic = bo.synthetic, .layers = bo.layers, .device = bo.device,
+                           .threads = bo.threads, .tokenizer_optional = true};
         int r = mx_load_open(&l, &lo, &err);
         if (r == 0)
                 r = mx_load_engine(&l, &lo, &err);

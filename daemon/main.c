@@ -280,10 +280,11 @@ void md_service_loaded(md_server *srv) {
         mx_expert_stats xs;
         md_sched_expert_stats(srv->sched, &xs);
         srv->host_cache_budget = srv->host_cache_now = xs.host_budget;
-        /* No request is longer than the KV pool holds. */
+        /* No request is longer than the KV pool holds. (The scheduler's
+         * copy: the engine is the engine thread's.) */
         mx_kv_stats kv;
-        mx_engine_kv_stats(srv->load.engine, &kv);
-        uint32_t pool = mx_engine_kv_tokens(srv->load.engine);
+        md_sched_kv_stats(srv->sched, &kv);
+        uint32_t pool = kv.blocks * kv.block_tokens;
         if (pool < srv->context_length || !srv->context_length)
                 srv->context_length = pool, srv->context_is_kv = true;
         const char *dev = mx_engine_describe(srv->load.engine);

@@ -11,25 +11,7 @@
 
 #include "kernels_internal.h"
 
-#define ATT_WARPS 4
 #define MAX_GROUP 8 // query heads per KV head
-#define MIN_SLICE 32
-
-static uint32_t slices_for(uint32_t n, uint32_t kv_heads, uint32_t longest) {
-        uint32_t blocks = n * kv_heads, want = blocks >= 264 ? 1 : (264 + blocks - 1) / blocks;
-        uint32_t most = (longest + MIN_SLICE - 1) / MIN_SLICE;
-        want = want < most ? want : most;
-        return want ? want : 1;
-}
-
-extern "C" uint32_t mxk_attention_slices(uint32_t n, uint32_t kv_heads, uint32_t longest) {
-        return slices_for(n, kv_heads, longest);
-}
-
-extern "C" size_t mxk_attention_scratch(uint32_t n, uint32_t heads, uint32_t hd, uint32_t kv_heads,
-                                        uint32_t longest) {
-        return (size_t)n * heads * slices_for(n, kv_heads, longest) * (hd + 2);
-}
 
 __device__ static inline float kv_load(const float *p) {
         return *p;
@@ -41,11 +23,11 @@ __device__ static inline float kv_load(const uint16_t *p) {
 
 // DPL: head dimensions per lane (hd <= 32 * DPL); E: the pool's element.
 template <int DPL, typename E>
-__global__ static void __launch_bounds__(ATT_WARPS * 32)
+__global__ static void __launch_bounds__(MXK_ATT_WARPS * 32)
     attention_slice_kernel(mxk_kv kv, const mxk_row *rows, uint32_t layer, const float *q, uint32_t heads,
                            uint32_t kv_heads, uint32_t hd, float *part) {
-        __shared__ float sm_o[ATT_WARPS][MAX_GROUP][32 * DPL];
-        __shared__ float sm_m[ATT_WARPS][MAX_GROUP], sm_l[ATT_WARPS][MAX_GROUP];
+        __shared__ float sm_o[MXK_ATT_WARPS][MAX_GROUP][32 * DPL];
+        __shared__ float sm_m[MXK_ATT_WARPS][MAX_GROUP], sm_l[MXK_ATT_WARPS][MAX_GROUP];
         uint32_t row = blockIdx.x, g = blockIdx.y, s = blockIdx.z, slices = gridDim.z;
         uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, group = heads / kv_heads;
         mxk_row d = rows[row];
@@ -73,7 +55,7 @@ __global__ static void __launch_bounds__(ATT_WARPS * 32)
                 m[j] = -INFINITY;
                 l[j] = 0;
         }
-        for (uint32_t i = i0 + warp; i < i1; i += ATT_WARPS) {
+        for (uint32_t i = i0 + warp; i < i1; i += MXK_ATT_WARPS) {
                 float kr[DPL], vr[DPL];
                 const E *key = pool + (size_t)table[i / MXK_KV_BLOCK] * kv.layers * 2 * half +
                                (size_t)(i % MXK_KV_BLOCK) * stride;
@@ -118,11 +100,11 @@ __global__ static void __launch_bounds__(ATT_WARPS * 32)
         for (uint32_t x = threadIdx.x; x < group * hd; x += blockDim.x) {
                 uint32_t j = x / hd, dim = x % hd;
                 float mm = -INFINITY;
-                for (int w = 0; w < ATT_WARPS; w++)
+                for (int w = 0; w < MXK_ATT_WARPS; w++)
                         mm = fmaxf(mm, sm_m[w][j]);
                 float ll = 0, oo = 0;
                 if (mm > -INFINITY)
-                        for (int w = 0; w < ATT_WARPS; w++) {
+                        for (int w = 0; w < MXK_ATT_WARPS; w++) {
                                 float f = expf(sm_m[w][j] - mm);
                                 ll += sm_l[w][j] * f;
                                 oo += sm_o[w][j][dim] * f;
@@ -159,10 +141,10 @@ template <int DPL>
 static void launch_slices(mxk_ctx *c, dim3 grid, const mxk_kv *kv, const mxk_row *rows, uint32_t layer,
                           const float *q, uint32_t heads, uint32_t kv_heads, uint32_t hd, float *scratch) {
         if (kv->bf16)
-                attention_slice_kernel<DPL, uint16_t><<<grid, ATT_WARPS * 32, 0, c->stream>>>(
+                attention_slice_kernel<DPL, uint16_t><<<grid, MXK_ATT_WARPS * 32, 0, c->stream>>>(
                         *kv, rows, layer, q, heads, kv_heads, hd, scratch);
         else
-                attention_slice_kernel<DPL, float><<<grid, ATT_WARPS * 32, 0, c->stream>>>(
+                attention_slice_kernel<DPL, float><<<grid, MXK_ATT_WARPS * 32, 0, c->stream>>>(
                         *kv, rows, layer, q, heads, kv_heads, hd, scratch);
 }
 
@@ -177,7 +159,7 @@ extern "C" void mxk_attention(mxk_ctx *c, const mxk_kv *kv, const mxk_row *rows,
                          "supported by the CUDA kernels", heads, kv_heads, hd);
                 return;
         }
-        uint32_t slices = slices_for(n, kv_heads, longest);
+        uint32_t slices = mxk_attention_slices(n, kv_heads, longest);
         dim3 grid(n, kv_heads, slices);
         if (hd <= 32)
                 launch_slices<1>(c, grid, kv, rows, layer, q, heads, kv_heads, hd, scratch);

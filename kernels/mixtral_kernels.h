@@ -186,11 +186,23 @@ typedef struct mxk_row {
 /* Writes k, v [n][stride] into each row's block at its position. */
 void mxk_kv_append(mxk_ctx *c, const mxk_kv *kv, const mxk_row *rows, uint32_t n, uint32_t layer,
                    const float *k, const float *v);
-/* How many slices of the sequence mxk_attention makes (its grid). */
-uint32_t mxk_attention_slices(uint32_t n, uint32_t kv_heads, uint32_t longest);
+/* Warps of an attention block: each takes every MXK_ATT_WARPS-th key. */
+#define MXK_ATT_WARPS 4
+
+/* How many slices of the sequence mxk_attention makes (its grid): enough
+ * blocks to fill a large GPU (264), slices of at least 32 keys. */
+static inline uint32_t mxk_attention_slices(uint32_t n, uint32_t kv_heads, uint32_t longest) {
+        uint32_t blocks = n * kv_heads, want = blocks >= 264 ? 1 : (264 + blocks - 1) / blocks;
+        uint32_t most = (longest + 31) / 32;
+        want = want < most ? want : most;
+        return want ? want : 1;
+}
+
 /* Floats of scratch mxk_attention needs. */
-size_t mxk_attention_scratch(uint32_t n, uint32_t heads, uint32_t hd, uint32_t kv_heads,
-                             uint32_t longest);
+static inline size_t mxk_attention_scratch(uint32_t n, uint32_t heads, uint32_t hd, uint32_t kv_heads,
+                                           uint32_t longest) {
+        return (size_t)n * heads * mxk_attention_slices(n, kv_heads, longest) * (hd + 2);
+}
 /* Causal GQA attention of q [n][heads][hd] over each row's blocks up to
  * its position, in fp32: out [n][heads][hd]. Split over the sequence
  * length, each KV head read once for its query heads; longest = max

@@ -36,6 +36,11 @@ expect 2 "unexpected argument 'stray'" -- "$run" --tokenize -t "$trained" -p x s
 expect 2 "--tokenize needs a prompt" -- "$run" --tokenize -t "$trained"
 expect 2 "--host-cache is for --device cuda" -- "$run" --model "$demo" --host-cache 1G -p x
 expect 2 "either --shape or --synthetic" -- "$run" --make-demo "$tmp/x" --shape b1 --synthetic b1
+# The KV cache's type and size: bad ones refused by name; f32 in a small pool runs.
+expect 1 'KV type "f16": expected bf16 or f32' -- "$run" --model "$demo" --kv-type f16 -p x
+expect 1 'KV memory "0.5%"' -- "$run" --model "$demo" --kv-memory 0.5% -p x
+expect 1 "fewer than the 16 blocks" -- "$run" --model "$demo" --kv-memory 4K -p x
+out=$("$run" --model "$demo" --kv-type f32 --kv-memory 1M -n 2 -p x 2>&1) || fail "--kv-type f32 --kv-memory 1M: $out"
 # A budget below what a step needs is raised, and says so; "min" is that on purpose.
 expect 0 "using those" -- "$run" --model "$demo" --expert-memory 1000 -n 2 -p x
 out=$("$run" --model "$demo" --expert-memory min -n 2 -p x 2>&1) || fail "--expert-memory min: $out"

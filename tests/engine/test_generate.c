@@ -8,6 +8,7 @@
  *                                   tokenizer.model) */
 #include <jansson.h>
 
+#include "gen_steps.h"
 #include "mixtral.h"
 #include "mx_common.h"
 #include "test_util.h"
@@ -33,7 +34,7 @@ static mx_gen_opts greedy_opts(uint32_t max_tokens) {
 /* Runs several requests to the end, all in the same forward steps. */
 static void run_together(const mx_gen_opts *opts, const mx_ids *prompts, size_t n, run *out) {
         mx_gen *g[8] = {0};
-        mx_batch_item items[8];
+        mx_buf text[8] = {0};
         mx_error err = {0};
         for (size_t i = 0; i < n; i++) {
                 out[i] = (run){0};
@@ -41,25 +42,16 @@ static void run_together(const mx_gen_opts *opts, const mx_ids *prompts, size_t 
                 out[i].err = mx_gen_new(engine, tok, prompts[i].v, prompts[i].n, &opts[i], &g[i], &err);
                 CHECK(out[i].err == 0, "request %zu: %s", i, err.msg);
         }
-        for (bool busy = true; busy;) {
-                size_t k = 0;
-                for (size_t i = 0; i < n; i++)
-                        if (g[i] && mx_gen_finished(g[i]) == MX_FINISH_NONE)
-                                mx_gen_prepare(g[i], &items[k++]);
-                if (k == 0)
-                        break;
-                CHECK(mx_forward(engine, items, k, &err) == 0, "%s", err.msg);
+        int k;
+        while ((k = gen_step_all(engine, g, n, text, &err)) > 0)
                 for (size_t i = 0; i < n; i++) {
-                        if (!g[i] || mx_gen_finished(g[i]) != MX_FINISH_NONE)
-                                continue;
-                        size_t before = out[i].text.n;
-                        int32_t t;
-                        CHECK(mx_gen_advance(g[i], &out[i].text, &t) == 0, "advance");
-                        CHECK(utf8_strict(out[i].text.p + before, out[i].text.n - before),
-                              "request %zu: a streamed chunk is not whole UTF-8", i);
+                        CHECK(utf8_strict(text[i].p, text[i].n), "request %zu: a streamed chunk is not whole UTF-8", i);
+                        mx_buf_append(&out[i].text, text[i].p, text[i].n);
+                        text[i].n = 0;
                 }
-                busy = k > 0;
-        }
+        CHECK(k == 0, "%s", err.msg);
+        for (size_t i = 0; i < n; i++)
+                mx_buf_free(&text[i]);
         for (size_t i = 0; i < n; i++) {
                 if (!g[i])
                         continue;

@@ -11,6 +11,7 @@
  *                                   pool of 8 contexts: 128 blocks) */
 #include <math.h>
 
+#include "gen_steps.h"
 #include "mixtral.h"
 #include "mx_common.h"
 #include "test_util.h"
@@ -123,30 +124,19 @@ static mx_gen_opts greedy(bool cache, uint64_t ns) {
 /* Several requests to the end in the same steps. */
 static void run_together(mx_engine *e, const mx_ids *prompts, const mx_gen_opts *o, size_t n, turn_result *out) {
         mx_gen *g[4] = {0};
-        mx_batch_item items[4];
+        mx_buf text[4] = {0};
         mx_error err = {0};
         for (size_t i = 0; i < n; i++) {
                 out[i] = (turn_result){0};
-                mx_buf_append(&out[i].text, "", 0);
+                mx_buf_append(&text[i], "", 0);
                 CHECK(mx_gen_new(e, tok, prompts[i].v, prompts[i].n, &o[i], &g[i], &err) == 0, "%s", err.msg);
         }
-        for (;;) {
-                size_t k = 0;
-                for (size_t i = 0; i < n; i++)
-                        if (g[i] && mx_gen_finished(g[i]) == MX_FINISH_NONE)
-                                mx_gen_prepare(g[i], &items[k++]);
-                if (k == 0)
-                        break;
-                if (mx_forward(e, items, k, &err) < 0) {
-                        CHECK(false, "%s", err.msg);
-                        break;
-                }
-                for (size_t i = 0; i < n; i++) {
-                        int32_t t;
-                        if (g[i] && mx_gen_finished(g[i]) == MX_FINISH_NONE)
-                                CHECK(mx_gen_advance(g[i], &out[i].text, &t) == 0, "advance");
-                }
-        }
+        int k;
+        while ((k = gen_step_all(e, g, n, text, &err)) > 0)
+                ;
+        CHECK(k == 0, "%s", err.msg);
+        for (size_t i = 0; i < n; i++)
+                out[i].text = text[i];
         for (size_t i = 0; i < n; i++) {
                 size_t m;
                 const int32_t *ids = mx_gen_tokens(g[i], &m);

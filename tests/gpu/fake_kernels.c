@@ -242,30 +242,16 @@ void mxk_kv_append(mxk_ctx *c, const mxk_kv *kv, const mxk_row *rows, uint32_t n
         }
 }
 
-#define ATT_WARPS 4
-#define MIN_SLICE 32
-
-uint32_t mxk_attention_slices(uint32_t n, uint32_t kv_heads, uint32_t longest) {
-        uint32_t blocks = n * kv_heads, want = blocks >= 264 ? 1 : (264 + blocks - 1) / blocks;
-        uint32_t most = (longest + MIN_SLICE - 1) / MIN_SLICE;
-        want = want < most ? want : most;
-        return want ? want : 1;
-}
-
-size_t mxk_attention_scratch(uint32_t n, uint32_t heads, uint32_t hd, uint32_t kv_heads, uint32_t longest) {
-        return (size_t)n * heads * mxk_attention_slices(n, kv_heads, longest) * (hd + 2);
-}
-
-/* One (row, head, slice) as the kernel's ATT_WARPS warps walk it, each an
- * online softmax over every ATT_WARPS-th key, then merged: the maximum,
+/* One (row, head, slice) as the kernel's MXK_ATT_WARPS warps walk it, each an
+ * online softmax over every MXK_ATT_WARPS-th key, then merged: the maximum,
  * the sum and the output into part ([2 + hd]). */
 static void attend_slice(const mxk_kv *kv, mxk_row d, uint32_t layer, const float *qh, uint32_t g, uint32_t hd,
                          uint32_t i0, uint32_t i1, float *part) {
-        float m[ATT_WARPS], l[ATT_WARPS], o[ATT_WARPS][256] = {{0}}, scale = sqrtf((float)hd);
+        float m[MXK_ATT_WARPS], l[MXK_ATT_WARPS], o[MXK_ATT_WARPS][256] = {{0}}, scale = sqrtf((float)hd);
         size_t half = (size_t)MXK_KV_BLOCK * kv->stride;
-        for (uint32_t w = 0; w < ATT_WARPS; w++) {
+        for (uint32_t w = 0; w < MXK_ATT_WARPS; w++) {
                 m[w] = -INFINITY, l[w] = 0;
-                for (uint32_t i = i0 + w; i < i1; i += ATT_WARPS) {
+                for (uint32_t i = i0 + w; i < i1; i += MXK_ATT_WARPS) {
                         size_t at = kv_at(kv, d.table, i, layer) + (size_t)g * hd;
                         float dot = 0;
                         for (uint32_t x = 0; x < hd; x++)
@@ -278,12 +264,12 @@ static void attend_slice(const mxk_kv *kv, mxk_row d, uint32_t layer, const floa
                 }
         }
         float mm = -INFINITY;
-        for (uint32_t w = 0; w < ATT_WARPS; w++)
+        for (uint32_t w = 0; w < MXK_ATT_WARPS; w++)
                 mm = fmaxf(mm, m[w]);
         part[0] = mm, part[1] = 0;
         for (uint32_t x = 0; x < hd; x++)
                 part[2 + x] = 0;
-        for (uint32_t w = 0; mm > -INFINITY && w < ATT_WARPS; w++) {
+        for (uint32_t w = 0; mm > -INFINITY && w < MXK_ATT_WARPS; w++) {
                 float f = expf(m[w] - mm);
                 part[1] += l[w] * f;
                 for (uint32_t x = 0; x < hd; x++)

@@ -1,17 +1,18 @@
 #!/bin/bash
 # Packs gpu-carry/ (ignored by git) for a GPU machine that has the NVIDIA
-# driver and cuBLAS but none of our build: the four binaries of BUILD_DIR,
+# driver and cuBLAS but none of our build: the five binaries of BUILD_DIR,
 # every shared library they load but glibc's (cuBLAS is loaded at run time,
 # from the machine), the demo model, and gpu-carry/run.sh, which puts the
 # binaries where tests/gpu/run.sh looks and runs it with its arguments.
 #
 #   tests/gpu/make_carry.sh [BUILD_DIR]
-#   then, with the device tool: command "bash gpu-carry/run.sh [all|stream]",
+#   then, with the device tool: command "bash gpu-carry/run.sh [all|stream|kv]",
 #   carry ["gpu-carry"]; the report comes back under $OUT.
 set -eu
 build=${1:-build}
 cd "$(dirname "$0")/../.."
-bins="$build/tools/mixtral-run/mixtral-run $build/tests/gpu/mixtral-gpu-check $build/daemon/mixtrald $build/client/mixtral"
+bins="$build/tools/mixtral-run/mixtral-run $build/tests/gpu/mixtral-gpu-check $build/daemon/mixtrald $build/client/mixtral
+      $build/bench/kv-bench"
 for b in $bins; do
         [ -x "$b" ] || { echo "make_carry: $b is missing: build with CUDA first (meson compile -C $build)" >&2; exit 1; }
 done
@@ -34,11 +35,12 @@ cat >gpu-carry/run.sh <<'RUN'
 # tests/gpu/run.sh with this script's arguments.
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH=$PWD/gpu-carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-mkdir -p build/tools/mixtral-run build/tests/gpu build/daemon build/client
+mkdir -p build/tools/mixtral-run build/tests/gpu build/daemon build/client build/bench
 cp gpu-carry/bin/mixtral-run build/tools/mixtral-run/
 cp gpu-carry/bin/mixtral-gpu-check build/tests/gpu/
 cp gpu-carry/bin/mixtrald build/daemon/
 cp gpu-carry/bin/mixtral build/client/
+cp gpu-carry/bin/kv-bench build/bench/
 echo "commit (of the tree that built them): @COMMIT@"
 MX_COMMIT=@COMMIT@ MX_DEMO_MODEL=gpu-carry/demo-model exec tests/gpu/run.sh "$@"
 RUN

@@ -14,13 +14,18 @@
 #   4. benchmark: the synthetic Mixtral (as many layers as fit), decode at
 #      batch 1, 8 and 32, prefill of 512 tokens, against a device copy and
 #      a cuBLAS GEMM measured in the same run;
-#   5. expert streaming: the checks of 2 with experts streamed (budgets
+#   5. the KV cache (also alone: kv): time to first token for a 20-token
+#      message after 0, 1k, 4k and 16k tokens of history, from the prefix
+#      cache and without it, and 4k-token sequences per 8 GiB of KV, on
+#      the synthetic Mixtral (bench/kv_bench.c);
+#   6. expert streaming: the checks of 2 with experts streamed (budgets
 #      down to the minimum, host caches down to the minimum), memcheck on
 #      one, the daemon streaming, and the curve of decode speed against
 #      the budget for full-size layers written to disk (synthetic Mixtral,
 #      8 layers, 23 GB), against the pinned host-to-device copy bandwidth.
 #
-#   tests/gpu/run.sh [all|stream]     (stream: 1 and 5 only, about 4 minutes)
+#   tests/gpu/run.sh [all|stream|kv]  (stream: 1 and 6 only, about 4 minutes;
+#                                      kv: 1 and 5 only)
 #
 # Writes $OUT/gpu-report.md (or ./gpu-report.md), with the raw outputs
 # beside it, and exits non-zero when a check fails.
@@ -68,6 +73,7 @@ section 'Correctness: CUDA against the CPU engine'
 echo '| model | check | detail | error | result |' >>"$report"
 echo '|---|---|---|---|---|' >>"$report"
 checks=("--model $demo" "--model tests/data/hf-tiny" "--model tests/data/hf-odd"
+        "--model tests/data/hf-odd --kv-type f32"
         "--synthetic b1 --layers 2" "--synthetic mixtral-8x7b --layers 1 --prompt 40")
 for args in "${checks[@]}"; do
         # shellcheck disable=SC2086
@@ -143,7 +149,19 @@ fi
 
 fi # mode all
 
-. tests/gpu/stream.sh
+if [ "$mode" = all ] || [ "$mode" = kv ]; then
+section 'The KV cache: time to first token after a history, and sequences per KV budget'
+# As many of the synthetic Mixtral's layers as leave room for 16k of history.
+layers=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1 |
+         awk '{ l = int(($1 / 1024 - 12) / 2.9); print l > 32 ? 32 : l < 1 ? 1 : l }')
+timeout 400 build/bench/kv-bench --synthetic mixtral-8x7b --layers "${layers:-8}" --device cuda --budget 8G \
+        >"$out/kv-bench.md" 2>"$out/kv-bench.log"
+rc=$?
+cat "$out/kv-bench.md" >>"$report"
+[ $rc -eq 0 ] || fail "kv-bench (exit $rc): $(tail -3 "$out/kv-bench.log" | tr '\n' ' ')"
+fi
+
+[ "$mode" = kv ] || . tests/gpu/stream.sh
 
 echo >>"$report"
 echo "- result: $([ $status -eq 0 ] && echo PASS || echo FAIL)" >>"$report"
