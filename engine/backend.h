@@ -55,9 +55,11 @@ typedef struct mx_backend_ops {
         /* dst (host) = src (device), n floats. */
         void (*download)(mx_backend *b, float *dst, const float *src, size_t n);
 
-        /* Bytes of memory free now, of which an auto-sized KV pool takes a
-         * share (the host's available memory; a GPU's free memory). */
-        uint64_t (*memory_free)(mx_backend *b);
+        /* Bytes of memory free now, of which a kv_memory percentage is
+         * taken (the host's available memory; a GPU's free memory), and
+         * what an auto-sized KV pool takes (before the engine's cap of 8
+         * contexts): the backend knows what else wants its memory. */
+        void (*kv_memory)(mx_backend *b, uint64_t *free, uint64_t *auto_bytes);
         /* The KV pool: `blocks` blocks of type t, allocated once, before
          * any step. */
         int (*kv_init)(mx_backend *b, mx_kv_type t, uint32_t blocks);

@@ -101,8 +101,10 @@ static int open_kv(mx_engine *e, const mx_engine_opts *o, bool gpu, mx_error *er
         const mx_config *c = &e->model->cfg;
         e->kv_block_bytes = mx_kv_block_bytes(c, o->kv_type);
         uint32_t blocks;
-        int r = mx_kv_pool_size(o->kv_memory, o->kv_memory_percent, e->be->ops->memory_free(e->be), gpu,
-                                e->kv_block_bytes, c->max_position_embeddings, &blocks, err);
+        uint64_t free, auto_bytes;
+        e->be->ops->kv_memory(e->be, &free, &auto_bytes);
+        int r = mx_kv_pool_size(o->kv_memory, o->kv_memory_percent, free, auto_bytes, e->kv_block_bytes,
+                                c->max_position_embeddings, &blocks, err);
         if (r < 0)
                 return r;
         if ((r = mx_kv_pool_new(blocks, &e->kv)) < 0 || (r = e->be->ops->kv_init(e->be, o->kv_type, blocks)) < 0)

@@ -38,7 +38,7 @@ static void cpu_download(mx_backend *b, float *dst, const float *src, size_t n) 
 }
 
 /* MemAvailable: what the kernel could hand out without swapping. */
-static uint64_t cpu_memory_free(mx_backend *b) {
+static uint64_t available(void) {
         _cleanup_fclose_ FILE *f = fopen("/proc/meminfo", "re");
         char line[128];
         unsigned long long kib;
@@ -47,6 +47,13 @@ static uint64_t cpu_memory_free(mx_backend *b) {
                         return (uint64_t)kib << 10;
         long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
         return pages > 0 && size > 0 ? (uint64_t)pages * (uint64_t)size : 0;
+}
+
+/* Auto: a quarter of it; the rest is the page cache's (a mapped model's
+ * pages among them) and everything else's. */
+static void cpu_kv_memory(mx_backend *b, uint64_t *free, uint64_t *auto_bytes) {
+        *free = available();
+        *auto_bytes = *free / 4;
 }
 
 /* Untouched pages of the pool cost nothing until a sequence writes them. */
@@ -209,7 +216,7 @@ static const mx_backend_ops cpu_ops = {
         .alloc = cpu_alloc,
         .release = cpu_release,
         .download = cpu_download,
-        .memory_free = cpu_memory_free,
+        .kv_memory = cpu_kv_memory,
         .kv_init = cpu_kv_init,
         .kv_copy = cpu_kv_copy,
         .embed = cpu_embed,

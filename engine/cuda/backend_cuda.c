@@ -57,13 +57,17 @@ static void cuda_download(mx_backend *b, float *dst, const float *src, size_t n)
         mxk_download(cuda(b)->ctx, dst, src, n * sizeof(float));
 }
 
-/* What the pool may take a share of: the free memory less 1 GiB for the
- * activations and products. */
-static uint64_t cuda_memory_free(mx_backend *b) {
+/* The free memory less 1 GiB for the activations and products; auto, half
+ * of it. Where experts stream by themselves, the slots took the memory
+ * after stream_budget kept the pool's share aside: what it measured then
+ * is the free memory, and the share the auto size. */
+static void cuda_kv_memory(mx_backend *b, uint64_t *free, uint64_t *auto_bytes) {
+        cuda_backend *cb = cuda(b);
         size_t free_b = 0, total_b = 0;
-        mxk_free_memory(cuda(b)->ctx, &free_b, &total_b);
+        mxk_free_memory(cb->ctx, &free_b, &total_b);
         const uint64_t work = (uint64_t)1 << 30;
-        return free_b > work ? free_b - work : 0;
+        *free = cb->kv_aside ? cb->kv_base : free_b > work ? free_b - work : 0;
+        *auto_bytes = cb->kv_aside ? cb->kv_aside : *free / 2;
 }
 
 static int cuda_kv_init(mx_backend *b, mx_kv_type t, uint32_t blocks) {
@@ -506,7 +510,7 @@ static const mx_backend_ops cuda_ops = {
         .alloc = cuda_alloc,
         .release = cuda_release,
         .download = cuda_download,
-        .memory_free = cuda_memory_free,
+        .kv_memory = cuda_kv_memory,
         .kv_init = cuda_kv_init,
         .kv_copy = cuda_kv_copy,
         .embed = cuda_embed,
@@ -545,19 +549,35 @@ static int upload_inv_freq(cuda_backend *cb, mx_error *err) {
 
 /* What to stream: the budget asked for; or, when every weight would not
  * fit, what fits beside the rest with room to work (0: no streaming). */
-static int stream_budget(cuda_backend *cb, uint64_t asked, uint64_t kv_bytes, uint64_t *budget, mx_error *err) {
+/* The KV pool beside streamed slots: what kv_memory asks, or auto an
+ * eighth of what the dense weights leave (at most 8 contexts), so that the
+ * slots keep most of the card. */
+static uint64_t kv_beside_slots(const mx_model *m, const mx_engine_opts *o, uint64_t left) {
+        const mx_config *c = &m->cfg;
+        uint64_t contexts = (uint64_t)c->max_position_embeddings * 8 * mx_kv_block_bytes(c, o->kv_type) / MX_KV_BLOCK;
+        if (o->kv_memory_percent)
+                return left / 100 * o->kv_memory_percent;
+        if (o->kv_memory)
+                return o->kv_memory;
+        return contexts && contexts < left / 8 ? contexts : left / 8;
+}
+
+static int stream_budget(cuda_backend *cb, const mx_engine_opts *o, uint64_t *budget, mx_error *err) {
         const mx_model *m = cb->base.model;
-        uint64_t experts, dense;
+        uint64_t experts, dense, asked = o->expert_memory;
         mx_cuda_weights_size(m, &experts, &dense);
         size_t free_b = 0, total_b = 0;
         mxk_free_memory(cb->ctx, &free_b, &total_b);
         /* Whether it fits is weights_cuda.c's test (1 GiB to work in); a
-         * streamed model keeps 2 GiB beside its slots to work in and for
-         * an auto-sized KV pool, and the bytes of one sized by hand. */
-        const uint64_t fit = (uint64_t)1 << 30, margin = ((uint64_t)2 << 30) + kv_bytes;
+         * model that streams by itself keeps 2 GiB beside its slots to
+         * work in, and the KV pool's share. */
+        const uint64_t fit = (uint64_t)1 << 30, margin = (uint64_t)2 << 30;
         *budget = asked;
-        if (!asked && m->n_files && experts + dense + fit > free_b && free_b > dense + margin)
-                *budget = free_b - dense - margin;
+        if (!asked && m->n_files && experts + dense + fit > free_b && free_b > dense + margin) {
+                cb->kv_base = free_b - dense - margin;
+                cb->kv_aside = kv_beside_slots(m, o, cb->kv_base);
+                *budget = free_b - dense - margin > cb->kv_aside ? free_b - dense - margin - cb->kv_aside : 1;
+        }
         if (*budget && !m->n_files)
                 return mx_error_set(err, -EINVAL, "expert streaming reads the experts from the model's files, "
                                     "and a synthetic model has none");
@@ -589,7 +609,7 @@ int mx_cuda_backend_new(const mx_model *m, int index, const mx_engine_opts *o, m
         }
         uint64_t budget = 0;
         if (r == 0)
-                r = stream_budget(cb, o->expert_memory, o->kv_memory, &budget, err);
+                r = stream_budget(cb, o, &budget, err);
         if (r == 0) {
                 const mx_config *c = &m->cfg;
                 uint64_t least = budget ? (uint64_t)c->n_layers * c->n_experts_per_tok * 3 *

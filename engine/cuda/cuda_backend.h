@@ -22,7 +22,9 @@ typedef struct cuda_backend {
         /* The KV pool and the step's view of it (kv_cuda.c). */
         mxk_kv kv;              /* pool: [blocks][layer][K|V][MX_KV_BLOCK][kv_heads * hd]; tables: d_tables */
         uint32_t *d_tables;     /* [tables_cap] */
-        uint32_t tables_cap, tables_n; /* entries allocated; uploaded by this step */
+        uint32_t tables_cap;    /* entries allocated */
+        uint64_t kv_aside;      /* bytes stream_budget kept from the slots for the KV pool (0: none) */
+        uint64_t kv_base;       /* what it shared out between them */
 
         /* The step, on the device. */
         uint32_t step_cap, logit_cap, T, longest;

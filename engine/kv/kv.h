@@ -67,11 +67,10 @@ void mx_kv_table_commit(mx_kv_pool *p, mx_kv_table *t, uint32_t from, const int3
 void mx_kv_table_release(mx_kv_pool *p, mx_kv_table *t, uint32_t len);
 void mx_kv_table_free(mx_kv_pool *p, mx_kv_table *t, uint32_t len);
 
-/* The pool's size: bytes (0: auto) or a percentage (1 to 100) of `free`
- * memory, in blocks of block_bytes; auto takes a quarter of it (half on a
- * GPU) but at most 8 contexts of `context` tokens (when the model gives
- * one). -EINVAL when fewer
- * than MX_KV_MIN_BLOCKS blocks would fit. */
+/* The pool's size: bytes, a percentage (1 to 100) of `free` memory, or
+ * (both 0) auto: the backend's auto_bytes, at most 8 contexts of `context`
+ * tokens (when the model gives one); in blocks of block_bytes. -EINVAL
+ * when fewer than MX_KV_MIN_BLOCKS blocks would fit. */
 #define MX_KV_MIN_BLOCKS 16
-int mx_kv_pool_size(uint64_t bytes, uint32_t percent, uint64_t free, bool gpu, uint64_t block_bytes,
+int mx_kv_pool_size(uint64_t bytes, uint32_t percent, uint64_t free, uint64_t auto_bytes, uint64_t block_bytes,
                     uint32_t context, uint32_t *blocks, mx_error *err);

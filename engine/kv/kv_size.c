@@ -1,7 +1,8 @@
 /* How big the KV pool is and what it holds: the kv_type and kv_memory
- * texts the tools and the daemon take, and the auto size. The engine asks
- * its backend for the free memory (the host's available memory, or the
- * GPU's after the weights) and turns the answer into blocks here. */
+ * texts the tools and the daemon take, and the size. The engine asks its
+ * backend for the free memory (the host's available memory, or the GPU's
+ * after the weights) and what an auto-sized pool may take, and turns the
+ * answer into blocks here. */
 #include <string.h>
 
 #include "kv.h"
@@ -36,15 +37,14 @@ int mx_kv_memory_parse(const char *s, uint64_t *bytes, uint32_t *percent, mx_err
         return 0;
 }
 
-int mx_kv_pool_size(uint64_t bytes, uint32_t percent, uint64_t free, bool gpu, uint64_t block_bytes,
+int mx_kv_pool_size(uint64_t bytes, uint32_t percent, uint64_t free, uint64_t auto_bytes, uint64_t block_bytes,
                     uint32_t context, uint32_t *blocks, mx_error *err) {
         uint64_t want = bytes;
         if (percent)
                 want = free / 100 * percent;
         else if (!bytes) {
                 uint64_t most = ((uint64_t)context + MX_KV_BLOCK - 1) / MX_KV_BLOCK * 8 * block_bytes;
-                want = gpu ? free / 2 : free / 4;
-                want = want < most || !context ? want : most;
+                want = auto_bytes < most || !context ? auto_bytes : most;
         }
         uint64_t n = want / block_bytes;
         if (n < MX_KV_MIN_BLOCKS)
