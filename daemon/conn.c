@@ -65,8 +65,7 @@ void md_conn_free(md_conn *c) {
         free(c->out);
         free(c);
         /* A place freed: accepting may go on if the fd limit had stopped it. */
-        if (srv->listen_src && !srv->accept_retry)
-                sd_event_source_set_enabled(srv->listen_src, SD_EVENT_ON);
+        md_service_accept_again(srv);
 }
 
 static int on_defer_free(sd_event_source *s, void *userdata) {
@@ -295,7 +294,7 @@ void md_conn_close_idle(md_server *srv, bool *pending) {
         }
 }
 
-static uint32_t conns_of(const md_server *srv, uint32_t uid) {
+uint32_t md_conn_count(const md_server *srv, uint32_t uid) {
         uint32_t n = 0;
         for (const md_conn *c = srv->conns; c; c = c->next)
                 n += c->uid == uid && !c->dead;
@@ -331,8 +330,8 @@ int md_conn_new(md_server *srv, int fd) {
         srv->conns = c;
         srv->n_conns++;
         /* Root too: a flood of connections costs file descriptors whoever
-         * opens them. */
-        if (conns_of(srv, cred.uid) > srv->cfg.max_connections_per_uid) {
+         * opens them. The HTTP API's connections count too. */
+        if (md_service_conns_of(srv, cred.uid) > srv->cfg.max_connections_per_uid) {
                 md_log(LOG_NOTICE, "refused a connection of uid %u (pid %d): BUSY: over max_connections_per_uid (%u)",
                        c->uid, (int)c->pid, srv->cfg.max_connections_per_uid);
                 md_conn_send_error(c, 0, 0, MIXTRALD__V1__ERROR_CODE__BUSY,

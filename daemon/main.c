@@ -23,8 +23,8 @@ static const char usage_text[] =
         "       mixtrald --check-config [OPTIONS]\n"
         "\n"
         "The Mixtral inference daemon: keeps the model in memory and serves every\n"
-        "local user over a Unix socket (protobuf; see mixtrald(8)) and on D-Bus as\n"
-        "org.mixtrald.Mixtral1, with per-user quotas. Runs under systemd (socket\n"
+        "local user over a Unix socket (protobuf; see mixtrald(8)), on D-Bus as\n"
+        "org.mixtrald.Mixtral1 and over HTTP (OpenAI's API), with per-user quotas. Runs under systemd (socket\n"
         "activation, Type=notify, watchdog) or by hand as any user. It answers while\n"
         "the model loads (status: loading, and how far; requests wait).\n"
         "\n"
@@ -45,6 +45,13 @@ static const char usage_text[] =
         "                             ~/.local/state/mixtrald, made 0700 if missing);\n"
         "                             yours alone, one daemon at a time\n"
         "      --threads N            CPU threads for the engine (default: every core)\n"
+        "      --http-socket PATH     the HTTP API's Unix socket, or none (default:\n"
+        "                             " MD_SYSTEM_HTTP_SOCKET " for root, else\n"
+        "                             $XDG_RUNTIME_DIR/mixtrald-http.sock; with\n"
+        "                             --socket S, beside S: S without .sock, -http.sock)\n"
+        "      --http-listen ADDR:PORT  HTTP on TCP too, for API keys (mixtral key new):\n"
+        "                             a loopback address only (127.0.0.1:8080,\n"
+        "                             [::1]:8080); default none\n"
         "      --max-frame-bytes N    largest request accepted (default 1M)\n"
         "      --socket-mode MODE     octal mode of a socket made here (default 0666\n"
         "                             for the system daemon, else 0600)\n"
@@ -62,7 +69,8 @@ static const char usage_text[] =
         "      --version              the version\n"
         "\n"
 "Configuration (INI; see mixtrald(8)):\n"
-        "  [daemon]  model device socket socket_mode state_directory max_frame_bytes bus\n"
+        "  [daemon]  model device socket socket_mode http_socket http_listen\n"
+        "            state_directory max_frame_bytes bus\n"
         "            threads admin_group max_batch max_queue max_connections_per_uid\n"
         "            max_output_bytes prefill_chunk drain_seconds expert_memory\n"
         "            memory_pressure host_cache\n"
@@ -110,7 +118,7 @@ static int override(md_server *srv, const char *key, const char *value) {
 
 static int parse_args(int argc, char **argv, md_server *srv, args *a) {
         enum { OPT_DEVICE = 256, OPT_STATE, OPT_THREADS, OPT_FRAME, OPT_MODE, OPT_CHECK, OPT_VERSION, OPT_BUS,
-               OPT_USER };
+               OPT_USER, OPT_HTTP_SOCKET, OPT_HTTP_LISTEN };
         static const struct option opts[] = {
                 {"model", required_argument, NULL, 'm'},     {"device", required_argument, NULL, OPT_DEVICE},
                 {"socket", required_argument, NULL, 's'},    {"config", required_argument, NULL, 'c'},
@@ -118,6 +126,8 @@ static int parse_args(int argc, char **argv, md_server *srv, args *a) {
                 {"threads", required_argument, NULL, OPT_THREADS},
                 {"max-frame-bytes", required_argument, NULL, OPT_FRAME},
                 {"socket-mode", required_argument, NULL, OPT_MODE},
+                {"http-socket", required_argument, NULL, OPT_HTTP_SOCKET},
+                {"http-listen", required_argument, NULL, OPT_HTTP_LISTEN},
                 {"check-config", no_argument, NULL, OPT_CHECK},
                 {"bus", required_argument, NULL, OPT_BUS},
                 {"user", no_argument, NULL, OPT_USER},
@@ -135,6 +145,8 @@ static int parse_args(int argc, char **argv, md_server *srv, args *a) {
                 case OPT_THREADS: r = override(srv, "threads", optarg); break;
                 case OPT_FRAME: r = override(srv, "max_frame_bytes", optarg); break;
                 case OPT_MODE: r = override(srv, "socket_mode", optarg); break;
+                case OPT_HTTP_SOCKET: r = override(srv, "http_socket", optarg); break;
+                case OPT_HTTP_LISTEN: r = override(srv, "http_listen", optarg); break;
                 case OPT_BUS: r = override(srv, "bus", optarg); break;
                 case OPT_USER: srv->user_instance = true; break;
                 case 'c': a->config = optarg; break;
@@ -167,6 +179,18 @@ static char *user_path(const char *xdg_var, const char *fallback, const char *le
         return asprintf(&p, "%s/%s/%s", home, fallback, leaf) < 0 ? NULL : p;
 }
 
+/* The HTTP API's socket beside the protobuf one: the defaults' neighbours,
+ * or, for a socket given as S, S without ".sock" and "-http.sock". */
+static char *http_socket_default(const char *socket, bool system) {
+        if (!socket)
+                return system ? strdup(MD_SYSTEM_HTTP_SOCKET) : user_path("XDG_RUNTIME_DIR", ".", "mixtrald-http.sock");
+        size_t n = strlen(socket);
+        if (n > 5 && !strcmp(socket + n - 5, ".sock"))
+                n -= 5;
+        char *p = NULL;
+        return asprintf(&p, "%.*s-http.sock", (int)n, socket) < 0 ? NULL : p;
+}
+
 int md_service_load_config(md_server *srv, md_config *out, mx_error *err) {
         bool system = geteuid() == 0 && !srv->user_instance;
         md_config c;
@@ -188,6 +212,8 @@ int md_service_load_config(md_server *srv, md_config *out, mx_error *err) {
          * limit them); a user's own daemon is that user's alone. */
         if (!c.socket_mode_set)
                 c.socket_mode = system ? 0666 : 0600;
+        if (r == 0 && !c.http_socket && !(c.http_socket = http_socket_default(c.socket, system)))
+                r = mx_error_set(err, -ENOMEM, "out of memory");
         if (r == 0 && !c.socket) {
                 c.socket = system ? strdup(MXP_SYSTEM_SOCKET) : user_path("XDG_RUNTIME_DIR", ".", "mixtrald.sock");
                 if (!c.socket || (!system && !getenv("XDG_RUNTIME_DIR")))
@@ -292,15 +318,20 @@ static int check_config(md_server *srv) {
                 r = mx_load_open(&l, &srv->load_opts, &err);
         if (r == 0)
                 r = md_state_dir_check(srv->cfg.state_directory, &err);
+        _cleanup_(md_keys_free) md_keys keys = {0};
+        if (r == 0)
+                r = md_keys_open(&keys, srv->cfg.state_directory, &err);
         if (r < 0) {
                 fprintf(stderr, "mixtrald: %s: %s\n", srv->config_path, err.msg);
                 return 1;
         }
         bool file = access(srv->config_path, F_OK) == 0;
-        printf("%s%s: OK (model %s: %u layers, context %u; socket %s, state %s, %zu user/group sections)\n",
+        printf("%s%s: OK (model %s: %u layers, context %u; socket %s, HTTP %s%s%s, state %s, %zu API keys, "
+               "%zu user/group sections)\n",
                srv->config_path, file ? "" : " (absent: built-in defaults)", srv->model_dir,
-               l.model->cfg.n_layers, l.model->cfg.max_position_embeddings, srv->cfg.socket,
-               srv->cfg.state_directory, srv->cfg.n_sections);
+               l.model->cfg.n_layers, l.model->cfg.max_position_embeddings, srv->cfg.socket, srv->cfg.http_socket,
+               srv->cfg.http_listen ? " and " : "", srv->cfg.http_listen ? srv->cfg.http_listen : "",
+               srv->cfg.state_directory, keys.n, srv->cfg.n_sections);
         return 0;
 }
 
@@ -342,13 +373,13 @@ static int start_engine(md_server *srv, mx_error *err) {
  * state directory locked before either. */
 static int serve(md_server *srv, mx_error *err) {
         int r = md_usage_open(&srv->usage, srv->cfg.state_directory, err);
-        if (r < 0)
+        if (r < 0 || (r = md_keys_open(&srv->keys, srv->cfg.state_directory, err)) < 0)
                 return r;
         if ((r = sd_event_default(&srv->event)) < 0 || (r = md_service_signals(srv)) < 0)
                 return mx_error_set(err, r, "event loop: %s", strerror(-r));
         srv->t_start = md_now();
-        if ((r = md_service_listen(srv, srv->cfg.socket, err)) < 0 || (r = open_model(srv, err)) < 0 ||
-            (r = start_engine(srv, err)) < 0 || (r = md_dbus_start(srv, err)) < 0)
+        if ((r = md_service_listen(srv, err)) < 0 || (r = open_model(srv, err)) < 0 ||
+            (r = start_engine(srv, err)) < 0 || (r = md_dbus_start(srv, err)) < 0 || (r = md_http_start(srv, err)) < 0)
                 return r;
         sd_notifyf(false, "STATUS=Loading %s\nEXTEND_TIMEOUT_USEC=%llu", srv->model_dir, 30000000ull);
         if ((r = sd_event_loop(srv->event)) < 0)
@@ -363,8 +394,7 @@ static void teardown(md_server *srv) {
          * without waiting for it (and without freeing what it uses). */
         if (srv->loading && srv->sched) {
                 md_log(LOG_NOTICE, "stopped while loading the model");
-                if (srv->created_socket)
-                        unlink(srv->created_socket);
+                md_service_unlisten(srv);
                 return;
         }
         if (srv->sched) {
@@ -373,22 +403,18 @@ static void teardown(md_server *srv) {
                 md_core_on_engine(srv->core);
         }
         md_dbus_stop(srv);
+        md_http_stop(srv);
         while (srv->conns)
                 md_conn_free(srv->conns);
         md_core_free(srv->core);
         md_sched_free(srv->sched);
         md_users_free(srv->users);
-        sd_event_source_disable_unref(srv->listen_src);
+        md_service_unlisten(srv);
         sd_event_source_disable_unref(srv->accept_retry);
         sd_event_source_disable_unref(srv->dispatch);
         sd_event_source_disable_unref(srv->notify_src);
         sd_event_source_disable_unref(srv->drain_timer);
         sd_event_source_disable_unref(srv->pressure_timer);
-        if (srv->created_socket)
-                unlink(srv->created_socket);
-        free(srv->created_socket);
-        if (srv->listen_fd >= 0)
-                close(srv->listen_fd);
         if (srv->reserve_fd >= 0)
                 close(srv->reserve_fd);
         if (srv->notify_fd >= 0)
@@ -396,14 +422,15 @@ static void teardown(md_server *srv) {
         mx_load_free(&srv->load);
         free((char *)srv->model_dir);
         md_usage_free(&srv->usage);
+        md_keys_free(&srv->keys);
         md_config_free(&srv->cfg);
         sd_event_unref(srv->event);
 }
 
 int main(int argc, char **argv) {
         md_log_init();
-        md_server srv = {.listen_fd = -1, .notify_fd = -1, .reserve_fd = -1, .usage = {.lock_fd = -1},
-                         .load = {.gpu = -1}};
+        md_server srv = {.listen = {{.fd = -1}, {.fd = -1}, {.fd = -1}}, .notify_fd = -1, .reserve_fd = -1,
+                         .usage = {.lock_fd = -1}, .load = {.gpu = -1}};
         args a = {0};
         int r = parse_args(argc, argv, &srv, &a);
         if (r)

@@ -44,9 +44,7 @@ static md_usage_entry *add(md_usage *u, uint32_t uid) {
         return e;
 }
 
-/* One unsigned decimal field and the separator after it; nothing scanf
- * would also take (signs, spaces, overflow). */
-static bool field(const char **p, char sep, uint64_t max, uint64_t *out) {
+bool md_field_u64(const char **p, char sep, uint64_t max, uint64_t *out) {
         const char *s = *p;
         uint64_t v = 0;
         if (*s < '0' || *s > '9')
@@ -63,9 +61,10 @@ static bool field(const char **p, char sep, uint64_t max, uint64_t *out) {
 
 static bool parse_line(const char *line, md_usage_entry *e) {
         uint64_t uid;
-        bool ok = field(&line, ' ', UINT32_MAX, &uid) && field(&line, ' ', UINT64_MAX, &e->hour_start) &&
-                  field(&line, ' ', UINT64_MAX, &e->hour_used) && field(&line, ' ', UINT64_MAX, &e->day_start) &&
-                  field(&line, '\n', UINT64_MAX, &e->day_used) && *line == '\0';
+        bool ok = md_field_u64(&line, ' ', UINT32_MAX, &uid) && md_field_u64(&line, ' ', UINT64_MAX, &e->hour_start) &&
+                  md_field_u64(&line, ' ', UINT64_MAX, &e->hour_used) &&
+                  md_field_u64(&line, ' ', UINT64_MAX, &e->day_start) &&
+                  md_field_u64(&line, '\n', UINT64_MAX, &e->day_used) && *line == '\0';
         e->uid = (uint32_t)uid;
         return ok;
 }
@@ -210,10 +209,8 @@ int md_usage_charge(md_usage *u, uint32_t uid, uint64_t tokens, uint64_t now) {
         return 0;
 }
 
-static int write_all(int fd, const md_usage *u) {
-        _cleanup_fclose_ FILE *f = fdopen(dup(fd), "w");
-        if (!f)
-                return -errno;
+static int write_usage(FILE *f, const void *arg) {
+        const md_usage *u = arg;
         fputs(HEADER, f);
         for (size_t i = 0; i < u->n; i++) {
                 const md_usage_entry *e = &u->v[i];
@@ -221,13 +218,26 @@ static int write_all(int fd, const md_usage *u) {
                         fprintf(f, "%" PRIu32 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", e->uid,
                                 e->hour_start, e->hour_used, e->day_start, e->day_used);
         }
-        int r = fflush(f) == 0 && !ferror(f) ? 0 : -EIO;
-        return r;
+        return 0;
 }
 
 int md_usage_save(const md_usage *u, mx_error *err) {
-        _cleanup_free_ char *tmp = NULL, *dir = strdup(u->path);
-        if (!dir || asprintf(&tmp, "%s.tmp", u->path) < 0)
+        return md_state_write(u->path, write_usage, u, err);
+}
+
+static int write_all(int fd, int (*body)(FILE *f, const void *arg), const void *arg) {
+        _cleanup_fclose_ FILE *f = fdopen(dup(fd), "w");
+        if (!f)
+                return -errno;
+        int r = body(f, arg);
+        if (r == 0 && (fflush(f) != 0 || ferror(f)))
+                r = -EIO;
+        return r;
+}
+
+int md_state_write(const char *path, int (*body)(FILE *f, const void *arg), const void *arg, mx_error *err) {
+        _cleanup_free_ char *tmp = NULL, *dir = strdup(path);
+        if (!dir || asprintf(&tmp, "%s.tmp", path) < 0)
                 return mx_error_set(err, -ENOMEM, "out of memory");
         *strrchr(dir, '/') = '\0';
         /* A fresh file, so that a leftover's looser mode does not carry over. */
@@ -235,14 +245,14 @@ int md_usage_save(const md_usage *u, mx_error *err) {
         _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd < 0)
                 return mx_error_set(err, -errno, "%s: %s", tmp, strerror(errno));
-        int r = write_all(fd, u);
+        int r = write_all(fd, body, arg);
         if (r == 0 && fsync(fd) < 0)
                 r = -errno;
-        if (r == 0 && rename(tmp, u->path) < 0)
+        if (r == 0 && rename(tmp, path) < 0)
                 r = -errno;
         if (r < 0) {
                 unlink(tmp);
-                return mx_error_set(err, r, "cannot save %s: %s", u->path, strerror(-r));
+                return mx_error_set(err, r, "cannot save %s: %s", path, strerror(-r));
         }
         _cleanup_close_ int dfd = open(*dir ? dir : "/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0 || fsync(dfd) < 0)
