@@ -73,13 +73,35 @@ static bool valid_budget(const char *v) {
         return mx_expert_budget_parse(v, NULL, NULL, NULL) == 0;
 }
 
+/* host (an IPv4 address or localhost, or inside [] an IPv6 one) as a
+ * socket address, if it is a loopback address. */
+static int loopback_addr(const char *host, bool v6, uint16_t port, struct sockaddr_storage *ss, mx_error *err) {
+        struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+        *ss = (struct sockaddr_storage){0};
+        if (!v6 && !strcmp(host, "localhost"))
+                host = "127.0.0.1";
+        if (!v6 && inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+                a4->sin_family = AF_INET, a4->sin_port = htons(port);
+                if ((ntohl(a4->sin_addr.s_addr) >> 24) == 127)
+                        return 0;
+        } else if (v6 && inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+                a6->sin6_family = AF_INET6, a6->sin6_port = htons(port);
+                if (IN6_IS_ADDR_LOOPBACK(&a6->sin6_addr))
+                        return 0;
+        } else
+                return mx_error_set(err, -EINVAL, "'%s' is not an IPv4 address, [IPv6] or localhost", host);
+        return mx_error_set(err, -EINVAL, "%s is not a loopback address: keys would cross the network in the clear "
+                            "(put a TLS proxy in front of a loopback address)", host);
+}
+
 /* "ADDRESS:PORT": an IPv4 address, [IPv6] or localhost, and a port. The
  * HTTP API carries keys in the clear, so only loopback addresses: from
  * elsewhere, a TLS proxy on this host forwards to it (docs/http.md). */
 int md_listen_addr_parse(const char *s, struct sockaddr_storage *out, socklen_t *len, mx_error *err) {
-        const char *colon = strrchr(s, ':');
+        const char *colon = strrchr(s, ':'), *digits = colon ? colon + 1 : "";
         uint64_t port;
-        if (!colon || parse_u64(colon + 1, 65535, &port) < 0)
+        if (!*digits || digits[strspn(digits, "0123456789")] || parse_u64(digits, 65535, &port) < 0)
                 return mx_error_set(err, -EINVAL, "expected ADDRESS:PORT (127.0.0.1:8080, [::1]:8080, localhost:8080)");
         char host[64];
         size_t n = (size_t)(colon - s);
@@ -90,26 +112,11 @@ int md_listen_addr_parse(const char *s, struct sockaddr_storage *out, socklen_t 
                 return mx_error_set(err, -EINVAL, "the address is too long");
         memcpy(host, s, n);
         host[n] = '\0';
-        struct sockaddr_storage ss = {0};
-        struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-        if (!v6 && (!strcmp(host, "localhost") || inet_pton(AF_INET, host, &a4->sin_addr) == 1)) {
-                if (!strcmp(host, "localhost"))
-                        a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-                a4->sin_family = AF_INET, a4->sin_port = htons((uint16_t)port);
-                if ((ntohl(a4->sin_addr.s_addr) >> 24) != 127)
-                        return mx_error_set(err, -EINVAL, "%s is not a loopback address: keys would cross the network "
-                                            "in the clear (put a TLS proxy in front of 127.0.0.1)", host);
-        } else if (v6 && inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-                a6->sin6_family = AF_INET6, a6->sin6_port = htons((uint16_t)port);
-                if (!IN6_IS_ADDR_LOOPBACK(&a6->sin6_addr))
-                        return mx_error_set(err, -EINVAL, "[%s] is not a loopback address: keys would cross the network "
-                                            "in the clear (put a TLS proxy in front of [::1])", host);
-        } else
-                return mx_error_set(err, -EINVAL, "'%s' is not an IPv4 address, [IPv6] or localhost", host);
-        if (out)
-                *out = ss, *len = ss.ss_family == AF_INET ? sizeof(*a4) : sizeof(*a6);
-        return 0;
+        struct sockaddr_storage ss;
+        int r = loopback_addr(host, v6, (uint16_t)port, &ss, err);
+        if (r == 0 && out)
+                *out = ss, *len = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+        return r;
 }
 
 /* NULL v: back to the default. */
