@@ -98,8 +98,10 @@ static bool parse_line(const char *line, md_key *key) {
         line += 2 * sizeof(key->hash);
         if (*line == '\n')
                 return line[1] == '\0';
-        size_t n = strcspn(++line, "\n");
-        if (line[-1] != ' ' || !n || !valid_name(line, n) || strcmp(line + n, "\n"))
+        if (*line++ != ' ')
+                return false;
+        size_t n = strcspn(line, "\n");
+        if (!n || !valid_name(line, n) || strcmp(line + n, "\n"))
                 return false;
         memcpy(key->name, line, n);
         return true;
