@@ -221,17 +221,12 @@ static void handle_one(md_conn *c) {
  * last (in uid order, wrapping), and of that user's connections the one
  * served least. */
 static md_conn *pick(md_server *srv) {
-        md_conn *best = NULL, *first = NULL;
-        for (md_conn *c = srv->conns; c; c = c->next) {
-                if (!c->ready || c->dead)
-                        continue;
-                bool after = c->uid > srv->last_uid_served;
-                if (after && (!best || c->uid < best->uid || (c->uid == best->uid && c->turns < best->turns)))
+        md_conn *best = NULL;
+        for (md_conn *c = srv->conns; c; c = c->next)
+                if (c->ready && !c->dead &&
+                    (!best || md_turn_before(srv->last_uid_served, c->uid, c->turns, best->uid, best->turns)))
                         best = c;
-                if (!first || c->uid < first->uid || (c->uid == first->uid && c->turns < first->turns))
-                        first = c;
-        }
-        return best ? best : first;
+        return best;
 }
 
 /* One frame per turn of the event loop (sd-event dispatches one source per

@@ -207,16 +207,14 @@ static void run_soon(md_http *h) {
 /* ---- one request per loop turn, users in turn ------------------------------------ */
 
 /* The oldest waiting request of the user after the one served last (in
- * uid order, wrapping). */
+ * uid order, wrapping), as conn.c takes frames. */
 static md_http_req *pick(md_http *h) {
-        md_http_req *best = NULL, *first = NULL;
-        for (md_http_req *q = h->ready; q; q = q->next_ready) {
-                if (q->uid > h->last_uid && (!best || q->uid < best->uid))
-                        best = q;
-                if (!first || q->uid < first->uid)
-                        first = q;
-        }
-        return best ? best : first;
+        md_http_req *best = NULL;
+        uint64_t age = 0, best_age = 0;
+        for (md_http_req *q = h->ready; q; q = q->next_ready, age++)
+                if (!best || md_turn_before(h->last_uid, q->uid, age, best->uid, best_age))
+                        best = q, best_age = age;
+        return best;
 }
 
 static int on_dispatch(sd_event_source *s, void *userdata);

@@ -97,7 +97,21 @@ static int unsupported(md_http_kind kind, json_t *o, mx_error *err) {
 
 /* ---- text ------------------------------------------------------------------------- */
 
-static int add_stop(md_gen_params *p, json_t *v, mx_error *err) {
+typedef int (*item_fn)(json_t *item, size_t i, md_gen_params *p, mx_error *err);
+
+/* fn on each item of an array, up to the first error. */
+static int each(json_t *array, item_fn fn, md_gen_params *p, mx_error *err) {
+        json_t *item;
+        size_t i;
+        json_array_foreach(array, i, item) {
+                int r = fn(item, i, p, err);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int add_stop(json_t *v, size_t i, md_gen_params *p, mx_error *err) {
         if (!json_is_string(v))
                 return wrong_type(err, "stop", "a string or an array of strings");
         int r = md_gen_params_add_stop(p, json_string_value(v), json_string_length(v));
@@ -107,16 +121,10 @@ static int add_stop(md_gen_params *p, json_t *v, mx_error *err) {
 }
 
 static int stops(json_t *o, md_gen_params *p, mx_error *err) {
-        json_t *v = member(o, "stop"), *s;
-        size_t i;
+        json_t *v = member(o, "stop");
         if (!v || !json_is_array(v))
-                return v ? add_stop(p, v, err) : 0;
-        json_array_foreach(v, i, s) {
-                int r = add_stop(p, s, err);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+                return v ? add_stop(v, 0, p, err) : 0;
+        return each(v, add_stop, p, err);
 }
 
 /* A message's content: a string, or text parts ({"type": "text", "text"}),
@@ -175,16 +183,10 @@ static int message(json_t *m, size_t i, md_gen_params *p, mx_error *err) {
 }
 
 static int messages(json_t *o, md_gen_params *p, mx_error *err) {
-        json_t *v = member(o, "messages"), *m;
-        size_t i;
+        json_t *v = member(o, "messages");
         if (!json_is_array(v) || !json_array_size(v))
                 return mx_error_set(err, -EINVAL, "'messages' must be a non-empty array");
-        json_array_foreach(v, i, m) {
-                int r = message(m, i, p, err);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+        return each(v, message, p, err);
 }
 
 /* A string, or an array of one string; never token ids. */

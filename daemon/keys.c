@@ -18,7 +18,7 @@
 #include "mx_common.h"
 #include "mixtrald.h"
 
-#define HEADER "mixtrald-keys 1\n"
+#define KIND "keys" /* STATE/keys, which starts "mixtrald-keys 1" */
 #define PREFIX "mxk-"
 #define MAX_KEYS_FILE (16u << 20)
 
@@ -107,49 +107,25 @@ static bool parse_line(const char *line, md_key *key) {
         return true;
 }
 
-static int parse(md_keys *k, char *text, mx_error *err) {
-        if (strncmp(text, HEADER, strlen(HEADER)))
-                return mx_error_set(err, -EBADMSG, "%s: not a mixtrald keys file", k->path);
-        char *line = text + strlen(HEADER), *next;
-        for (unsigned n = 2; *line; n++, line = next) {
-                next = strchr(line, '\n');
-                next = next ? next + 1 : line + strlen(line);
-                char saved = *next;
-                *next = '\0';
-                md_key key;
-                bool ok = parse_line(line, &key) && !find(k, key.id);
-                *next = saved;
-                if (!ok)
-                        return mx_error_set(err, -EBADMSG, "%s:%u: corrupt line", k->path, n);
-                if (mx_grow((void **)&k->v, &k->cap, k->n + 1, sizeof(*k->v)) < 0)
-                        return mx_error_set(err, -ENOMEM, "out of memory");
-                k->v[k->n++] = key;
-        }
+static int key_line(const char *line, void *arg) {
+        md_keys *k = arg;
+        md_key key;
+        if (!parse_line(line, &key) || find(k, key.id))
+                return -EBADMSG;
+        if (mx_grow((void **)&k->v, &k->cap, k->n + 1, sizeof(*k->v)) < 0)
+                return -ENOMEM;
+        k->v[k->n++] = key;
         return 0;
 }
 
 int md_keys_open(md_keys *k, const char *state_dir, mx_error *err) {
         *k = (md_keys){0};
-        if (asprintf(&k->path, "%s/keys", state_dir) < 0) {
-                k->path = NULL;
-                return mx_error_set(err, -ENOMEM, "out of memory");
-        }
-        _cleanup_free_ char *text = NULL;
-        size_t len;
-        mx_error why = {0};
-        int r = mx_read_file(k->path, MAX_KEYS_FILE, &text, &len, &why);
-        if (r == -ENOENT)
-                return 0;
-        if (r < 0)
-                return mx_error_set(err, r, "%s", why.msg);
-        if (strlen(text) != len)
-                return mx_error_set(err, -EBADMSG, "%s: not a mixtrald keys file (a NUL byte)", k->path);
-        return parse(k, text, err);
+        return md_state_read(state_dir, KIND, MAX_KEYS_FILE, &k->path, key_line, k, err);
 }
 
 static int write_keys(FILE *f, const void *arg) {
         const md_keys *k = arg;
-        fputs(HEADER, f);
+        fputs("mixtrald-" KIND " 1\n", f);
         for (size_t i = 0; i < k->n; i++) {
                 const md_key *key = &k->v[i];
                 char hash[2 * sizeof(key->hash) + 1];

@@ -139,6 +139,13 @@ int md_usage_save(const md_usage *u, mx_error *err);
  * fresh PATH.tmp (0600), which is synced and renamed over path, then the
  * directory is synced, so that a crash leaves the old file or the new. */
 int md_state_write(const char *path, int (*body)(FILE *f, const void *arg), const void *arg, mx_error *err);
+/* Reads the state file DIR/KIND (*path, allocated; up to max bytes; none
+ * yet is no error, a FIFO or device is refused unopened): no NUL inside,
+ * the header "mixtrald-KIND 1" first, then each line to line_fn (with its
+ * newline), which returns 0, -ENOMEM, or anything else for a corrupt line,
+ * reported as "path:N: corrupt line". */
+int md_state_read(const char *dir, const char *kind, size_t max, char **path,
+                  int (*line_fn)(const char *line, void *arg), void *arg, mx_error *err);
 /* One unsigned decimal field of a state file and the separator after it;
  * nothing scanf would also take (signs, spaces, overflow). */
 bool md_field_u64(const char **p, char sep, uint64_t max, uint64_t *out);
@@ -662,6 +669,16 @@ void md_server_set_expert_budget(md_server *srv, uint64_t budget);
 md_sched_opts md_server_sched_opts(const md_server *srv);
 
 /* ---- connections (conn.c) and the protobuf requests (proto_api.c) ------------- */
+
+/* Fairness between users, as the protobuf socket takes frames and the HTTP
+ * API requests: whether a party of uid a (tie-break ka, lower first) goes
+ * before one of uid b (kb) when uid last went last: the next uid after
+ * last, wrapping round. */
+static inline bool md_turn_before(uint32_t last, uint32_t a, uint64_t ka, uint32_t b, uint64_t kb) {
+        if ((a > last) != (b > last))
+                return a > last;
+        return a != b ? a < b : ka < kb;
+}
 
 /* Open connections of uid over every transport: each user's are capped
  * together at max_connections_per_uid (service.c). */
