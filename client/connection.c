@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -12,44 +13,79 @@
 #include "client.h"
 #include "mx_common.h"
 
-static void connect_hint(const char *path, int err) {
-        if (err == EACCES || err == EPERM)
-                fprintf(stderr,
-                        "mixtral: cannot reach mixtrald at %s: %s (the socket's permissions keep you out; "
-                        "ask the administrator, or run \"mixtrald --model DIR\" yourself; --socket or "
-                        "MIXTRALD_SOCKET choose another socket)\n",
-                        path, strerror(err));
-        else
-                fprintf(stderr,
-                        "mixtral: cannot reach mixtrald at %s: %s (start it with \"sudo systemctl start "
-                        "mixtrald\", or run \"mixtrald --model DIR\" yourself; --socket or MIXTRALD_SOCKET "
-                        "choose another socket)\n",
-                        path, strerror(err));
+int64_t mxc_now_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int mxc_connect(mxc_conn *c, const char *path) {
+/* How to get a daemon listening on path: the system's through systemd,
+ * a per-user one through the user's systemd or by hand, any other by
+ * hand on that socket. */
+static const char *how_to_start(const char *path, char *buf, size_t size) {
+        const char *xdg = getenv("XDG_RUNTIME_DIR");
+        char user_socket[4096];
+        int n = xdg && *xdg ? snprintf(user_socket, sizeof(user_socket), "%s/mixtrald.sock", xdg) : -1;
+        bool per_user = n > 0 && n < (int)sizeof(user_socket) && !strcmp(path, user_socket);
+        if (!strcmp(path, MXP_SYSTEM_SOCKET))
+                return "start it with \"sudo systemctl start mixtrald\"";
+        if (per_user)
+                return "start it with \"systemctl --user start mixtrald\", or run \"mixtrald --user\"";
+        snprintf(buf, size, "run \"mixtrald --model DIR --socket %s\" to start a daemon there", path);
+        return buf;
+}
+
+static int connect_failure(const mxc_conn *c, int err) {
+        char buf[4200];
+        const char *how = err == EACCES || err == EPERM
+                                  ? "the socket's permissions keep you out; ask the administrator, or run "
+                                    "your own daemon with \"mixtrald --user\""
+                                  : how_to_start(c->path, buf, sizeof(buf));
+        return mxc_fail(c->json, MXC_EXIT_UNREACHABLE, "UNREACHABLE", NULL,
+                        "cannot reach mixtrald at %s: %s (%s; --socket or MIXTRALD_SOCKET choose another socket)",
+                        c->path, strerror(err), how);
+}
+
+/* One attempt, quiet: -errno when nobody answers. */
+static int conn_open(mxc_conn *c) {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        size_t n = strlen(path);
-        if (n >= sizeof(sa.sun_path)) {
-                connect_hint(path, ENAMETOOLONG);
+        size_t n = strlen(c->path);
+        if (n >= sizeof(sa.sun_path))
                 return -ENAMETOOLONG;
-        }
-        memcpy(sa.sun_path, path, n + 1);
+        memcpy(sa.sun_path, c->path, n + 1);
         _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-                int r = -errno;
-                fprintf(stderr, "mixtral: cannot create a socket: %s\n", strerror(-r));
-                return r;
-        }
-        if (connect(fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0) {
-                int r = -errno;
-                /* A full listen backlog blocks connect(); Ctrl-C ends the wait. */
-                if (r != -EINTR)
-                        connect_hint(path, -r);
-                return r;
-        }
+        if (fd < 0)
+                return -errno;
+        /* A full listen backlog blocks connect(); Ctrl-C ends the wait. */
+        if (connect(fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0)
+                return -errno;
         c->fd = MX_TAKE_FD(fd);
         return 0;
+}
+
+int mxc_connect(mxc_conn *c, const mxc_opts *opts) {
+        c->path = opts->socket;
+        c->json = opts->json;
+        int r = conn_open(c);
+        if (r < 0 && r != -EINTR)
+                connect_failure(c, -r);
+        return r;
+}
+
+int mxc_reconnect(mxc_conn *c, int64_t deadline) {
+        mxc_disconnect(c);
+        /* A restarting daemon is back within seconds; a pause of up to one
+         * second finds it soon without busy polling. */
+        for (int pause = 50;; pause = pause < 500 ? pause * 2 : 1000) {
+                int r = conn_open(c);
+                if (r == 0 || r == -EINTR)
+                        return r;
+                int64_t left = deadline - mxc_now_ms();
+                if (left <= 0)
+                        return r;
+                if (mxc_intr_sleep(left < pause ? (int)left : pause) < 0)
+                        return -EINTR;
+        }
 }
 
 void mxc_disconnect(mxc_conn *c) {
@@ -63,12 +99,6 @@ void mxc_disconnect(mxc_conn *c) {
 
 int mxc_send(mxc_conn *c, const Mixtrald__V1__Request *req) {
         return mxp_send(c->fd, &req->base);
-}
-
-static int64_t now_ms(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* A whole frame already buffered: 1 and the reply, 0 when more bytes are
@@ -88,14 +118,14 @@ static int take_frame(mxc_conn *c, Mixtrald__V1__Response **out) {
 }
 
 int mxc_recv(mxc_conn *c, int timeout_ms, Mixtrald__V1__Response **out) {
-        int64_t deadline = timeout_ms >= 0 ? now_ms() + timeout_ms : -1;
+        int64_t deadline = timeout_ms >= 0 ? mxc_now_ms() + timeout_ms : -1;
         for (;;) {
                 int r = take_frame(c, out);
                 if (r != 0)
                         return r < 0 ? r : 0;
                 int wait = -1;
                 if (deadline >= 0) {
-                        int64_t left = deadline - now_ms();
+                        int64_t left = deadline - mxc_now_ms();
                         if (left <= 0)
                                 return -ETIMEDOUT;
                         wait = (int)left;
@@ -144,32 +174,36 @@ int mxc_call(mxc_conn *c, Mixtrald__V1__Request *req, Mixtrald__V1__Response **o
         }
 }
 
-int mxc_conn_failure(int r) {
+bool mxc_conn_lost(int r) {
+        return r == -ECONNRESET || r == -EPIPE || r == -EPROTO;
+}
+
+const char *mxc_conn_failure_text(int r, char *buf, size_t size) {
         switch (r) {
-        case -EINTR:
-                return MXC_EXIT_INTERRUPTED;
-        case -ENOMEM:
-                fprintf(stderr, "mixtral: out of memory\n");
-                return MXC_EXIT_INTERNAL;
         case -ECONNRESET:
         case -EPIPE:
-                fprintf(stderr, "mixtral: mixtrald closed the connection\n");
-                break;
+                return "mixtrald closed the connection";
         case -EPROTO:
-                fprintf(stderr, "mixtral: the connection to mixtrald broke in the middle of a reply\n");
-                break;
+                return "the connection to mixtrald broke in the middle of a reply";
         case -EMSGSIZE:
-                fprintf(stderr, "mixtral: a reply from mixtrald is larger than %u MiB\n", MXC_MAX_REPLY >> 20);
-                break;
+                snprintf(buf, size, "a reply from mixtrald is larger than %u MiB", MXC_MAX_REPLY >> 20);
+                return buf;
         case -EBADMSG:
-                fprintf(stderr, "mixtral: a reply from mixtrald is not a valid message\n");
-                break;
+                return "a reply from mixtrald is not a valid message";
         case -ETIMEDOUT:
-                fprintf(stderr, "mixtral: mixtrald did not answer in time\n");
-                break;
+                return "mixtrald did not answer in time";
         default:
-                fprintf(stderr, "mixtral: the connection to mixtrald failed: %s\n", strerror(-r));
-                break;
+                snprintf(buf, size, "the connection to mixtrald failed: %s", strerror(-r));
+                return buf;
         }
-        return MXC_EXIT_CONNECTION;
+}
+
+int mxc_conn_failure(const mxc_conn *c, int r) {
+        if (r == -EINTR)
+                return MXC_EXIT_INTERRUPTED;
+        if (r == -ENOMEM)
+                return mxc_fail(c->json, MXC_EXIT_INTERNAL, "INTERNAL", NULL, "out of memory");
+        char buf[128];
+        return mxc_fail(c->json, MXC_EXIT_CONNECTION, "CONNECTION_LOST", NULL, "%s",
+                        mxc_conn_failure_text(r, buf, sizeof(buf)));
 }

@@ -2,6 +2,7 @@
  * --json one event object per line; errors as a message and an exit
  * status. */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -97,11 +98,19 @@ int mxc_out_end_line(mxc_out *o) {
         return write_text(o, "\n", 1);
 }
 
+/* The note says what ended the answer when the user did not ask for it
+ * (the quota): text goes to stdout, so the note goes to stderr. */
 int mxc_out_finished(mxc_out *o, const Mixtrald__V1__Finished *f) {
-        if (!o->json)
-                return mxc_out_end_line(o);
+        if (!o->json) {
+                int r = mxc_out_end_line(o);
+                if (r == 0 && f->note && *f->note)
+                        fprintf(stderr, "mixtral: %s\n", f->note);
+                return r;
+        }
         json_t *usage = f->usage ? mxc_json_message(&f->usage->base) : json_null();
-        return mxc_json_print(json_pack("{s:s,s:s?,s:o}", "event", "finished", "reason", f->reason, "usage", usage));
+        json_t *note = f->note ? mxc_json_text(f->note, strlen(f->note)) : json_null();
+        return mxc_json_print(json_pack("{s:s,s:s?,s:o,s:o}", "event", "finished", "reason", f->reason, "usage", usage,
+                                        "note", note));
 }
 
 void mxc_format_time(uint64_t t, char *buf, size_t size) {
@@ -109,6 +118,18 @@ void mxc_format_time(uint64_t t, char *buf, size_t size) {
         struct tm tm;
         if (!localtime_r(&tt, &tm) || strftime(buf, size, "%Y-%m-%d %H:%M:%S %Z", &tm) == 0)
                 snprintf(buf, size, "@%llu", (unsigned long long)t);
+}
+
+const char *mxc_format_bytes(uint64_t b, char *buf, size_t size) {
+        if (b < 1024)
+                snprintf(buf, size, "%llu B", (unsigned long long)b);
+        else if (b < 1024 * 1024)
+                snprintf(buf, size, "%.1f KiB", b / 1024.0);
+        else if (b < 1024ull * 1024 * 1024)
+                snprintf(buf, size, "%.1f MiB", b / (1024.0 * 1024));
+        else
+                snprintf(buf, size, "%.2f GiB", b / (1024.0 * 1024 * 1024));
+        return buf;
 }
 
 int mxc_out_error_event(mxc_out *o, const Mixtrald__V1__Error *e) {
@@ -140,6 +161,26 @@ int mxc_out_error(mxc_out *o, const Mixtrald__V1__Error *e) {
         else
                 fprintf(stderr, "mixtral: %s%s\n", name, extra);
         return mxc_error_exit_status(e->code);
+}
+
+int mxc_fail(bool json, int status, const char *code, json_t *fields, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        _cleanup_free_ char *msg = NULL;
+        if (vasprintf(&msg, fmt, ap) < 0)
+                msg = NULL;
+        va_end(ap);
+        const char *text = msg ? msg : "out of memory";
+        if (json) {
+                json_t *j = json_pack("{s:s,s:s,s:o}", "event", "error", "code", code, "message",
+                                      mxc_json_text(text, strlen(text)));
+                if (j && fields && json_object_update(j, fields) < 0)
+                        j = (json_decref(j), NULL);
+                (void)mxc_json_print(j);
+        }
+        json_decref(fields);
+        fprintf(stderr, "mixtral: %s\n", text);
+        return status;
 }
 
 void mxc_out_free(mxc_out *o) {

@@ -1,6 +1,7 @@
 /* mixtral status and mixtral quota: one query, one reply, shown as an
  * aligned table or as one JSON object (mxc_show, which key.c uses too). */
 #include <errno.h>
+#include <math.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <string.h>
@@ -18,13 +19,13 @@ static void free_response(Mixtrald__V1__Response **r) {
 static int query(const mxc_opts *opts, Mixtrald__V1__Request *req, Mixtrald__V1__Response__KindCase want,
                  Mixtrald__V1__Response **out) {
         _cleanup_(mxc_disconnect) mxc_conn c = MXC_CONN_INIT;
-        int r = mxc_connect(&c, opts->socket);
+        int r = mxc_connect(&c, opts);
         if (r < 0)
                 return r == -EINTR ? MXC_EXIT_INTERRUPTED : MXC_EXIT_UNREACHABLE;
         Mixtrald__V1__Response *resp;
         r = mxc_call(&c, req, &resp);
         if (r < 0)
-                return mxc_conn_failure(r);
+                return mxc_conn_failure(&c, r);
         if (resp->kind_case == want) {
                 *out = resp;
                 return 0;
@@ -34,8 +35,8 @@ static int query(const mxc_opts *opts, Mixtrald__V1__Request *req, Mixtrald__V1_
                 mxc_out o = {.json = opts->json};
                 status = mxc_out_error(&o, resp->error);
         } else {
-                fprintf(stderr, "mixtral: unexpected reply from mixtrald (kind %d)\n", (int)resp->kind_case);
-                status = MXC_EXIT_INTERNAL;
+                status = mxc_fail(opts->json, MXC_EXIT_INTERNAL, "INTERNAL", NULL,
+                                  "unexpected reply from mixtrald (kind %d)", (int)resp->kind_case);
         }
         mixtrald__v1__response__free_unpacked(resp, NULL);
         return status;
@@ -73,18 +74,6 @@ int mxc_show(const mxc_opts *opts, Mixtrald__V1__Request *req, Mixtrald__V1__Res
                 return print_json(part);
         print(part);
         return finish_text();
-}
-
-static const char *bytes_text(uint64_t b, char *buf, size_t size) {
-        if (b < 1024)
-                snprintf(buf, size, "%llu B", (unsigned long long)b);
-        else if (b < 1024 * 1024)
-                snprintf(buf, size, "%.1f KiB", b / 1024.0);
-        else if (b < 1024ull * 1024 * 1024)
-                snprintf(buf, size, "%.1f MiB", b / (1024.0 * 1024));
-        else
-                snprintf(buf, size, "%.2f GiB", b / (1024.0 * 1024 * 1024));
-        return buf;
 }
 
 static const char *duration_text(double s, char *buf, size_t size) {
@@ -129,29 +118,35 @@ static void print_status(const ProtobufCMessage *m) {
         printf("model:       %s\n", or_unknown(s->model));
         printf("device:      %s\n", or_unknown(s->device));
         printf("version:     %s\n", or_unknown(s->version));
-        printf("state:       %s\n", or_unknown(s->state));
+        /* Requests sent while the model loads wait in the queue: the
+         * progress says for how long. */
+        if (s->state && !strcmp(s->state, "loading") && s->has_load_progress)
+                printf("state:       loading (%d%%)\n", (int)(fmin(fmax(s->load_progress, 0), 1) * 100));
+        else
+                printf("state:       %s\n", or_unknown(s->state));
         printf("queue:       %u running (%u reading prompts, %u generating), %u queued (max batch %u, queue %u)\n",
                s->running, s->prefilling, s->decoding, s->queued, s->max_batch, s->max_queue);
         if (s->has_context_length)
                 printf("context:     %u tokens\n", s->context_length);
-        printf("memory:      weights %s, KV cache %s, resident %s\n", bytes_text(s->weight_bytes, a, sizeof(a)),
-               bytes_text(s->kv_bytes, b, sizeof(b)), bytes_text(s->rss_bytes, c, sizeof(c)));
+        printf("memory:      weights %s, KV cache %s, resident %s\n", mxc_format_bytes(s->weight_bytes, a, sizeof(a)),
+               mxc_format_bytes(s->kv_bytes, b, sizeof(b)), mxc_format_bytes(s->rss_bytes, c, sizeof(c)));
         if (s->experts) {
                 const Mixtrald__V1__ExpertStreaming *x = s->experts;
                 uint64_t asked = x->hits + x->misses;
                 printf("experts:     streamed, %s of %s held (budget %s, %u per layer); hit rate %.1f%%, "
                        "%s read at %.2f GB/s, next-layer guesses %.0f%% right; %s\n",
-                       bytes_text(x->resident_bytes, a, sizeof(a)), bytes_text(x->budget_bytes, b, sizeof(b)),
-                       bytes_text(x->configured_bytes, c, sizeof(c)), x->slots_per_layer,
+                       mxc_format_bytes(x->resident_bytes, a, sizeof(a)),
+                       mxc_format_bytes(x->budget_bytes, b, sizeof(b)),
+                       mxc_format_bytes(x->configured_bytes, c, sizeof(c)), x->slots_per_layer,
                        asked ? 100.0 * (double)x->hits / (double)asked : 0.0,
-                       bytes_text(x->bytes_read, d, sizeof(d)), x->read_gbps,
+                       mxc_format_bytes(x->bytes_read, d, sizeof(d)), x->read_gbps,
                        x->predicted ? 100.0 * (double)x->predicted_used / (double)x->predicted : 0.0, or_unknown(x->how));
                 if (x->has_host_cache_bytes) {
                         uint64_t h = x->host_hits + x->host_misses;
                         printf("host cache:  %s page-locked, hit rate %.1f%%, %s copied to the GPU\n",
-                               bytes_text(x->host_cache_bytes, a, sizeof(a)),
+                               mxc_format_bytes(x->host_cache_bytes, a, sizeof(a)),
                                h ? 100.0 * (double)x->host_hits / (double)h : 0.0,
-                               bytes_text(x->bytes_uploaded, b, sizeof(b)));
+                               mxc_format_bytes(x->bytes_uploaded, b, sizeof(b)));
                 }
         }
         printf("connections: %u\n", s->connections);

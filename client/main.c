@@ -24,19 +24,24 @@ static const char usage_text[] =
         "output. It never loads a model itself (mixtral-run does that).\n"
         "\n"
         "The prompt is the PROMPT words joined by single spaces. When standard input\n"
-        "is not a terminal it is read to its end (at most 64 MiB) and appended after\n"
-        "a blank line: the prompt is then PROMPT, \"\\n\\n\", and the input exactly as\n"
-        "read, so 'git diff | mixtral review this' works. Without PROMPT words the\n"
-        "input alone is the prompt; empty input adds nothing (scripts with nothing to\n"
-        "pipe should say </dev/null). A prompt whose first word is chat, status,\n"
-        "quota or key goes after --.\n"
+        "is not a terminal it is read to its end and appended after a blank line:\n"
+        "the prompt is then PROMPT, \"\\n\\n\", and the input exactly as read, so\n"
+        "'git diff | mixtral review this' works. Without PROMPT words the input alone\n"
+        "is the prompt; empty input adds nothing (scripts with nothing to pipe should\n"
+        "say </dev/null). A prompt whose first word is chat, status, quota or key\n"
+        "goes after --.\n"
+        "\n"
+        "How much input the daemon takes is its max_frame_bytes (1 MiB unless its\n"
+        "administrator set more); a larger request is refused with exit status 10\n"
+        "and a message saying both sizes. mixtral itself reads at most 64 MiB.\n"
         "\n"
         "Commands:\n"
-        "  chat                   a conversation: each line is a message, the answers\n"
-        "                         are remembered; line editing and history on a\n"
-        "                         terminal, one message per line otherwise. /help in\n"
-        "                         the chat lists its commands\n"
-        "  status                 the daemon's model, device, queue, memory and the\n"
+        "  chat                   a conversation: each line is a message (\"\"\" blocks,\n"
+        "                         a trailing \\ and pastes make longer ones), the\n"
+        "                         answers are remembered; line editing and history on\n"
+        "                         a terminal. /help in the chat lists its commands\n"
+        "  status                 the daemon's state (loading and how far, serving,\n"
+        "                         draining), model, device, queue, memory and the\n"
         "                         requests you may see\n"
         "  quota                  your limits and how much of them you have used\n"
         "  key new [NAME]         an API key for the daemon's HTTP API on TCP, printed\n"
@@ -68,12 +73,16 @@ static const char usage_text[] =
         "\n"
         "Output and connection:\n"
         "      --json             one JSON object per line: the events accepted, chunk,\n"
-        "                         finished (with usage) and error; status, quota and\n"
-        "                         key print one object with all their fields\n"
+        "                         finished (with usage and note) and error (also for\n"
+        "                         UNREACHABLE, CONNECTION_LOST, TOO_LARGE); status,\n"
+        "                         quota and key print one object with all their fields\n"
         "      --ids              with --json, the token ids of each chunk (token_ids)\n"
         "      --socket PATH      the daemon's socket (default: $MIXTRALD_SOCKET, else\n"
         "                         " MXP_SYSTEM_SOCKET " when it exists, else\n"
         "                         $XDG_RUNTIME_DIR/mixtrald.sock)\n"
+        "      --reconnect S      chat: when the daemon goes away, wait up to S seconds\n"
+        "                         for it to come back and ask again (default 60; 0:\n"
+        "                         leave at once, with exit status 9)\n"
         "  -h, --help             show this help\n"
         "      --version          show the version\n"
         "\n"
@@ -82,7 +91,14 @@ static const char usage_text[] =
         "\n"
         "In a chat: /reset forgets the conversation, /system TEXT sets the system\n"
         "prompt (/system alone clears it), /quit or Ctrl-D leaves, /help lists these.\n"
-        "Ctrl-C cancels the answer being written, or clears the line at the prompt.\n"
+        "A line that starts with \"\"\" opens a block of lines, sent as one message when\n"
+        "a line ends with \"\"\"; a line that ends with \\ goes on on the next one. On a\n"
+        "terminal a paste of several lines is one message, sent by the Enter typed\n"
+        "after it. Ctrl-C cancels the answer being written, or drops the message at\n"
+        "the prompt.\n"
+        "\n"
+        "When the answer is cut short by your quota rather than by what you asked,\n"
+        "a note says so on standard error.\n"
         "\n"
         "Environment:\n"
         "  MIXTRALD_SOCKET        the socket when --socket is not given\n"
@@ -101,7 +117,10 @@ static const char usage_text[] =
         "    6  BUSY (the daemon's queue is full)\n"
         "    7  TOO_LONG (the prompt does not fit the context)\n"
         "    8  CANCELLED or UNAVAILABLE (the daemon cancelled, or is stopping)\n"
-        "    9  the connection was lost or broke mid-request (BAD_FRAME included)\n"
+        "    9  the connection was lost or broke mid-request, or BAD_FRAME; in a\n"
+        "       chat, the daemon went away and did not come back in time\n"
+        "   10  the input is larger than the daemon accepts (max_frame_bytes) or\n"
+        "       than mixtral reads\n"
         "  130  interrupted by Ctrl-C\n"
         "\n"
         "Examples:\n"
@@ -127,6 +146,7 @@ enum {
         OPT_JSON,
         OPT_IDS,
         OPT_SOCKET,
+        OPT_RECONNECT,
         OPT_VERSION,
 };
 
@@ -147,6 +167,7 @@ typedef struct args {
         command cmd;
         const char *cmd_name;
         const char *socket_option;
+        bool reconnect_given;
         char gen_option[64];     /* the first generation option given */
         char **words;            /* the PROMPT words */
         size_t n_words;
@@ -278,6 +299,7 @@ static int parse_args(int argc, char **argv, args *a) {
                 {"json", no_argument, NULL, OPT_JSON},
                 {"ids", no_argument, NULL, OPT_IDS},
                 {"socket", required_argument, NULL, OPT_SOCKET},
+                {"reconnect", required_argument, NULL, OPT_RECONNECT},
                 {"help", no_argument, NULL, 'h'},
                 {"version", no_argument, NULL, OPT_VERSION},
                 {},
@@ -332,6 +354,11 @@ static int parse_args(int argc, char **argv, args *a) {
                 case OPT_SOCKET:
                         a->socket_option = optarg;
                         break;
+                case OPT_RECONNECT:
+                        if (parse_u32(name, optarg, &a->opts.reconnect_s) < 0)
+                                return -EINVAL;
+                        a->reconnect_given = true;
+                        break;
                 case ':':
                         mxc_usage_error("option '%s' needs an argument", typed);
                         return -EINVAL;
@@ -362,6 +389,10 @@ static int parse_args(int argc, char **argv, args *a) {
                 mxc_usage_error("%s does not apply to %s", a->gen_option, a->cmd_name);
                 return -EINVAL;
         }
+        if (a->cmd != CMD_CHAT && a->reconnect_given) {
+                mxc_usage_error("%s", "--reconnect applies to chat only");
+                return -EINVAL;
+        }
         if (a->opts.gen.raw && a->opts.gen.system) {
                 mxc_usage_error("%s", "--system needs the chat template; it does not go with --raw");
                 return -EINVAL;
@@ -382,7 +413,7 @@ int main(int argc, char **argv) {
         /* Only the character type: numbers on the command line keep their
          * '.' whatever LC_NUMERIC says; libedit needs the encoding. */
         setlocale(LC_CTYPE, "");
-        _cleanup_(args_free) args a = {.opts.gen = MIXTRALD__V1__GENERATE__INIT};
+        _cleanup_(args_free) args a = {.opts.gen = MIXTRALD__V1__GENERATE__INIT, .opts.reconnect_s = MXC_RECONNECT_S};
         int r = parse_args(argc, argv, &a);
         if (r == -ENOMEM)
                 return MXC_EXIT_INTERNAL;

@@ -209,6 +209,28 @@ else
         echo "no GGUF fixtures (tests/model/make_gguf.py needs the venv): GGUF not checked"
 fi
 
+# --save writes a GGUF that gives the same tokens; --perplexity and --kl-base
+# against itself (KL 0, all top-1 equal); --logits is vocab float32s.
+expect 0 "wrote $tmp/tiny.gguf" -- "$run" -m "$tiny" --save "$tmp/tiny.gguf"
+want=$("$run" -m "$tiny" -p "Hello world" --temperature 0 -n 8 --print-ids)
+got=$("$run" -m "$tmp/tiny.gguf" -p "Hello world" --temperature 0 -n 8 --print-ids) || fail "generation on --save's file"
+[ "$got" = "$want" ] || fail "--save's GGUF: greedy ids '$got', the checkpoint's '$want'"
+head -c 3000 "$(dirname "$0")/../../tools/demo-tokenizer/corpus.txt" >"$tmp/text.txt"
+ppl=$("$run" -m "$tiny" --perplexity "$tmp/text.txt" --ctx 32 --kl-base "$tmp/tiny.gguf" 2>/dev/null) ||
+        fail "--perplexity --kl-base"
+python3 - "$ppl" <<'PY' || fail "--perplexity JSON: $ppl"
+import json, math, sys
+d = json.loads(sys.argv[1])
+assert d["chunks"] >= 2 and d["scored_tokens"] > 0 and math.isfinite(d["perplexity"]) and d["perplexity"] > 1, d
+assert d["kl_mean"] < 1e-9 and d["top1_agreement"] == 1 and abs(d["base_perplexity"] - d["perplexity"]) < 1e-9, d
+PY
+expect 1 "not one chunk" -- "$run" -m "$tiny" --perplexity "$tmp/text.txt" --ctx 100000
+expect 2 "--kl-base goes with --perplexity" -- "$run" -m "$tiny" --kl-base "$tiny" -p x
+"$run" -m "$tiny" -p "Hello" --logits "$tmp/logits.bin" -n 0 >"$tmp/out" || fail "--logits"
+vocab=$("$run" -m "$tiny" --info | sed -n 's/^vocab_size: //p')
+[ "$(stat -c %s "$tmp/logits.bin")" -eq $((vocab * 4)) ] || fail "--logits wrote $(stat -c %s "$tmp/logits.bin") bytes for a vocabulary of $vocab"
+[ ! -s "$tmp/out" ] || fail "--logits with --max-tokens 0 generated: $(cat "$tmp/out")"
+
 if [ "$failures" -gt 0 ]; then
         echo "$failures failure(s)" >&2
         exit 1

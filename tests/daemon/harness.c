@@ -223,6 +223,19 @@ long dh_rss_kib(const dh_daemon *d) {
         return kib;
 }
 
+int dh_copy_model(const char *model, char *dir, char shard[300], char fresh[320]) {
+        char cmd[800];
+        if (!mkdtemp(dir))
+                return -errno;
+        snprintf(cmd, sizeof(cmd), "cp '%s'/* '%s'/", model, dir);
+        if (system(cmd) != 0)
+                return -EIO;
+        snprintf(shard, 300, "%s/model-00002-of-00002.safetensors", dir);
+        snprintf(fresh, 320, "%s.fresh", shard);
+        snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", shard, fresh);
+        return system(cmd) == 0 ? 0 : -EIO;
+}
+
 int dh_connect(const dh_daemon *d) {
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         struct sockaddr_un sa = {.sun_family = AF_UNIX};

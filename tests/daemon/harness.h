@@ -43,6 +43,11 @@ bool dh_alive(const dh_daemon *d);
 
 int dh_connect(const dh_daemon *d);
 
+/* A private copy of a model directory, for tests that damage it: the new
+ * directory in dir (a mkdtemp template), the path of its second shard in
+ * shard, and of an untouched copy of that shard (to put back) in fresh. */
+int dh_copy_model(const char *model, char *dir, char shard[300], char fresh[320]);
+
 /* For tests of several users (root only): drops this process to uid:gid
  * with no supplementary groups; and runs fn(arg) so in a child, returning
  * its exit status (fn's return value; 99 when the uid could not be taken). */

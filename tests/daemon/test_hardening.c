@@ -62,13 +62,7 @@ static int count_lines(const char *path, const char *needle) {
 
 static void test_mapped_file_truncated(void) {
         char dir[] = "/tmp/mx-sigbus-XXXXXX", cmd[800], shard[300], fresh[320];
-        CHECK(mkdtemp(dir) != NULL, "mkdtemp");
-        snprintf(cmd, sizeof(cmd), "cp '%s'/* '%s'/", model, dir);
-        CHECK(system(cmd) == 0, "copy the model");
-        snprintf(shard, sizeof(shard), "%s/model-00002-of-00002.safetensors", dir);
-        snprintf(fresh, sizeof(fresh), "%s.fresh", shard);
-        snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", shard, fresh);
-        CHECK(system(cmd) == 0, "copy the shard");
+        CHECK(dh_copy_model(model, dir, shard, fresh) == 0, "copy the model into %s", dir);
         dh_gen g = {.prompt = "Once upon a time", .raw = true, .ignore_eos = true, .max_tokens = 12,
                     .has_temperature = true, .temperature = 0};
         dh_result want = {0}, got = {0};

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "mx_common.h"
+#include "mx_progress.h"
 #include "run.h"
 
 static void print_ids(const int32_t *ids, size_t n) {
@@ -52,6 +53,10 @@ int run_generate(const run_opts *o) {
                 return run_fail(&err);
         mx_engine *e = l.engine;
         const mx_tokenizer *tok = l.tok;
+        if (o->logits && run_logits(o, &l, &prompt, &err) < 0)
+                return run_fail(&err);
+        if (o->logits && o->max_tokens_given && o->max_tokens == 0)
+                return 0;
         mx_gen_opts go = {.sampling = o->sampling, .max_tokens = o->max_tokens, .stop = o->stop,
                           .n_stop = o->n_stop, .max_context = o->ctx, .prefill_chunk = 512,
                           .keep_leading_space = !(o->messages || o->chat), .ignore_eos = o->ignore_eos};
@@ -63,5 +68,22 @@ int run_generate(const run_opts *o) {
         if (isatty(STDERR_FILENO))
                 fprintf(stderr, "[%s: %zu prompt tokens, %zu generated, %.1f s, finish: %s]\n",
                         mx_engine_describe(e), prompt.n, n, run_now() - t0, mx_finish_name(mx_gen_finished(g)));
+        return 0;
+}
+
+/* --save: the model as it is (its tokenizer with it) into a GGUF file,
+ * without an engine. */
+static void saving(uint64_t done, uint64_t total, void *bar) {
+        mx_progress_bar_show(bar, "writing GGUF", done, total);
+}
+
+int run_save(const run_opts *o) {
+        mx_error err = {0};
+        _cleanup_(mx_load_free) mx_load l = {.gpu = -1};
+        mx_load_opts lo = {.model = o->model, .tokenizer = o->tokenizer};
+        mx_progress_bar bar = mx_progress_bar_new(isatty(STDERR_FILENO) == 1);
+        if (mx_load_open(&l, &lo, &err) < 0 || mx_gguf_write_model(l.model, l.tok, o->save, saving, &bar, &err) < 0)
+                return run_fail(&err);
+        fprintf(stderr, "mixtral-run: wrote %s\n", o->save);
         return 0;
 }

@@ -18,6 +18,8 @@ static const char usage_text[] =
         "  mixtral-run --model DIR [GENERATION OPTIONS] PROMPT\n"
         "  mixtral-run --model DIR --bench [PROMPT] [--max-tokens N] [--threads N]\n"
         "  mixtral-run --model DIR --info\n"
+        "  mixtral-run --model DIR --save FILE.gguf\n"
+        "  mixtral-run --model DIR --perplexity TEXTFILE [--ctx N] [--kl-base MODEL]\n"
         "  mixtral-run --synthetic SHAPE [--layers N] --device cuda --bench [--batch 1,8,32]\n"
         "  mixtral-run (--tokenizer FILE | --model DIR) --tokenize PROMPT\n"
         "  mixtral-run (--tokenizer FILE | --model DIR) --decode \"ID ID ...\"\n"
@@ -85,6 +87,9 @@ static const char usage_text[] =
         "                         the context)\n"
         "      --print-ids        print the generated token ids (space-separated, one line)\n"
         "                         instead of text\n"
+        "      --logits FILE      write the prompt's last-position logits to FILE: vocab\n"
+        "                         little-endian float32 (with --max-tokens 0, nothing is\n"
+        "                         generated)\n"
         "      --bench            measure prefill and decode speed and print one JSON object;\n"
         "                         without a prompt it uses 512 fixed tokens, decodes\n"
         "                         --max-tokens (default 64) greedily and ignores EOS\n"
@@ -96,6 +101,14 @@ static const char usage_text[] =
         "                         by spaces on one line, and exit; reads only the tokenizer\n"
         "      --decode IDS       print the text of space-separated token ids\n"
         "      --info             print the model's configuration and memory footprint\n"
+        "      --save FILE.gguf   write the model (and its tokenizer) as a GGUF file that\n"
+        "                         this tool, the daemon and llama.cpp load\n"
+        "      --perplexity FILE  the model's perplexity on the text of FILE, in chunks of\n"
+        "                         --ctx tokens (default 512), each scored on its second\n"
+        "                         half; one JSON object on standard output\n"
+        "      --kl-base MODEL    with --perplexity: also run MODEL (e.g. the bf16 one) on\n"
+        "                         the same chunks: the KL divergence of this model's token\n"
+        "                         distributions from MODEL's, and top-1 agreement\n"
         "      --devices          list the CPU and CUDA devices; runs a self-test kernel on\n"
         "                         each GPU\n"
         "      --make-demo DIR    write a random Mixtral (Hugging Face layout, two shards)\n"
@@ -152,6 +165,10 @@ enum {
         OPT_BATCH,
         OPT_EXPERT_MEMORY,
         OPT_HOST_CACHE,
+        OPT_PERPLEXITY,
+        OPT_KL_BASE,
+        OPT_LOGITS,
+        OPT_SAVE,
 };
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -268,6 +285,10 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 {"batch", required_argument, NULL, OPT_BATCH},
                 {"expert-memory", required_argument, NULL, OPT_EXPERT_MEMORY},
                 {"host-cache", required_argument, NULL, OPT_HOST_CACHE},
+                {"perplexity", required_argument, NULL, OPT_PERPLEXITY},
+                {"kl-base", required_argument, NULL, OPT_KL_BASE},
+                {"logits", required_argument, NULL, OPT_LOGITS},
+                {"save", required_argument, NULL, OPT_SAVE},
                 {0},
         };
         int c;
@@ -293,7 +314,11 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                         r = parse_u64("--seed", optarg, &o->seed);
                         seeded = true;
                         break;
-                case 'n': r = parse_u32("--max-tokens", optarg, 0, &o->max_tokens); break;
+                case 'n': r = parse_u32("--max-tokens", optarg, 0, &o->max_tokens), o->max_tokens_given = true; break;
+                case OPT_PERPLEXITY: o->perplexity = optarg; break;
+                case OPT_KL_BASE: o->kl_base = optarg; break;
+                case OPT_LOGITS: o->logits = optarg; break;
+                case OPT_SAVE: o->save = optarg; break;
                 case OPT_TEMPERATURE: r = parse_float("--temperature", optarg, &o->sampling.temperature); break;
                 case OPT_TOP_K: r = parse_u32("--top-k", optarg, 0, &o->sampling.top_k); break;
                 case OPT_TOP_P: r = parse_float("--top-p", optarg, &o->sampling.top_p); break;
@@ -334,12 +359,21 @@ static int parse_args(int argc, char **argv, run_opts *o) {
 }
 
 static int check_args(const run_opts *o) {
-        int actions = o->tokenize + o->info + o->devices + !!o->make_demo + !!o->decode + o->bench;
+        int actions = o->tokenize + o->info + o->devices + !!o->make_demo + !!o->decode + o->bench + !!o->perplexity +
+                      !!o->save;
         if (actions == 0 && !run_has_prompt(o))
                 return usage_error("%s", "nothing to do: give a prompt (--prompt, --chat, ...) to generate, or "
-                                         "--tokenize, --decode, --bench, --info, --devices or --make-demo");
+                                         "--tokenize, --decode, --bench, --perplexity, --save, --info, --devices or "
+                                         "--make-demo");
         if (actions > 1)
-                return usage_error("%s", "give only one of --tokenize, --decode, --bench, --info, --devices, --make-demo");
+                return usage_error("%s", "give only one of --tokenize, --decode, --bench, --perplexity, --save, --info, "
+                                         "--devices, --make-demo");
+        if ((o->perplexity || o->save) && !o->model)
+                return usage_error("%s", "--perplexity and --save need --model");
+        if (o->kl_base && !o->perplexity)
+                return usage_error("%s", "--kl-base goes with --perplexity");
+        if (o->logits && (actions || !run_has_prompt(o)))
+                return usage_error("%s", "--logits goes with a prompt to generate from (--max-tokens 0: no generation)");
         if (o->model && o->synthetic)
                 return usage_error("%s", "--model and --synthetic exclude each other");
         if (o->layers && !o->synthetic)
@@ -470,6 +504,10 @@ static int dispatch(run_opts o) {
                 return do_decode(&o, &err);
         if (o.info)
                 return do_info(&o, &err);
+        if (o.save)
+                return run_save(&o);
+        if (o.perplexity)
+                return run_perplexity(&o);
         mx_error check = {0};
         if (mx_sampling_check(&o.sampling, &check) < 0)
                 return usage_error("%s", check.msg);

@@ -9,6 +9,8 @@ typedef struct run_opts {
         const char *model, *tokenizer;
         const char *prompt, *prompt_file, *messages, *chat, *system;
         const char *make_demo, *decode, *device, *shape, *synthetic, *expert_memory, *host_cache;
+        const char *perplexity, *kl_base, *logits, *save;
+        bool max_tokens_given;
         unsigned long long seed;
         bool tokenize, info, devices, print_ids, bench, ignore_eos;
         /* generation */
@@ -32,6 +34,10 @@ int run_info(const mx_model *m);
 int run_devices(void);
 int run_generate(const run_opts *o);
 int run_bench(const run_opts *o);
+int run_perplexity(const run_opts *o);
+int run_save(const run_opts *o);
+/* --logits: the prompt's last-position logits into o->logits. */
+int run_logits(const run_opts *o, const mx_load *l, const mx_ids *prompt, mx_error *err);
 
 /* Opens the model and its tokenizer (optional unless need_tokenizer),
  * shows a progress bar on a terminal while its pages come in or go to the
