@@ -244,6 +244,9 @@ int md_http_gen_parse(md_http_kind kind, const char *body, size_t len, md_http_g
         /* jansson's words for \u0000 name its own flag. */
         if (!o && strstr(je.text, "JSON_ALLOW_NUL"))
                 return mx_error_set(err, -EINVAL, "a string holds \\u0000 (a NUL byte), which text may not");
+        /* The message goes back in JSON, which must be UTF-8 (jansson's is). */
+        if (!o && !mx_utf8_valid(je.text, strlen(je.text)))
+                return mx_error_set(err, -EINVAL, "the body is not valid JSON (at byte %d)", je.position);
         if (!o)
                 return mx_error_set(err, -EINVAL, "the body is not valid JSON: %s (at byte %d)", je.text, je.position);
         if (!json_is_object(o))

@@ -5,7 +5,7 @@
  * tokenized as the core would (with the tokenizer trained at build time, or
  * MX_FUZZ_TOKENIZER). Besides the sanitizers, it checks that what the
  * decoder accepts is what the engine may rely on (fuzz_params.h), that a
- * refusal is one line, and that decoding is deterministic: the same body
+ * refusal is one line of UTF-8, and that decoding is deterministic: the same body
  * decodes to the same parameters twice. */
 #include "fuzz.h"
 #include "fuzz_params.h"
@@ -42,6 +42,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 fuzz_check_ids(&a.params, fuzz_tokenizer());
         } else {
                 fuzz_check_refusal(&err);
+                /* It goes back in a JSON string. */
+                if (!mx_utf8_valid(err.msg, strlen(err.msg)))
+                        abort();
         }
         md_http_gen_req_free(&a);
         return 0;
