@@ -293,8 +293,8 @@ static void send_key_error(md_proto_conn *pc, uint64_t tag, const mx_error *err)
         int code = err->code == -EINVAL   ? MIXTRALD__V1__ERROR_CODE__INVALID_ARGUMENT
                    : err->code == -ENOENT ? MIXTRALD__V1__ERROR_CODE__NOT_FOUND
                                           : MIXTRALD__V1__ERROR_CODE__INTERNAL;
-        if (code == MIXTRALD__V1__ERROR_CODE__INTERNAL)
-                md_log(LOG_ERR, "keys of uid %u: %s", md_conn_uid(pc->c), err->msg);
+        md_log_request(code == MIXTRALD__V1__ERROR_CODE__INTERNAL ? LOG_ERR : LOG_NOTICE,
+                       &(md_log_fields){.uid = md_conn_uid(pc->c)}, "refused: %s: %s", mxp_error_name(code), err->msg);
         md_conn_send_error(pc->c, tag, 0, code, err->msg);
 }
 
