@@ -5,9 +5,10 @@
  * of the set, and time to first token as each client sees it (from its
  * send to its first text), median and worst. Both transports are measured
  * the same way, from the client's side, so the difference is what the
- * transport costs. One JSON line per client count.
+ * transport costs. Each set runs REPS times per transport, interleaved;
+ * one JSON line of medians per client count.
  *
- *   http-bench MIXTRALD MODEL_DIR TOKENS THREADS CLIENTS... */
+ *   http-bench MIXTRALD MODEL_DIR TOKENS THREADS REPS CLIENTS... */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -166,14 +167,39 @@ static int run_set(const char *path, bool http, int n, unsigned tokens, result *
         return rc;
 }
 
+static double median(double *v, int n) {
+        qsort(v, (size_t)n, sizeof(double), dh_cmp_double);
+        return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+enum { MAX_REPS = 15 };
+
+/* reps sets of n clients through each transport, interleaved (this VM's
+ * speed drifts), and the medians of each. */
+static int compare(dh_daemon *d, const char *http, int n, unsigned tokens, int reps, result med[2]) {
+        double v[2][3][MAX_REPS];
+        for (int k = 0; k < reps; k++)
+                for (int t = 0; t < 2; t++) {
+                        result r;
+                        int rc = run_set(t ? http : d->socket, t, n, tokens, &r);
+                        if (rc < 0)
+                                return rc;
+                        v[t][0][k] = r.tokens_per_s, v[t][1][k] = r.ttft_p50, v[t][2][k] = r.ttft_max;
+                }
+        for (int t = 0; t < 2; t++)
+                med[t] = (result){median(v[t][0], reps), median(v[t][1], reps), median(v[t][2], reps)};
+        return 0;
+}
+
 int main(int argc, char **argv) {
-        if (argc < 6) {
-                fprintf(stderr, "usage: http-bench MIXTRALD MODEL_DIR TOKENS THREADS CLIENTS...\n");
+        int reps = argc > 5 ? atoi(argv[5]) : 0;
+        if (argc < 7 || reps < 1 || reps > MAX_REPS) {
+                fprintf(stderr, "usage: http-bench MIXTRALD MODEL_DIR TOKENS THREADS REPS CLIENTS...\n");
                 return 2;
         }
         unsigned tokens = (unsigned)atoi(argv[3]);
         int most = 1;
-        for (int a = 5; a < argc; a++)
+        for (int a = 6; a < argc; a++)
                 most = atoi(argv[a]) > most ? atoi(argv[a]) : most;
         char config[256], http[320];
         snprintf(config, sizeof(config), "[daemon]\nthreads=%s\nmax_batch=%d\nmax_queue=%d\n"
@@ -185,24 +211,16 @@ int main(int argc, char **argv) {
                 return 1;
         }
         snprintf(http, sizeof(http), "%s-http.sock", d.socket); /* the default beside --socket */
-        result warm, proto[2], web[2];
+        result warm, med[2];
         int r = run_set(d.socket, false, 1, 4, &warm);
-        for (int a = 5; r == 0 && a < argc; a++) {
+        for (int a = 6; r == 0 && a < argc; a++) {
                 int n = atoi(argv[a]);
-                /* Each transport twice, interleaved: this VM's speed drifts. */
-                for (int k = 0; r == 0 && k < 2; k++)
-                        if ((r = run_set(d.socket, false, n, tokens, &proto[k])) == 0)
-                                r = run_set(http, true, n, tokens, &web[k]);
-                if (r == 0)
-                        printf("{\"clients\": %d, \"tokens_each\": %u, \"threads\": %s, "
-                               "\"protobuf\": {\"tokens_per_s\": [%.1f, %.1f], \"ttft_p50_s\": [%.4f, %.4f], "
-                               "\"ttft_max_s\": [%.4f, %.4f]}, "
-                               "\"http\": {\"tokens_per_s\": [%.1f, %.1f], \"ttft_p50_s\": [%.4f, %.4f], "
-                               "\"ttft_max_s\": [%.4f, %.4f]}}\n",
-                               n, tokens, argv[4], proto[0].tokens_per_s, proto[1].tokens_per_s, proto[0].ttft_p50,
-                               proto[1].ttft_p50, proto[0].ttft_max, proto[1].ttft_max, web[0].tokens_per_s,
-                               web[1].tokens_per_s, web[0].ttft_p50, web[1].ttft_p50, web[0].ttft_max,
-                               web[1].ttft_max);
+                if ((r = compare(&d, http, n, tokens, reps, med)) == 0)
+                        printf("{\"clients\": %d, \"tokens_each\": %u, \"threads\": %s, \"reps\": %d, "
+                               "\"protobuf\": {\"tokens_per_s\": %.1f, \"ttft_p50_s\": %.4f, \"ttft_max_s\": %.4f}, "
+                               "\"http\": {\"tokens_per_s\": %.1f, \"ttft_p50_s\": %.4f, \"ttft_max_s\": %.4f}}\n",
+                               n, tokens, argv[4], reps, med[0].tokens_per_s, med[0].ttft_p50, med[0].ttft_max,
+                               med[1].tokens_per_s, med[1].ttft_p50, med[1].ttft_max);
                 fflush(stdout);
         }
         if (r < 0)

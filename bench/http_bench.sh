@@ -5,10 +5,12 @@
 # here if absent; the engine's cost dominates). One JSON line per client
 # count; bench/README.md keeps the results.
 #
-#   bench/http_bench.sh [BUILD_DIR [TOKENS]]
+#   bench/http_bench.sh [BUILD_DIR [TOKENS [REPS [THREADS]]]]
 set -eu
 build=${1:-build}
 tokens=${2:-32}
+reps=${3:-5}
+threads=${4:-$(nproc)}
 run=$build/tools/mixtral-run/mixtral-run
 b1=$build/b1-model
 if [ ! -f "$b1/config.json" ]; then
@@ -19,5 +21,5 @@ echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(n
         "$(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%d)"
 for model in "$build/demo-model" "$b1"; do
         echo "# $model"
-        "$build/bench/http-bench" "$build/daemon/mixtrald" "$model" "$tokens" "$(nproc)" 1 4 16
+        "$build/bench/http-bench" "$build/daemon/mixtrald" "$model" "$tokens" "$threads" "$reps" 1 4 16
 done
