@@ -1,0 +1,72 @@
+/* Floats into a weight format. Q8_0 and Q4_0 follow gguf-py's quantizer
+ * (ggml's reference) operation for operation, so that our blocks equal
+ * its blocks bit for bit (tests/quant checks it); the K-quants are
+ * quantize_k.c's. Used by load-time quantization (model/quantize.c) and
+ * the tests. */
+#include <errno.h>
+#include <math.h>
+
+#include "quant.h"
+
+/* Q8_0: d = amax / 127, q = round half away from zero (x * (1 / d)). */
+static void q8_0_block(const float *x, mx_block_q8_0 *b) {
+        float amax = 0;
+        for (int i = 0; i < MX_QK; i++)
+                amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+        float d = amax / 127, id = d == 0 ? 0 : 1 / d;
+        for (int i = 0; i < MX_QK; i++)
+                b->qs[i] = (int8_t)roundf(x[i] * id);
+        b->d = mx_f32_to_f16(d);
+}
+
+/* Q4_0: d = -(the value of largest magnitude, the first of equals) / 8;
+ * q = trunc(x * (1 / d) + 8.5), the product and sum in double then rounded
+ * to float (gguf-py's stand-in for ggml's fused multiply-add), at most 15. */
+static void q4_0_block(const float *x, mx_block_q4_0 *b) {
+        float max = 0, amax = 0;
+        for (int i = 0; i < MX_QK; i++)
+                if (fabsf(x[i]) > amax) {
+                        amax = fabsf(x[i]);
+                        max = x[i];
+                }
+        float d = max / -8, id = d == 0 ? 0 : 1 / d;
+        uint8_t q[MX_QK];
+        for (int i = 0; i < MX_QK; i++) {
+                float v = truncf((float)((double)x[i] * (double)id + 8.5));
+                /* Not finite only when 1 / d overflowed (|max| < 2^-123):
+                 * numpy's cast to uint8 gives those 0. */
+                q[i] = !isfinite(v) ? 0 : v >= 15 ? 15 : (uint8_t)v;
+        }
+        for (int i = 0; i < MX_QK / 2; i++)
+                b->qs[i] = (uint8_t)(q[i] | q[i + MX_QK / 2] << 4);
+        b->d = mx_f32_to_f16(d);
+}
+
+int mx_quantize_row(mx_dtype t, const float *src, void *dst, uint64_t n) {
+        uint32_t qk = mx_dtype_block_elems(t), bytes = mx_dtype_block_bytes(t);
+        if (!qk || n % qk)
+                return -EINVAL;
+        uint8_t *out = dst;
+        for (uint64_t i = 0; i < n; i += qk, out += bytes)
+                switch (t) {
+                case MX_DTYPE_F32:
+                        memcpy(out, src + i, 4);
+                        break;
+                case MX_DTYPE_F16:
+                case MX_DTYPE_BF16: {
+                        uint16_t h = t == MX_DTYPE_F16 ? mx_f32_to_f16(src[i]) : mx_f32_to_bf16(src[i]);
+                        memcpy(out, &h, 2);
+                        break;
+                }
+                case MX_DTYPE_Q8_0:
+                        q8_0_block(src + i, (mx_block_q8_0 *)out);
+                        break;
+                case MX_DTYPE_Q4_0:
+                        q4_0_block(src + i, (mx_block_q4_0 *)out);
+                        break;
+                default:
+                        mx_quantize_k_block(t, src + i, out);
+                        break;
+                }
+        return 0;
+}
