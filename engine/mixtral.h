@@ -328,10 +328,29 @@ typedef enum mx_simd {
 /* "auto", "scalar", "avx2", "avx512" */
 int mx_simd_from_string(const char *s, mx_simd *out);
 
+/* How the CPU multiplies activations by weights. */
+typedef enum mx_activations {
+        MX_ACTIVATIONS_AUTO, /* the fast path */
+        /* Each token's activations rounded per product to the weights'
+         * partner: int8 blocks for Q8_0, Q4_0 and the K-quants (multiplied
+         * with the CPU's int8 dot-product instructions), bf16 for BF16
+         * weights (AVX512-BF16); fp32 for F16 and F32 weights. */
+        MX_ACTIVATIONS_FAST,
+        /* fp32 activations against weights decoded exactly: the reference. */
+        MX_ACTIVATIONS_F32,
+} mx_activations;
+
+/* "auto", "fast", "f32" */
+int mx_activations_from_string(const char *s, mx_activations *out);
+
 typedef struct mx_engine_opts {
         const char *device; /* "cpu" (default), "cuda" or "cuda:N" */
         uint32_t threads;   /* 0: every online core */
         mx_simd simd;
+        /* Either path gives the same results on every instruction set and
+         * whatever else shares a step; they differ from each other by the
+         * rounding of the activations. */
+        mx_activations activations;
         /* Expert streaming: bytes of expert weights to keep in memory (the
          * rest is read from the files on demand); 0 keeps them all, mapped.
          * At least top-k experts per layer are kept whatever it says. */

@@ -1,11 +1,15 @@
-/* AVX2 kernels (with FMA and F16C): a pair of ymm accumulators holds the
- * 16 lanes of the reference order (kernels.h), lanes 0-7 and 8-15, so the
- * results equal the scalar and AVX-512 kernels' bit for bit. Tails are run
- * as one more full step over zero-padded copies. Compiled with -mavx2
- * -mfma -mf16c, called only where the CPU has them. */
+/* AVX2 kernels (with FMA and F16C) of the f32 path: a pair of ymm
+ * accumulators holds the 16 lanes of the reference order (kernels.h),
+ * lanes 0-7 and 8-15, so the results equal the scalar and AVX-512 kernels'
+ * bit for bit. Tails are run as one more full step over zero-padded
+ * copies; block weights are decoded a block at a time into L1 by quant.h's
+ * decoders. The fast path is fast_avx2.c's. Compiled with -mavx2 -mfma
+ * -mf16c (and, for the _vnni variant, -mavxvnni), called only where the
+ * CPU has them. */
 #include <immintrin.h>
 #include <string.h>
 
+#include "quant.h"
 #include "tiles.h"
 
 typedef struct v16 {
@@ -41,17 +45,18 @@ static inline v16 fma16(v16 a, v16 b, v16 c) {
         return (v16){_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
 }
 
-#define UNROLL _Pragma("GCC unroll 16")
-
-/* An R x T tile; the tail (K % 16 columns) goes through padded copies. The
- * loops over R and T are unrolled so the accumulators stay in registers. */
-#define DEFINE_TILE(NAME, R, T, LOAD, ESIZE)                                                       \
-        static void NAME(const uint8_t *w, uint64_t row_bytes, const float *x, uint64_t ldx,       \
+/* An R x T tile of a float type (ESIZE bytes a weight); the tail (K % 16
+ * columns) goes through padded copies. The loops over R and T are
+ * unrolled so the accumulators stay in registers. */
+/* (MX_DEFINE_TILES passes LOAD, ESIZE as one argument, BF16 and so on.) */
+#define DEFINE_TILE(NAME, LOAD, ESIZE, R, T)                                                      \
+        static void NAME(const uint8_t *w, uint64_t row_bytes, const uint8_t *xb, uint64_t ldxb,   \
                          uint64_t K, float *out, uint64_t ldo, bool accumulate) {                  \
+                const float *x = (const float *)xb;                                                \
+                uint64_t ldx = ldxb / sizeof(float), k = 0;                                        \
                 v16 acc[R][T];                                                                     \
                 UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =  \
                         (v16){_mm256_setzero_ps(), _mm256_setzero_ps()};                           \
-                uint64_t k = 0;                                                                    \
                 for (; k + 16 <= K; k += 16) {                                                     \
                         v16 wv[R];                                                                 \
                         UNROLL for (int r = 0; r < R; r++) wv[r] = LOAD(w + r * row_bytes + k * ESIZE); \
@@ -75,32 +80,60 @@ static inline v16 fma16(v16 a, v16 b, v16 c) {
                                 }                                                                  \
                         }                                                                          \
                 }                                                                                  \
-                UNROLL for (int t = 0; t < T; t++) UNROLL for (int r = 0; r < R; r++) {            \
-                        float s = reduce(acc[r][t]);                                               \
-                        float *o = out + t * ldo + r;                                              \
-                        *o = accumulate ? *o + s : s;                                              \
-                }                                                                                  \
+                UNROLL for (int t = 0; t < T; t++) UNROLL for (int r = 0; r < R; r++)              \
+                        mx_tile_put(out + t * ldo + r, reduce(acc[r][t]), accumulate);             \
         }
 
-#define DEFINE_TILES(SUFFIX, LOAD, ESIZE)                                                          \
-        DEFINE_TILE(tile1x1_##SUFFIX, 1, 1, LOAD, ESIZE)                                           \
-        DEFINE_TILE(tile1x2_##SUFFIX, 1, 2, LOAD, ESIZE)                                           \
-        DEFINE_TILE(tile1x3_##SUFFIX, 1, 3, LOAD, ESIZE)                                           \
-        DEFINE_TILE(tile2x2_##SUFFIX, 2, 2, LOAD, ESIZE)                                           \
-        DEFINE_TILE(tile2x1_##SUFFIX, 2, 1, LOAD, ESIZE)                                           \
-        static const mx_tiles tiles_##SUFFIX = {ESIZE,                                              \
-                                                {NULL, tile1x1_##SUFFIX, tile1x2_##SUFFIX, tile1x3_##SUFFIX}, \
-                                                tile2x2_##SUFFIX, tile2x1_##SUFFIX, 2, 2};
+/* The same for a block type: each row's block decoded into L1 (the values
+ * mx_dequant_row gives), then 16-wide steps over it. Rows are whole
+ * blocks, so there is no tail. */
+#define DEFINE_QTILE(NAME, DTYPE, R, T)                                                            \
+        static void NAME(const uint8_t *w, uint64_t row_bytes, const uint8_t *xb, uint64_t ldxb,   \
+                         uint64_t K, float *out, uint64_t ldo, bool accumulate) {                  \
+                const float *x = (const float *)xb;                                                \
+                const uint64_t qk = mx_dtype_block_elems(DTYPE), bytes = mx_dtype_block_bytes(DTYPE); \
+                uint64_t ldx = ldxb / sizeof(float);                                               \
+                float wbuf[R][MX_QK_K] __attribute__((aligned(32)));                               \
+                v16 acc[R][T];                                                                     \
+                UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =  \
+                        (v16){_mm256_setzero_ps(), _mm256_setzero_ps()};                           \
+                for (uint64_t b = 0; b < K / qk; b++) {                                            \
+                        UNROLL for (int r = 0; r < R; r++)                                         \
+                                mx_dequant_block(DTYPE, w + r * row_bytes + b * bytes, wbuf[r]);   \
+                        for (uint64_t k = 0; k < qk; k += 16) {                                    \
+                                v16 wv[R];                                                         \
+                                UNROLL for (int r = 0; r < R; r++) wv[r] = load_f32(wbuf[r] + k);  \
+                                UNROLL for (int t = 0; t < T; t++) {                               \
+                                        v16 xv = load_f32(x + t * ldx + b * qk + k);               \
+                                        UNROLL for (int r = 0; r < R; r++) acc[r][t] =             \
+                                                fma16(wv[r], xv, acc[r][t]);                       \
+                                }                                                                  \
+                        }                                                                          \
+                }                                                                                  \
+                UNROLL for (int t = 0; t < T; t++) UNROLL for (int r = 0; r < R; r++)              \
+                        mx_tile_put(out + t * ldo + r, reduce(acc[r][t]), accumulate);             \
+        }
 
-DEFINE_TILES(bf16, load_bf16, 2)
-DEFINE_TILES(f16, load_f16, 2)
-DEFINE_TILES(f32, load_f32, 4)
+#define BF16 load_bf16, 2
+#define F16 load_f16, 2
+#define F32 load_f32, 4
+MX_DEFINE_TILES(tiles_bf16, DEFINE_TILE, BF16, 2, 2)
+MX_DEFINE_TILES(tiles_f16, DEFINE_TILE, F16, 2, 2)
+MX_DEFINE_TILES(tiles_f32, DEFINE_TILE, F32, 2, 2)
+MX_DEFINE_TILES(tiles_q8_0, DEFINE_QTILE, MX_DTYPE_Q8_0, 2, 2)
+MX_DEFINE_TILES(tiles_q4_0, DEFINE_QTILE, MX_DTYPE_Q4_0, 2, 2)
+MX_DEFINE_TILES(tiles_q4_k, DEFINE_QTILE, MX_DTYPE_Q4_K, 2, 2)
+MX_DEFINE_TILES(tiles_q5_k, DEFINE_QTILE, MX_DTYPE_Q5_K, 2, 2)
+MX_DEFINE_TILES(tiles_q6_k, DEFINE_QTILE, MX_DTYPE_Q6_K, 2, 2)
+
+static const mx_tiles *const f32_tiles[MX_DTYPE_COUNT] = {
+        [MX_DTYPE_F32] = &tiles_f32,   [MX_DTYPE_F16] = &tiles_f16,   [MX_DTYPE_BF16] = &tiles_bf16,
+        [MX_DTYPE_Q8_0] = &tiles_q8_0, [MX_DTYPE_Q4_0] = &tiles_q4_0, [MX_DTYPE_Q4_K] = &tiles_q4_k,
+        [MX_DTYPE_Q5_K] = &tiles_q5_k, [MX_DTYPE_Q6_K] = &tiles_q6_k,
+};
 
 static void matmul_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
-        mx_tiles_rows(a->dtype == MX_DTYPE_BF16  ? &tiles_bf16
-                      : a->dtype == MX_DTYPE_F16 ? &tiles_f16
-                                                 : &tiles_f32,
-                      a, r0, r1);
+        mx_tiles_rows(a->xq ? MX_SYM(mx_fast_tiles_avx2)(a->dtype) : f32_tiles[a->dtype], a, r0, r1);
 }
 
 static float dot(const float *a, const float *b, uint64_t n) {
@@ -126,4 +159,4 @@ static void axpy(float a, const float *x, float *y, uint64_t n) {
                 y[k] = _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(x[k]), _mm_set_ss(y[k])));
 }
 
-const mx_kernels mx_kernels_avx2 = {MX_ISA_AVX2, matmul_rows, dot, axpy};
+const mx_kernels MX_SYM(mx_kernels_avx2) = {MX_VNNI ? MX_ISA_AVX2_VNNI : MX_ISA_AVX2, matmul_rows, dot, axpy};

@@ -207,36 +207,40 @@ MX_QFN void mx_dequant_q4_0(const mx_block_q4_0 *b, float *y) {
         }
 }
 
-/* Q4_K and Q5_K: sub-block j's 32 values from their quants q. */
-MX_QFN void mx_dequant_kmin(float d, float dmin, const uint8_t *scales, int j, const uint8_t *q, float *y) {
+/* The quant of element e (0..255) of a Q4_K or Q5_K block. */
+MX_QFN uint8_t mx_q4k_quant(const mx_block_q4_k *b, int e) {
+        return (uint8_t)((b->qs[32 * (e / 64) + e % 32] >> (4 * ((e / 32) & 1))) & 0xf);
+}
+
+MX_QFN uint8_t mx_q5k_quant(const mx_block_q5_k *b, int e) {
+        uint8_t lo = (uint8_t)((b->qs[32 * (e / 64) + e % 32] >> (4 * ((e / 32) & 1))) & 0xf);
+        return (uint8_t)(lo | ((b->qh[e % 32] >> (e / 32)) & 1) << 4);
+}
+
+/* Sub-block j of a Q4_K or Q5_K block: d * sc and dmin * m. */
+MX_QFN void mx_kmin_scales(float d, float dmin, const uint8_t *scales, int j, float *d1, float *m1) {
         uint8_t sc, m;
         mx_q4k_scale(scales, j, &sc, &m);
-        float d1 = MX_FMUL(d, (float)sc), m1 = MX_FMUL(dmin, (float)m);
-        for (int l = 0; l < 32; l++)
-                y[l] = MX_FSUB(MX_FMUL(d1, (float)q[l]), m1);
+        *d1 = MX_FMUL(d, (float)sc);
+        *m1 = MX_FMUL(dmin, (float)m);
 }
 
 MX_QFN void mx_dequant_q4_k(const mx_block_q4_k *b, float *y) {
-        float d = mx_f16_to_f32(b->d), dmin = mx_f16_to_f32(b->dmin);
-        uint8_t q[32];
-        for (int i = 0; i < 4; i++)
-                for (int half = 0; half < 2; half++) {
-                        for (int l = 0; l < 32; l++)
-                                q[l] = (uint8_t)((b->qs[32 * i + l] >> (4 * half)) & 0xf);
-                        mx_dequant_kmin(d, dmin, b->scales, 2 * i + half, q, y + 64 * i + 32 * half);
-                }
+        float d = mx_f16_to_f32(b->d), dmin = mx_f16_to_f32(b->dmin), d1, m1;
+        for (int j = 0; j < 8; j++) {
+                mx_kmin_scales(d, dmin, b->scales, j, &d1, &m1);
+                for (int e = 32 * j; e < 32 * j + 32; e++)
+                        y[e] = MX_FSUB(MX_FMUL(d1, (float)mx_q4k_quant(b, e)), m1);
+        }
 }
 
 MX_QFN void mx_dequant_q5_k(const mx_block_q5_k *b, float *y) {
-        float d = mx_f16_to_f32(b->d), dmin = mx_f16_to_f32(b->dmin);
-        uint8_t q[32];
-        for (int i = 0; i < 4; i++)
-                for (int half = 0; half < 2; half++) {
-                        int j = 2 * i + half;
-                        for (int l = 0; l < 32; l++)
-                                q[l] = (uint8_t)(((b->qs[32 * i + l] >> (4 * half)) & 0xf) | (((b->qh[l] >> j) & 1) << 4));
-                        mx_dequant_kmin(d, dmin, b->scales, j, q, y + 64 * i + 32 * half);
-                }
+        float d = mx_f16_to_f32(b->d), dmin = mx_f16_to_f32(b->dmin), d1, m1;
+        for (int j = 0; j < 8; j++) {
+                mx_kmin_scales(d, dmin, b->scales, j, &d1, &m1);
+                for (int e = 32 * j; e < 32 * j + 32; e++)
+                        y[e] = MX_FSUB(MX_FMUL(d1, (float)mx_q5k_quant(b, e)), m1);
+        }
 }
 
 /* Q6_K's quant of element e (0..255), in [0, 63]: each half of 128 has 64
