@@ -316,6 +316,36 @@ int mx_model_copy_dense(mx_model *m, mx_error *err);
  * (otherwise the pass would only evict its own beginning). */
 bool mx_model_fits_in_memory(const mx_model *m);
 
+/* ---- load-time quantization ------------------------------------------------- */
+
+/* What mx_model_quantize makes of a model, as llama.cpp's file types. */
+typedef enum mx_ftype {
+        MX_FTYPE_NONE,   /* as stored */
+        MX_FTYPE_Q8_0,   /* 8.5 bits a weight */
+        MX_FTYPE_Q4_0,   /* 4.5 bits, output Q6_K */
+        MX_FTYPE_Q4_K_M, /* about 4.8 bits: Q4_K, some tensors Q5_K, Q6_K, Q8_0 */
+        MX_FTYPE_Q5_K_M, /* about 5.6 bits: Q5_K, some Q6_K, Q8_0 */
+        MX_FTYPE_Q6_K,   /* 6.56 bits */
+} mx_ftype;
+
+/* "none", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"; -EINVAL otherwise. */
+int mx_ftype_parse(const char *s, mx_ftype *out);
+const char *mx_ftype_name(mx_ftype ft);
+/* The type tensor t of m gets under ft (engine/model/quantize.c says why):
+ * its own where it stays as it is (norms, the router, rows that are not
+ * whole blocks, tensors already in a block format). */
+mx_dtype mx_ftype_tensor_type(const mx_model *m, const mx_tensor *t, mx_ftype ft);
+/* Rewrites m's weights into ft's types on `threads` threads (0: every
+ * core), reading each once; progress(bytes read, bytes to read, arg) after
+ * each tensor (may be NULL). The copies belong to m; the tensors' data,
+ * dtype and nbytes change, and no longer correspond to the files (expert
+ * streaming, which reads the files, refuses such a model). Once per
+ * model: -EALREADY after. */
+int mx_model_quantize(mx_model *m, mx_ftype ft, uint32_t threads,
+                      void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg, mx_error *err);
+/* What mx_model_quantize made of m (MX_FTYPE_NONE: nothing). */
+mx_ftype mx_model_quantized(const mx_model *m);
+
 /* ---- engine: forward pass and sequences ---------------------------------- */
 
 typedef enum mx_simd {

@@ -54,7 +54,7 @@ int run_info(const mx_model *m) {
         printf("parameters: %llu (%s)\n", (unsigned long long)fp.params,
                human_count(fp.params, a, sizeof(a)));
         printf("weights_bytes: %llu (%s", (unsigned long long)fp.bytes, human(fp.bytes, b, sizeof(b)));
-        for (int t = 0; t < 3; t++)
+        for (int t = 0; t < MX_DTYPE_COUNT; t++)
                 if (fp.bytes_by_dtype[t])
                         printf(", %s %s", mx_dtype_name((mx_dtype)t),
                                human(fp.bytes_by_dtype[t], a, sizeof(a)));

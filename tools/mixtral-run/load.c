@@ -110,8 +110,12 @@ int run_load(const run_opts *o, mx_model **m, mx_engine **e, mx_error *err) {
          * A GPU reads the files once as it uploads (and may stream). */
         if (!o->synthetic && !budget && !run_on_gpu(o, NULL) && mx_model_fits_in_memory(*m))
                 mx_model_prefault(*m, run_progress, &b);
+        run_bar q = run_bar_new("quantizing");
+        if (o->quantize && (r = mx_model_quantize(*m, o->quantize, o->threads, run_progress, &q, err)) < 0)
+                return r;
         run_bar up = run_bar_new("loading model");
         mx_engine_opts eo = {.device = o->device, .threads = o->threads, .simd = o->simd,
+                             .activations = o->activations,
                              .expert_memory = budget, .host_cache = host_cache, .progress = run_progress,
                              .progress_arg = &up};
         return mx_engine_open(e, *m, &eo, err);

@@ -69,6 +69,13 @@ static const char usage_text[] =
         "      --threads N        CPU threads (default: every online core)\n"
         "      --simd ISA         auto, scalar, avx2 or avx512 (default auto; all give the\n"
         "                         same numbers, bit for bit)\n"
+        "      --activations A    fast (default; on the CPU, activations rounded to int8\n"
+        "                         blocks for quantized weights and to bf16 for bf16\n"
+        "                         weights, multiplied with the CPU's dot-product\n"
+        "                         instructions) or f32 (fp32 activations, the reference)\n"
+        "      --quantize TYPE    quantize the weights as they load: q8_0, q4_0, q4_k_m,\n"
+        "                         q5_k_m or q6_k (llama.cpp's types; the model's files\n"
+        "                         stay as they are)\n"
         "      --device DEV       cpu (default), cuda or cuda:N (the N-th GPU): weights\n"
         "                         resident on the GPU in bf16 (f16/f32 checkpoints are\n"
         "                         rounded to it); needs the NVIDIA driver and cuBLAS\n"
@@ -151,6 +158,8 @@ enum {
         OPT_BATCH,
         OPT_EXPERT_MEMORY,
         OPT_HOST_CACHE,
+        OPT_ACTIVATIONS,
+        OPT_QUANTIZE,
 };
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -267,6 +276,8 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 {"batch", required_argument, NULL, OPT_BATCH},
                 {"expert-memory", required_argument, NULL, OPT_EXPERT_MEMORY},
                 {"host-cache", required_argument, NULL, OPT_HOST_CACHE},
+                {"activations", required_argument, NULL, OPT_ACTIVATIONS},
+                {"quantize", required_argument, NULL, OPT_QUANTIZE},
                 {0},
         };
         int c;
@@ -312,6 +323,15 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 case OPT_BATCH: r = parse_batches(optarg, o); break;
                 case OPT_EXPERT_MEMORY: o->expert_memory = optarg; break;
                 case OPT_HOST_CACHE: o->host_cache = optarg; break;
+                case OPT_ACTIVATIONS:
+                        if (mx_activations_from_string(optarg, &o->activations) < 0)
+                                r = usage_error("--activations: '%s' is not one of auto, fast, f32", optarg);
+                        break;
+                case OPT_QUANTIZE:
+                        if (mx_ftype_parse(optarg, &o->quantize) < 0)
+                                r = usage_error("--quantize: '%s' is not one of q8_0, q4_0, q4_k_m, q5_k_m, q6_k",
+                                                optarg);
+                        break;
                 case OPT_SIMD:
                         if (mx_simd_from_string(optarg, &o->simd) < 0)
                                 r = usage_error("--simd: '%s' is not one of auto, scalar, avx2, avx512", optarg);
@@ -361,6 +381,9 @@ static int check_args(const run_opts *o) {
                 return usage_error("%s", "--tokenize and --decode need --tokenizer FILE or --model DIR");
         if (o->info && !o->model && !o->synthetic)
                 return usage_error("%s", "--info needs --model DIR (or --synthetic SHAPE)");
+        if (o->quantize && o->expert_memory)
+                return usage_error("%s", "--quantize and --expert-memory exclude each other: streaming reads the "
+                                         "experts from the files");
         if (o->host_cache && !run_on_gpu(o, NULL))
                 return usage_error("%s", "--host-cache is for --device cuda (on the CPU, --expert-memory is the cache)");
         if (o->make_demo && o->synthetic && o->shape)

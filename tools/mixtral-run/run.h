@@ -9,6 +9,8 @@ typedef struct run_opts {
         const char *model, *tokenizer;
         const char *prompt, *prompt_file, *messages, *chat, *system;
         const char *make_demo, *decode, *device, *shape, *synthetic, *expert_memory, *host_cache;
+        mx_ftype quantize; /* --quantize: the weights' types, made as they load */
+        mx_activations activations;
         unsigned long long seed;
         bool tokenize, info, devices, print_ids, bench, ignore_eos;
         /* generation */
