@@ -1,7 +1,7 @@
 /* The fast path on AVX2 (with FMA and F16C): fast_tiles.h's vector layer
  * on pairs of ymm registers, lanes 0-7 and 8-15. The _vnni variant (built
- * with -mavxvnni) multiplies int8 with the VEX vpdpbusd / vpdpwssd; the
- * plain one gets the same integers from vpmaddubsw / vpmaddwd. bf16 goes
+ * with -mavxvnni) multiplies int8 with the VEX vpdpbusd; the plain one gets
+ * the same integers from vpmaddubsw / vpmaddwd. bf16 goes
  * through fused multiply-adds of its halves in both. Called only where the
  * CPU has them (isa.c). */
 #include <immintrin.h>
@@ -72,87 +72,60 @@ static inline vb vb_bit_halves(vb v, vb src, int b0, int b1, int add) {
         return (vb){add_where_bit(v.lo, src.lo, b0, add), add_where_bit(v.hi, src.hi, b1, add)};
 }
 
-/* A Q4_0 block's quants - 8: low nibbles, then high. */
+static inline vb vb_xor(vb a, vb b) {
+        return (vb){_mm256_xor_si256(a.lo, b.lo), _mm256_xor_si256(a.hi, b.hi)};
+}
+
+static inline vb vb_low_half(vb v) {
+        return (vb){v.lo, _mm256_setzero_si256()};
+}
+
+/* A Q4_0 block's nibbles: low, then high. */
 static inline __m256i q4_0_block(const uint8_t *qs) {
         __m128i a = _mm_loadu_si128((const __m128i *)qs);
-        __m256i n = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(a, 4), a), _mm256_set1_epi8(0x0f));
-        return _mm256_sub_epi8(n, _mm256_set1_epi8(8));
+        return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(a, 4), a), _mm256_set1_epi8(0x0f));
 }
 
 static inline vb vb_q4_0_pair(const uint8_t *qs0, const uint8_t *qs1) {
         return (vb){q4_0_block(qs0), qs1 ? q4_0_block(qs1) : _mm256_setzero_si256()};
 }
 
-#if MX_VNNI
-/* (x + 128) . w - 128 . w: vpdpbusd wants its first factor unsigned. */
-typedef struct vs8 {
-        vb w, corr;
-} vs8;
-
-static inline __m256i neg_corr(__m256i w) {
-        __m256i c = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), w);
-        return _mm256_sub_epi32(_mm256_setzero_si256(), c);
-}
-
-static inline vs8 vs8_prep(vb w) {
-        return (vs8){w, {neg_corr(w.lo), neg_corr(w.hi)}};
-}
-
-static inline vb vs8_xprep(vb x) {
-        return (vb){_mm256_xor_si256(x.lo, _mm256_set1_epi8((char)0x80)),
-                    _mm256_xor_si256(x.hi, _mm256_set1_epi8((char)0x80))};
-}
-
-static inline vi vs8_dot(vs8 w, vb xu) {
-        return (vi){_mm256_dpbusd_avx_epi32(w.corr.lo, xu.lo, w.w.lo), _mm256_dpbusd_avx_epi32(w.corr.hi, xu.hi, w.w.hi)};
-}
-
-static inline vi vi_dpwssd(vi acc, vi a, vi b) {
-        return (vi){_mm256_dpwssd_avx_epi32(acc.lo, a.lo, b.lo), _mm256_dpwssd_avx_epi32(acc.hi, a.hi, b.hi)};
-}
-#else
-/* |w| . (x with w's sign): pairs stay within int16 as x is never -128. */
-typedef struct vs8 {
-        vb w, abs;
-} vs8;
-
-static inline vs8 vs8_prep(vb w) {
-        return (vs8){w, {_mm256_abs_epi8(w.lo), _mm256_abs_epi8(w.hi)}};
-}
-
-static inline vb vs8_xprep(vb x) {
-        return x;
-}
-
-static inline __m256i dot_s8(__m256i abs, __m256i w, __m256i x) {
-        return _mm256_madd_epi16(_mm256_maddubs_epi16(abs, _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1));
-}
-
-static inline vi vs8_dot(vs8 w, vb x) {
-        return (vi){dot_s8(w.abs.lo, w.w.lo, x.lo), dot_s8(w.abs.hi, w.w.hi, x.hi)};
-}
-
-static inline vi vi_dpwssd(vi acc, vi a, vi b) {
-        return (vi){_mm256_add_epi32(acc.lo, _mm256_madd_epi16(a.lo, b.lo)),
-                    _mm256_add_epi32(acc.hi, _mm256_madd_epi16(a.hi, b.hi))};
-}
-#endif
-
 static inline vi vi_zero(void) {
         return (vi){_mm256_setzero_si256(), _mm256_setzero_si256()};
 }
 
-static inline vi vi_maddubs(vb u, vb x) {
-        return (vi){_mm256_maddubs_epi16(u.lo, x.lo), _mm256_maddubs_epi16(u.hi, x.hi)};
+#if MX_VNNI
+static inline vi vi_dpbusd(vi acc, vb u, vb s) {
+        return (vi){_mm256_dpbusd_avx_epi32(acc.lo, u.lo, s.lo), _mm256_dpbusd_avx_epi32(acc.hi, u.hi, s.hi)};
+}
+#else
+static inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) {
+        return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 }
 
-static inline vi vi_halves16(const int16_t *p) {
-        return (vi){_mm256_set1_epi16(p[0]), _mm256_set1_epi16(p[1])};
+static inline vi vi_dpbusd(vi acc, vb u, vb s) {
+        return (vi){dpbusd(acc.lo, u.lo, s.lo), dpbusd(acc.hi, u.hi, s.hi)};
 }
 
-static inline vi vi_quarters16(const int16_t *p) {
-        return (vi){_mm256_set_m128i(_mm_set1_epi16(p[1]), _mm_set1_epi16(p[0])),
-                    _mm256_set_m128i(_mm_set1_epi16(p[3]), _mm_set1_epi16(p[2]))};
+/* |w| . (x with w's sign): pairs stay within int16 as x is never -128. */
+static inline __m256i dot_s8(__m256i w, __m256i x) {
+        return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1));
+}
+
+static inline vi vi_dot_s8(vb w, vb x) {
+        return (vi){dot_s8(w.lo, x.lo), dot_s8(w.hi, x.hi)};
+}
+#endif
+
+static inline vi vi_neg_shl(vi v, int n) {
+        __m128i c = _mm_cvtsi32_si128(n);
+        return (vi){_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_sll_epi32(v.lo, c)),
+                    _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_sll_epi32(v.hi, c))};
+}
+
+static inline vf vf_quarters(const float *p) {
+        return (vf){_mm256_set_m128(_mm_set1_ps(p[1]), _mm_set1_ps(p[0])),
+                    _mm256_set_m128(_mm_set1_ps(p[3]), _mm_set1_ps(p[2]))};
 }
 
 static inline vf vf_zero(void) {
@@ -213,10 +186,8 @@ static inline vf bf_mac(vf acc, bfw w, bfx x) {
         return vf_fma(w.even, x.even, vf_fma(w.odd, x.odd, acc));
 }
 
-#define Q32_R 2
-#define Q32_T 2
-#define K_R 1
-#define K_T 2
+#define I8_R 2
+#define I8_T 2
 #define BF_R 2
 #define BF_T 2
 #define FAST_TILES MX_SYM(mx_fast_tiles_avx2)

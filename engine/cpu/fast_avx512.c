@@ -1,9 +1,9 @@
 /* The fast path on AVX-512 (F, BW, VL): fast_tiles.h's vector layer on
  * zmm registers. The _vnni variant (built with -mavx512vnni -mavx512bf16)
- * multiplies int8 with vpdpbusd / vpdpwssd and bf16 with vdpbf16ps; the
- * plain one gets the same integers from vpmaddubsw / vpmaddwd and the same
- * floats from fused multiply-adds of the bf16 halves. Called only where
- * the CPU has them (isa.c). */
+ * multiplies int8 with vpdpbusd and bf16 with vdpbf16ps; the plain one
+ * gets the same integers from vpmaddubsw / vpmaddwd and the same floats
+ * from fused multiply-adds of the bf16 halves. Called only where the CPU
+ * has them (isa.c). */
 #include <immintrin.h>
 #include <string.h>
 
@@ -57,82 +57,49 @@ static inline vb vb_bit_halves(vb v, vb src, int b0, int b1, int add) {
         return _mm512_mask_add_epi8(v, _mm512_test_epi8_mask(src, bit), v, vb_set1(add));
 }
 
-/* [qs0 low nibbles, qs0 high, qs1 low, qs1 high] - 8. */
+static inline vb vb_xor(vb a, vb b) {
+        return _mm512_xor_si512(a, b);
+}
+
+static inline vb vb_low_half(vb v) {
+        return _mm512_maskz_mov_epi8(0xffffffffull, v);
+}
+
+/* [qs0 low nibbles, qs0 high, qs1 low, qs1 high]. */
 static inline vb vb_q4_0_pair(const uint8_t *qs0, const uint8_t *qs1) {
         __m128i a = _mm_loadu_si128((const __m128i *)qs0), b = qs1 ? _mm_loadu_si128((const __m128i *)qs1) : a;
         __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(a, a)), _mm256_set_m128i(b, b), 1);
         z = vb_and(_mm512_mask_srli_epi16(z, 0xff00ff00u, z, 4), vb_set1(0x0f));
-        return _mm512_maskz_sub_epi8(qs1 ? ~0ull : 0xffffffffull, z, vb_set1(8));
+        return qs1 ? z : vb_low_half(z);
 }
-
-#if MX_VNNI
-/* (x + 128) . w - 128 . w: vpdpbusd wants its first factor unsigned. */
-typedef struct vs8 {
-        __m512i w, corr;
-} vs8;
-
-static inline vs8 vs8_prep(vb w) {
-        __m512i c = _mm512_dpbusd_epi32(_mm512_setzero_si512(), vb_set1(0x80), w);
-        return (vs8){w, _mm512_sub_epi32(_mm512_setzero_si512(), c)};
-}
-
-static inline vb vs8_xprep(vb x) {
-        return _mm512_xor_si512(x, vb_set1(0x80));
-}
-
-static inline vi vs8_dot(vs8 w, vb xu) {
-        return _mm512_dpbusd_epi32(w.corr, xu, w.w);
-}
-
-static inline vi vi_dpwssd(vi acc, vi a, vi b) {
-        return _mm512_dpwssd_epi32(acc, a, b);
-}
-#else
-/* |w| . (x with w's sign): pairs stay within int16 as x is never -128. */
-typedef struct vs8 {
-        __m512i abs;
-        __mmask64 neg;
-} vs8;
-
-static inline vs8 vs8_prep(vb w) {
-        return (vs8){_mm512_abs_epi8(w), _mm512_movepi8_mask(w)};
-}
-
-static inline vb vs8_xprep(vb x) {
-        return x;
-}
-
-static inline vi vs8_dot(vs8 w, vb x) {
-        __m512i sx = _mm512_mask_sub_epi8(x, w.neg, _mm512_setzero_si512(), x);
-        return _mm512_madd_epi16(_mm512_maddubs_epi16(w.abs, sx), _mm512_set1_epi16(1));
-}
-
-static inline vi vi_dpwssd(vi acc, vi a, vi b) {
-        return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
-}
-#endif
 
 static inline vi vi_zero(void) {
         return _mm512_setzero_si512();
 }
 
-static inline vi vi_maddubs(vb u, vb x) {
-        return _mm512_maddubs_epi16(u, x);
+#if MX_VNNI
+static inline vi vi_dpbusd(vi acc, vb u, vb s) {
+        return _mm512_dpbusd_epi32(acc, u, s);
+}
+#else
+static inline vi vi_dpbusd(vi acc, vb u, vb s) {
+        return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
 }
 
-static inline vi vi_halves16(const int16_t *p) {
-        static const int16_t idx[32] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-        int32_t v;
-        memcpy(&v, p, 4);
-        return _mm512_permutexvar_epi16(_mm512_loadu_si512(idx), _mm512_castsi128_si512(_mm_cvtsi32_si128(v)));
+/* |w| . (x with w's sign): pairs stay within int16 as x is never -128. */
+static inline vi vi_dot_s8(vb w, vb x) {
+        __m512i sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
+        return _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(w), sx), _mm512_set1_epi16(1));
+}
+#endif
+
+static inline vi vi_neg_shl(vi v, int n) {
+        return _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_sll_epi32(v, _mm_cvtsi32_si128(n)));
 }
 
-static inline vi vi_quarters16(const int16_t *p) {
-        static const int16_t idx[32] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                        2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
-        return _mm512_permutexvar_epi16(_mm512_loadu_si512(idx),
-                                        _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)p)));
+static inline vf vf_quarters(const float *p) {
+        static const int32_t idx[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
+        return _mm512_permutexvar_ps(_mm512_loadu_si512(idx), _mm512_castps128_ps512(_mm_loadu_ps(p)));
 }
 
 static inline vf vf_zero(void) {
@@ -209,10 +176,8 @@ static inline vf bf_mac(vf acc, bfw w, bfx x) {
 #define BF_T 5
 #endif
 
-#define Q32_R 4
-#define Q32_T 4
-#define K_R 2
-#define K_T 4
+#define I8_R 4
+#define I8_T 4
 #define FAST_TILES MX_SYM(mx_fast_tiles_avx512)
 
 #include "fast_tiles.h"
