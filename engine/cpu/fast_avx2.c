@@ -1,7 +1,7 @@
 /* The fast path on AVX2 (with FMA and F16C): fast_tiles.h's vector layer
  * on pairs of ymm registers, lanes 0-7 and 8-15. The _vnni variant (built
- * with -mavxvnni) multiplies int8 with the VEX vpdpbusd; the plain one gets
- * the same integers from vpmaddubsw / vpmaddwd. bf16 goes
+ * with -mavxvnni) multiplies int8 with the VEX vpdpbusd / vpdpwssd; the plain
+ * one gets the same integers from vpmaddubsw / vpmaddwd. bf16 goes
  * through fused multiply-adds of its halves in both. Called only where the
  * CPU has them (isa.c). */
 #include <immintrin.h>
@@ -117,15 +117,44 @@ static inline vi vi_dot_s8(vb w, vb x) {
 }
 #endif
 
+#if MX_VNNI
+static inline vi vi_dpwssd(vi acc, vi a, vi b) {
+        return (vi){_mm256_dpwssd_avx_epi32(acc.lo, a.lo, b.lo), _mm256_dpwssd_avx_epi32(acc.hi, a.hi, b.hi)};
+}
+#else
+static inline vi vi_dpwssd(vi acc, vi a, vi b) {
+        return (vi){_mm256_add_epi32(acc.lo, _mm256_madd_epi16(a.lo, b.lo)),
+                    _mm256_add_epi32(acc.hi, _mm256_madd_epi16(a.hi, b.hi))};
+}
+#endif
+
+static inline vi vi_maddubs(vb u, vb x) {
+        return (vi){_mm256_maddubs_epi16(u.lo, x.lo), _mm256_maddubs_epi16(u.hi, x.hi)};
+}
+
+static inline vi vi_halves16(const int16_t *p) {
+        return (vi){_mm256_set1_epi16(p[0]), _mm256_set1_epi16(p[1])};
+}
+
+static inline vi vi_quarters16(const int16_t *p) {
+        return (vi){_mm256_set_m128i(_mm_set1_epi16(p[1]), _mm_set1_epi16(p[0])),
+                    _mm256_set_m128i(_mm_set1_epi16(p[3]), _mm_set1_epi16(p[2]))};
+}
+
 static inline vi vi_neg_shl(vi v, int n) {
         __m128i c = _mm_cvtsi32_si128(n);
         return (vi){_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_sll_epi32(v.lo, c)),
                     _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_sll_epi32(v.hi, c))};
 }
 
-static inline vf vf_quarters(const float *p) {
-        return (vf){_mm256_set_m128(_mm_set1_ps(p[1]), _mm_set1_ps(p[0])),
-                    _mm256_set_m128(_mm_set1_ps(p[3]), _mm_set1_ps(p[2]))};
+static inline vf vf_load(const float *p) {
+        return (vf){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)};
+}
+
+static inline vf vf_pairs(const float *p) {
+        __m256 v = _mm256_loadu_ps(p);
+        return (vf){_mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)),
+                    _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7))};
 }
 
 static inline vf vf_zero(void) {
@@ -186,10 +215,14 @@ static inline vf bf_mac(vf acc, bfw w, bfx x) {
         return vf_fma(w.even, x.even, vf_fma(w.odd, x.odd, acc));
 }
 
-#define I8_R 2
-#define I8_T 2
+#define Q32_R 2
+#define Q32_T 2
+#define K_R 1
+#define K_T 2
 #define BF_R 2
 #define BF_T 2
+#define K_D 1
+#define BF_D 1
 #define FAST_TILES MX_SYM(mx_fast_tiles_avx2)
 
 #include "fast_tiles.h"

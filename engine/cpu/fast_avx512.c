@@ -1,7 +1,7 @@
 /* The fast path on AVX-512 (F, BW, VL): fast_tiles.h's vector layer on
  * zmm registers. The _vnni variant (built with -mavx512vnni -mavx512bf16)
- * multiplies int8 with vpdpbusd and bf16 with vdpbf16ps; the plain one
- * gets the same integers from vpmaddubsw / vpmaddwd and the same floats
+ * multiplies int8 with vpdpbusd / vpdpwssd and bf16 with vdpbf16ps; the
+ * plain one gets the same integers from vpmaddubsw / vpmaddwd and the same floats
  * from fused multiply-adds of the bf16 halves. Called only where the CPU
  * has them (isa.c). */
 #include <immintrin.h>
@@ -93,13 +93,46 @@ static inline vi vi_dot_s8(vb w, vb x) {
 }
 #endif
 
+#if MX_VNNI
+static inline vi vi_dpwssd(vi acc, vi a, vi b) {
+        return _mm512_dpwssd_epi32(acc, a, b);
+}
+#else
+static inline vi vi_dpwssd(vi acc, vi a, vi b) {
+        return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+}
+#endif
+
+static inline vi vi_maddubs(vb u, vb x) {
+        return _mm512_maddubs_epi16(u, x);
+}
+
+static inline vi vi_halves16(const int16_t *p) {
+        static const int16_t idx[32] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        int32_t v;
+        memcpy(&v, p, 4);
+        return _mm512_permutexvar_epi16(_mm512_loadu_si512(idx), _mm512_castsi128_si512(_mm_cvtsi32_si128(v)));
+}
+
+static inline vi vi_quarters16(const int16_t *p) {
+        static const int16_t idx[32] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                        2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
+        return _mm512_permutexvar_epi16(_mm512_loadu_si512(idx),
+                                        _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)p)));
+}
+
 static inline vi vi_neg_shl(vi v, int n) {
         return _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_sll_epi32(v, _mm_cvtsi32_si128(n)));
 }
 
-static inline vf vf_quarters(const float *p) {
-        static const int32_t idx[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
-        return _mm512_permutexvar_ps(_mm512_loadu_si512(idx), _mm512_castps128_ps512(_mm_loadu_ps(p)));
+static inline vf vf_load(const float *p) {
+        return _mm512_loadu_ps(p);
+}
+
+static inline vf vf_pairs(const float *p) {
+        static const int32_t idx[16] = {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7};
+        return _mm512_permutexvar_ps(_mm512_loadu_si512(idx), _mm512_castps256_ps512(_mm256_loadu_ps(p)));
 }
 
 static inline vf vf_zero(void) {
@@ -176,8 +209,12 @@ static inline vf bf_mac(vf acc, bfw w, bfx x) {
 #define BF_T 5
 #endif
 
-#define I8_R 4
-#define I8_T 4
+#define Q32_R 4
+#define Q32_T 4
+#define K_R 2
+#define K_T 6
+#define K_D 4
+#define BF_D 4
 #define FAST_TILES MX_SYM(mx_fast_tiles_avx512)
 
 #include "fast_tiles.h"

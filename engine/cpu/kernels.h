@@ -10,24 +10,24 @@
  *   (mx_reduce16).
  *
  * - The fast path (bf16 and block weights): each token's activations are
- *   first rounded to the weight's partner format (mx_act_for): int8 blocks
- *   of 32 with a float scale (every block format: llama.cpp gives the
- *   K-quants blocks of 256, whose one scale let a token's larger values
- *   drown its smaller ones: 5-18% on the test models' logits against 3%
- *   with 32), or bf16 (BF16 weights). Integer products are exact, so only
- *   the float steps are fixed:
- *     int8: 16 lanes; each 64 activations (two blocks of 32) give lane l
- *       the exact integer sum P of weight x activation over values
- *       4l..4l+3, the weight as its signed level (Q8_0 q, Q4_0 q - 8,
- *       Q6_K q - 32, Q4_K and Q5_K the unsigned q); lane l accumulates
- *       fma(ws * dx, P) with dx the activations' block scale and ws the
- *       weight scale of those values (Q8_0, Q4_0: d; K-quants: d times
- *       the sub-block's scale, rounded); a row with an odd number of
- *       blocks ends on a pair whose second half counts with zeros.
- *       Q4_K and Q5_K also subtract their mins: 8 lanes G, lane j of each
- *       super-block accumulating fma(dmin * m_j, xs) with xs the
- *       activations' d x sum of the sub-block's 32 levels; the output is
- *       mx_reduce16(lanes) - mx_reduce8(G);
+ *   first rounded to the weight's partner format (mx_act_for), as llama.cpp
+ *   does: int8 blocks of 32 with a float scale for Q8_0 and Q4_0, of 256 for
+ *   the K-quants (whose integer sub-block scales then apply before any
+ *   float), bf16 for BF16 weights. Integer products are exact, so only the
+ *   float steps are fixed:
+ *     Q8_0, Q4_0: 16 lanes; each 64 activations (two blocks of 32) give
+ *       lane l the exact sum P of weight level x activation over values
+ *       4l..4l+3 (Q8_0 q, Q4_0 q - 8); lane l accumulates fma(dw * dx, P)
+ *       with the scales of its block; a row of an odd number of blocks ends
+ *       on a pair whose second half counts with zeros;
+ *     K-quants: per super-block, S[l] = the exact sum over its four 64-value
+ *       chunks of sub-block scale x unsigned level x activation over values
+ *       4l..4l+3 of the chunk; lane l accumulates fma(d * dx, S[l]); and 16
+ *       lanes G, lane s accumulating fma(w_s, xs_s) with xs_s the
+ *       activations' dx x the sum of levels s*16..s*16+15 and w_s the
+ *       weights' offset there (Q4_K, Q5_K: dmin * m of the sub-block; Q6_K:
+ *       d * (32 * scale), its levels being q - 32); the output is
+ *       mx_reduce16(lanes) - mx_reduce16(G);
  *     BF16: lane i accumulates, per 32 values, pair 2i+1 then pair 2i with
  *       fused multiply-adds of exact bf16 products (what AVX512-BF16's
  *       vdpbf16ps does for normal numbers; where a product or a partial
@@ -49,9 +49,10 @@
 /* Activations as the fast path hands them to the kernels, per token. */
 typedef enum mx_act {
         MX_ACT_F32,  /* fp32 as they are (the f32 path; F32 and F16 weights) */
-        /* int8 q[cols], then float d[cols/32] (x ~ d * q per 32 values),
-         * then float xs[cols/32] (d x the block's sum of q, rounded) */
-        MX_ACT_Q8,
+        MX_ACT_Q8,   /* int8 q[cols], then float d[cols/32]: x ~ d * q per 32 values */
+        /* int8 q[cols], then float d[cols/256], then float xs[cols/16]:
+         * each 16 levels' sum times their d, rounded */
+        MX_ACT_Q8K,
         MX_ACT_BF16, /* uint16 bf16[cols], rounded to nearest even */
 } mx_act;
 
@@ -61,12 +62,13 @@ mx_act mx_act_for(mx_dtype w, bool fast);
 uint64_t mx_act_row_bytes(mx_act a, uint64_t cols);
 /* One token: cols floats into format a at dst (mx_act_row_bytes). */
 void mx_act_quantize(mx_act a, const float *x, uint64_t cols, uint8_t *dst);
-/* Where the scales and the scaled sums of an MX_ACT_Q8 row are. */
+/* Where the scales of an MX_ACT_Q8 or MX_ACT_Q8K row are, and the scaled
+ * sums of an MX_ACT_Q8K row. */
 static inline const float *mx_act_scales(const uint8_t *row, uint64_t cols) {
         return (const float *)(row + cols);
 }
 static inline const float *mx_act_sums(const uint8_t *row, uint64_t cols) {
-        return (const float *)(row + cols) + cols / 32;
+        return (const float *)(row + cols) + cols / 256;
 }
 
 typedef struct mx_matmul_args {
@@ -114,13 +116,6 @@ static inline float mx_reduce16(const float l[16]) {
                 b[j] = a[j] + a[j + 4];
         float c0 = b[0] + b[2], c1 = b[1] + b[3];
         return c0 + c1;
-}
-
-/* The same for 8 lanes (the mins of Q4_K and Q5_K). */
-static inline float mx_reduce8(const float g[8]) {
-        float a[4] = {g[0] + g[4], g[1] + g[5], g[2] + g[6], g[3] + g[7]};
-        float b0 = a[0] + a[2], b1 = a[1] + a[3];
-        return b0 + b1;
 }
 
 /* The best instruction set this CPU (and this build) has; whether it has

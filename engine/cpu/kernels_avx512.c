@@ -97,14 +97,14 @@ static inline __m512 load_f32(const void *p, __mmask16 m) {
 #define BF16 load_bf16, 2
 #define F16 load_f16, 2
 #define F32 load_f32, 4
-MX_DEFINE_TILES(tiles_bf16, DEFINE_TILE, BF16, 4, 6)
-MX_DEFINE_TILES(tiles_f16, DEFINE_TILE, F16, 4, 6)
-MX_DEFINE_TILES(tiles_f32, DEFINE_TILE, F32, 4, 6)
-MX_DEFINE_TILES(tiles_q8_0, DEFINE_QTILE, MX_DTYPE_Q8_0, 4, 6)
-MX_DEFINE_TILES(tiles_q4_0, DEFINE_QTILE, MX_DTYPE_Q4_0, 4, 6)
-MX_DEFINE_TILES(tiles_q4_k, DEFINE_QTILE, MX_DTYPE_Q4_K, 4, 6)
-MX_DEFINE_TILES(tiles_q5_k, DEFINE_QTILE, MX_DTYPE_Q5_K, 4, 6)
-MX_DEFINE_TILES(tiles_q6_k, DEFINE_QTILE, MX_DTYPE_Q6_K, 4, 6)
+MX_DEFINE_TILES(tiles_bf16, DEFINE_TILE, BF16, 4, 6, 4)
+MX_DEFINE_TILES(tiles_f16, DEFINE_TILE, F16, 4, 6, 4)
+MX_DEFINE_TILES(tiles_f32, DEFINE_TILE, F32, 4, 6, 4)
+MX_DEFINE_TILES(tiles_q8_0, DEFINE_QTILE, MX_DTYPE_Q8_0, 4, 6, 1)
+MX_DEFINE_TILES(tiles_q4_0, DEFINE_QTILE, MX_DTYPE_Q4_0, 4, 6, 1)
+MX_DEFINE_TILES(tiles_q4_k, DEFINE_QTILE, MX_DTYPE_Q4_K, 4, 6, 1)
+MX_DEFINE_TILES(tiles_q5_k, DEFINE_QTILE, MX_DTYPE_Q5_K, 4, 6, 1)
+MX_DEFINE_TILES(tiles_q6_k, DEFINE_QTILE, MX_DTYPE_Q6_K, 4, 6, 1)
 
 static const mx_tiles *const f32_tiles[MX_DTYPE_COUNT] = {
         [MX_DTYPE_F32] = &tiles_f32,   [MX_DTYPE_F16] = &tiles_f16,   [MX_DTYPE_BF16] = &tiles_bf16,

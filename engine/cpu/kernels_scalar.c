@@ -26,91 +26,103 @@ static float dot_f32(const uint8_t *row, mx_dtype dt, const float *x, uint64_t c
         return mx_reduce16(lane);
 }
 
-/* ---- the fast path: block weights against MX_ACT_Q8 ------------------------------------ */
+/* ---- the fast path: Q8_0 and Q4_0 against MX_ACT_Q8 --------------------------------------- */
 
-/* Block b (of 32 values) of a row as the int8 products see it: each
- * value's signed level, the weight scale of each 4 values, and (Q4_K,
- * Q5_K) the sub-block's dmin * m. */
-typedef struct int_block {
-        int w[32];
-        float ws[8];
-        float dm;
-} int_block;
-
-static void kmin_block(uint16_t d, uint16_t dmin, const uint8_t *scales, int j, int_block *k) {
-        float d1, m1;
-        mx_kmin_scales(mx_f16_to_f32(d), mx_f16_to_f32(dmin), scales, j, &d1, &m1);
-        for (int g = 0; g < 8; g++)
-                k->ws[g] = d1;
-        k->dm = m1;
-}
-
-static void decode_int(const uint8_t *row, mx_dtype dt, uint64_t b, int_block *k) {
-        int j = (int)(b % 8);
-        switch (dt) {
-        case MX_DTYPE_Q8_0: {
+/* Block b's signed levels and fp16 scale. */
+static float block32(const uint8_t *row, mx_dtype dt, uint64_t b, int w[32]) {
+        if (dt == MX_DTYPE_Q8_0) {
                 const mx_block_q8_0 *q = (const mx_block_q8_0 *)row + b;
                 for (int i = 0; i < 32; i++)
-                        k->w[i] = q->qs[i], k->ws[i / 4] = mx_f16_to_f32(q->d);
-                break;
+                        w[i] = q->qs[i];
+                return mx_f16_to_f32(q->d);
         }
-        case MX_DTYPE_Q4_0: {
-                const mx_block_q4_0 *q = (const mx_block_q4_0 *)row + b;
-                for (int i = 0; i < 16; i++)
-                        k->w[i] = (q->qs[i] & 0xf) - 8, k->w[i + 16] = (q->qs[i] >> 4) - 8;
-                for (int g = 0; g < 8; g++)
-                        k->ws[g] = mx_f16_to_f32(q->d);
-                break;
-        }
-        case MX_DTYPE_Q4_K: {
-                const mx_block_q4_k *q = (const mx_block_q4_k *)row + b / 8;
-                for (int i = 0; i < 32; i++)
-                        k->w[i] = mx_q4k_quant(q, 32 * j + i);
-                kmin_block(q->d, q->dmin, q->scales, j, k);
-                break;
-        }
-        case MX_DTYPE_Q5_K: {
-                const mx_block_q5_k *q = (const mx_block_q5_k *)row + b / 8;
-                for (int i = 0; i < 32; i++)
-                        k->w[i] = mx_q5k_quant(q, 32 * j + i);
-                kmin_block(q->d, q->dmin, q->scales, j, k);
-                break;
-        }
-        default: {
-                const mx_block_q6_k *q = (const mx_block_q6_k *)row + b / 8;
-                for (int i = 0; i < 32; i++)
-                        k->w[i] = mx_q6k_quant(q, 32 * j + i) - 32;
-                for (int g = 0; g < 8; g++)
-                        k->ws[g] = mx_f16_to_f32(q->d) * (float)q->scales[2 * j + g / 4];
-                break;
-        }
-        }
+        const mx_block_q4_0 *q = (const mx_block_q4_0 *)row + b;
+        for (int i = 0; i < 16; i++)
+                w[i] = (q->qs[i] & 0xf) - 8, w[i + 16] = (q->qs[i] >> 4) - 8;
+        return mx_f16_to_f32(q->d);
 }
 
-static float dot_int8(const uint8_t *row, mx_dtype dt, const uint8_t *xq, uint64_t cols) {
+static float dot_q32(const uint8_t *row, mx_dtype dt, const uint8_t *xq, uint64_t cols) {
         const int8_t *x = (const int8_t *)xq;
-        const float *dx = mx_act_scales(xq, cols), *xs = mx_act_sums(xq, cols);
-        bool mins = dt == MX_DTYPE_Q4_K || dt == MX_DTYPE_Q5_K;
+        const float *dx = mx_act_scales(xq, cols);
         uint64_t nb = cols / 32;
-        float lane[16] = {0}, g[8] = {0};
+        float lane[16] = {0};
         for (uint64_t b0 = 0; b0 < nb; b0 += 2)
                 for (uint64_t h = 0; h < 2; h++) {
                         uint64_t b = b0 + h;
-                        int_block k = {0};
-                        int p[8] = {0};
-                        float d = 0;
+                        int w[32] = {0}, p[8] = {0};
+                        float ds = 0;
                         if (b < nb) {
-                                decode_int(row, dt, b, &k);
-                                d = dx[b];
+                                ds = block32(row, dt, b, w) * dx[b];
                                 for (int e = 0; e < 32; e++)
-                                        p[e / 4] += k.w[e] * x[32 * b + e];
-                                if (mins)
-                                        g[b % 8] = fmaf(k.dm, xs[b], g[b % 8]);
+                                        p[e / 4] += w[e] * x[32 * b + e];
                         }
                         for (int l = 0; l < 8; l++)
-                                lane[8 * h + l] = fmaf(k.ws[l] * d, (float)p[l], lane[8 * h + l]);
+                                lane[8 * h + l] = fmaf(ds, (float)p[l], lane[8 * h + l]);
                 }
-        return mx_reduce16(lane) - mx_reduce8(g);
+        return mx_reduce16(lane);
+}
+
+/* ---- the fast path: K-quants against MX_ACT_Q8K ---------------------------------------- */
+
+/* A super-block as the integer products see it: unsigned levels, each
+ * value's sub-block scale, d, and the offset's weight for each 16 values. */
+typedef struct kblock {
+        float d;
+        uint8_t u[256];  /* [256] */
+        int sc[256];     /* [256] */
+        float w16[16];   /* [16] */
+} kblock;
+
+static void kmin_decode(uint16_t d, uint16_t dmin, const uint8_t *scales, kblock *k) {
+        k->d = mx_f16_to_f32(d);
+        for (int j = 0; j < 8; j++) {
+                uint8_t sc, m;
+                mx_q4k_scale(scales, j, &sc, &m);
+                for (int e = 32 * j; e < 32 * j + 32; e++)
+                        k->sc[e] = sc;
+                k->w16[2 * j] = k->w16[2 * j + 1] = mx_f16_to_f32(dmin) * (float)m;
+        }
+}
+
+static void kblock_decode(const uint8_t *row, mx_dtype dt, uint64_t sb, kblock *k) {
+        if (dt == MX_DTYPE_Q4_K) {
+                const mx_block_q4_k *b = (const mx_block_q4_k *)row + sb;
+                kmin_decode(b->d, b->dmin, b->scales, k);
+                for (int e = 0; e < 256; e++)
+                        k->u[e] = mx_q4k_quant(b, e);
+        } else if (dt == MX_DTYPE_Q5_K) {
+                const mx_block_q5_k *b = (const mx_block_q5_k *)row + sb;
+                kmin_decode(b->d, b->dmin, b->scales, k);
+                for (int e = 0; e < 256; e++)
+                        k->u[e] = mx_q5k_quant(b, e);
+        } else {
+                const mx_block_q6_k *b = (const mx_block_q6_k *)row + sb;
+                k->d = mx_f16_to_f32(b->d);
+                for (int e = 0; e < 256; e++)
+                        k->u[e] = mx_q6k_quant(b, e), k->sc[e] = b->scales[e / 16];
+                for (int s = 0; s < 16; s++)
+                        k->w16[s] = k->d * (float)(32 * b->scales[s]);
+        }
+}
+
+static float dot_k(const uint8_t *row, mx_dtype dt, const uint8_t *xq, uint64_t cols) {
+        const int8_t *x = (const int8_t *)xq;
+        const float *dx = mx_act_scales(xq, cols), *xs = mx_act_sums(xq, cols);
+        float lane[16] = {0}, g[16] = {0};
+        kblock k;
+        for (uint64_t sb = 0; sb < cols / 256; sb++) {
+                kblock_decode(row, dt, sb, &k);
+                int s[16] = {0};
+                for (int e = 0; e < 256; e++)
+                        s[(e % 64) / 4] += k.sc[e] * ((int)k.u[e] * x[256 * sb + e]);
+                float dd = k.d * dx[sb];
+                for (int l = 0; l < 16; l++) {
+                        lane[l] = fmaf(dd, (float)s[l], lane[l]);
+                        g[l] = fmaf(k.w16[l], xs[16 * sb + l], g[l]);
+                }
+        }
+        return mx_reduce16(lane) - mx_reduce16(g);
 }
 
 /* ---- the fast path: BF16 against MX_ACT_BF16 -------------------------------------- */
@@ -137,7 +149,9 @@ static float dot_row(const mx_matmul_args *a, const uint8_t *row, uint32_t t) {
         const uint8_t *x = a->xq + t * a->ldxq;
         switch (mx_act_for(a->dtype, true)) {
         case MX_ACT_Q8:
-                return dot_int8(row, a->dtype, x, a->cols);
+                return dot_q32(row, a->dtype, x, a->cols);
+        case MX_ACT_Q8K:
+                return dot_k(row, a->dtype, x, a->cols);
         case MX_ACT_BF16:
                 return dot_bf16(row, x, a->cols);
         default:

@@ -101,9 +101,10 @@ static void against_dequant(const problem *p, const float *got) {
 }
 
 /* The fast path's rounding of the activations (and of nothing else): to
- * bf16, or to int8 per 32 values. */
+ * bf16; to int8 per 32 values; to int8 per 256 values, which the
+ * activations' outliers (20x, one in 97) make coarser. */
 static double fast_tolerance(mx_dtype t) {
-        return t == MX_DTYPE_BF16 ? 1e-2 : 2e-2;
+        return t == MX_DTYPE_BF16 ? 1e-2 : mx_dtype_block_elems(t) == 32 ? 2e-2 : 4e-2;
 }
 
 static void check(mx_dtype t, uint64_t rows, uint64_t cols) {
