@@ -1,6 +1,6 @@
 /* The fast path's tiles (kernels.h), written once over a small vector
- * layer that fast_avx2.c (two ymm registers) and fast_avx512.c (one zmm)
- * define before including this: 64 bytes `vb`, 16 int32 lanes `vi`, 16
+ * layer that simd_avx2.h (two ymm registers) and simd_avx512.h (one zmm)
+ * define before this is included (by fast_avx2.c, fast_avx512.c): 64 bytes `vb`, 16 int32 lanes `vi`, 16
  * float lanes `vf`, and:
  *
  *   vb_load(p), vb_load2(lo, hi)        64 bytes; two 32-byte halves (hi NULL: zeros)
@@ -23,8 +23,8 @@
  *                                       consecutive lanes
  *   vf_zero, vf_set1, vf_load(p), vf_pairs(p) (p[0], p[0], p[1], p[1] ... p[7]),
  *   vf_halves(lo, hi), vf_mul, vf_fma, vf_cvt, vf_reduce (mx_reduce16's order)
- *   bfw / bfx / bf_wprep / bf_xprep / bf_mac
- *                                       one vdpbf16ps step, native or emulated
+ *   MX_NATIVE_BF16 and bfw / bfx / bf_wprep / bf_xprep / bf_mac (one vdpbf16ps step),
+ *   or vb_bf16_odd(v) / vb_bf16_even(v) (each lane's pair as floats) for the step by hand
  *   Q32_R, Q32_T, K_R, K_T, BF_R, BF_T  prefill tile shapes
  *   K_D, BF_D                           decode rows of K-quant and BF16 tiles (tiles.h)
  *   FAST_TILES                          the name of the table function
@@ -261,6 +261,27 @@ static inline vi q6_k_sc(const kw *W, int c) {
         }
 
 /* ---- BF16 against MX_ACT_BF16: 32 values per step -------------------------------------- */
+
+#ifndef MX_NATIVE_BF16
+/* vdpbf16ps's step by hand: the odd value of each lane's pair, then the
+ * even one, each an exact product added with one rounding. */
+typedef struct bfw {
+        vf odd, even;
+} bfw;
+typedef bfw bfx;
+
+static inline bfw bf_wprep(vb v) {
+        return (bfw){vb_bf16_odd(v), vb_bf16_even(v)};
+}
+
+static inline bfx bf_xprep(vb v) {
+        return bf_wprep(v);
+}
+
+static inline vf bf_mac(vf acc, bfw w, bfx x) {
+        return vf_fma(w.even, x.even, vf_fma(w.odd, x.odd, acc));
+}
+#endif
 
 #define DEFINE_BF_TILE(NAME, UNUSED, R, T)                                                         \
         static void NAME(const uint8_t *w, uint64_t rb, const uint8_t *x, uint64_t ldx, uint64_t K, \

@@ -2,23 +2,13 @@
  * exactly the 16 lanes of the reference order (kernels.h), so results
  * equal the scalar kernel's bit for bit. Block weights are decoded a block
  * at a time into L1 by quant.h's decoders (the same floats as everywhere),
- * then multiplied like fp32 weights. The fast path is fast_avx512.c's.
+ * then multiplied like fp32 weights (tiles.h's DEFINE_QTILE over
+ * simd_avx512.h). The fast path is fast_avx512.c's.
  * Compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c (and, for
  * the _vnni variant, the dot-product instructions), called only where the
  * CPU has them. */
-#include <immintrin.h>
-
 #include "quant.h"
-#include "tiles.h"
-
-static inline float reduce(__m512 v) {
-        __m256 lo = _mm512_castps512_ps256(v);
-        __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-        __m256 a = _mm256_add_ps(lo, hi);
-        __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-        return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));
-}
+#include "simd_avx512.h"
 
 static inline __m512 load_bf16(const void *p, __mmask16 m) {
         __m256i h = _mm256_maskz_loadu_epi16(m, p);
@@ -36,7 +26,7 @@ static inline __m512 load_f32(const void *p, __mmask16 m) {
 /* An R x T tile of a float type (ESIZE bytes a weight): full 16-wide
  * steps, then one masked step for the tail. The accumulators must live in
  * registers: the loops over R and T are unrolled completely. */
-/* (MX_DEFINE_TILES passes LOAD, ESIZE as one argument, BF16 and so on.) */
+/* (MX_KERNEL_TILES passes LOAD, ESIZE as one argument, MX_LOAD_BF16 and so on.) */
 #define DEFINE_TILE(NAME, LOAD, ESIZE, R, T)                                                      \
         static inline __attribute__((always_inline)) void NAME##_step(                             \
                 const uint8_t *w, uint64_t row_bytes, const float *x, uint64_t ldx, uint64_t k,    \
@@ -61,60 +51,10 @@ static inline __m512 load_f32(const void *p, __mmask16 m) {
                 if (k < K)                                                                         \
                         NAME##_step(w, row_bytes, x, ldx, k, (__mmask16)((1u << (K - k)) - 1), acc); \
                 UNROLL for (int t = 0; t < T; t++) UNROLL for (int r = 0; r < R; r++)              \
-                        mx_tile_put(out + t * ldo + r, reduce(acc[r][t]), accumulate);             \
+                        mx_tile_put(out + t * ldo + r, vf_reduce(acc[r][t]), accumulate);             \
         }
 
-/* The same for a block type: each row's block decoded into L1 (the
- * values mx_dequant_row gives), then 16-wide steps over it. Rows are whole
- * blocks, so there is no tail. */
-#define DEFINE_QTILE(NAME, DTYPE, R, T)                                                            \
-        static void NAME(const uint8_t *w, uint64_t row_bytes, const uint8_t *xb, uint64_t ldxb,   \
-                         uint64_t K, float *out, uint64_t ldo, bool accumulate) {                  \
-                const float *x = (const float *)xb;                                                \
-                const uint64_t qk = mx_dtype_block_elems(DTYPE), bytes = mx_dtype_block_bytes(DTYPE); \
-                uint64_t ldx = ldxb / sizeof(float);                                               \
-                float wbuf[R][MX_QK_K] __attribute__((aligned(64)));                               \
-                __m512 acc[R][T];                                                                  \
-                UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =  \
-                        _mm512_setzero_ps();                                                       \
-                for (uint64_t b = 0; b < K / qk; b++) {                                            \
-                        UNROLL for (int r = 0; r < R; r++)                                         \
-                                mx_dequant_block(DTYPE, w + r * row_bytes + b * bytes, wbuf[r]);   \
-                        for (uint64_t k = 0; k < qk; k += 16) {                                    \
-                                __m512 wv[R];                                                      \
-                                UNROLL for (int r = 0; r < R; r++) wv[r] = _mm512_load_ps(wbuf[r] + k); \
-                                UNROLL for (int t = 0; t < T; t++) {                               \
-                                        __m512 xv = _mm512_loadu_ps(x + t * ldx + b * qk + k);     \
-                                        UNROLL for (int r = 0; r < R; r++) acc[r][t] =             \
-                                                _mm512_fmadd_ps(wv[r], xv, acc[r][t]);             \
-                                }                                                                  \
-                        }                                                                          \
-                }                                                                                  \
-                UNROLL for (int t = 0; t < T; t++) UNROLL for (int r = 0; r < R; r++)              \
-                        mx_tile_put(out + t * ldo + r, reduce(acc[r][t]), accumulate);             \
-        }
-
-#define BF16 load_bf16, 2
-#define F16 load_f16, 2
-#define F32 load_f32, 4
-MX_DEFINE_TILES(tiles_bf16, DEFINE_TILE, BF16, 4, 6, 4)
-MX_DEFINE_TILES(tiles_f16, DEFINE_TILE, F16, 4, 6, 4)
-MX_DEFINE_TILES(tiles_f32, DEFINE_TILE, F32, 4, 6, 4)
-MX_DEFINE_TILES(tiles_q8_0, DEFINE_QTILE, MX_DTYPE_Q8_0, 4, 6, 1)
-MX_DEFINE_TILES(tiles_q4_0, DEFINE_QTILE, MX_DTYPE_Q4_0, 4, 6, 1)
-MX_DEFINE_TILES(tiles_q4_k, DEFINE_QTILE, MX_DTYPE_Q4_K, 4, 6, 1)
-MX_DEFINE_TILES(tiles_q5_k, DEFINE_QTILE, MX_DTYPE_Q5_K, 4, 6, 1)
-MX_DEFINE_TILES(tiles_q6_k, DEFINE_QTILE, MX_DTYPE_Q6_K, 4, 6, 1)
-
-static const mx_tiles *const f32_tiles[MX_DTYPE_COUNT] = {
-        [MX_DTYPE_F32] = &tiles_f32,   [MX_DTYPE_F16] = &tiles_f16,   [MX_DTYPE_BF16] = &tiles_bf16,
-        [MX_DTYPE_Q8_0] = &tiles_q8_0, [MX_DTYPE_Q4_0] = &tiles_q4_0, [MX_DTYPE_Q4_K] = &tiles_q4_k,
-        [MX_DTYPE_Q5_K] = &tiles_q5_k, [MX_DTYPE_Q6_K] = &tiles_q6_k,
-};
-
-static void matmul_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
-        mx_tiles_rows(a->xq ? MX_SYM(mx_fast_tiles_avx512)(a->dtype) : f32_tiles[a->dtype], a, r0, r1);
-}
+MX_KERNEL_TILES(4, 6, 4, MX_SYM(mx_fast_tiles_avx512))
 
 static float dot(const float *a, const float *b, uint64_t n) {
         __m512 acc = _mm512_setzero_ps();
@@ -122,7 +62,7 @@ static float dot(const float *a, const float *b, uint64_t n) {
                 __mmask16 m = n - k >= 16 ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
                 acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k), acc);
         }
-        return reduce(acc);
+        return vf_reduce(acc);
 }
 
 static void axpy(float a, const float *x, float *y, uint64_t n) {

@@ -1,7 +1,8 @@
 /* How the SIMD kernels cover a product with their register tiles; shared
- * by kernels_{avx2,avx512}.c and fast_{avx2,avx512}.c (each compiled into
- * its instruction set's libraries with their flags, once without and once
- * with the dot-product instructions, MX_VNNI). Every tile computes each of
+ * by kernels_{avx2,avx512}.c, fast_{avx2,avx512}.c and their vector layers
+ * simd_{avx2,avx512}.h (each compiled into its instruction set's libraries
+ * with their flags, once without and once with the dot-product
+ * instructions, MX_VNNI). Every tile computes each of
  * its outputs in the reference order (kernels.h), so the choice of tile
  * never changes a result. */
 #pragma once
@@ -93,3 +94,60 @@ static inline void mx_tiles_rows(const mx_tiles *tl, const mx_matmul_args *a, ui
 static inline void mx_tile_put(float *o, float s, bool accumulate) {
         *o = accumulate ? *o + s : s;
 }
+
+/* The f32 path's R x T tile of a block type, over a vector layer's vf_*
+ * (simd_avx2.h, simd_avx512.h; the includer includes quant.h): each row's
+ * block decoded into L1 (the values mx_dequant_row gives), then 16-wide
+ * steps over it. Rows are whole blocks, so there is no tail. */
+#define DEFINE_QTILE(NAME, DTYPE, R, T)                                                            \
+        static void NAME(const uint8_t *w, uint64_t row_bytes, const uint8_t *xb, uint64_t ldxb,   \
+                         uint64_t K, float *out, uint64_t ldo, bool accumulate) {                  \
+                const float *x = (const float *)xb;                                                \
+                const uint64_t qk = mx_dtype_block_elems(DTYPE), bytes = mx_dtype_block_bytes(DTYPE); \
+                const uint64_t ldx = ldxb / sizeof(float);                                         \
+                _Alignas(64) float wbuf[R][MX_QK_K];                                               \
+                vf acc[R][T];                                                                      \
+                UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] = vf_zero(); \
+                for (uint64_t b = 0; b < K / qk; b++) {                                            \
+                        UNROLL for (int r = 0; r < R; r++)                                         \
+                                mx_dequant_block(DTYPE, w + r * row_bytes + b * bytes, wbuf[r]);   \
+                        for (uint64_t k = 0; k < qk; k += 16) {                                    \
+                                vf wv[R];                                                          \
+                                UNROLL for (int r = 0; r < R; r++) wv[r] = vf_load(wbuf[r] + k);   \
+                                UNROLL for (int t = 0; t < T; t++) {                               \
+                                        vf xv = vf_load(x + t * ldx + b * qk + k);                 \
+                                        UNROLL for (int r = 0; r < R; r++) acc[r][t] = vf_fma(wv[r], xv, acc[r][t]); \
+                                }                                                                  \
+                        }                                                                          \
+                }                                                                                  \
+                UNROLL for (int t = 0; t < T; t++) UNROLL for (int r = 0; r < R; r++)              \
+                        mx_tile_put(out + t * ldo + r, vf_reduce(acc[r][t]), accumulate);          \
+        }
+
+/* An instruction set's f32-path tile sets of every type, their table and
+ * its matmul_rows, which takes the fast path's table function FAST when
+ * the activations were rounded. The includer defines DEFINE_TILE(NAME,
+ * LOAD, bytes per weight, R, T) and the loads load_bf16, load_f16 and
+ * load_f32 of 16 weights; R x T prefill tiles, D decode rows for the float
+ * types. */
+#define MX_LOAD_BF16 load_bf16, 2
+#define MX_LOAD_F16 load_f16, 2
+#define MX_LOAD_F32 load_f32, 4
+#define MX_KERNEL_TILES(R, T, D, FAST)                                                             \
+        MX_DEFINE_TILES(tiles_bf16, DEFINE_TILE, MX_LOAD_BF16, R, T, D)                            \
+        MX_DEFINE_TILES(tiles_f16, DEFINE_TILE, MX_LOAD_F16, R, T, D)                              \
+        MX_DEFINE_TILES(tiles_f32, DEFINE_TILE, MX_LOAD_F32, R, T, D)                              \
+        MX_DEFINE_TILES(tiles_q8_0, DEFINE_QTILE, MX_DTYPE_Q8_0, R, T, 1)                          \
+        MX_DEFINE_TILES(tiles_q4_0, DEFINE_QTILE, MX_DTYPE_Q4_0, R, T, 1)                          \
+        MX_DEFINE_TILES(tiles_q4_k, DEFINE_QTILE, MX_DTYPE_Q4_K, R, T, 1)                          \
+        MX_DEFINE_TILES(tiles_q5_k, DEFINE_QTILE, MX_DTYPE_Q5_K, R, T, 1)                          \
+        MX_DEFINE_TILES(tiles_q6_k, DEFINE_QTILE, MX_DTYPE_Q6_K, R, T, 1)                          \
+        static const mx_tiles *const f32_tiles[MX_DTYPE_COUNT] = {                                 \
+                [MX_DTYPE_F32] = &tiles_f32,   [MX_DTYPE_F16] = &tiles_f16,                        \
+                [MX_DTYPE_BF16] = &tiles_bf16, [MX_DTYPE_Q8_0] = &tiles_q8_0,                      \
+                [MX_DTYPE_Q4_0] = &tiles_q4_0, [MX_DTYPE_Q4_K] = &tiles_q4_k,                      \
+                [MX_DTYPE_Q5_K] = &tiles_q5_k, [MX_DTYPE_Q6_K] = &tiles_q6_k,                      \
+        };                                                                                         \
+        static void matmul_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {               \
+                mx_tiles_rows(a->xq ? FAST(a->dtype) : f32_tiles[a->dtype], a, r0, r1);            \
+        }

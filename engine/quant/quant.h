@@ -225,22 +225,28 @@ MX_QFN void mx_kmin_scales(float d, float dmin, const uint8_t *scales, int j, fl
         *m1 = MX_FMUL(dmin, (float)m);
 }
 
-MX_QFN void mx_dequant_q4_k(const mx_block_q4_k *b, float *y) {
-        float d = mx_f16_to_f32(b->d), dmin = mx_f16_to_f32(b->dmin), d1, m1;
+/* Q4_K and Q5_K: a super-block's 256 values from their levels q. */
+MX_QFN void mx_dequant_kmin(uint16_t d, uint16_t dmin, const uint8_t *scales, const uint8_t *q, float *y) {
+        float df = mx_f16_to_f32(d), mf = mx_f16_to_f32(dmin), d1, m1;
         for (int j = 0; j < 8; j++) {
-                mx_kmin_scales(d, dmin, b->scales, j, &d1, &m1);
+                mx_kmin_scales(df, mf, scales, j, &d1, &m1);
                 for (int e = 32 * j; e < 32 * j + 32; e++)
-                        y[e] = MX_FSUB(MX_FMUL(d1, (float)mx_q4k_quant(b, e)), m1);
+                        y[e] = MX_FSUB(MX_FMUL(d1, (float)q[e]), m1);
         }
 }
 
+MX_QFN void mx_dequant_q4_k(const mx_block_q4_k *b, float *y) {
+        uint8_t q[MX_QK_K];
+        for (int e = 0; e < MX_QK_K; e++)
+                q[e] = mx_q4k_quant(b, e);
+        mx_dequant_kmin(b->d, b->dmin, b->scales, q, y);
+}
+
 MX_QFN void mx_dequant_q5_k(const mx_block_q5_k *b, float *y) {
-        float d = mx_f16_to_f32(b->d), dmin = mx_f16_to_f32(b->dmin), d1, m1;
-        for (int j = 0; j < 8; j++) {
-                mx_kmin_scales(d, dmin, b->scales, j, &d1, &m1);
-                for (int e = 32 * j; e < 32 * j + 32; e++)
-                        y[e] = MX_FSUB(MX_FMUL(d1, (float)mx_q5k_quant(b, e)), m1);
-        }
+        uint8_t q[MX_QK_K];
+        for (int e = 0; e < MX_QK_K; e++)
+                q[e] = mx_q5k_quant(b, e);
+        mx_dequant_kmin(b->d, b->dmin, b->scales, q, y);
 }
 
 /* Q6_K's quant of element e (0..255), in [0, 63]: each half of 128 has 64

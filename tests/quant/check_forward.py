@@ -31,12 +31,9 @@ import subprocess
 import sys
 import tempfile
 
-try:
-    import numpy as np
-    from gguf import GGMLQuantizationType, quants
-except ImportError as e:  # pragma: no cover
-    print("SKIP: %s (run tools/install-deps)" % e)
-    sys.exit(77)
+from checks import fail, finish  # skips without gguf-py
+import numpy as np
+from gguf import GGMLQuantizationType, quants
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "engine"))
@@ -46,13 +43,6 @@ FTYPES = ["none", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"]
 TOLERANCE = {"f32": 1e-4, "fast": 5e-2}
 FAST_TOLERANCE = {"hf-tiny": 0.35, "hf-odd": 0.15}
 rng = np.random.default_rng(14)
-failures = 0
-
-
-def fail(msg):
-    global failures
-    failures += 1
-    print("FAIL: " + msg)
 
 
 def write_q256(d):
@@ -222,7 +212,7 @@ def main():
                 check(ck, "q256")
         else:
             check(arg, os.path.basename(arg.rstrip("/")))
-    sys.exit(1 if failures else 0)
+    finish()
 
 
 if __name__ == "__main__":

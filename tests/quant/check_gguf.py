@@ -17,14 +17,11 @@ import subprocess
 import sys
 import warnings
 
-try:
-    import numpy as np
-    from gguf import GGMLQuantizationType as Q
-    from gguf import quants
-    from gguf.constants import GGML_QUANT_SIZES
-except ImportError as e:  # pragma: no cover
-    print("SKIP: %s (run tools/install-deps)" % e)
-    sys.exit(77)
+from checks import fail, finish  # skips without gguf-py
+import numpy as np
+from gguf import GGMLQuantizationType as Q
+from gguf import quants
+from gguf.constants import GGML_QUANT_SIZES
 
 # The edge cases overflow and make NaN on purpose.
 warnings.filterwarnings("ignore", category=RuntimeWarning)
@@ -35,13 +32,6 @@ TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"]
 # block (32-weight formats) or super-block (K-quants).
 BOUND = {"Q8_0": 1 / 127, "Q4_0": 1 / 8 + 1 / 256, "Q4_K": 2 / 15, "Q5_K": 2 / 31, "Q6_K": 2 / 63}
 rng = np.random.default_rng(20261204)
-failures = 0
-
-
-def fail(msg):
-    global failures
-    failures += 1
-    print("FAIL: " + msg)
 
 
 def tool(mode, name, n, data):
@@ -173,4 +163,4 @@ for name in ("F16", "BF16", "Q8_0", "Q4_0"):
     check_quantize_exact(name)
 for name in ("Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"):
     check_quantize_bound(name)
-sys.exit(1 if failures else 0)
+finish()
