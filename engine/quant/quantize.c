@@ -14,8 +14,12 @@ static void q8_0_block(const float *x, mx_block_q8_0 *b) {
         for (int i = 0; i < MX_QK; i++)
                 amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
         float d = amax / 127, id = d == 0 ? 0 : 1 / d;
-        for (int i = 0; i < MX_QK; i++)
-                b->qs[i] = (int8_t)roundf(x[i] * id);
+        for (int i = 0; i < MX_QK; i++) {
+                /* Not finite only when 1 / d overflowed (amax < 2^-121):
+                 * numpy's cast to int8 gives those 0. */
+                float v = roundf(x[i] * id);
+                b->qs[i] = isfinite(v) ? (int8_t)v : 0;
+        }
         b->d = mx_f32_to_f16(d);
 }
 
