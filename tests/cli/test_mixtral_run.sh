@@ -146,6 +146,22 @@ expect 2 "temperature" -- "$run" -m "$tiny" -p x --temperature -1
 expect 2 "top_p" -- "$run" -m "$tiny" -p x --top-p 0
 expect 2 "--top-k: 'x' is not" -- "$run" -m "$tiny" -p x --top-k x
 expect 2 "--simd: 'neon' is not" -- "$run" -m "$tiny" -p x --simd neon
+expect 2 "--activations: 'int4' is not" -- "$run" -m "$tiny" -p x --activations int4
+expect 2 "--quantize: 'q3_k' is not" -- "$run" -m "$tiny" -p x --quantize q3_k
+expect 2 "--quantize and --expert-memory exclude each other" -- "$run" -m "$tiny" -p x --quantize q8_0 \
+        --expert-memory 50%
+
+# --- quantized as it loads: every instruction set gives the same tokens, on
+# either path; --info counts the bytes of each type ------------------------------
+for act in fast f32; do
+        q=$("$run" -m "$tiny" -p "Hello world" --temperature 0 -n 8 --print-ids --quantize q4_0 --activations $act) ||
+                fail "--quantize q4_0 --activations $act"
+        [ "$(wc -w <<<"$q")" -eq 8 ] || fail "--quantize q4_0 -n 8 gave '$q'"
+        qs=$("$run" -m "$tiny" -p "Hello world" --temperature 0 -n 8 --print-ids --quantize q4_0 --activations $act \
+                --threads 1 --simd scalar)
+        [ "$q" = "$qs" ] || fail "--quantize q4_0 --activations $act: scalar gave '$qs', auto '$q'"
+done
+expect 0 "BF16 " -- "$run" -m "$tiny" --info
 expect 2 "--threads: '0' is out of range" -- "$run" -m "$tiny" -p x --threads 0
 expect 2 "needs the weights: --model DIR" -- "$run" -t "$trained" -p x
 expect 1 "does not fit the context of 2" -- "$run" -m "$tiny" -p "Hello world" --ctx 2
