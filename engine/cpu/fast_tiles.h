@@ -1,7 +1,7 @@
 /* The fast path's tiles (kernels.h), written once over a small vector
  * layer that simd_avx2.h (two ymm registers) and simd_avx512.h (one zmm)
- * define before this is included (by fast_avx2.c, fast_avx512.c): 64 bytes `vb`, 16 int32 lanes `vi`, 16
- * float lanes `vf`, and:
+ * define before fast_avx2.c and fast_avx512.c include this: 64 bytes `vb`,
+ * 16 int32 lanes `vi`, 16 float lanes `vf`, and:
  *
  *   vb_load(p), vb_load2(lo, hi)        64 bytes; two 32-byte halves (hi NULL: zeros)
  *   vb_load_n(p, n)                     n < 64 bytes, zeros after
@@ -26,7 +26,7 @@
  *   MX_NATIVE_BF16 and bfw / bfx / bf_wprep / bf_xprep / bf_mac (one vdpbf16ps step),
  *   or vb_bf16_odd(v) / vb_bf16_even(v) (each lane's pair as floats) for the step by hand
  *   Q32_R, Q32_T, K_R, K_T, BF_R, BF_T  prefill tile shapes
- *   K_D, BF_D                           decode rows of K-quant and BF16 tiles (tiles.h)
+ *   K_D, BF_D                           decode rows of Q4_K/Q5_K and BF16 tiles (tiles.h)
  *   FAST_TILES                          the name of the table function
  *
  * The integer sums are exact, and every float operation is the one the
