@@ -45,6 +45,7 @@ typedef struct md_config {
         char *expert_memory;          /* auto (NULL), min, bytes or NN%: see mx_expert_budget_parse */
         char *memory_pressure;        /* auto (NULL: /proc/pressure/memory), off, or a file like it */
         char *host_cache;             /* auto (NULL), min, bytes or NN%: the GPU's host cache of experts */
+        mx_ftype quantize;            /* the weights' types, made as the model loads (none: as stored) */
         unsigned socket_mode;         /* as given; see socket_mode_set */
         bool socket_mode_set;         /* else 0666 for the system daemon, 0600 for a user's */
         uint32_t max_frame_bytes, threads;
