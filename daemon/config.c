@@ -184,6 +184,10 @@ int md_config_set_daemon(md_config *c, const char *key, const char *v, mx_error 
                         return mx_error_set(err, -EINVAL, "expert_memory=%s: expected auto, min, bytes (K, M, G, T) "
                                             "or a percentage (up to 100%%) of the experts", v);
                 r = set_string(&c->expert_memory, strcmp(v, "auto") ? v : NULL);
+        } else if (!strcmp(key, "quantize")) {
+                if (mx_ftype_parse(v, &c->quantize) < 0)
+                        return mx_error_set(err, -EINVAL, "quantize=%s: expected none, q8_0, q4_0, q4_k_m, q5_k_m "
+                                            "or q6_k", v);
         } else if (!strcmp(key, "memory_pressure")) {
                 if (strcmp(v, "auto") && strcmp(v, "off") && *v != '/')
                         return mx_error_set(err, -EINVAL, "memory_pressure=%s: expected auto, off or an absolute path", v);

@@ -75,7 +75,7 @@ static const char usage_text[] =
         "            state_directory max_frame_bytes bus\n"
         "            threads admin_group max_batch max_queue max_connections_per_uid\n"
         "            max_output_bytes prefill_chunk drain_seconds expert_memory\n"
-        "            memory_pressure host_cache\n"
+        "            memory_pressure host_cache quantize\n"
         "  [quota]   tokens_per_hour tokens_per_day max_concurrent max_queued\n"
         "            max_context max_tokens   (0: no limit)\n"
         "  [user:NAME] and [group:NAME]: the [quota] keys for that user or group\n"
@@ -87,13 +87,17 @@ static const char usage_text[] =
         "On a GPU, a model that does not fit streams its experts by itself, and\n"
         "host_cache (auto, min, bytes or NN%) is the page-locked RAM they pass\n"
         "through (auto: all of them when they take under a quarter of the RAM).\n"
+        "quantize (none, q8_0, q4_0, q4_k_m, q5_k_m, q6_k) quantizes the weights as\n"
+        "the model loads, on every core, as llama.cpp's file types (q4_k_m makes\n"
+        "Mixtral's 93 GB about 28 GB); its experts then stay in memory. To stream them, quantize\n"
+        "once to a file (mixtral-run --quantize TYPE --save FILE.gguf) and serve that.\n"
         "\n"
         "Signals: SIGHUP reloads the configuration (limits, quotas, expert_memory;\n"
-        "model, device, host_cache, the sockets and state directory change only at\n"
-        "restart). SIGTERM stops: new requests are refused, queued ones end with\n"
-        "UNAVAILABLE, running ones may finish for drain_seconds (default 30), then the\n"
-        "rest are aborted; a second SIGTERM aborts at once. Exit status 0 after a\n"
-        "stop, 1 on a start-up error, 2 for a usage error.\n";
+        "model, device, quantize, host_cache, the sockets and state directory change\n"
+        "only at restart). SIGTERM stops: new requests are refused, queued ones end\n"
+        "with UNAVAILABLE, running ones may finish for drain_seconds (default 30),\n"
+        "then the rest are aborted; a second SIGTERM aborts at once. Exit status 0\n"
+        "after a stop, 1 on a start-up error, 2 for a usage error.\n";
 
 typedef struct args {
         const char *config;
@@ -266,6 +270,7 @@ static int loader_opts(md_server *srv, mx_error *err) {
         srv->load_opts = (mx_load_opts){.model = srv->model_dir, .device = srv->cfg.device,
                                         .threads = srv->cfg.threads, .expert_memory = srv->cfg.expert_memory,
                                         .host_cache = gpu >= 0 ? srv->cfg.host_cache : NULL,
+                                        .quantize = srv->cfg.quantize,
                                         .progress = on_progress, .progress_arg = &progress};
         return 0;
 }
@@ -287,8 +292,9 @@ static int open_model(md_server *srv, mx_error *err) {
         mx_model_footprint(srv->load.model, &fp);
         srv->kv_bytes_per_token = fp.kv_bytes_per_token;
         srv->context_length = srv->load.model->cfg.max_position_embeddings;
-        md_log(LOG_INFO, "model %s: %.2f GiB of weights, context %u; loading it on %s", srv->model_dir,
-               (double)fp.bytes / (1u << 30), srv->context_length, srv->cfg.device ? srv->cfg.device : "cpu");
+        md_log(LOG_INFO, "model %s: %.2f GiB of weights, context %u; loading it on %s%s%s", srv->model_dir,
+               (double)fp.bytes / (1u << 30), srv->context_length, srv->cfg.device ? srv->cfg.device : "cpu",
+               srv->cfg.quantize ? ", quantized to " : "", srv->cfg.quantize ? mx_ftype_name(srv->cfg.quantize) : "");
         return 0;
 }
 
@@ -305,7 +311,13 @@ void md_service_loaded(md_server *srv) {
         srv->host_cache_budget = srv->host_cache_now = xs.host_budget;
         const char *dev = mx_engine_describe(srv->load.engine);
         sd_notifyf(false, "READY=1\nSTATUS=Serving %s on %s", srv->model_dir, dev);
-        md_log(LOG_INFO, "ready: serving %s on %s", srv->model_dir, dev);
+        if (mx_model_quantized(srv->load.model)) {
+                mx_footprint fp;
+                mx_model_footprint(srv->load.model, &fp);
+                md_log(LOG_INFO, "ready: serving %s (quantized to %s: %.2f GiB of weights) on %s", srv->model_dir,
+                       mx_ftype_name(mx_model_quantized(srv->load.model)), (double)fp.bytes / (1u << 30), dev);
+        } else
+                md_log(LOG_INFO, "ready: serving %s on %s", srv->model_dir, dev);
         md_dbus_state_changed(srv);
 }
 

@@ -47,6 +47,7 @@ typedef struct md_config {
         char *expert_memory;          /* auto (NULL), min, bytes or NN%: see mx_expert_budget_parse */
         char *memory_pressure;        /* auto (NULL: /proc/pressure/memory), off, or a file like it */
         char *host_cache;             /* auto (NULL), min, bytes or NN%: the GPU's host cache of experts */
+        mx_ftype quantize;            /* the weights' types, made as the model loads (none: as stored) */
         char *http_socket;            /* the HTTP API's Unix socket, or "none" (main.c sets the default) */
         char *http_listen;            /* its TCP listener, ADDRESS:PORT on loopback; NULL: none */
         unsigned socket_mode;         /* as given; see socket_mode_set */

@@ -345,8 +345,14 @@ static void reload(md_server *srv) {
                         *theirs[i] = *mine[i], *mine[i] = t;
                 }
                 next.threads = srv->cfg.threads;
+                if (next.quantize != srv->cfg.quantize)
+                        md_log(LOG_NOTICE, "quantize changes only at restart");
+                next.quantize = srv->cfg.quantize;
                 uint64_t budget = srv->expert_budget;
-                if (mx_expert_budget_parse(next.expert_memory ? next.expert_memory : "auto", srv->load.model, &budget,
+                if (next.quantize && next.expert_memory)
+                        md_log(LOG_ERR, "expert_memory=%s: a model quantized as it loads keeps every expert in "
+                               "memory; expert memory stays as it was", next.expert_memory);
+                else if (mx_expert_budget_parse(next.expert_memory ? next.expert_memory : "auto", srv->load.model, &budget,
                                            &err) < 0)
                         md_log(LOG_ERR, "%s; expert memory stays as it was", err.msg);
                 md_config_free(&srv->cfg);

@@ -436,3 +436,9 @@ Mixtrald__V1__Response *dh_quota(const dh_daemon *d) {
         }
         return r;
 }
+
+bool dh_file_has(const char *path, const char *needle) {
+        char cmd[600];
+        snprintf(cmd, sizeof(cmd), "grep -qF -- '%s' '%s'", needle, path);
+        return system(cmd) == 0;
+}

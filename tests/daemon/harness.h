@@ -37,6 +37,8 @@ void dh_kill9(dh_daemon *d);
 void dh_cleanup(dh_daemon *d);
 /* The last lines of the daemon's log, on stderr (after a failure). */
 void dh_show_log(const dh_daemon *d, int lines);
+/* Whether the file (a daemon's log) holds the text. */
+bool dh_file_has(const char *path, const char *needle);
 /* Resident memory of the daemon, in KiB. */
 long dh_rss_kib(const dh_daemon *d);
 bool dh_alive(const dh_daemon *d);

@@ -372,7 +372,11 @@ int main(int argc, char **argv) {
         int r = shape ? mx_model_synthetic(&mc, shape, layers, true, &err) : mx_model_open(&mc, dir, &err);
         if (r == 0 && shape)
                 r = mx_model_synthetic(&mg, shape, layers, strcmp(against, "cpu") == 0, &err);
-        mx_engine_opts gpu_opts = {.device = against};
+        /* The CPU reference computes with fp32 activations (the GPU keeps
+         * about as much precision); checked against itself in CI, the CPU
+         * engine does too, so that its greedy ids must agree. */
+        mx_engine_opts gpu_opts = {.device = against, .activations = MX_ACTIVATIONS_F32};
+        const mx_engine_opts cpu_opts = {.activations = MX_ACTIVATIONS_F32};
         if (r == 0 && budget)
                 r = mx_expert_budget_parse(budget, mc, &gpu_opts.expert_memory, &err);
         if (r == 0 && host_cache)
@@ -382,7 +386,7 @@ int main(int argc, char **argv) {
                 return 77;
         }
         if (r == 0)
-                r = mx_engine_open(&cpu, mc, NULL, &err);
+                r = mx_engine_open(&cpu, mc, &cpu_opts, &err);
         char label[320];
         snprintf(label, sizeof(label), "%s%s%s", shape ? shape : dir, budget ? ", experts streamed in " : "",
                  budget ? budget : "");
