@@ -14,33 +14,13 @@
 
 #include "harness.h"
 
-static double now_s(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-        double x = *(const double *)a, y = *(const double *)b;
-        return (x > y) - (x < y);
-}
-
 typedef struct run_stats {
         double seconds, tokens, ttft_p50, ttft_max;
 } run_stats;
 
-static dh_gen request(int i, uint32_t tokens) {
-        /* Different prompts, greedy, EOS ignored: every request decodes
-         * exactly `tokens`. */
-        static const char *prompts[] = {"The history of", "Once upon a time", "In the beginning",
-                                        "A recipe for", "Dear diary,", "The theorem states"};
-        return (dh_gen){.prompt = prompts[i % 6], .raw = true, .has_temperature = true, .temperature = 0,
-                        .seed = (uint64_t)i, .max_tokens = tokens, .ignore_eos = true};
-}
-
 static int finish(int n, dh_result *res, double t0, run_stats *st) {
         double *ttft = calloc((size_t)n, sizeof(double));
-        st->seconds = now_s() - t0;
+        st->seconds = dh_now_s() - t0;
         st->tokens = 0;
         for (int i = 0; i < n; i++) {
                 if (res[i].error) {
@@ -51,7 +31,7 @@ static int finish(int n, dh_result *res, double t0, run_stats *st) {
                 st->tokens += res[i].completion_tokens;
                 ttft[i] = res[i].ttft_s;
         }
-        qsort(ttft, (size_t)n, sizeof(double), cmp_double);
+        qsort(ttft, (size_t)n, sizeof(double), dh_cmp_double);
         st->ttft_p50 = ttft[n / 2];
         st->ttft_max = ttft[n - 1];
         free(ttft);
@@ -60,9 +40,9 @@ static int finish(int n, dh_result *res, double t0, run_stats *st) {
 
 static int one_at_a_time(dh_daemon *d, int n, uint32_t tokens, run_stats *st) {
         dh_result *res = calloc((size_t)n, sizeof(*res));
-        double t0 = now_s();
+        double t0 = dh_now_s();
         for (int i = 0; i < n; i++) {
-                dh_gen g = request(i, tokens);
+                dh_gen g = dh_bench_request(i, tokens);
                 if (dh_run(d, &g, &res[i]) < 0)
                         return -1;
         }
@@ -76,9 +56,9 @@ static int one_at_a_time(dh_daemon *d, int n, uint32_t tokens, run_stats *st) {
 static int all_at_once(dh_daemon *d, int n, uint32_t tokens, run_stats *st) {
         dh_result *res = calloc((size_t)n, sizeof(*res));
         int *fds = calloc((size_t)n, sizeof(int));
-        double t0 = now_s();
+        double t0 = dh_now_s();
         for (int i = 0; i < n; i++) {
-                dh_gen g = request(i, tokens);
+                dh_gen g = dh_bench_request(i, tokens);
                 if ((fds[i] = dh_connect(d)) < 0 || dh_send_generate(fds[i], 1, &g) < 0)
                         return -1;
         }

@@ -23,17 +23,6 @@
 
 enum { FLOOD_UID = 60021 };
 
-static double now_s(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-        double x = *(const double *)a, y = *(const double *)b;
-        return (x > y) - (x < y);
-}
-
 /* A frame the flooder sends again and again, packed once. */
 static int pack_flood_frame(bool prompts, uint8_t **frame, size_t *len) {
         Mixtrald__V1__StatusQuery sq = MIXTRALD__V1__STATUS_QUERY__INIT;
@@ -112,14 +101,14 @@ static int victim(const dh_daemon *d, double seconds, victim_stats *st) {
         dh_gen g = {.prompt = "The history of", .raw = true, .has_temperature = true, .max_tokens = 48,
                     .ignore_eos = true, .seed = 1, .want_ids = true};
         static double lat[1 << 16];
-        double t0 = now_s(), next_status = t0, asked = 0, last = 0;
+        double t0 = dh_now_s(), next_status = t0, asked = 0, last = 0;
         int n_lat = 0, tokens = 0;
         bool waiting = false, streaming = false;
         *st = (victim_stats){0};
         if (gen < 0 || stat < 0)
                 return -1;
-        while (now_s() - t0 < seconds || streaming || waiting) {
-                double now = now_s();
+        while (dh_now_s() - t0 < seconds || streaming || waiting) {
+                double now = dh_now_s();
                 if (!streaming && now - t0 < seconds) {
                         if (dh_send_generate(gen, 1, &g) < 0)
                                 return -1;
@@ -138,7 +127,7 @@ static int victim(const dh_daemon *d, double seconds, victim_stats *st) {
                         if (!r)
                                 return -1;
                         if (n_lat < (int)(sizeof(lat) / sizeof(lat[0])))
-                                lat[n_lat++] = now_s() - asked;
+                                lat[n_lat++] = dh_now_s() - asked;
                         waiting = false;
                         mixtrald__v1__response__free_unpacked(r, NULL);
                 }
@@ -146,7 +135,7 @@ static int victim(const dh_daemon *d, double seconds, victim_stats *st) {
                         Mixtrald__V1__Response *r = dh_recv(gen, 60000, &rc);
                         if (!r)
                                 return -1;
-                        double t = now_s();
+                        double t = dh_now_s();
                         if (r->kind_case == MIXTRALD__V1__RESPONSE__KIND_CHUNK) {
                                 tokens += (int)r->chunk->n_token_ids;
                                 st->max_gap = t - last > st->max_gap ? t - last : st->max_gap;
@@ -158,8 +147,8 @@ static int victim(const dh_daemon *d, double seconds, victim_stats *st) {
                         mixtrald__v1__response__free_unpacked(r, NULL);
                 }
         }
-        st->tokens_per_s = tokens / (now_s() - t0);
-        qsort(lat, (size_t)n_lat, sizeof(double), cmp_double);
+        st->tokens_per_s = tokens / (dh_now_s() - t0);
+        qsort(lat, (size_t)n_lat, sizeof(double), dh_cmp_double);
         st->statuses = n_lat;
         st->status_p50 = n_lat ? lat[n_lat / 2] : 0;
         st->status_p99 = n_lat ? lat[(n_lat * 99) / 100] : 0;

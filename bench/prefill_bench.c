@@ -30,8 +30,7 @@ static float *to_f32(const mx_tensor *t) {
         uint64_t rows = t->shape[0], cols = t->shape[1];
         float *f = malloc(rows * cols * sizeof(float));
         for (uint64_t r = 0; r < rows; r++)
-                for (uint64_t i = 0; i < cols; i++)
-                        f[r * cols + i] = mx_element_f32(mx_tensor_row(t, r), t->dtype, i);
+                mx_dequant_row(t->dtype, mx_tensor_row(t, r), f + r * cols, cols);
         return f;
 }
 

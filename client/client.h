@@ -163,11 +163,19 @@ FILE *mxc_input_terminal(const mxc_input *in);
  * typed is dropped), -ENOMEM. */
 int mxc_input_message(mxc_input *in, const char **text, bool *plain);
 
+/* info.c: sends req and shows the reply of kind want as one JSON object
+ * (--json) or through print, given the reply's part; returns the exit
+ * status, errors already reported. */
+int mxc_show(const mxc_opts *opts, Mixtrald__V1__Request *req, Mixtrald__V1__Response__KindCase want,
+             void (*print)(const ProtobufCMessage *));
+
 /* The commands; each returns the process's exit status. */
 int mxc_cmd_prompt(const mxc_opts *opts, char **words, size_t n);
 int mxc_cmd_chat(const mxc_opts *opts);
 int mxc_cmd_status(const mxc_opts *opts);
 int mxc_cmd_quota(const mxc_opts *opts);
+/* key.c: mixtral key new [NAME] | list | revoke ID */
+int mxc_cmd_key(const mxc_opts *opts, char **words, size_t n);
 
 /* main.c */
 int mxc_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

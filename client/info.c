@@ -1,5 +1,5 @@
 /* mixtral status and mixtral quota: one query, one reply, shown as an
- * aligned table or as one JSON object. */
+ * aligned table or as one JSON object (mxc_show, which key.c uses too). */
 #include <errno.h>
 #include <math.h>
 #include <pwd.h>
@@ -60,15 +60,16 @@ static int finish_text(void) {
         return MXC_EXIT_OK;
 }
 
-/* One query's reply, as JSON or through print (given the reply's part). */
-static int show(const mxc_opts *opts, Mixtrald__V1__Request *req, Mixtrald__V1__Response__KindCase want,
-                void (*print)(const ProtobufCMessage *)) {
+int mxc_show(const mxc_opts *opts, Mixtrald__V1__Request *req, Mixtrald__V1__Response__KindCase want,
+             void (*print)(const ProtobufCMessage *)) {
         _cleanup_(free_response) Mixtrald__V1__Response *resp = NULL;
         int status = query(opts, req, want, &resp);
         if (status)
                 return status;
-        const ProtobufCMessage *part =
-                want == MIXTRALD__V1__RESPONSE__KIND_STATUS ? &resp->status->base : &resp->quota->base;
+        /* The oneof's member of that kind (its field number). */
+        const ProtobufCFieldDescriptor *f =
+                protobuf_c_message_descriptor_get_field(&mixtrald__v1__response__descriptor, (unsigned)want);
+        const ProtobufCMessage *part = *(const ProtobufCMessage *const *)((const char *)resp + f->offset);
         if (opts->json)
                 return print_json(part);
         print(part);
@@ -167,7 +168,7 @@ int mxc_cmd_status(const mxc_opts *opts) {
         Mixtrald__V1__Request req = MIXTRALD__V1__REQUEST__INIT;
         req.kind_case = MIXTRALD__V1__REQUEST__KIND_STATUS;
         req.status = &q;
-        return show(opts, &req, MIXTRALD__V1__RESPONSE__KIND_STATUS, print_status);
+        return mxc_show(opts, &req, MIXTRALD__V1__RESPONSE__KIND_STATUS, print_status);
 }
 
 /* A limit of 0 is no limit. */
@@ -213,5 +214,5 @@ int mxc_cmd_quota(const mxc_opts *opts) {
         Mixtrald__V1__Request req = MIXTRALD__V1__REQUEST__INIT;
         req.kind_case = MIXTRALD__V1__REQUEST__KIND_QUOTA;
         req.quota = &q;
-        return show(opts, &req, MIXTRALD__V1__RESPONSE__KIND_QUOTA, print_quota);
+        return mxc_show(opts, &req, MIXTRALD__V1__RESPONSE__KIND_QUOTA, print_quota);
 }

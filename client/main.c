@@ -18,6 +18,7 @@ static const char usage_text[] =
         "  mixtral chat [OPTIONS]\n"
         "  mixtral status [--json] [--socket PATH]\n"
         "  mixtral quota [--json] [--socket PATH]\n"
+        "  mixtral key new [NAME] | list | revoke ID  [--json] [--socket PATH]\n"
         "\n"
         "Asks mixtrald, the local Mixtral daemon, and streams its answer to standard\n"
         "output. It never loads a model itself (mixtral-run does that).\n"
@@ -27,8 +28,8 @@ static const char usage_text[] =
         "the prompt is then PROMPT, \"\\n\\n\", and the input exactly as read, so\n"
         "'git diff | mixtral review this' works. Without PROMPT words the input alone\n"
         "is the prompt; empty input adds nothing (scripts with nothing to pipe should\n"
-        "say </dev/null). A prompt whose first word is chat, status or quota goes\n"
-        "after --.\n"
+        "say </dev/null). A prompt whose first word is chat, status, quota or key\n"
+        "goes after --.\n"
         "\n"
         "How much input the daemon takes is its max_frame_bytes (1 MiB unless its\n"
         "administrator set more); a larger request is refused with exit status 10\n"
@@ -43,6 +44,9 @@ static const char usage_text[] =
         "                         draining), model, device, queue, memory and the\n"
         "                         requests you may see\n"
         "  quota                  your limits and how much of them you have used\n"
+        "  key new [NAME]         an API key for the daemon's HTTP API on TCP, printed\n"
+        "                         once (the daemon keeps only its hash); key list\n"
+        "                         shows yours, key revoke ID withdraws one\n"
         "\n"
         "Prompt:\n"
         "  -s, --system TEXT      a system prompt (default: none)\n"
@@ -70,8 +74,8 @@ static const char usage_text[] =
         "Output and connection:\n"
         "      --json             one JSON object per line: the events accepted, chunk,\n"
         "                         finished (with usage and note) and error (also for\n"
-        "                         UNREACHABLE, CONNECTION_LOST, TOO_LARGE); status and\n"
-        "                         quota print one object with all their fields\n"
+        "                         UNREACHABLE, CONNECTION_LOST, TOO_LARGE); status,\n"
+        "                         quota and key print one object with all their fields\n"
         "      --ids              with --json, the token ids of each chunk (token_ids)\n"
         "      --socket PATH      the daemon's socket (default: $MIXTRALD_SOCKET, else\n"
         "                         " MXP_SYSTEM_SOCKET " when it exists, else\n"
@@ -156,7 +160,7 @@ int mxc_usage_error(const char *fmt, ...) {
         return MXC_EXIT_USAGE;
 }
 
-typedef enum command { CMD_PROMPT, CMD_CHAT, CMD_STATUS, CMD_QUOTA } command;
+typedef enum command { CMD_PROMPT, CMD_CHAT, CMD_STATUS, CMD_QUOTA, CMD_KEY } command;
 
 typedef struct args {
         mxc_opts opts;
@@ -325,8 +329,12 @@ static int parse_args(int argc, char **argv, args *a) {
                 switch (c) {
                 case 1:
                         if (a->n_words == 0 && a->cmd == CMD_PROMPT &&
-                            (!strcmp(optarg, "chat") || !strcmp(optarg, "status") || !strcmp(optarg, "quota"))) {
-                                a->cmd = optarg[0] == 'c' ? CMD_CHAT : optarg[0] == 's' ? CMD_STATUS : CMD_QUOTA;
+                            (!strcmp(optarg, "chat") || !strcmp(optarg, "status") || !strcmp(optarg, "quota") ||
+                             !strcmp(optarg, "key"))) {
+                                a->cmd = optarg[0] == 'c'   ? CMD_CHAT
+                                         : optarg[0] == 's' ? CMD_STATUS
+                                         : optarg[0] == 'q' ? CMD_QUOTA
+                                                            : CMD_KEY;
                                 a->cmd_name = optarg;
                         } else {
                                 a->words[a->n_words++] = optarg;
@@ -371,13 +379,13 @@ static int parse_args(int argc, char **argv, args *a) {
         for (int i = optind; i < argc; i++)
                 a->words[a->n_words++] = argv[i];
 
-        if (a->cmd != CMD_PROMPT && a->n_words) {
+        if (a->cmd != CMD_PROMPT && a->cmd != CMD_KEY && a->n_words) {
                 mxc_usage_error("unexpected argument '%s' (%s takes none; a prompt starting with '%s' goes "
                                 "after --)",
                                 a->words[0], a->cmd_name, a->cmd_name);
                 return -EINVAL;
         }
-        if ((a->cmd == CMD_STATUS || a->cmd == CMD_QUOTA) && a->gen_option[0]) {
+        if ((a->cmd == CMD_STATUS || a->cmd == CMD_QUOTA || a->cmd == CMD_KEY) && a->gen_option[0]) {
                 mxc_usage_error("%s does not apply to %s", a->gen_option, a->cmd_name);
                 return -EINVAL;
         }
@@ -427,6 +435,8 @@ int main(int argc, char **argv) {
                 return mxc_cmd_status(&a.opts);
         case CMD_QUOTA:
                 return mxc_cmd_quota(&a.opts);
+        case CMD_KEY:
+                return mxc_cmd_key(&a.opts, a.words, a.n_words);
         case CMD_PROMPT:
         default:
                 return mxc_cmd_prompt(&a.opts, a.words, a.n_words);

@@ -1,6 +1,7 @@
 /* /etc/mixtrald/mixtrald.conf: [daemon] settings, [quota] defaults and
  * [user:NAME] / [group:NAME] overrides (docs/daemon.md). Parsed with
  * inih; every value is checked and an error names the file, line and key. */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <grp.h>
 #include <ini.h>
@@ -32,7 +33,7 @@ void md_config_defaults(md_config *c) {
 void md_config_free(md_config *c) {
         free(c->model), free(c->device), free(c->socket), free(c->state_directory);
         free(c->admin_group), free(c->bus), free(c->expert_memory), free(c->memory_pressure);
-        free(c->host_cache), free(c->kv_type), free(c->kv_memory);
+        free(c->host_cache), free(c->kv_type), free(c->kv_memory), free(c->http_socket), free(c->http_listen);
         for (size_t i = 0; i < c->n_sections; i++)
                 free(c->sections[i].name);
         free(c->sections);
@@ -72,6 +73,52 @@ static bool valid_budget(const char *v) {
         return mx_expert_budget_parse(v, NULL, NULL, NULL) == 0;
 }
 
+/* host (an IPv4 address or localhost, or inside [] an IPv6 one) as a
+ * socket address, if it is a loopback address. */
+static int loopback_addr(const char *host, bool v6, uint16_t port, struct sockaddr_storage *ss, mx_error *err) {
+        struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+        *ss = (struct sockaddr_storage){0};
+        if (!v6 && !strcmp(host, "localhost"))
+                host = "127.0.0.1";
+        if (!v6 && inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+                a4->sin_family = AF_INET, a4->sin_port = htons(port);
+                if ((ntohl(a4->sin_addr.s_addr) >> 24) == 127)
+                        return 0;
+        } else if (v6 && inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+                a6->sin6_family = AF_INET6, a6->sin6_port = htons(port);
+                if (IN6_IS_ADDR_LOOPBACK(&a6->sin6_addr))
+                        return 0;
+        } else
+                return mx_error_set(err, -EINVAL, "'%s' is not an IPv4 address, [IPv6] or localhost", host);
+        return mx_error_set(err, -EINVAL, "%s is not a loopback address: keys would cross the network in the clear "
+                            "(put a TLS proxy in front of a loopback address)", host);
+}
+
+/* "ADDRESS:PORT": an IPv4 address, [IPv6] or localhost, and a port. The
+ * HTTP API carries keys in the clear, so only loopback addresses: from
+ * elsewhere, a TLS proxy on this host forwards to it (docs/http.md). */
+int md_listen_addr_parse(const char *s, struct sockaddr_storage *out, socklen_t *len, mx_error *err) {
+        const char *colon = strrchr(s, ':'), *digits = colon ? colon + 1 : "";
+        uint64_t port;
+        if (!*digits || digits[strspn(digits, "0123456789")] || parse_u64(digits, 65535, &port) < 0)
+                return mx_error_set(err, -EINVAL, "expected ADDRESS:PORT (127.0.0.1:8080, [::1]:8080, localhost:8080)");
+        char host[64];
+        size_t n = (size_t)(colon - s);
+        bool v6 = n >= 2 && s[0] == '[' && s[n - 1] == ']';
+        if (v6)
+                s++, n -= 2;
+        if (n >= sizeof(host))
+                return mx_error_set(err, -EINVAL, "the address is too long");
+        memcpy(host, s, n);
+        host[n] = '\0';
+        struct sockaddr_storage ss;
+        int r = loopback_addr(host, v6, (uint16_t)port, &ss, err);
+        if (r == 0 && out)
+                *out = ss, *len = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+        return r;
+}
+
 /* NULL v: back to the default. */
 static int set_string(char **dst, const char *v) {
         char *p = v ? strdup(v) : NULL;
@@ -96,6 +143,15 @@ int md_config_set_daemon(md_config *c, const char *key, const char *v, mx_error 
                 if (*v != '/')
                         return mx_error_set(err, -EINVAL, "socket=%s: expected an absolute path", v);
                 r = set_string(&c->socket, v);
+        } else if (!strcmp(key, "http_socket")) {
+                if (*v != '/' && strcmp(v, "none"))
+                        return mx_error_set(err, -EINVAL, "http_socket=%s: expected an absolute path or none", v);
+                r = set_string(&c->http_socket, v);
+        } else if (!strcmp(key, "http_listen")) {
+                mx_error why = {0};
+                if (strcmp(v, "none") && md_listen_addr_parse(v, NULL, NULL, &why) < 0)
+                        return mx_error_set(err, -EINVAL, "http_listen=%s: %s", v, why.msg);
+                r = set_string(&c->http_listen, strcmp(v, "none") ? v : NULL);
         } else if (!strcmp(key, "socket_mode")) {
                 char *end;
                 errno = 0;
@@ -128,6 +184,10 @@ int md_config_set_daemon(md_config *c, const char *key, const char *v, mx_error 
                         return mx_error_set(err, -EINVAL, "expert_memory=%s: expected auto, min, bytes (K, M, G, T) "
                                             "or a percentage (up to 100%%) of the experts", v);
                 r = set_string(&c->expert_memory, strcmp(v, "auto") ? v : NULL);
+        } else if (!strcmp(key, "quantize")) {
+                if (mx_ftype_parse(v, &c->quantize) < 0)
+                        return mx_error_set(err, -EINVAL, "quantize=%s: expected none, q8_0, q4_0, q4_k_m, q5_k_m "
+                                            "or q6_k", v);
         } else if (!strcmp(key, "memory_pressure")) {
                 if (strcmp(v, "auto") && strcmp(v, "off") && *v != '/')
                         return mx_error_set(err, -EINVAL, "memory_pressure=%s: expected auto, off or an absolute path", v);

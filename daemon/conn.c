@@ -65,8 +65,7 @@ void md_conn_free(md_conn *c) {
         free(c->out);
         free(c);
         /* A place freed: accepting may go on if the fd limit had stopped it. */
-        if (srv->listen_src && !srv->accept_retry)
-                sd_event_source_set_enabled(srv->listen_src, SD_EVENT_ON);
+        md_service_accept_again(srv);
 }
 
 static int on_defer_free(sd_event_source *s, void *userdata) {
@@ -222,17 +221,12 @@ static void handle_one(md_conn *c) {
  * last (in uid order, wrapping), and of that user's connections the one
  * served least. */
 static md_conn *pick(md_server *srv) {
-        md_conn *best = NULL, *first = NULL;
-        for (md_conn *c = srv->conns; c; c = c->next) {
-                if (!c->ready || c->dead)
-                        continue;
-                bool after = c->uid > srv->last_uid_served;
-                if (after && (!best || c->uid < best->uid || (c->uid == best->uid && c->turns < best->turns)))
+        md_conn *best = NULL;
+        for (md_conn *c = srv->conns; c; c = c->next)
+                if (c->ready && !c->dead &&
+                    (!best || md_turn_before(srv->last_uid_served, c->uid, c->turns, best->uid, best->turns)))
                         best = c;
-                if (!first || c->uid < first->uid || (c->uid == first->uid && c->turns < first->turns))
-                        first = c;
-        }
-        return best ? best : first;
+        return best;
 }
 
 /* One frame per turn of the event loop (sd-event dispatches one source per
@@ -295,7 +289,7 @@ void md_conn_close_idle(md_server *srv, bool *pending) {
         }
 }
 
-static uint32_t conns_of(const md_server *srv, uint32_t uid) {
+uint32_t md_conn_count(const md_server *srv, uint32_t uid) {
         uint32_t n = 0;
         for (const md_conn *c = srv->conns; c; c = c->next)
                 n += c->uid == uid && !c->dead;
@@ -331,8 +325,8 @@ int md_conn_new(md_server *srv, int fd) {
         srv->conns = c;
         srv->n_conns++;
         /* Root too: a flood of connections costs file descriptors whoever
-         * opens them. */
-        if (conns_of(srv, cred.uid) > srv->cfg.max_connections_per_uid) {
+         * opens them. The HTTP API's connections count too. */
+        if (md_service_conns_of(srv, cred.uid) > srv->cfg.max_connections_per_uid) {
                 md_log(LOG_NOTICE, "refused a connection of uid %u (pid %d): BUSY: over max_connections_per_uid (%u)",
                        c->uid, (int)c->pid, srv->cfg.max_connections_per_uid);
                 md_conn_send_error(c, 0, 0, MIXTRALD__V1__ERROR_CODE__BUSY,

@@ -67,9 +67,11 @@ static void refusal(md_refusal *ref, int code, const char *msg) {
         snprintf(ref->msg, sizeof(ref->msg), "%s", msg);
 }
 
-static void log_refusal(uint32_t uid, const md_refusal *ref) {
+/* Logged and counted (/metrics) once each. */
+static void log_refusal(md_core *c, uint32_t uid, const md_refusal *ref) {
         md_log_request(LOG_NOTICE, &(md_log_fields){.uid = uid}, "refused: %s: %s", mxp_error_name(ref->code),
                        ref->msg);
+        md_metrics_refused(&c->srv->metrics, ref->code);
 }
 
 static void request_free(md_request *r) {
@@ -175,7 +177,7 @@ static bool early_refusal(md_core *c, uint32_t uid, const md_gen_params *p, md_r
 md_request *md_core_submit(md_core *c, uint32_t uid, md_gen_params *p, const md_sink_ops *ops, void *data,
                            md_refusal *ref) {
         if (early_refusal(c, uid, p, ref)) {
-                log_refusal(uid, ref);
+                log_refusal(c, uid, ref);
                 return NULL;
         }
         md_request *r = calloc(1, sizeof(*r));
@@ -281,7 +283,7 @@ static void admit(md_core *c, md_request *r, int rc) {
                         refusal(&ref, MIXTRALD__V1__ERROR_CODE__INTERNAL, "out of memory");
         }
         if (ref.code) {
-                log_refusal(r->uid, &ref);
+                log_refusal(c, r->uid, &ref);
                 r->ops->refused(r->data, &ref);
                 return finish(r);
         }
@@ -371,6 +373,7 @@ static void end(md_core *c, md_request *r, const md_news *n) {
                                o.usage.ttft_s, o.usage.tokens_per_s);
         if (r->ops)
                 r->ops->end(r->data, &o);
+        md_metrics_ended(&c->srv->metrics, &o);
         charge(c, r);
         live_remove(c, r);
         finish(r);

@@ -23,10 +23,11 @@ static const char usage_text[] =
         "       mixtrald --check-config [OPTIONS]\n"
         "\n"
         "The Mixtral inference daemon: keeps the model in memory and serves every\n"
-        "local user over a Unix socket (protobuf; see mixtrald(8)) and on D-Bus as\n"
-        "org.mixtrald.Mixtral1, with per-user quotas. Runs under systemd (socket\n"
-        "activation, Type=notify, watchdog) or by hand as any user. It answers while\n"
-        "the model loads (status: loading, and how far; requests wait).\n"
+        "local user over a Unix socket (protobuf; see mixtrald(8)), on D-Bus as\n"
+        "org.mixtrald.Mixtral1 and over HTTP (OpenAI's API), with per-user quotas.\n"
+        "Runs under systemd (socket activation, Type=notify, watchdog) or by hand as\n"
+        "any user. It answers while the model loads (status: loading, and how far;\n"
+        "requests on the socket wait, HTTP says 503).\n"
         "\n"
         "Options (each overrides the [daemon] key of the same name in the file):\n"
         "  -m, --model PATH           a checkpoint directory (Hugging Face or\n"
@@ -45,8 +46,16 @@ static const char usage_text[] =
         "                             ~/.local/state/mixtrald, made 0700 if missing);\n"
         "                             yours alone, one daemon at a time\n"
         "      --threads N            CPU threads for the engine (default: every core)\n"
+        "      --http-socket PATH     the HTTP API's Unix socket, or none (default:\n"
+        "                             " MD_SYSTEM_HTTP_SOCKET " for root, else\n"
+        "                             $XDG_RUNTIME_DIR/mixtrald-http.sock; with\n"
+        "                             --socket S, beside S: S without .sock, -http.sock)\n"
+        "      --http-listen ADDR:PORT\n"
+        "                             HTTP on TCP too, where requests carry API keys\n"
+        "                             (mixtral key new): a loopback address only\n"
+        "                             (127.0.0.1:8080, [::1]:8080); default none\n"
         "      --max-frame-bytes N    largest request accepted (default 1M)\n"
-        "      --socket-mode MODE     octal mode of a socket made here (default 0666\n"
+        "      --socket-mode MODE     octal mode of the sockets made here (default 0666\n"
         "                             for the system daemon, else 0600)\n"
         "      --bus BUS              D-Bus: system, session, none, or auto (default:\n"
         "                             the system bus for root without --user, else\n"
@@ -62,10 +71,11 @@ static const char usage_text[] =
         "      --version              the version\n"
         "\n"
 "Configuration (INI; see mixtrald(8)):\n"
-        "  [daemon]  model device socket socket_mode state_directory max_frame_bytes bus\n"
+        "  [daemon]  model device socket socket_mode http_socket http_listen\n"
+        "            state_directory max_frame_bytes bus\n"
         "            threads admin_group max_batch max_queue max_connections_per_uid\n"
         "            max_output_bytes prefill_chunk drain_seconds expert_memory\n"
-        "            memory_pressure host_cache kv_type kv_memory prefix_cache_share\n"
+        "            memory_pressure host_cache quantize kv_type kv_memory prefix_cache_share\n"
         "  [quota]   tokens_per_hour tokens_per_day max_concurrent max_queued\n"
         "            max_context max_tokens   (0: no limit)\n"
         "  [user:NAME] and [group:NAME]: the [quota] keys for that user or group\n"
@@ -77,6 +87,10 @@ static const char usage_text[] =
         "On a GPU, a model that does not fit streams its experts by itself, and\n"
         "host_cache (auto, min, bytes or NN%) is the page-locked RAM they pass\n"
         "through (auto: all of them when they take under a quarter of the RAM).\n"
+        "quantize (none, q8_0, q4_0, q4_k_m, q5_k_m, q6_k) quantizes the weights as\n"
+        "the model loads, on every core, as llama.cpp's file types (q4_k_m makes\n"
+        "Mixtral's 93 GB about 28 GB); its experts then stay in memory. To stream them, quantize\n"
+        "once to a file (mixtral-run --quantize TYPE --save FILE.gguf) and serve that.\n"
         "The KV cache is one pool of kv_memory (auto, bytes or NN% of the free\n"
         "memory) holding K and V as kv_type (bf16 or f32); requests wait while it\n"
         "is full. A request reuses the cached prefix of its prompt (a conversation\n"
@@ -84,11 +98,12 @@ static const char usage_text[] =
         "user (a user's own prefixes), all (everyone's) or off.\n"
         "\n"
         "Signals: SIGHUP reloads the configuration (limits, quotas, expert_memory,\n"
-        "prefix_cache_share; model, device, host_cache, kv_type, kv_memory, socket\n"
-        "and state directory change only at restart). SIGTERM stops: new requests are refused, queued ones end with\n"
-        "UNAVAILABLE, running ones may finish for drain_seconds (default 30), then the\n"
-        "rest are aborted; a second SIGTERM aborts at once. Exit status 0 after a\n"
-        "stop, 1 on a start-up error, 2 for a usage error.\n";
+        "prefix_cache_share; model, device, quantize, host_cache, kv_type, kv_memory,\n"
+        "the sockets and state directory change only at restart). SIGTERM stops: new\n"
+        "requests are refused, queued ones end with UNAVAILABLE, running ones may\n"
+        "finish for drain_seconds (default 30), then the rest are aborted; a second\n"
+        "SIGTERM aborts at once. Exit status 0 after a stop, 1 on a start-up error, 2\n"
+        "for a usage error.\n";
 
 typedef struct args {
         const char *config;
@@ -115,7 +130,7 @@ static int override(md_server *srv, const char *key, const char *value) {
 
 static int parse_args(int argc, char **argv, md_server *srv, args *a) {
         enum { OPT_DEVICE = 256, OPT_STATE, OPT_THREADS, OPT_FRAME, OPT_MODE, OPT_CHECK, OPT_VERSION, OPT_BUS,
-               OPT_USER };
+               OPT_USER, OPT_HTTP_SOCKET, OPT_HTTP_LISTEN };
         static const struct option opts[] = {
                 {"model", required_argument, NULL, 'm'},     {"device", required_argument, NULL, OPT_DEVICE},
                 {"socket", required_argument, NULL, 's'},    {"config", required_argument, NULL, 'c'},
@@ -123,6 +138,8 @@ static int parse_args(int argc, char **argv, md_server *srv, args *a) {
                 {"threads", required_argument, NULL, OPT_THREADS},
                 {"max-frame-bytes", required_argument, NULL, OPT_FRAME},
                 {"socket-mode", required_argument, NULL, OPT_MODE},
+                {"http-socket", required_argument, NULL, OPT_HTTP_SOCKET},
+                {"http-listen", required_argument, NULL, OPT_HTTP_LISTEN},
                 {"check-config", no_argument, NULL, OPT_CHECK},
                 {"bus", required_argument, NULL, OPT_BUS},
                 {"user", no_argument, NULL, OPT_USER},
@@ -140,6 +157,8 @@ static int parse_args(int argc, char **argv, md_server *srv, args *a) {
                 case OPT_THREADS: r = override(srv, "threads", optarg); break;
                 case OPT_FRAME: r = override(srv, "max_frame_bytes", optarg); break;
                 case OPT_MODE: r = override(srv, "socket_mode", optarg); break;
+                case OPT_HTTP_SOCKET: r = override(srv, "http_socket", optarg); break;
+                case OPT_HTTP_LISTEN: r = override(srv, "http_listen", optarg); break;
                 case OPT_BUS: r = override(srv, "bus", optarg); break;
                 case OPT_USER: srv->user_instance = true; break;
                 case 'c': a->config = optarg; break;
@@ -172,6 +191,18 @@ static char *user_path(const char *xdg_var, const char *fallback, const char *le
         return asprintf(&p, "%s/%s/%s", home, fallback, leaf) < 0 ? NULL : p;
 }
 
+/* The HTTP API's socket beside the protobuf one: the defaults' neighbours,
+ * or, for a socket given as S, S without ".sock" and "-http.sock". */
+static char *http_socket_default(const char *socket, bool system) {
+        if (!socket)
+                return system ? strdup(MD_SYSTEM_HTTP_SOCKET) : user_path("XDG_RUNTIME_DIR", ".", "mixtrald-http.sock");
+        size_t n = strlen(socket);
+        if (n > 5 && !strcmp(socket + n - 5, ".sock"))
+                n -= 5;
+        char *p = NULL;
+        return asprintf(&p, "%.*s-http.sock", (int)n, socket) < 0 ? NULL : p;
+}
+
 int md_service_load_config(md_server *srv, md_config *out, mx_error *err) {
         bool system = geteuid() == 0 && !srv->user_instance;
         md_config c;
@@ -193,6 +224,8 @@ int md_service_load_config(md_server *srv, md_config *out, mx_error *err) {
          * limit them); a user's own daemon is that user's alone. */
         if (!c.socket_mode_set)
                 c.socket_mode = system ? 0666 : 0600;
+        if (r == 0 && !c.http_socket && !(c.http_socket = http_socket_default(c.socket, system)))
+                r = mx_error_set(err, -ENOMEM, "out of memory");
         if (r == 0 && !c.socket) {
                 c.socket = system ? strdup(MXP_SYSTEM_SOCKET) : user_path("XDG_RUNTIME_DIR", ".", "mixtrald.sock");
                 if (!c.socket || (!system && !getenv("XDG_RUNTIME_DIR")))
@@ -244,6 +277,7 @@ static int loader_opts(md_server *srv, mx_error *err) {
                                         .threads = srv->cfg.threads, .expert_memory = srv->cfg.expert_memory,
                                         .host_cache = gpu >= 0 ? srv->cfg.host_cache : NULL,
                                         .kv_type = srv->cfg.kv_type, .kv_memory = srv->cfg.kv_memory,
+                                        .quantize = srv->cfg.quantize,
                                         .progress = on_progress, .progress_arg = &progress};
         return 0;
 }
@@ -264,8 +298,9 @@ static int open_model(md_server *srv, mx_error *err) {
         mx_footprint fp;
         mx_model_footprint(srv->load.model, &fp);
         srv->context_length = srv->load.model->cfg.max_position_embeddings;
-        md_log(LOG_INFO, "model %s: %.2f GiB of weights, context %u; loading it on %s", srv->model_dir,
-               (double)fp.bytes / (1u << 30), srv->context_length, srv->cfg.device ? srv->cfg.device : "cpu");
+        md_log(LOG_INFO, "model %s: %.2f GiB of weights, context %u; loading it on %s%s%s", srv->model_dir,
+               (double)fp.bytes / (1u << 30), srv->context_length, srv->cfg.device ? srv->cfg.device : "cpu",
+               srv->cfg.quantize ? ", quantized to " : "", srv->cfg.quantize ? mx_ftype_name(srv->cfg.quantize) : "");
         return 0;
 }
 
@@ -289,8 +324,15 @@ void md_service_loaded(md_server *srv) {
                 srv->context_length = pool, srv->context_is_kv = true;
         const char *dev = mx_engine_describe(srv->load.engine);
         sd_notifyf(false, "READY=1\nSTATUS=Serving %s on %s", srv->model_dir, dev);
-        md_log(LOG_INFO, "ready: serving %s on %s; KV cache %.1f GiB of %s, %u tokens (context %u)", srv->model_dir,
-               dev, (double)kv.blocks * (double)kv.block_bytes / (1u << 30), mx_kv_type_name(kv.type), pool,
+        if (mx_model_quantized(srv->load.model)) {
+                mx_footprint fp;
+                mx_model_footprint(srv->load.model, &fp);
+                md_log(LOG_INFO, "ready: serving %s (quantized to %s: %.2f GiB of weights) on %s", srv->model_dir,
+                       mx_ftype_name(mx_model_quantized(srv->load.model)), (double)fp.bytes / (1u << 30), dev);
+        } else
+                md_log(LOG_INFO, "ready: serving %s on %s", srv->model_dir, dev);
+        md_log(LOG_INFO, "KV cache: %.1f GiB of %s, %u tokens (context %u)",
+               (double)kv.blocks * (double)kv.block_bytes / (1u << 30), mx_kv_type_name(kv.type), pool,
                srv->context_length);
         md_dbus_state_changed(srv);
 }
@@ -306,15 +348,20 @@ static int check_config(md_server *srv) {
                 r = mx_load_open(&l, &srv->load_opts, &err);
         if (r == 0)
                 r = md_state_dir_check(srv->cfg.state_directory, &err);
+        _cleanup_(md_keys_free) md_keys keys = {0};
+        if (r == 0)
+                r = md_keys_open(&keys, srv->cfg.state_directory, &err);
         if (r < 0) {
                 fprintf(stderr, "mixtrald: %s: %s\n", srv->config_path, err.msg);
                 return 1;
         }
         bool file = access(srv->config_path, F_OK) == 0;
-        printf("%s%s: OK (model %s: %u layers, context %u; socket %s, state %s, %zu user/group sections)\n",
+        printf("%s%s: OK (model %s: %u layers, context %u; socket %s, HTTP %s%s%s, state %s, %zu API keys, "
+               "%zu user/group sections)\n",
                srv->config_path, file ? "" : " (absent: built-in defaults)", srv->model_dir,
-               l.model->cfg.n_layers, l.model->cfg.max_position_embeddings, srv->cfg.socket,
-               srv->cfg.state_directory, srv->cfg.n_sections);
+               l.model->cfg.n_layers, l.model->cfg.max_position_embeddings, srv->cfg.socket, srv->cfg.http_socket,
+               srv->cfg.http_listen ? " and " : "", srv->cfg.http_listen ? srv->cfg.http_listen : "",
+               srv->cfg.state_directory, keys.n, srv->cfg.n_sections);
         return 0;
 }
 
@@ -356,13 +403,13 @@ static int start_engine(md_server *srv, mx_error *err) {
  * state directory locked before either. */
 static int serve(md_server *srv, mx_error *err) {
         int r = md_usage_open(&srv->usage, srv->cfg.state_directory, err);
-        if (r < 0)
+        if (r < 0 || (r = md_keys_open(&srv->keys, srv->cfg.state_directory, err)) < 0)
                 return r;
         if ((r = sd_event_default(&srv->event)) < 0 || (r = md_service_signals(srv)) < 0)
                 return mx_error_set(err, r, "event loop: %s", strerror(-r));
         srv->t_start = md_now();
-        if ((r = md_service_listen(srv, srv->cfg.socket, err)) < 0 || (r = open_model(srv, err)) < 0 ||
-            (r = start_engine(srv, err)) < 0 || (r = md_dbus_start(srv, err)) < 0)
+        if ((r = md_service_listen(srv, err)) < 0 || (r = open_model(srv, err)) < 0 ||
+            (r = start_engine(srv, err)) < 0 || (r = md_dbus_start(srv, err)) < 0 || (r = md_http_start(srv, err)) < 0)
                 return r;
         sd_notifyf(false, "STATUS=Loading %s\nEXTEND_TIMEOUT_USEC=%llu", srv->model_dir, 30000000ull);
         if ((r = sd_event_loop(srv->event)) < 0)
@@ -377,8 +424,7 @@ static void teardown(md_server *srv) {
          * without waiting for it (and without freeing what it uses). */
         if (srv->loading && srv->sched) {
                 md_log(LOG_NOTICE, "stopped while loading the model");
-                if (srv->created_socket)
-                        unlink(srv->created_socket);
+                md_service_unlisten(srv);
                 return;
         }
         if (srv->sched) {
@@ -387,22 +433,18 @@ static void teardown(md_server *srv) {
                 md_core_on_engine(srv->core);
         }
         md_dbus_stop(srv);
+        md_http_stop(srv);
         while (srv->conns)
                 md_conn_free(srv->conns);
         md_core_free(srv->core);
         md_sched_free(srv->sched);
         md_users_free(srv->users);
-        sd_event_source_disable_unref(srv->listen_src);
+        md_service_unlisten(srv);
         sd_event_source_disable_unref(srv->accept_retry);
         sd_event_source_disable_unref(srv->dispatch);
         sd_event_source_disable_unref(srv->notify_src);
         sd_event_source_disable_unref(srv->drain_timer);
         sd_event_source_disable_unref(srv->pressure_timer);
-        if (srv->created_socket)
-                unlink(srv->created_socket);
-        free(srv->created_socket);
-        if (srv->listen_fd >= 0)
-                close(srv->listen_fd);
         if (srv->reserve_fd >= 0)
                 close(srv->reserve_fd);
         if (srv->notify_fd >= 0)
@@ -410,14 +452,15 @@ static void teardown(md_server *srv) {
         mx_load_free(&srv->load);
         free((char *)srv->model_dir);
         md_usage_free(&srv->usage);
+        md_keys_free(&srv->keys);
         md_config_free(&srv->cfg);
         sd_event_unref(srv->event);
 }
 
 int main(int argc, char **argv) {
         md_log_init();
-        md_server srv = {.listen_fd = -1, .notify_fd = -1, .reserve_fd = -1, .usage = {.lock_fd = -1},
-                         .load = {.gpu = -1}};
+        md_server srv = {.listen = {{.fd = -1}, {.fd = -1}, {.fd = -1}}, .notify_fd = -1, .reserve_fd = -1,
+                         .usage = {.lock_fd = -1}, .load = {.gpu = -1}};
         args a = {0};
         int r = parse_args(argc, argv, &srv, &a);
         if (r)

@@ -15,6 +15,8 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "mixtral.h"
@@ -50,6 +52,9 @@ typedef struct md_config {
         char *expert_memory;          /* auto (NULL), min, bytes or NN%: see mx_expert_budget_parse */
         char *memory_pressure;        /* auto (NULL: /proc/pressure/memory), off, or a file like it */
         char *host_cache;             /* auto (NULL), min, bytes or NN%: the GPU's host cache of experts */
+        mx_ftype quantize;            /* the weights' types, made as the model loads (none: as stored) */
+        char *http_socket;            /* the HTTP API's Unix socket, or "none" (main.c sets the default) */
+        char *http_listen;            /* its TCP listener, ADDRESS:PORT on loopback; NULL: none */
         char *kv_type;                /* bf16 (NULL) or f32 */
         char *kv_memory;              /* auto (NULL), bytes or NN% of the free memory: see mx_kv_memory_parse */
         int prefix_cache_share;       /* MD_SHARE_*: whose cached prompt prefixes a request may reuse */
@@ -75,6 +80,9 @@ int md_config_load(md_config *c, const char *path, bool required, mx_error *err)
 void md_config_free(md_config *c);
 /* Parses one [daemon] key=value (also used for command-line overrides). */
 int md_config_set_daemon(md_config *c, const char *key, const char *value, mx_error *err);
+/* http_listen's "ADDRESS:PORT" (IPv4, [IPv6] or localhost; loopback only)
+ * into a socket address (out may be NULL: only checked). */
+int md_listen_addr_parse(const char *s, struct sockaddr_storage *out, socklen_t *len, mx_error *err);
 
 /* Who a uid is, as the limits need it: its passwd name and primary group
  * and every group getgrouplist gives for them. Never the peer's effective
@@ -136,6 +144,60 @@ md_usage_entry *md_usage_get(md_usage *u, uint32_t uid, uint64_t now);
 int md_usage_charge(md_usage *u, uint32_t uid, uint64_t tokens, uint64_t now);
 /* Temp file, fsync, rename, fsync of the directory. */
 int md_usage_save(const md_usage *u, mx_error *err);
+/* Replaces a file of the state directory whole: body writes it into a
+ * fresh PATH.tmp (0600), which is synced and renamed over path, then the
+ * directory is synced, so that a crash leaves the old file or the new. */
+int md_state_write(const char *path, int (*body)(FILE *f, const void *arg), const void *arg, mx_error *err);
+/* Reads the state file DIR/KIND (*path, allocated; up to max bytes; none
+ * yet is no error, a FIFO or device is refused unopened): no NUL inside,
+ * the header "mixtrald-KIND 1" first, then each line to line_fn (with its
+ * newline), which returns 0, -ENOMEM, or anything else for a corrupt line,
+ * reported as "path:N: corrupt line". */
+int md_state_read(const char *dir, const char *kind, size_t max, char **path,
+                  int (*line_fn)(const char *line, void *arg), void *arg, mx_error *err);
+/* One unsigned decimal field of a state file and the separator after it;
+ * nothing scanf would also take (signs, spaces, overflow). */
+bool md_field_u64(const char **p, char sep, uint64_t max, uint64_t *out);
+
+/* ---- API keys (keys.c) ------------------------------------------------------ */
+
+/* A key is "mxk-" ID "-" SECRET: 12 and 48 hex digits. The daemon keeps
+ * its id, owner, creation time, label and SHA-256, never the key. */
+enum {
+        MD_KEY_ID_LEN = 12,
+        MD_KEY_LEN = 4 + MD_KEY_ID_LEN + 1 + 48,
+        MD_KEY_NAME_MAX = 64,
+        MD_KEYS_PER_UID = 32,
+};
+
+typedef struct md_key {
+        char id[MD_KEY_ID_LEN + 1];
+        uint32_t uid;
+        uint64_t created;             /* unix seconds */
+        uint8_t hash[32];             /* SHA-256 of the whole key */
+        char name[MD_KEY_NAME_MAX + 1]; /* a label; may be empty */
+} md_key;
+
+typedef struct md_keys {
+        md_key *v;                    /* [n], room for cap */
+        size_t n, cap;
+        char *path;                   /* STATE/keys */
+} md_keys;
+
+/* Reads STATE/keys (none yet: no keys). A corrupt file is an error naming
+ * its line, never silently emptied. */
+int md_keys_open(md_keys *k, const char *state_dir, mx_error *err);
+void md_keys_free(md_keys *k);
+/* A new key for uid, saved before it is handed out in secret[] (the one
+ * time it exists outside its owner). -EINVAL for a bad name or too many
+ * keys, in err. */
+int md_keys_new(md_keys *k, uint32_t uid, const char *name, uint64_t now, md_key *out,
+                char secret[MD_KEY_LEN + 1], mx_error *err);
+/* Revokes key id of uid (anyone's when admin): -ENOENT when there is no
+ * such key of theirs; saved before it returns. */
+int md_keys_revoke(md_keys *k, uint32_t uid, bool admin, const char *id, md_key *out, mx_error *err);
+/* The owner of a presented key, or -EACCES (compared in constant time). */
+int md_keys_check(const md_keys *k, const char *key, size_t len, uint32_t *uid);
 
 /* What a user has in flight, for admission. */
 typedef struct md_inflight {
@@ -222,6 +284,25 @@ int md_gen_params_from(const Mixtrald__V1__Generate *g, md_gen_params *p, mx_err
 /* The name of a text field of the frame that holds a NUL byte, or NULL
  * (protobuf-c would cut that text short without a word). */
 const char *md_request_nul_field(const uint8_t *body, size_t len);
+
+/* The HTTP API's generation requests (http_request.c): OpenAI's JSON. */
+typedef enum md_http_kind {
+        MD_HTTP_CHAT,        /* POST /v1/chat/completions: messages */
+        MD_HTTP_COMPLETION,  /* POST /v1/completions: a raw prompt */
+} md_http_kind;
+
+typedef struct md_http_gen_req {
+        md_gen_params params;
+        bool stream, include_usage;
+} md_http_gen_req;
+
+/* A request body into checked parameters (md_gen_params_check): a wrong
+ * type, n other than 1 or a feature the daemon lacks (logprobs, echo,
+ * suffix, token ids as the prompt) is refused naming the field; fields it
+ * does not know are ignored, and null is absent. -EINVAL with err's one
+ * line, or -ENOMEM. */
+int md_http_gen_parse(md_http_kind kind, const char *body, size_t len, md_http_gen_req *out, mx_error *err);
+void md_http_gen_req_free(md_http_gen_req *r);
 
 /* ---- logging (log.c) ----------------------------------------------------------- */
 
@@ -487,11 +568,55 @@ void md_status_free(md_status *st);
 /* "loading", "serving", "draining". */
 const char *md_server_state(const md_server *srv);
 
+/* ---- metrics (metrics.c) ------------------------------------------------------ */
+
+enum { MD_HIST_BUCKETS = 12, MD_ERROR_CODES = 10, MD_FINISH_REASONS = 5, MD_HTTP_STATUSES = 12 };
+
+typedef struct md_histogram {
+        uint64_t counts[MD_HIST_BUCKETS + 1]; /* [bucket], the last above every bound */
+        uint64_t n;
+        double sum;
+} md_histogram;
+
+/* What /metrics counts since start, all users together (per-user numbers
+ * would tell one user about another's use). */
+typedef struct md_metrics {
+        uint64_t finished[MD_FINISH_REASONS]; /* [mx_finish] */
+        uint64_t failed[MD_ERROR_CODES];      /* [error code]: ended with an error */
+        uint64_t refused[MD_ERROR_CODES];     /* [error code]: never admitted */
+        uint64_t prompt_tokens, completion_tokens;
+        md_histogram ttft, tpot, duration;    /* seconds: to the first token, per later token, submit to end */
+        uint64_t http[MD_HTTP_STATUSES];      /* HTTP responses, by md_metrics_http's table of statuses */
+} md_metrics;
+
+void md_metrics_ended(md_metrics *m, const md_outcome *o);
+void md_metrics_refused(md_metrics *m, int code);
+void md_metrics_http(md_metrics *m, unsigned status);
+/* Everything as Prometheus' text format, for root and admins only. */
+int md_metrics_render(md_server *srv, mx_buf *out);
+
 /* ---- the service ----------------------------------------------------------------- */
 
 typedef struct sd_event sd_event;
 typedef struct sd_event_source sd_event_source;
 typedef struct md_conn md_conn;
+typedef struct md_http md_http;
+
+/* The listening sockets, each for one kind of client. */
+typedef enum md_listen_kind {
+        MD_LISTEN_PROTO,     /* the protobuf socket */
+        MD_LISTEN_HTTP,      /* the HTTP API's Unix socket */
+        MD_LISTEN_HTTP_TCP,  /* its TCP listener */
+        MD_LISTEN_KINDS,
+} md_listen_kind;
+
+typedef struct md_listener {
+        md_server *srv;
+        md_listen_kind kind;
+        int fd;                      /* -1: not listening */
+        sd_event_source *src;
+        char *created;               /* a socket file made here: unlinked when it closes */
+} md_listener;
 
 struct md_server {
         sd_event *event;
@@ -516,21 +641,23 @@ struct md_server {
         md_usage usage;
         int notify_fd;               /* the engine thread's eventfd */
         sd_event_source *notify_src;
-        /* the socket */
-        int listen_fd;
-        sd_event_source *listen_src, *accept_retry;
+        /* the sockets */
+        md_listener listen[MD_LISTEN_KINDS];
+        sd_event_source *accept_retry;
         int reserve_fd;              /* kept open to refuse a client politely at the fd limit */
         uint64_t emfile_refused;     /* clients refused at the fd limit since the last log line */
         double emfile_logged;
         md_conn *conns;
         uint32_t n_conns;
+        md_http *http;               /* the HTTP API (http.c) */
+        md_keys keys;                /* its API keys (keys.c) */
+        md_metrics metrics;
         sd_event_source *dispatch;   /* one frame at a time, round-robin between users (conn.c) */
         uint32_t last_uid_served;
         struct sd_bus *bus;          /* D-Bus, when on one */
         double t_start;
         bool draining;
         sd_event_source *drain_timer;
-        char *created_socket;        /* unlinked at exit */
         /* Expert streaming: the configured budget, and the one in force
          * (smaller while the host is short of memory; pressure.c). On a
          * GPU the host's memory is the host cache's: its size as opened,
@@ -557,6 +684,22 @@ md_sched_opts md_server_sched_opts(const md_server *srv);
 
 /* ---- connections (conn.c) and the protobuf requests (proto_api.c) ------------- */
 
+/* Fairness between users, as the protobuf socket takes frames and the HTTP
+ * API requests: whether a party of uid a (tie-break ka, lower first) goes
+ * before one of uid b (kb) when uid last went last: the next uid after
+ * last, wrapping round. */
+static inline bool md_turn_before(uint32_t last, uint32_t a, uint64_t ka, uint32_t b, uint64_t kb) {
+        if ((a > last) != (b > last))
+                return a > last;
+        return a != b ? a < b : ka < kb;
+}
+
+/* Open connections of uid over every transport: each user's are capped
+ * together at max_connections_per_uid (service.c). */
+uint32_t md_service_conns_of(const md_server *srv, uint32_t uid);
+/* Of them, on the protobuf socket. */
+uint32_t md_conn_count(const md_server *srv, uint32_t uid);
+
 /* Takes an accepted socket: its peer identified by SO_PEERCRED. Over the
  * per-user connection limit (root too) it gets BUSY and is closed. */
 int md_conn_new(md_server *srv, int fd);
@@ -582,7 +725,15 @@ bool md_proto_dispatch(md_proto_conn *pc, const uint8_t *body, size_t len);
 
 /* ---- the service (service.c, main.c) --------------------------------------------- */
 
-int md_service_listen(md_server *srv, const char *path, mx_error *err);
+/* The sockets systemd passed (told apart by what they are: the Unix
+ * socket at http_socket's path is HTTP, another Unix socket the protobuf
+ * one, an inet socket the HTTP TCP listener), or, without systemd, those
+ * the configuration names, made here. */
+int md_service_listen(md_server *srv, mx_error *err);
+/* Closes every listening socket (removing the files made here). */
+void md_service_unlisten(md_server *srv);
+/* A client connection closed: accepting goes on if the fd limit had paused it. */
+void md_service_accept_again(md_server *srv);
 int md_service_signals(md_server *srv);
 /* After the engine thread's news: a drain may be over. */
 void md_service_maybe_exit(md_server *srv);
@@ -591,6 +742,22 @@ int md_service_exit_now(sd_event_source *s, uint64_t usec, void *userdata);
 int md_service_load_config(md_server *srv, md_config *out, mx_error *err);
 /* main.c: loading ended on the engine thread (ok or not). */
 void md_service_loaded(md_server *srv);
+
+#define MD_SYSTEM_HTTP_SOCKET "/run/mixtrald/http.sock"
+
+/* http.c: the OpenAI-compatible HTTP API (docs/http.md) on libmicrohttpd,
+ * driven from the event loop. */
+int md_http_start(md_server *srv, mx_error *err);
+/* Before the core goes: every request detached, every connection closed. */
+void md_http_stop(md_server *srv);
+/* Takes an accepted socket of an HTTP listener (tcp: the TCP one). */
+void md_http_add(md_server *srv, int fd, bool tcp);
+/* Answers a client that cannot be served (the fd limit) and closes fd. */
+void md_http_refuse(int fd, unsigned status, const char *msg);
+uint32_t md_http_count(const md_server *srv, uint32_t uid);
+uint32_t md_http_connections(const md_server *srv);
+/* Requests still being answered (a drain waits for them). */
+bool md_http_pending(const md_server *srv);
 
 /* dbus.c: org.mixtrald.Mixtral1 on the system or session bus */
 /* Connects as cfg.bus says: "none", "system", "session", or "auto" (the

@@ -1,7 +1,8 @@
 /* The protobuf socket as a transport of the request core: each frame's
  * Request turned into the core's calls, and the core's answers (accepted,
  * refused, chunks, the end) and the status and quota reports turned into
- * Responses on the connection. A connection's generate requests carry its
+ * Responses on the connection. API keys (keys.c) are made, listed and
+ * revoked here only, so that a key is bound to the uid SO_PEERCRED gave. A connection's generate requests carry its
  * tag in their sink data; when the connection goes, they are detached and
  * stop. Main thread only. */
 #include <string.h>
@@ -292,6 +293,88 @@ static void quota(md_proto_conn *pc, uint64_t tag) {
         md_conn_send(pc->c, &resp);
 }
 
+/* ---- API keys ---------------------------------------------------------------------- */
+
+static void fill_key(const md_key *k, Mixtrald__V1__ApiKey *out) {
+        out->id = (char *)k->id;
+        out->has_uid = true, out->uid = k->uid;
+        out->has_created_unix = true, out->created_unix = k->created;
+        out->name = (char *)k->name;
+}
+
+static bool is_admin(md_proto_conn *pc) {
+        md_limits l;
+        bool admin;
+        md_users_limits(pc->srv->users, &pc->srv->cfg, md_conn_uid(pc->c), &l, &admin);
+        return admin;
+}
+
+static void send_key_error(md_proto_conn *pc, uint64_t tag, const mx_error *err) {
+        int code = err->code == -EINVAL   ? MIXTRALD__V1__ERROR_CODE__INVALID_ARGUMENT
+                   : err->code == -ENOENT ? MIXTRALD__V1__ERROR_CODE__NOT_FOUND
+                                          : MIXTRALD__V1__ERROR_CODE__INTERNAL;
+        md_log_request(code == MIXTRALD__V1__ERROR_CODE__INTERNAL ? LOG_ERR : LOG_NOTICE,
+                       &(md_log_fields){.uid = md_conn_uid(pc->c)}, "refused: %s: %s", mxp_error_name(code), err->msg);
+        md_conn_send_error(pc->c, tag, 0, code, err->msg);
+}
+
+static void key_new(md_proto_conn *pc, uint64_t tag, const Mixtrald__V1__KeyNew *m) {
+        mx_error err = {0};
+        md_key k;
+        char secret[MD_KEY_LEN + 1];
+        uint32_t uid = md_conn_uid(pc->c);
+        if (md_keys_new(&pc->srv->keys, uid, m->name, md_wall_now(), &k, secret, &err) < 0)
+                return send_key_error(pc, tag, &err);
+        md_log(LOG_INFO, "uid %u made API key %s", uid, k.id);
+        Mixtrald__V1__ApiKey a = MIXTRALD__V1__API_KEY__INIT;
+        fill_key(&k, &a);
+        a.secret = secret;
+        Mixtrald__V1__Response resp = response(tag, 0);
+        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_KEY_CREATED, resp.key_created = &a;
+        md_conn_send(pc->c, &resp);
+        explicit_bzero(secret, sizeof(secret));
+}
+
+static void key_list(md_proto_conn *pc, uint64_t tag) {
+        const md_keys *ks = &pc->srv->keys;
+        uint32_t uid = md_conn_uid(pc->c);
+        bool all = is_admin(pc);
+        _cleanup_free_ Mixtrald__V1__ApiKey *keys = calloc(ks->n + 1, sizeof(*keys));
+        _cleanup_free_ Mixtrald__V1__ApiKey **ptrs = calloc(ks->n + 1, sizeof(*ptrs));
+        if (!keys || !ptrs)
+                return md_conn_send_error(pc->c, tag, 0, MIXTRALD__V1__ERROR_CODE__INTERNAL, "out of memory");
+        Mixtrald__V1__ApiKeys list = MIXTRALD__V1__API_KEYS__INIT;
+        for (size_t i = 0; i < ks->n; i++) {
+                if (ks->v[i].uid != uid && !all)
+                        continue;
+                mixtrald__v1__api_key__init(&keys[list.n_keys]);
+                fill_key(&ks->v[i], &keys[list.n_keys]);
+                ptrs[list.n_keys] = &keys[list.n_keys];
+                list.n_keys++;
+        }
+        list.keys = ptrs;
+        Mixtrald__V1__Response resp = response(tag, 0);
+        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_KEYS, resp.keys = &list;
+        md_conn_send(pc->c, &resp);
+}
+
+static void key_revoke(md_proto_conn *pc, uint64_t tag, const Mixtrald__V1__KeyRevoke *m) {
+        mx_error err = {0};
+        md_key k;
+        uint32_t uid = md_conn_uid(pc->c);
+        if (!m->id)
+                return md_conn_send_error(pc->c, tag, 0, MIXTRALD__V1__ERROR_CODE__INVALID_ARGUMENT,
+                                          "key_revoke needs an id");
+        if (md_keys_revoke(&pc->srv->keys, uid, is_admin(pc), m->id, &k, &err) < 0)
+                return send_key_error(pc, tag, &err);
+        md_log(LOG_INFO, "uid %u revoked API key %s of uid %u", uid, k.id, k.uid);
+        Mixtrald__V1__ApiKey a = MIXTRALD__V1__API_KEY__INIT;
+        fill_key(&k, &a);
+        Mixtrald__V1__Response resp = response(tag, 0);
+        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_KEY_REVOKED, resp.key_revoked = &a;
+        md_conn_send(pc->c, &resp);
+}
+
 /* A frame that is not a Request ends the connection (BAD_FRAME); a
  * Request that is wrong gets its error and the connection goes on. */
 bool md_proto_dispatch(md_proto_conn *pc, const uint8_t *body, size_t len) {
@@ -312,10 +395,13 @@ bool md_proto_dispatch(md_proto_conn *pc, const uint8_t *body, size_t len) {
                 case MIXTRALD__V1__REQUEST__KIND_CANCEL: cancel(pc, tag, req->cancel); break;
                 case MIXTRALD__V1__REQUEST__KIND_STATUS: status(pc, tag); break;
                 case MIXTRALD__V1__REQUEST__KIND_QUOTA: quota(pc, tag); break;
+                case MIXTRALD__V1__REQUEST__KIND_KEY_NEW: key_new(pc, tag, req->key_new); break;
+                case MIXTRALD__V1__REQUEST__KIND_KEY_LIST: key_list(pc, tag); break;
+                case MIXTRALD__V1__REQUEST__KIND_KEY_REVOKE: key_revoke(pc, tag, req->key_revoke); break;
                 default:
                         md_conn_send_error(pc->c, tag, 0, MIXTRALD__V1__ERROR_CODE__INVALID_ARGUMENT,
                                            "the request has no kind this daemon knows (generate, cancel, status, "
-                                           "quota)");
+                                           "quota, key_new, key_list, key_revoke)");
                 }
         md_request_free(req);
         return true;

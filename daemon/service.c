@@ -1,5 +1,6 @@
-/* The service's life under systemd or by hand: the listening socket (from
- * sd_listen_fds or made here), accepting, SIGHUP reloads, SIGTERM drains,
+/* The service's life under systemd or by hand: the listening sockets (from
+ * sd_listen_fds or made here: the protobuf socket, the HTTP API's Unix
+ * socket and TCP listener), accepting, SIGHUP reloads, SIGTERM drains,
  * and the sd_notify states that go with them. */
 #include <fcntl.h>
 #include <string.h>
@@ -13,39 +14,63 @@
 #include "mx_common.h"
 #include "mixtrald.h"
 
+static const char *const kind_names[MD_LISTEN_KINDS] = {"the protobuf socket", "the HTTP socket",
+                                                         "the HTTP TCP listener"};
+
+static void set_accepting(md_server *srv, bool on) {
+        for (int k = 0; k < MD_LISTEN_KINDS; k++)
+                if (srv->listen[k].src)
+                        sd_event_source_set_enabled(srv->listen[k].src, on ? SD_EVENT_ON : SD_EVENT_OFF);
+}
+
+void md_service_accept_again(md_server *srv) {
+        if (!srv->accept_retry)
+                set_accepting(srv, true);
+}
+
+uint32_t md_service_conns_of(const md_server *srv, uint32_t uid) {
+        return md_conn_count(srv, uid) + md_http_count(srv, uid);
+}
+
 /* At the file descriptor limit accept() fails while the client waits in
  * the backlog, so the listening socket stays readable: without care the
  * loop spins on it. Then a descriptor kept in reserve is given up to
- * accept the client, tell it why and close it, accepting pauses for a
- * moment (or until a connection closes), and the log says so once a
- * minute at most. */
+ * accept the client, tell it why (in its protocol) and close it,
+ * accepting pauses for a moment (or until a connection closes), and the
+ * log says so once a minute at most. */
 static int on_accept_retry(sd_event_source *s, uint64_t usec, void *userdata) {
         md_server *srv = userdata;
         srv->accept_retry = sd_event_source_disable_unref(srv->accept_retry);
-        if (srv->listen_src)
-                sd_event_source_set_enabled(srv->listen_src, SD_EVENT_ON);
+        set_accepting(srv, true);
         return 0;
 }
 
-static void refuse_at_limit(md_server *srv, int fd) {
+static void tell_busy(const md_listener *l, int c) {
+        static const char why[] = "the daemon is out of file descriptors; try again shortly";
+        if (l->kind != MD_LISTEN_PROTO)
+                return md_http_refuse(c, 503, why);
+        Mixtrald__V1__Error e = MIXTRALD__V1__ERROR__INIT;
+        e.has_code = true, e.code = MIXTRALD__V1__ERROR_CODE__BUSY, e.message = (char *)why;
+        e.has_retry_after_ms = true, e.retry_after_ms = 1000;
+        Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
+        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_ERROR, resp.error = &e;
+        uint8_t *frame;
+        size_t len;
+        if (mxp_frame_pack(&resp.base, &frame, &len) == 0) {
+                ssize_t k = send(c, frame, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+                (void)k; /* best effort */
+                free(frame);
+        }
+        close(c);
+}
+
+static void refuse_at_limit(md_listener *l) {
+        md_server *srv = l->srv;
         if (srv->reserve_fd >= 0) {
                 close(srv->reserve_fd);
-                int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                int c = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (c >= 0) {
-                        static const char why[] = "the daemon is out of file descriptors; try again shortly";
-                        Mixtrald__V1__Error e = MIXTRALD__V1__ERROR__INIT;
-                        e.has_code = true, e.code = MIXTRALD__V1__ERROR_CODE__BUSY, e.message = (char *)why;
-                        e.has_retry_after_ms = true, e.retry_after_ms = 1000;
-                        Mixtrald__V1__Response resp = MIXTRALD__V1__RESPONSE__INIT;
-                        resp.kind_case = MIXTRALD__V1__RESPONSE__KIND_ERROR, resp.error = &e;
-                        uint8_t *frame;
-                        size_t len;
-                        if (mxp_frame_pack(&resp.base, &frame, &len) == 0) {
-                                ssize_t k = send(c, frame, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-                                (void)k; /* best effort */
-                                free(frame);
-                        }
-                        close(c);
+                        tell_busy(l, c);
                         srv->emfile_refused++;
                 }
                 srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -57,22 +82,25 @@ static void refuse_at_limit(md_server *srv, int fd) {
                        (unsigned long long)srv->emfile_refused);
                 srv->emfile_logged = now, srv->emfile_refused = 0;
         }
-        sd_event_source_set_enabled(srv->listen_src, SD_EVENT_OFF);
+        set_accepting(srv, false);
         if (!srv->accept_retry)
                 sd_event_add_time_relative(srv->event, &srv->accept_retry, CLOCK_MONOTONIC, 250000, 0, on_accept_retry,
                                            srv);
 }
 
 static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        md_server *srv = userdata;
+        md_listener *l = userdata;
         for (int i = 0; i < 64; i++) {
                 int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (c >= 0) {
-                        md_conn_new(srv, c);
+                        if (l->kind == MD_LISTEN_PROTO)
+                                md_conn_new(l->srv, c);
+                        else
+                                md_http_add(l->srv, c, l->kind == MD_LISTEN_HTTP_TCP);
                         continue;
                 }
                 if (errno == EMFILE || errno == ENFILE)
-                        refuse_at_limit(srv, fd);
+                        refuse_at_limit(l);
                 else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
                         md_log(LOG_WARNING, "accept: %m");
                 break;
@@ -112,7 +140,7 @@ static int clear_stale(const char *path, const struct sockaddr_un *sa, mx_error 
         return 0;
 }
 
-static int make_socket(md_server *srv, const char *path, mx_error *err) {
+static int make_unix(md_server *srv, md_listener *l, const char *path, mx_error *err) {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
         if (strlen(path) >= sizeof(sa.sun_path))
                 return mx_error_set(err, -ENAMETOOLONG, "socket path too long: %s", path);
@@ -131,38 +159,112 @@ static int make_socket(md_server *srv, const char *path, mx_error *err) {
         umask(old);
         if (r < 0)
                 return mx_error_set(err, -errno, "cannot bind %s: %s", path, strerror(errno));
-        if (!(srv->created_socket = strdup(path)))
+        if (!(l->created = strdup(path)))
                 return mx_error_set(err, -ENOMEM, "out of memory");
         if (chmod(path, srv->cfg.socket_mode) < 0 || listen(fd, 256) < 0)
                 return mx_error_set(err, -errno, "%s: %s", path, strerror(errno));
-        srv->listen_fd = MX_TAKE_FD(fd);
-        md_log(LOG_INFO, "listening on %s (mode %04o)", path, srv->cfg.socket_mode);
+        l->fd = MX_TAKE_FD(fd);
+        md_log(LOG_INFO, "listening on %s (mode %04o) for %s", path, srv->cfg.socket_mode,
+               l->kind == MD_LISTEN_PROTO ? "protobuf" : "HTTP");
         return 0;
 }
 
-int md_service_listen(md_server *srv, const char *path, mx_error *err) {
-        int n = sd_listen_fds(true);
-        if (n < 0)
-                return mx_error_set(err, n, "sd_listen_fds: %s", strerror(-n));
-        if (n > 1)
-                return mx_error_set(err, -EINVAL, "systemd passed %d sockets; expected one", n);
-        if (n == 1) {
-                int fd = SD_LISTEN_FDS_START;
-                if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0)
-                        return mx_error_set(err, -EINVAL, "the socket from systemd is not a listening Unix stream socket");
-                if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
-                        return mx_error_set(err, -errno, "fcntl: %s", strerror(errno));
-                srv->listen_fd = fd;
-                md_log(LOG_INFO, "listening on the socket from systemd");
-        } else {
-                int r = make_socket(srv, path, err);
+static int make_tcp(md_server *srv, md_listener *l, const char *addr, mx_error *err) {
+        struct sockaddr_storage ss;
+        socklen_t len;
+        int r = md_listen_addr_parse(addr, &ss, &len, err);
+        if (r < 0)
+                return r;
+        _cleanup_close_ int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return mx_error_set(err, -errno, "http_listen=%s: socket: %s", addr, strerror(errno));
+        int on = 1;
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
+            bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 256) < 0)
+                return mx_error_set(err, -errno, "http_listen=%s: %s", addr, strerror(errno));
+        l->fd = MX_TAKE_FD(fd);
+        md_log(LOG_INFO, "listening on %s for HTTP (API keys)", addr);
+        return 0;
+}
+
+/* What a socket from systemd is for. */
+static int kind_of(const md_server *srv, int fd, md_listen_kind *kind, mx_error *err) {
+        const char *http = srv->cfg.http_socket;
+        if (sd_is_socket_inet(fd, AF_UNSPEC, SOCK_STREAM, 1, 0) > 0)
+                *kind = MD_LISTEN_HTTP_TCP;
+        else if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0)
+                return mx_error_set(err, -EINVAL, "a socket from systemd is not a listening stream socket");
+        else if (strcmp(http, "none") && sd_is_socket_unix(fd, SOCK_STREAM, 1, http, 0) > 0)
+                *kind = MD_LISTEN_HTTP;
+        else
+                *kind = MD_LISTEN_PROTO;
+        if (srv->listen[*kind].fd >= 0)
+                return mx_error_set(err, -EINVAL, "systemd passed two sockets for %s (HTTP's Unix socket is told "
+                                    "apart by its path: http_socket=%s)", kind_names[*kind], http);
+        return 0;
+}
+
+/* Under socket activation, systemd owns the sockets: the daemon serves
+ * what it passes and makes none (it could not under the system unit). */
+static int take_from_systemd(md_server *srv, int n, mx_error *err) {
+        for (int i = 0; i < n; i++) {
+                int fd = SD_LISTEN_FDS_START + i;
+                md_listen_kind kind = MD_LISTEN_PROTO;
+                int r = kind_of(srv, fd, &kind, err);
                 if (r < 0)
                         return r;
+                if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
+                        return mx_error_set(err, -errno, "fcntl: %s", strerror(errno));
+                srv->listen[kind].fd = fd;
+                md_log(LOG_INFO, "listening on %s from systemd", kind_names[kind]);
         }
+        if (srv->listen[MD_LISTEN_PROTO].fd < 0)
+                return mx_error_set(err, -EINVAL, "systemd passed no protobuf socket");
+        if (srv->listen[MD_LISTEN_HTTP].fd < 0 && strcmp(srv->cfg.http_socket, "none"))
+                md_log(LOG_NOTICE, "systemd passed no socket at http_socket=%s: HTTP over a Unix socket is off",
+                       srv->cfg.http_socket);
+        return 0;
+}
+
+static int make_own(md_server *srv, mx_error *err) {
+        int r = make_unix(srv, &srv->listen[MD_LISTEN_PROTO], srv->cfg.socket, err);
+        if (r == 0 && strcmp(srv->cfg.http_socket, "none"))
+                r = make_unix(srv, &srv->listen[MD_LISTEN_HTTP], srv->cfg.http_socket, err);
+        if (r == 0 && srv->cfg.http_listen)
+                r = make_tcp(srv, &srv->listen[MD_LISTEN_HTTP_TCP], srv->cfg.http_listen, err);
+        return r;
+}
+
+int md_service_listen(md_server *srv, mx_error *err) {
+        for (int k = 0; k < MD_LISTEN_KINDS; k++)
+                srv->listen[k] = (md_listener){.srv = srv, .kind = (md_listen_kind)k, .fd = -1};
+        int n = sd_listen_fds(true), r;
+        if (n < 0)
+                return mx_error_set(err, n, "sd_listen_fds: %s", strerror(-n));
+        if ((r = n > 0 ? take_from_systemd(srv, n, err) : make_own(srv, err)) < 0)
+                return r;
         if ((srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0)
                 return mx_error_set(err, -errno, "/dev/null: %s", strerror(errno));
-        int r = sd_event_add_io(srv->event, &srv->listen_src, srv->listen_fd, EPOLLIN, on_accept, srv);
-        return r < 0 ? mx_error_set(err, r, "sd_event_add_io: %s", strerror(-r)) : 0;
+        for (int k = 0; k < MD_LISTEN_KINDS; k++) {
+                md_listener *l = &srv->listen[k];
+                if (l->fd >= 0 && (r = sd_event_add_io(srv->event, &l->src, l->fd, EPOLLIN, on_accept, l)) < 0)
+                        return mx_error_set(err, r, "sd_event_add_io: %s", strerror(-r));
+        }
+        return 0;
+}
+
+void md_service_unlisten(md_server *srv) {
+        for (int k = 0; k < MD_LISTEN_KINDS; k++) {
+                md_listener *l = &srv->listen[k];
+                l->src = sd_event_source_disable_unref(l->src);
+                if (l->created)
+                        unlink(l->created);
+                free(l->created);
+                l->created = NULL; /* a successor may create it again */
+                if (l->fd >= 0)
+                        close(l->fd);
+                l->fd = -1;
+        }
 }
 
 /* ---- stopping ---------------------------------------------------------------- */
@@ -172,7 +274,7 @@ void md_service_maybe_exit(md_server *srv) {
                 return;
         bool pending;
         md_conn_close_idle(srv, &pending);
-        if (!pending)
+        if (!pending && !md_http_pending(srv))
                 sd_event_exit(srv->event, 0);
 }
 
@@ -203,13 +305,7 @@ static int on_stop(sd_event_source *s, const struct signalfd_siginfo *si, void *
         srv->draining = true;
         /* New clients are told at once (no socket, or refused) instead of
          * waiting in a backlog nobody will accept from. */
-        srv->listen_src = sd_event_source_disable_unref(srv->listen_src);
-        if (srv->created_socket)
-                unlink(srv->created_socket);
-        free(srv->created_socket);
-        srv->created_socket = NULL; /* a successor may create it again */
-        close(srv->listen_fd);
-        srv->listen_fd = -1;
+        md_service_unlisten(srv);
         /* The drain may be longer than the unit's stop timeout: ask for it. */
         size_t live = md_core_live(srv->core);
         sd_notifyf(false, "STOPPING=1\nSTATUS=Stopping: %zu requests to finish\nEXTEND_TIMEOUT_USEC=%llu", live,
@@ -236,12 +332,12 @@ static void reload(md_server *srv) {
                 md_log(LOG_ERR, "reload failed, keeping the running configuration: %s", err.msg);
         } else {
                 /* What the running engine and socket were built from stays. */
-                static const char *const fixed[] = {"model", "device", "socket", "state_directory", "kv_type",
-                                                    "kv_memory"};
+                static const char *const fixed[] = {"model", "device", "socket", "state_directory", "http_socket",
+                                                    "http_listen", "kv_type", "kv_memory"};
                 char **mine[] = {&srv->cfg.model, &srv->cfg.device, &srv->cfg.socket, &srv->cfg.state_directory,
-                                 &srv->cfg.kv_type, &srv->cfg.kv_memory};
-                char **theirs[] = {&next.model, &next.device, &next.socket, &next.state_directory, &next.kv_type,
-                                   &next.kv_memory};
+                                 &srv->cfg.http_socket, &srv->cfg.http_listen, &srv->cfg.kv_type, &srv->cfg.kv_memory};
+                char **theirs[] = {&next.model, &next.device, &next.socket, &next.state_directory, &next.http_socket,
+                                   &next.http_listen, &next.kv_type, &next.kv_memory};
                 for (size_t i = 0; i < MX_ELEMENTSOF(fixed); i++) {
                         if ((*mine[i] || *theirs[i]) && (!*mine[i] || !*theirs[i] || strcmp(*mine[i], *theirs[i])))
                                 md_log(LOG_NOTICE, "%s changes only at restart", fixed[i]);
@@ -249,8 +345,14 @@ static void reload(md_server *srv) {
                         *theirs[i] = *mine[i], *mine[i] = t;
                 }
                 next.threads = srv->cfg.threads;
+                if (next.quantize != srv->cfg.quantize)
+                        md_log(LOG_NOTICE, "quantize changes only at restart");
+                next.quantize = srv->cfg.quantize;
                 uint64_t budget = srv->expert_budget;
-                if (mx_expert_budget_parse(next.expert_memory ? next.expert_memory : "auto", srv->load.model, &budget,
+                if (next.quantize && next.expert_memory)
+                        md_log(LOG_ERR, "expert_memory=%s: a model quantized as it loads keeps every expert in "
+                               "memory; expert memory stays as it was", next.expert_memory);
+                else if (mx_expert_budget_parse(next.expert_memory ? next.expert_memory : "auto", srv->load.model, &budget,
                                            &err) < 0)
                         md_log(LOG_ERR, "%s; expert memory stays as it was", err.msg);
                 md_config_free(&srv->cfg);

@@ -34,7 +34,8 @@ int md_status_fill(md_server *srv, uint32_t uid, md_status *st) {
                           .device = e ? mx_engine_describe(e) : srv->cfg.device ? srv->cfg.device : "cpu",
                           .state = md_server_state(srv), .weight_bytes = fp.bytes, .rss_bytes = rss_bytes(),
                           .max_batch = srv->cfg.max_batch, .max_queue = srv->cfg.max_queue,
-                          .connections = srv->n_conns, .context_length = srv->context_length,
+                          .connections = srv->n_conns + md_http_connections(srv),
+                          .context_length = srv->context_length,
                           .uptime_s = md_now() - srv->t_start};
         md_sched_loaded(srv->sched, &st->load_fraction);
         md_core_totals(srv->core, &st->requests_total, &st->tokens_total);

@@ -19,7 +19,7 @@
 #include "mx_common.h"
 #include "mixtrald.h"
 
-#define HEADER "mixtrald-usage 1\n"
+#define KIND "usage" /* STATE/usage, which starts "mixtrald-usage 1" */
 
 void md_usage_free(md_usage *u) {
         free(u->v);
@@ -44,9 +44,7 @@ static md_usage_entry *add(md_usage *u, uint32_t uid) {
         return e;
 }
 
-/* One unsigned decimal field and the separator after it; nothing scanf
- * would also take (signs, spaces, overflow). */
-static bool field(const char **p, char sep, uint64_t max, uint64_t *out) {
+bool md_field_u64(const char **p, char sep, uint64_t max, uint64_t *out) {
         const char *s = *p;
         uint64_t v = 0;
         if (*s < '0' || *s > '9')
@@ -63,33 +61,47 @@ static bool field(const char **p, char sep, uint64_t max, uint64_t *out) {
 
 static bool parse_line(const char *line, md_usage_entry *e) {
         uint64_t uid;
-        bool ok = field(&line, ' ', UINT32_MAX, &uid) && field(&line, ' ', UINT64_MAX, &e->hour_start) &&
-                  field(&line, ' ', UINT64_MAX, &e->hour_used) && field(&line, ' ', UINT64_MAX, &e->day_start) &&
-                  field(&line, '\n', UINT64_MAX, &e->day_used) && *line == '\0';
+        bool ok = md_field_u64(&line, ' ', UINT32_MAX, &uid) && md_field_u64(&line, ' ', UINT64_MAX, &e->hour_start) &&
+                  md_field_u64(&line, ' ', UINT64_MAX, &e->hour_used) &&
+                  md_field_u64(&line, ' ', UINT64_MAX, &e->day_start) &&
+                  md_field_u64(&line, '\n', UINT64_MAX, &e->day_used) && *line == '\0';
         e->uid = (uint32_t)uid;
         return ok;
 }
 
-static int parse(md_usage *u, char *text, mx_error *err) {
-        char *line = text, *next;
-        if (strncmp(text, HEADER, strlen(HEADER)))
-                return mx_error_set(err, -EBADMSG, "%s: not a mixtrald usage file", u->path);
-        line += strlen(HEADER);
+/* text[0..len], NUL-terminated, changed and restored as it goes. */
+static int parse_state(const char *path, char *text, size_t len, const char *kind,
+                       int (*line_fn)(const char *line, void *arg), void *arg, mx_error *err) {
+        char header[64];
+        int n_header = snprintf(header, sizeof(header), "mixtrald-%s 1\n", kind);
+        if (strlen(text) != len)
+                return mx_error_set(err, -EBADMSG, "%s: not a mixtrald %s file (a NUL byte)", path, kind);
+        if (strncmp(text, header, (size_t)n_header))
+                return mx_error_set(err, -EBADMSG, "%s: not a mixtrald %s file", path, kind);
+        char *line = text + n_header, *next;
         for (unsigned n = 2; *line; n++, line = next) {
                 next = strchr(line, '\n');
                 next = next ? next + 1 : line + strlen(line);
                 char saved = *next;
                 *next = '\0';
-                md_usage_entry e;
-                bool ok = parse_line(line, &e) && !find(u, e.uid);
+                int r = line_fn(line, arg);
                 *next = saved;
-                if (!ok)
-                        return mx_error_set(err, -EBADMSG, "%s:%u: corrupt line", u->path, n);
-                md_usage_entry *p = add(u, e.uid);
-                if (!p)
-                        return mx_error_set(err, -ENOMEM, "out of memory");
-                *p = e;
+                if (r == -ENOMEM)
+                        return mx_error_set(err, r, "out of memory");
+                if (r < 0)
+                        return mx_error_set(err, -EBADMSG, "%s:%u: corrupt line", path, n);
         }
+        return 0;
+}
+
+static int usage_line(const char *line, void *arg) {
+        md_usage *u = arg;
+        md_usage_entry e, *p;
+        if (!parse_line(line, &e) || find(u, e.uid))
+                return -EBADMSG;
+        if (!(p = add(u, e.uid)))
+                return -ENOMEM;
+        *p = e;
         return 0;
 }
 
@@ -171,22 +183,25 @@ int md_usage_open(md_usage *u, const char *state_dir, mx_error *err) {
                 return mx_error_set(err, r, "cannot create %s: %s", state_dir, strerror(-r));
         if ((r = check_dir(state_dir, err)) < 0 || (r = take_lock(u, state_dir, err)) < 0)
                 return r;
-        if (asprintf(&u->path, "%s/usage", state_dir) < 0) {
-                u->path = NULL;
+        return md_state_read(state_dir, KIND, 64u << 20, &u->path, usage_line, u, err);
+}
+
+int md_state_read(const char *dir, const char *kind, size_t max, char **path,
+                  int (*line_fn)(const char *line, void *arg), void *arg, mx_error *err) {
+        if (asprintf(path, "%s/%s", dir, kind) < 0) {
+                *path = NULL;
                 return mx_error_set(err, -ENOMEM, "out of memory");
         }
         /* Read whole, refusing a FIFO or device unopened. */
         _cleanup_free_ char *text = NULL;
         size_t len;
         mx_error why = {0};
-        r = mx_read_file(u->path, 64u << 20, &text, &len, &why);
+        int r = mx_read_file(*path, max, &text, &len, &why);
         if (r == -ENOENT)
                 return 0;
         if (r < 0)
                 return mx_error_set(err, r, "%s", why.msg);
-        if (strlen(text) != len)
-                return mx_error_set(err, -EBADMSG, "%s: not a mixtrald usage file (a NUL byte)", u->path);
-        return parse(u, text, err);
+        return parse_state(*path, text, len, kind, line_fn, arg, err);
 }
 
 md_usage_entry *md_usage_get(md_usage *u, uint32_t uid, uint64_t now) {
@@ -210,24 +225,35 @@ int md_usage_charge(md_usage *u, uint32_t uid, uint64_t tokens, uint64_t now) {
         return 0;
 }
 
-static int write_all(int fd, const md_usage *u) {
-        _cleanup_fclose_ FILE *f = fdopen(dup(fd), "w");
-        if (!f)
-                return -errno;
-        fputs(HEADER, f);
+static int write_usage(FILE *f, const void *arg) {
+        const md_usage *u = arg;
+        fputs("mixtrald-" KIND " 1\n", f);
         for (size_t i = 0; i < u->n; i++) {
                 const md_usage_entry *e = &u->v[i];
                 if (e->hour_used || e->day_used)
                         fprintf(f, "%" PRIu32 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", e->uid,
                                 e->hour_start, e->hour_used, e->day_start, e->day_used);
         }
-        int r = fflush(f) == 0 && !ferror(f) ? 0 : -EIO;
-        return r;
+        return 0;
 }
 
 int md_usage_save(const md_usage *u, mx_error *err) {
-        _cleanup_free_ char *tmp = NULL, *dir = strdup(u->path);
-        if (!dir || asprintf(&tmp, "%s.tmp", u->path) < 0)
+        return md_state_write(u->path, write_usage, u, err);
+}
+
+static int write_all(int fd, int (*body)(FILE *f, const void *arg), const void *arg) {
+        _cleanup_fclose_ FILE *f = fdopen(dup(fd), "w");
+        if (!f)
+                return -errno;
+        int r = body(f, arg);
+        if (r == 0 && (fflush(f) != 0 || ferror(f)))
+                r = -EIO;
+        return r;
+}
+
+int md_state_write(const char *path, int (*body)(FILE *f, const void *arg), const void *arg, mx_error *err) {
+        _cleanup_free_ char *tmp = NULL, *dir = strdup(path);
+        if (!dir || asprintf(&tmp, "%s.tmp", path) < 0)
                 return mx_error_set(err, -ENOMEM, "out of memory");
         *strrchr(dir, '/') = '\0';
         /* A fresh file, so that a leftover's looser mode does not carry over. */
@@ -235,14 +261,14 @@ int md_usage_save(const md_usage *u, mx_error *err) {
         _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd < 0)
                 return mx_error_set(err, -errno, "%s: %s", tmp, strerror(errno));
-        int r = write_all(fd, u);
+        int r = write_all(fd, body, arg);
         if (r == 0 && fsync(fd) < 0)
                 r = -errno;
-        if (r == 0 && rename(tmp, u->path) < 0)
+        if (r == 0 && rename(tmp, path) < 0)
                 r = -errno;
         if (r < 0) {
                 unlink(tmp);
-                return mx_error_set(err, r, "cannot save %s: %s", u->path, strerror(-r));
+                return mx_error_set(err, r, "cannot save %s: %s", path, strerror(-r));
         }
         _cleanup_close_ int dfd = open(*dir ? dir : "/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0 || fsync(dfd) < 0)

@@ -133,10 +133,9 @@ static inline uint64_t mx_kv_block_bytes(const mx_config *c, mx_kv_type t) {
 }
 
 /* The CPU backend: threads (0 = all online cores), an instruction set
- * (MX_SIMD_AUTO = the best the CPU has), and a budget for streamed experts
- * (0: all mapped). */
-int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, uint64_t expert_memory,
-                       mx_backend **out, mx_error *err);
+ * (MX_SIMD_AUTO = the best the CPU has), the activations' path, and a
+ * budget for streamed experts (0: all mapped), from o. */
+int mx_cpu_backend_new(const mx_model *m, const mx_engine_opts *o, mx_backend **out, mx_error *err);
 
 /* The CUDA backend on device `index`: every weight uploaded once (bf16),
  * through a few pinned buffers, with o->progress as it goes; or, with

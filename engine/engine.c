@@ -44,14 +44,28 @@ struct mx_seq {
         uint32_t len, max;
 };
 
+/* The index of s among names, or -EINVAL. */
+static int name_index(const char *const *names, size_t n, const char *s) {
+        for (size_t i = 0; i < n; i++)
+                if (strcmp(s, names[i]) == 0)
+                        return (int)i;
+        return -EINVAL;
+}
+
 int mx_simd_from_string(const char *s, mx_simd *out) {
         static const char *const names[] = {"auto", "scalar", "avx2", "avx512"};
-        for (size_t i = 0; i < MX_ELEMENTSOF(names); i++)
-                if (strcmp(s, names[i]) == 0) {
-                        *out = (mx_simd)i;
-                        return 0;
-                }
-        return -EINVAL;
+        int i = name_index(names, MX_ELEMENTSOF(names), s);
+        if (i >= 0)
+                *out = (mx_simd)i;
+        return i < 0 ? i : 0;
+}
+
+int mx_activations_from_string(const char *s, mx_activations *out) {
+        static const char *const names[] = {"auto", "fast", "f32"};
+        int i = name_index(names, MX_ELEMENTSOF(names), s);
+        if (i >= 0)
+                *out = (mx_activations)i;
+        return i < 0 ? i : 0;
 }
 
 static void release_activations(mx_engine *e) {
@@ -122,19 +136,12 @@ int mx_engine_open(mx_engine **out, const mx_model *m, const mx_engine_opts *o, 
         int r = mx_device_parse(o->device, &cuda);
         if (r < 0)
                 return mx_error_set(err, r, "device \"%s\": expected cpu, cuda or cuda:N", o->device);
-        /* GGUF files load block formats, which no backend computes with yet. */
-        for (size_t i = 0; i < m->n_tensors; i++)
-                if (mx_dtype_is_block(m->tensors[i].dtype))
-                        return mx_error_set(err, -EOPNOTSUPP,
-                                            "%s/%s: tensor \"%s\" is %s: the engine computes with F32, F16 and BF16 "
-                                            "weights only", m->dir, m->tensors[i].file, m->tensors[i].name,
-                                            mx_dtype_name(m->tensors[i].dtype));
         _cleanup_(mx_engine_freep) mx_engine *e = calloc(1, sizeof(*e));
         if (!e)
                 return mx_error_set(err, -ENOMEM, "out of memory");
         e->model = m;
         r = cuda >= 0 ? mx_cuda_backend_new(m, cuda, o, &e->be, err)
-                      : mx_cpu_backend_new(m, o->threads, o->simd, o->expert_memory, &e->be, err);
+                      : mx_cpu_backend_new(m, o, &e->be, err);
         if (r < 0 || (r = open_kv(e, o, cuda >= 0, err)) < 0)
                 return r;
         *out = MX_TAKE_PTR(e);

@@ -46,6 +46,19 @@ static int load_tokenizer(mx_load *l, const mx_load_opts *o, mx_error *err) {
 }
 
 static int budgets(mx_load *l, const mx_load_opts *o, mx_error *err) {
+        /* Streaming reads experts from the files as they are stored; a model
+         * quantized in memory has no file to read them from. */
+        if (o->quantize && o->expert_memory && strcmp(o->expert_memory, "all"))
+                return mx_error_set(err, -EINVAL, "quantizing as the model loads (%s) and streaming experts "
+                                    "(expert memory %s) exclude each other: quantize to a file once "
+                                    "(mixtral-run --quantize TYPE --save FILE.gguf) and stream from that",
+                                    mx_ftype_name(o->quantize), o->expert_memory);
+        if (o->quantize) {
+                l->expert_memory_min = experts_floor(l->model);
+                return o->host_cache ? mx_error_set(err, -EINVAL, "a host cache (%s) is for streaming experts, "
+                                                    "which a model quantized as it loads cannot do", o->host_cache)
+                                     : 0;
+        }
         int r = mx_expert_budget_parse(o->expert_memory ? o->expert_memory : "auto", l->model, &l->expert_memory,
                                        err);
         if (r < 0)
@@ -120,10 +133,17 @@ int mx_load_engine(mx_load *l, const mx_load_opts *o, mx_error *err) {
                 return r;
         /* Streaming reads the experts itself: paging the files in would
          * defeat it. */
-        stage paging = {o, "Loading the model"}, upload = {o, "Loading the model onto the GPU"};
-        if (file && cpu && !l->expert_memory && mx_model_fits_in_memory(l->model))
+        stage paging = {o, "Loading the model"}, upload = {o, "Loading the model onto the GPU"},
+              quantizing = {o, "Quantizing the weights"};
+        /* Quantizing reads every weight once, in order: paging in first
+         * would read the file twice. */
+        if (file && cpu && !l->expert_memory && !o->quantize && mx_model_fits_in_memory(l->model))
                 mx_model_prefault(l->model, o->progress ? report : NULL, &paging);
+        if (o->quantize && (r = mx_model_quantize(l->model, o->quantize, o->threads, o->progress ? report : NULL,
+                                                  &quantizing, err)) < 0)
+                return r;
         mx_engine_opts eo = {.device = o->device, .threads = o->threads, .simd = o->simd,
+                             .activations = o->activations,
                              .expert_memory = l->expert_memory, .host_cache = l->host_cache,
                              .kv_type = l->kv_type, .kv_memory = l->kv_memory,
                              .kv_memory_percent = l->kv_memory_percent,

@@ -374,6 +374,36 @@ bool mx_model_fits_in_memory(const mx_model *m);
  * every step. */
 int mx_model_check_files(const mx_model *m, mx_error *err);
 
+/* ---- load-time quantization ------------------------------------------------- */
+
+/* What mx_model_quantize makes of a model, as llama.cpp's file types. */
+typedef enum mx_ftype {
+        MX_FTYPE_NONE,   /* as stored */
+        MX_FTYPE_Q8_0,   /* 8.5 bits a weight */
+        MX_FTYPE_Q4_0,   /* 4.5 bits, output Q6_K */
+        MX_FTYPE_Q4_K_M, /* about 4.8 bits: Q4_K, some tensors Q5_K, Q6_K, Q8_0 */
+        MX_FTYPE_Q5_K_M, /* about 5.6 bits: Q5_K, some Q6_K, Q8_0 */
+        MX_FTYPE_Q6_K,   /* 6.56 bits */
+} mx_ftype;
+
+/* "none", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"; -EINVAL otherwise. */
+int mx_ftype_parse(const char *s, mx_ftype *out);
+const char *mx_ftype_name(mx_ftype ft);
+/* The type tensor t of m gets under ft (engine/model/quantize.c says why):
+ * its own where it stays as it is (norms, the router, rows that are not
+ * whole blocks, tensors already in a block format). */
+mx_dtype mx_ftype_tensor_type(const mx_model *m, const mx_tensor *t, mx_ftype ft);
+/* Rewrites m's weights into ft's types on `threads` threads (0: every
+ * core), reading each once; progress(bytes read, bytes to read, arg) after
+ * each tensor (may be NULL). The copies belong to m; the tensors' data,
+ * dtype and nbytes change, and no longer correspond to the files (expert
+ * streaming, which reads the files, refuses such a model). Once per
+ * model: -EALREADY after. */
+int mx_model_quantize(mx_model *m, mx_ftype ft, uint32_t threads,
+                      void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg, mx_error *err);
+/* What mx_model_quantize made of m (MX_FTYPE_NONE: nothing). */
+mx_ftype mx_model_quantized(const mx_model *m);
+
 /* ---- engine: forward pass and sequences ---------------------------------- */
 
 typedef enum mx_simd {
@@ -403,10 +433,29 @@ const char *mx_kv_type_name(mx_kv_type t);
  * (the GPU's, after the weights). With err NULL it only checks the text. */
 int mx_kv_memory_parse(const char *s, uint64_t *bytes, uint32_t *percent, mx_error *err);
 
+/* How the CPU multiplies activations by weights. */
+typedef enum mx_activations {
+        MX_ACTIVATIONS_AUTO, /* the fast path */
+        /* Each token's activations rounded per product to the weights'
+         * partner: int8 blocks for Q8_0, Q4_0 and the K-quants (multiplied
+         * with the CPU's int8 dot-product instructions), bf16 for BF16
+         * weights (AVX512-BF16); fp32 for F16 and F32 weights. */
+        MX_ACTIVATIONS_FAST,
+        /* fp32 activations against weights decoded exactly: the reference. */
+        MX_ACTIVATIONS_F32,
+} mx_activations;
+
+/* "auto", "fast", "f32" */
+int mx_activations_from_string(const char *s, mx_activations *out);
+
 typedef struct mx_engine_opts {
         const char *device; /* "cpu" (default), "cuda" or "cuda:N" */
         uint32_t threads;   /* 0: every online core */
         mx_simd simd;
+        /* Either path gives the same results on every instruction set and
+         * whatever else shares a step; they differ from each other by the
+         * rounding of the activations. */
+        mx_activations activations;
         /* Expert streaming: bytes of expert weights to keep in memory (the
          * rest is read from the files on demand); 0 keeps them all, mapped.
          * At least top-k experts per layer are kept whatever it says. */
@@ -587,6 +636,8 @@ typedef struct mx_load_opts {
         const char *host_cache;    /* NULL: auto; a GPU's only */
         const char *kv_type;       /* NULL: bf16 */
         const char *kv_memory;     /* NULL: auto (see mx_kv_memory_parse) */
+        mx_ftype quantize;         /* the weights' types, made as they load (none: as stored) */
+        mx_activations activations;
         /* Optional: what is being done ("Loading the model", ...), bytes
          * done and in all. Called from the thread that loads. */
         void (*progress)(const char *what, uint64_t done, uint64_t total, void *arg);

@@ -170,6 +170,7 @@ static void cpu_destroy(mx_backend *b) {
         free(cb->inv_freq);
         free(cb->rope_cos);
         free(cb->rope_sin);
+        free(cb->act);
         mx_cpu_moe_free(cb);
         mx_expert_cache_free(cb->experts);
         free(cb->kv);
@@ -236,22 +237,22 @@ static mx_isa isa_for(mx_simd simd) {
         case MX_SIMD_SCALAR:
                 return MX_ISA_SCALAR;
         case MX_SIMD_AVX2:
-                return MX_ISA_AVX2;
+                return mx_isa_best_of(MX_ISA_AVX2);
         case MX_SIMD_AVX512:
-                return MX_ISA_AVX512;
+                return mx_isa_best_of(MX_ISA_AVX512);
         case MX_SIMD_AUTO:
                 break;
         }
         return mx_isa_detect();
 }
 
-int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, uint64_t expert_memory,
-                       mx_backend **out, mx_error *err) {
+int mx_cpu_backend_new(const mx_model *m, const mx_engine_opts *o, mx_backend **out, mx_error *err) {
+        uint32_t threads = o->threads;
         for (size_t i = 0; i < m->n_tensors; i++)
                 if (!m->tensors[i].data)
                         return mx_error_set(err, -EINVAL, "%s: the weights are not in host memory (a synthetic "
                                             "model made for the GPU): the CPU cannot run it", m->dir);
-        mx_isa isa = isa_for(simd);
+        mx_isa isa = isa_for(o->simd);
         if (!mx_isa_supported(isa))
                 return mx_error_set(err, -EOPNOTSUPP, "this CPU (or build) cannot run %s kernels",
                                     mx_isa_name(isa));
@@ -265,6 +266,7 @@ int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, uint64
         cb->base = (mx_backend){&cpu_ops, m};
         cb->k = mx_kernels_for(isa);
         cb->threads = threads;
+        cb->fast = o->activations != MX_ACTIVATIONS_F32;
         cb->scratch = calloc(threads, sizeof(*cb->scratch));
         cb->inv_freq = calloc(m->cfg.head_dim / 2, sizeof(float));
         cb->rope_cos = calloc(m->cfg.head_dim / 2, sizeof(float));
@@ -280,12 +282,12 @@ int mx_cpu_backend_new(const mx_model *m, uint32_t threads, mx_simd simd, uint64
                 float e = (float)(2 * i) / (float)m->cfg.head_dim;
                 cb->inv_freq[i] = 1.0f / powf((float)m->cfg.rope_theta, e);
         }
-        if (expert_memory && (r = mx_expert_cache_new(m, expert_memory, NULL, &cb->experts, err)) < 0) {
+        if (o->expert_memory && (r = mx_expert_cache_new(m, o->expert_memory, NULL, &cb->experts, err)) < 0) {
                 cpu_destroy(&cb->base);
                 return r;
         }
-        int k = snprintf(cb->desc, sizeof(cb->desc), "cpu, %u thread%s, %s", threads, threads == 1 ? "" : "s",
-                         mx_isa_name(isa));
+        int k = snprintf(cb->desc, sizeof(cb->desc), "cpu, %u thread%s, %s, %s activations", threads,
+                         threads == 1 ? "" : "s", mx_isa_name(isa), cb->fast ? "fast" : "f32");
         if (cb->experts) {
                 mx_expert_stats st;
                 mx_expert_cache_stats(cb->experts, &st);

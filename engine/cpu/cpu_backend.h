@@ -20,6 +20,9 @@ typedef struct cpu_backend {
         mx_pool *pool;
         const mx_kernels *k;
         uint32_t threads;
+        bool fast;                             /* the fast path (kernels.h) */
+        uint8_t *act;                          /* [n][mx_act_row_bytes]: a product's activations, rounded */
+        size_t act_cap;                        /* bytes */
         char desc[320];
         float *inv_freq, *rope_cos, *rope_sin; /* head_dim / 2 each */
         cpu_f32 *f32;                          /* norm weights as fp32 (tiny) */

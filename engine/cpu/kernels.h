@@ -1,11 +1,44 @@
 /* Matrix kernels of the CPU backend, one set per instruction set.
  *
- * Every output is a dot product of one weight row and one activation row,
- * summed the same way everywhere: lane j of 16 accumulates k = j, j+16,
- * j+32, ... with fused multiply-adds, and the 16 lanes are added in one
- * fixed tree. So the scalar, AVX2 and AVX-512 kernels give bit-identical
- * results, and so do tiles of any shape: a token's logits do not depend on
- * which other tokens share its batch or which instructions ran. */
+ * Two ways to compute a product, chosen per engine (mx_engine_opts.
+ * activations):
+ *
+ * - The f32 path: fp32 activations, weights decoded to exactly the floats
+ *   of mx_dequant_row. Every output is a dot product summed the same way
+ *   everywhere: lane j of 16 accumulates k = j, j+16, j+32, ... with fused
+ *   multiply-adds, and the 16 lanes are added in one fixed tree
+ *   (mx_reduce16).
+ *
+ * - The fast path (bf16 and block weights): each token's activations are
+ *   first rounded to the weight's partner format (mx_act_for), as llama.cpp
+ *   does: int8 blocks of 32 with a float scale for Q8_0 and Q4_0, of 256 for
+ *   the K-quants (whose integer sub-block scales then apply before any
+ *   float), bf16 for BF16 weights. Integer products are exact, so only the
+ *   float steps are fixed:
+ *     Q8_0, Q4_0: 16 lanes; each 64 activations (two blocks of 32) give
+ *       lane l the exact sum P of weight level x activation over values
+ *       4l..4l+3 (Q8_0 q, Q4_0 q - 8); lane l accumulates fma(dw * dx, P)
+ *       with the scales of its block; a row of an odd number of blocks ends
+ *       on a pair whose second half counts with zeros;
+ *     K-quants: per super-block, S[l] = the exact sum over its four 64-value
+ *       chunks of sub-block scale x unsigned level x activation over values
+ *       4l..4l+3 of the chunk; lane l accumulates fma(d * dx, S[l]); and 16
+ *       lanes G, lane s accumulating fma(w_s, xs_s) with xs_s the
+ *       activations' dx x the sum of levels s*16..s*16+15 and w_s the
+ *       weights' offset there (Q4_K, Q5_K: dmin * m of the sub-block; Q6_K:
+ *       d * (32 * scale), its levels being q - 32); the output is
+ *       mx_reduce16(lanes) - mx_reduce16(G);
+ *     BF16: lane i accumulates, per 32 values, pair 2i+1 then pair 2i with
+ *       fused multiply-adds of exact bf16 products (what AVX512-BF16's
+ *       vdpbf16ps does for normal numbers; where a product or a partial
+ *       sum falls under 2^-126 the instruction flushes it to zero and the
+ *       other kernels do not).
+ *
+ * Either way the scalar, AVX2 and AVX-512 kernels (with or without the
+ * dot-product instructions) give bit-identical results, and so do tiles
+ * of any shape: a token's outputs do not depend on which other tokens
+ * share its batch or which instructions ran (tests/quant/test_kernels.c,
+ * tests/engine/test_forward.c). */
 #pragma once
 
 #include <stdbool.h>
@@ -13,12 +46,39 @@
 
 #include "mixtral.h"
 
+/* Activations as the fast path hands them to the kernels, per token. */
+typedef enum mx_act {
+        MX_ACT_F32,  /* fp32 as they are (the f32 path; F32 and F16 weights) */
+        MX_ACT_Q8,   /* int8 q[cols], then float d[cols/32]: x ~ d * q per 32 values */
+        /* int8 q[cols], then float d[cols/256], then float xs[cols/16]:
+         * each 16 levels' sum times their d, rounded */
+        MX_ACT_Q8K,
+        MX_ACT_BF16, /* uint16 bf16[cols], rounded to nearest even */
+} mx_act;
+
+/* The activation format weights of type w get; F32 unless fast. */
+mx_act mx_act_for(mx_dtype w, bool fast);
+/* Bytes one token's activations take in format a (a multiple of 64). */
+uint64_t mx_act_row_bytes(mx_act a, uint64_t cols);
+/* One token: cols floats into format a at dst (mx_act_row_bytes). */
+void mx_act_quantize(mx_act a, const float *x, uint64_t cols, uint8_t *dst);
+/* Where the scales of an MX_ACT_Q8 or MX_ACT_Q8K row are, and the scaled
+ * sums of an MX_ACT_Q8K row. */
+static inline const float *mx_act_scales(const uint8_t *row, uint64_t cols) {
+        return (const float *)(row + cols);
+}
+static inline const float *mx_act_sums(const uint8_t *row, uint64_t cols) {
+        return (const float *)(row + cols) + cols / 256;
+}
+
 typedef struct mx_matmul_args {
         const uint8_t *w;    /* row 0 of the weight matrix, [rows][cols] */
         mx_dtype dtype;
         uint64_t cols;
-        const float *x;      /* [n][ldx] activations */
+        const float *x;      /* [n][ldx] fp32 activations (the f32 path) */
         uint64_t ldx;
+        const uint8_t *xq;   /* [n][ldxq bytes] in mx_act_for(dtype, true); NULL: the f32 path */
+        uint64_t ldxq;
         float *out;          /* [n][ldo]; out[t][r] = dot(w[r], x[t]) */
         uint64_t ldo;
         uint32_t n;
@@ -27,21 +87,25 @@ typedef struct mx_matmul_args {
 
 typedef enum mx_isa {
         MX_ISA_SCALAR,
-        MX_ISA_AVX2,   /* AVX2 + FMA + F16C */
-        MX_ISA_AVX512, /* AVX-512 F, BW, VL */
+        MX_ISA_AVX2,        /* AVX2 + FMA + F16C */
+        MX_ISA_AVX2_VNNI,   /* ... and AVX-VNNI (vpdpbusd on 256 bits) */
+        MX_ISA_AVX512,      /* AVX-512 F, BW, VL */
+        MX_ISA_AVX512_VNNI, /* ... and AVX512-VNNI and AVX512-BF16 */
+        MX_ISA_COUNT
 } mx_isa;
 
 typedef struct mx_kernels {
         mx_isa isa;
         /* Rows [r0, r1) of the product, for all n tokens. */
         void (*matmul_rows)(const mx_matmul_args *a, uint64_t r0, uint64_t r1);
-        /* The same 16-lane dot product over two fp32 vectors. */
+        /* The f32 path's 16-lane dot product over two fp32 vectors. */
         float (*dot)(const float *a, const float *b, uint64_t n);
         /* y[i] = fma(a, x[i], y[i]) */
         void (*axpy)(float a, const float *x, float *y, uint64_t n);
 } mx_kernels;
 
-extern const mx_kernels mx_kernels_scalar, mx_kernels_avx2, mx_kernels_avx512;
+extern const mx_kernels mx_kernels_scalar, mx_kernels_avx2, mx_kernels_avx2_vnni, mx_kernels_avx512,
+        mx_kernels_avx512_vnni;
 
 /* The lane order's final sum, shared by every kernel. */
 static inline float mx_reduce16(const float l[16]) {
@@ -55,8 +119,10 @@ static inline float mx_reduce16(const float l[16]) {
 }
 
 /* The best instruction set this CPU (and this build) has; whether it has
- * one; its kernels. */
+ * one; its name ("avx512-vnni"); its kernels. */
 mx_isa mx_isa_detect(void);
 bool mx_isa_supported(mx_isa isa);
 const char *mx_isa_name(mx_isa isa);
 const mx_kernels *mx_kernels_for(mx_isa isa);
+/* The best variant of a family (MX_ISA_AVX2 or MX_ISA_AVX512) this CPU runs. */
+mx_isa mx_isa_best_of(mx_isa family);

@@ -1,19 +1,14 @@
-/* AVX-512 kernels (F, BW, VL): one zmm accumulator is exactly the 16 lanes
- * of the reference order (kernels.h), so results equal the scalar kernel's
- * bit for bit. Compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c,
- * called only where the CPU has them. */
-#include <immintrin.h>
-
-#include "tiles.h"
-
-static inline float reduce(__m512 v) {
-        __m256 lo = _mm512_castps512_ps256(v);
-        __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-        __m256 a = _mm256_add_ps(lo, hi);
-        __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-        return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));
-}
+/* AVX-512 kernels (F, BW, VL) of the f32 path: one zmm accumulator is
+ * exactly the 16 lanes of the reference order (kernels.h), so results
+ * equal the scalar kernel's bit for bit. Block weights are decoded a block
+ * at a time into L1 by quant.h's decoders (the same floats as everywhere),
+ * then multiplied like fp32 weights (tiles.h's DEFINE_QTILE over
+ * simd_avx512.h). The fast path is fast_avx512.c's.
+ * Compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c (and, for
+ * the _vnni variant, the dot-product instructions), called only where the
+ * CPU has them. */
+#include "quant.h"
+#include "simd_avx512.h"
 
 static inline __m512 load_bf16(const void *p, __mmask16 m) {
         __m256i h = _mm256_maskz_loadu_epi16(m, p);
@@ -28,13 +23,11 @@ static inline __m512 load_f32(const void *p, __mmask16 m) {
         return _mm512_maskz_loadu_ps(m, p);
 }
 
-#define UNROLL _Pragma("GCC unroll 16")
-
-/* An R x T tile: rows w[0..R) (row_bytes apart) against tokens x[0..T)
- * (ldx apart); full 16-wide steps, then one masked step for the tail. The
- * accumulators must live in registers: the loops over R and T are unrolled
- * completely. */
-#define DEFINE_TILE(NAME, R, T, LOAD, ESIZE)                                                       \
+/* An R x T tile of a float type (ESIZE bytes a weight): full 16-wide
+ * steps, then one masked step for the tail. The accumulators must live in
+ * registers: the loops over R and T are unrolled completely. */
+/* (MX_KERNEL_TILES passes LOAD, ESIZE as one argument, MX_LOAD_BF16 and so on.) */
+#define DEFINE_TILE(NAME, LOAD, ESIZE, R, T)                                                      \
         static inline __attribute__((always_inline)) void NAME##_step(                             \
                 const uint8_t *w, uint64_t row_bytes, const float *x, uint64_t ldx, uint64_t k,    \
                 __mmask16 m, __m512 acc[R][T]) {                                                   \
@@ -46,43 +39,22 @@ static inline __m512 load_f32(const void *p, __mmask16 m) {
                                 _mm512_fmadd_ps(wv[r], xv, acc[r][t]);                             \
                 }                                                                                  \
         }                                                                                          \
-        static void NAME(const uint8_t *w, uint64_t row_bytes, const float *x, uint64_t ldx,       \
+        static void NAME(const uint8_t *w, uint64_t row_bytes, const uint8_t *xb, uint64_t ldxb,   \
                          uint64_t K, float *out, uint64_t ldo, bool accumulate) {                  \
+                const float *x = (const float *)xb;                                                \
+                uint64_t ldx = ldxb / sizeof(float), k = 0;                                        \
                 __m512 acc[R][T];                                                                  \
                 UNROLL for (int r = 0; r < R; r++) UNROLL for (int t = 0; t < T; t++) acc[r][t] =  \
                         _mm512_setzero_ps();                                                       \
-                uint64_t k = 0;                                                                    \
                 for (; k + 16 <= K; k += 16)                                                       \
                         NAME##_step(w, row_bytes, x, ldx, k, 0xffff, acc);                         \
                 if (k < K)                                                                         \
                         NAME##_step(w, row_bytes, x, ldx, k, (__mmask16)((1u << (K - k)) - 1), acc); \
-                UNROLL for (int t = 0; t < T; t++) UNROLL for (int r = 0; r < R; r++) {            \
-                        float s = reduce(acc[r][t]);                                               \
-                        float *o = out + t * ldo + r;                                              \
-                        *o = accumulate ? *o + s : s;                                              \
-                }                                                                                  \
+                UNROLL for (int t = 0; t < T; t++) UNROLL for (int r = 0; r < R; r++)              \
+                        mx_tile_put(out + t * ldo + r, vf_reduce(acc[r][t]), accumulate);             \
         }
 
-#define DEFINE_TILES(SUFFIX, LOAD, ESIZE)                                                          \
-        DEFINE_TILE(tile1x1_##SUFFIX, 1, 1, LOAD, ESIZE)                                           \
-        DEFINE_TILE(tile1x2_##SUFFIX, 1, 2, LOAD, ESIZE)                                           \
-        DEFINE_TILE(tile1x3_##SUFFIX, 1, 3, LOAD, ESIZE)                                           \
-        DEFINE_TILE(tile4x6_##SUFFIX, 4, 6, LOAD, ESIZE)                                           \
-        DEFINE_TILE(tile4x1_##SUFFIX, 4, 1, LOAD, ESIZE)                                           \
-        static const mx_tiles tiles_##SUFFIX = {ESIZE,                                              \
-                                                {NULL, tile1x1_##SUFFIX, tile1x2_##SUFFIX, tile1x3_##SUFFIX}, \
-                                                tile4x6_##SUFFIX, tile4x1_##SUFFIX, 4, 6};
-
-DEFINE_TILES(bf16, load_bf16, 2)
-DEFINE_TILES(f16, load_f16, 2)
-DEFINE_TILES(f32, load_f32, 4)
-
-static void matmul_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
-        mx_tiles_rows(a->dtype == MX_DTYPE_BF16  ? &tiles_bf16
-                      : a->dtype == MX_DTYPE_F16 ? &tiles_f16
-                                                 : &tiles_f32,
-                      a, r0, r1);
-}
+MX_KERNEL_TILES(4, 6, 4, MX_SYM(mx_fast_tiles_avx512))
 
 static float dot(const float *a, const float *b, uint64_t n) {
         __m512 acc = _mm512_setzero_ps();
@@ -90,7 +62,7 @@ static float dot(const float *a, const float *b, uint64_t n) {
                 __mmask16 m = n - k >= 16 ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
                 acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k), acc);
         }
-        return reduce(acc);
+        return vf_reduce(acc);
 }
 
 static void axpy(float a, const float *x, float *y, uint64_t n) {
@@ -102,4 +74,4 @@ static void axpy(float a, const float *x, float *y, uint64_t n) {
         }
 }
 
-const mx_kernels mx_kernels_avx512 = {MX_ISA_AVX512, matmul_rows, dot, axpy};
+const mx_kernels MX_SYM(mx_kernels_avx512) = {MX_VNNI ? MX_ISA_AVX512_VNNI : MX_ISA_AVX512, matmul_rows, dot, axpy};

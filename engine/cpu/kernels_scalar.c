@@ -1,22 +1,162 @@
-/* The portable kernel: the reference every SIMD kernel must equal bit for
- * bit (see kernels.h for the summation order). fmaf is the fused
- * multiply-add the vector units do. */
+/* The portable kernels: the reference every SIMD kernel must equal bit for
+ * bit (see kernels.h for the summation orders). fmaf is the fused
+ * multiply-add the vector units do; the integer sums are exact in any
+ * order. */
 #include <math.h>
 #include <string.h>
 
 #include "quant.h"
 #include "kernels.h"
 
-static float dot_row(const uint8_t *row, mx_dtype dt, const float *x, uint64_t cols) {
-        float lane[16] = {0};
-        for (uint64_t k0 = 0; k0 < cols; k0 += 16)
+/* ---- the f32 path ---------------------------------------------------------------- */
+
+static float dot_f32(const uint8_t *row, mx_dtype dt, const float *x, uint64_t cols) {
+        float lane[16] = {0}, w[MX_QK_K];
+        uint32_t qk = mx_dtype_block_elems(dt), bytes = mx_dtype_block_bytes(dt);
+        bool block = mx_dtype_is_block(dt);
+        for (uint64_t k0 = 0; k0 < cols; k0 += 16) {
+                if (block && k0 % qk == 0)
+                        mx_dequant_block(dt, row + k0 / qk * bytes, w);
                 for (int j = 0; j < 16; j++) {
                         uint64_t k = k0 + (uint64_t)j;
-                        float w = k < cols ? mx_element_f32(row, dt, k) : 0.0f;
-                        float v = k < cols ? x[k] : 0.0f;
-                        lane[j] = fmaf(w, v, lane[j]);
+                        float wk = k >= cols ? 0.0f : block ? w[k % qk] : mx_element_f32(row, dt, k);
+                        lane[j] = fmaf(wk, k < cols ? x[k] : 0.0f, lane[j]);
+                }
+        }
+        return mx_reduce16(lane);
+}
+
+/* ---- the fast path: Q8_0 and Q4_0 against MX_ACT_Q8 --------------------------------------- */
+
+/* Block b's signed levels and fp16 scale. */
+static float block32(const uint8_t *row, mx_dtype dt, uint64_t b, int w[32]) {
+        if (dt == MX_DTYPE_Q8_0) {
+                const mx_block_q8_0 *q = (const mx_block_q8_0 *)row + b;
+                for (int i = 0; i < 32; i++)
+                        w[i] = q->qs[i];
+                return mx_f16_to_f32(q->d);
+        }
+        const mx_block_q4_0 *q = (const mx_block_q4_0 *)row + b;
+        for (int i = 0; i < 16; i++)
+                w[i] = (q->qs[i] & 0xf) - 8, w[i + 16] = (q->qs[i] >> 4) - 8;
+        return mx_f16_to_f32(q->d);
+}
+
+static float dot_q32(const uint8_t *row, mx_dtype dt, const uint8_t *xq, uint64_t cols) {
+        const int8_t *x = (const int8_t *)xq;
+        const float *dx = mx_act_scales(xq, cols);
+        uint64_t nb = cols / 32;
+        float lane[16] = {0};
+        for (uint64_t b0 = 0; b0 < nb; b0 += 2)
+                for (uint64_t h = 0; h < 2; h++) {
+                        uint64_t b = b0 + h;
+                        int w[32] = {0}, p[8] = {0};
+                        float ds = 0;
+                        if (b < nb) {
+                                ds = block32(row, dt, b, w) * dx[b];
+                                for (int e = 0; e < 32; e++)
+                                        p[e / 4] += w[e] * x[32 * b + e];
+                        }
+                        for (int l = 0; l < 8; l++)
+                                lane[8 * h + l] = fmaf(ds, (float)p[l], lane[8 * h + l]);
                 }
         return mx_reduce16(lane);
+}
+
+/* ---- the fast path: K-quants against MX_ACT_Q8K ---------------------------------------- */
+
+/* A super-block as the integer products see it: unsigned levels, each
+ * value's sub-block scale, d, and the offset's weight for each 16 values. */
+typedef struct kblock {
+        float d;
+        uint8_t u[256];  /* [256] */
+        int sc[256];     /* [256] */
+        float w16[16];   /* [16] */
+} kblock;
+
+static void kmin_decode(uint16_t d, uint16_t dmin, const uint8_t *scales, kblock *k) {
+        k->d = mx_f16_to_f32(d);
+        for (int j = 0; j < 8; j++) {
+                uint8_t sc, m;
+                mx_q4k_scale(scales, j, &sc, &m);
+                for (int e = 32 * j; e < 32 * j + 32; e++)
+                        k->sc[e] = sc;
+                k->w16[2 * j] = k->w16[2 * j + 1] = mx_f16_to_f32(dmin) * (float)m;
+        }
+}
+
+static void kblock_decode(const uint8_t *row, mx_dtype dt, uint64_t sb, kblock *k) {
+        if (dt == MX_DTYPE_Q4_K) {
+                const mx_block_q4_k *b = (const mx_block_q4_k *)row + sb;
+                kmin_decode(b->d, b->dmin, b->scales, k);
+                for (int e = 0; e < 256; e++)
+                        k->u[e] = mx_q4k_quant(b, e);
+        } else if (dt == MX_DTYPE_Q5_K) {
+                const mx_block_q5_k *b = (const mx_block_q5_k *)row + sb;
+                kmin_decode(b->d, b->dmin, b->scales, k);
+                for (int e = 0; e < 256; e++)
+                        k->u[e] = mx_q5k_quant(b, e);
+        } else {
+                const mx_block_q6_k *b = (const mx_block_q6_k *)row + sb;
+                k->d = mx_f16_to_f32(b->d);
+                for (int e = 0; e < 256; e++)
+                        k->u[e] = mx_q6k_quant(b, e), k->sc[e] = b->scales[e / 16];
+                for (int s = 0; s < 16; s++)
+                        k->w16[s] = k->d * (float)(32 * b->scales[s]);
+        }
+}
+
+static float dot_k(const uint8_t *row, mx_dtype dt, const uint8_t *xq, uint64_t cols) {
+        const int8_t *x = (const int8_t *)xq;
+        const float *dx = mx_act_scales(xq, cols), *xs = mx_act_sums(xq, cols);
+        float lane[16] = {0}, g[16] = {0};
+        kblock k;
+        for (uint64_t sb = 0; sb < cols / 256; sb++) {
+                kblock_decode(row, dt, sb, &k);
+                int s[16] = {0};
+                for (int e = 0; e < 256; e++)
+                        s[(e % 64) / 4] += k.sc[e] * ((int)k.u[e] * x[256 * sb + e]);
+                float dd = k.d * dx[sb];
+                for (int l = 0; l < 16; l++) {
+                        lane[l] = fmaf(dd, (float)s[l], lane[l]);
+                        g[l] = fmaf(k.w16[l], xs[16 * sb + l], g[l]);
+                }
+        }
+        return mx_reduce16(lane) - mx_reduce16(g);
+}
+
+/* ---- the fast path: BF16 against MX_ACT_BF16 -------------------------------------- */
+
+static float bf16_at(const uint8_t *p, uint64_t i, uint64_t n) {
+        return i < n ? mx_element_f32(p, MX_DTYPE_BF16, i) : 0.0f;
+}
+
+static float dot_bf16(const uint8_t *row, const uint8_t *x, uint64_t cols) {
+        float lane[16] = {0};
+        for (uint64_t k0 = 0; k0 < cols; k0 += 32)
+                for (int i = 0; i < 16; i++) {
+                        uint64_t e = k0 + 2 * (uint64_t)i;
+                        lane[i] = fmaf(bf16_at(row, e + 1, cols), bf16_at(x, e + 1, cols), lane[i]);
+                        lane[i] = fmaf(bf16_at(row, e, cols), bf16_at(x, e, cols), lane[i]);
+                }
+        return mx_reduce16(lane);
+}
+
+/* One output of either path. */
+static float dot_row(const mx_matmul_args *a, const uint8_t *row, uint32_t t) {
+        if (!a->xq)
+                return dot_f32(row, a->dtype, a->x + t * a->ldx, a->cols);
+        const uint8_t *x = a->xq + t * a->ldxq;
+        switch (mx_act_for(a->dtype, true)) {
+        case MX_ACT_Q8:
+                return dot_q32(row, a->dtype, x, a->cols);
+        case MX_ACT_Q8K:
+                return dot_k(row, a->dtype, x, a->cols);
+        case MX_ACT_BF16:
+                return dot_bf16(row, x, a->cols);
+        default:
+                return dot_f32(row, a->dtype, (const float *)x, a->cols);
+        }
 }
 
 static void matmul_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
@@ -24,7 +164,7 @@ static void matmul_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
         mx_dtype_row_bytes(a->dtype, a->cols, &row_bytes);
         for (uint64_t r = r0; r < r1; r++)
                 for (uint32_t t = 0; t < a->n; t++) {
-                        float s = dot_row(a->w + r * row_bytes, a->dtype, a->x + t * a->ldx, a->cols);
+                        float s = dot_row(a, a->w + r * row_bytes, t);
                         float *o = a->out + t * a->ldo + r;
                         *o = a->accumulate ? *o + s : s;
                 }

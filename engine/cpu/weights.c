@@ -9,13 +9,8 @@
 
 void mx_cpu_row_to_f32(const mx_tensor *t, uint64_t r, float *out) {
         uint64_t cols = t->ndim == 2 ? t->shape[1] : t->shape[0];
-        const uint8_t *row = t->ndim == 2 ? mx_tensor_row(t, r) : t->data;
-        if (t->dtype == MX_DTYPE_F32) {
-                memcpy(out, row, cols * 4);
-                return;
-        }
-        for (uint64_t i = 0; i < cols; i++)
-                out[i] = mx_element_f32(row, t->dtype, i);
+        /* (The shape was checked against the type when it was bound.) */
+        mx_dequant_row(t->dtype, t->ndim == 2 ? mx_tensor_row(t, r) : t->data, out, cols);
 }
 
 static int add_norm(cpu_backend *cb, const mx_tensor *t) {

@@ -205,6 +205,19 @@ int mx_cuda_stream_set_host(cuda_backend *cb, uint64_t bytes, mx_error *err) {
         return 0;
 }
 
+/* An expert in a block format (the slots and copies here take float
+ * types), or NULL. */
+static const mx_tensor *block_expert(const mx_model *m) {
+        for (uint32_t L = 0; L < m->cfg.n_layers; L++)
+                for (uint32_t e = 0; e < m->cfg.n_experts; e++) {
+                        const mx_tensor *w[3] = {m->layers[L].w1[e], m->layers[L].w2[e], m->layers[L].w3[e]};
+                        for (int k = 0; k < 3; k++)
+                                if (mx_dtype_is_block(w[k]->dtype))
+                                        return w[k];
+                }
+        return NULL;
+}
+
 int mx_cuda_stream_new(cuda_backend *cb, uint64_t budget, uint64_t host_cache, mx_error *err) {
         const mx_model *m = cb->base.model;
         const mx_config *c = &m->cfg;
@@ -222,7 +235,11 @@ int mx_cuda_stream_new(cuda_backend *cb, uint64_t budget, uint64_t host_cache, m
             !(s->freq = calloc((size_t)s->layers * s->E, sizeof(uint32_t))) ||
             !(s->guessed = calloc(s->layers, sizeof(uint64_t))))
                 return mx_error_set(err, -ENOMEM, "out of memory");
-        const mx_tensor *w = m->layers[0].w1[0];
+        const mx_tensor *w = m->layers[0].w1[0], *q = block_expert(m);
+        if (q)
+                return mx_error_set(err, -EOPNOTSUPP, "%s: tensor \"%s\" is %s: streaming experts to the GPU takes "
+                                    "bf16, f16 or f32 experts (the GPU does not compute with blocks yet); "
+                                    "use a GPU that holds the model, or the CPU", m->dir, q->name, mx_dtype_name(q->dtype));
         if (w->dtype != MX_DTYPE_BF16) {
                 s->raw_bytes = m->layers[0].w2[0]->nbytes > w->nbytes ? m->layers[0].w2[0]->nbytes : w->nbytes;
                 if (mxk_malloc(cb->ctx, &s->raw, s->raw_bytes) < 0)

@@ -1,5 +1,6 @@
 /* Putting the weights on the GPU: matrices as bf16 (the stored type; f16
- * and f32 checkpoints are rounded to it), norms as fp32. A file's bytes go
+ * and f32 checkpoints are rounded to it, and block formats decoded on the
+ * host and rounded too, until the GPU computes with blocks), norms as fp32. A file's bytes go
  * through the context's few pinned staging buffers, so there is never a
  * second host copy of the model; a synthetic model's matrices are generated
  * in place. An expert's w1 and w3 are stacked ([2F][H]) so one kernel reads
@@ -27,6 +28,17 @@ static uint64_t device_size(const mx_tensor *t) {
         return t->ndim == 1 ? t->shape[0] * 4 : t->shape[0] * t->shape[1] * 2;
 }
 
+/* A row of a block format as bf16, a block at a time. */
+static void block_row_to_bf16(mx_dtype dt, const uint8_t *row, uint64_t cols, uint16_t *dst) {
+        float v[MX_QK_K];
+        uint32_t qk = mx_dtype_block_elems(dt), bytes = mx_dtype_block_bytes(dt);
+        for (uint64_t b = 0; b < cols / qk; b++) {
+                mx_dequant_block(dt, row + b * bytes, v);
+                for (uint32_t i = 0; i < qk; i++)
+                        dst[b * qk + i] = mx_f32_to_bf16(v[i]);
+        }
+}
+
 /* Rows [r0, r1) of t as bf16 into dst (host), in Hugging Face row order. */
 static void rows_to_bf16(const mx_tensor *t, uint64_t r0, uint64_t r1, uint16_t *dst) {
         uint64_t cols = t->shape[1];
@@ -36,6 +48,10 @@ static void rows_to_bf16(const mx_tensor *t, uint64_t r0, uint64_t r1, uint16_t 
         }
         for (uint64_t r = r0; r < r1; r++, dst += cols) {
                 const uint8_t *row = mx_tensor_row(t, r);
+                if (mx_dtype_is_block(t->dtype)) {
+                        block_row_to_bf16(t->dtype, row, cols, dst);
+                        continue;
+                }
                 for (uint64_t i = 0; i < cols; i++)
                         dst[i] = t->dtype == MX_DTYPE_BF16 ? ((const uint16_t *)row)[i]
                                                            : mx_f32_to_bf16(mx_element_f32(row, t->dtype, i));

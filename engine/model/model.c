@@ -262,6 +262,7 @@ void mx_model_free(mx_model *m) {
                 free(p->experts);
                 free(p->synth_data);
                 free(p->dense_copy);
+                free(p->quant_data);
                 free(p);
         }
         free(m->layers);

@@ -14,6 +14,8 @@ typedef struct model_priv {
         void *dense_copy;          /* mx_model_copy_dense's private weights */
         mx_gguf *gguf;             /* GGUF layout: each file's header, parallel to mx_model.files */
         bool borrowed_maps;        /* the files' bytes belong to the caller (never unmapped) */
+        void *quant_data;          /* mx_model_quantize's weights, each tensor 64-byte aligned */
+        mx_ftype quantized;        /* what mx_model_quantize made of the model */
 } model_priv;
 
 char *mx_path_join(const char *dir, const char *name);
@@ -34,6 +36,8 @@ mx_tensor *mx_model_find(const mx_model *m, const char *name);
  * thread of pool; mx_synth_pool makes one of every online core. */
 typedef struct mx_pool mx_pool;
 int mx_synth_pool(mx_pool **out);
+/* A pool of `threads` threads, 0: one per online core. */
+int mx_model_pool(uint32_t threads, mx_pool **out);
 void mx_synth_fill(mx_pool *pool, const mx_tensor *t, uint16_t *v);
 
 /* Binds every tensor the architecture needs by name and shape. */

@@ -121,9 +121,13 @@ static void fill_chunk(void *arg, uint32_t task, uint32_t thread) {
                 f->v[j] = mx_synth_bf16(f->t->synth_seed, j, f->t->synth_scale);
 }
 
-int mx_synth_pool(mx_pool **out) {
+int mx_model_pool(uint32_t threads, mx_pool **out) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        return mx_pool_new(cores > 0 && cores < 256 ? (uint32_t)cores : 1, out);
+        return mx_pool_new(threads ? threads : cores > 0 && cores < 256 ? (uint32_t)cores : 1, out);
+}
+
+int mx_synth_pool(mx_pool **out) {
+        return mx_model_pool(0, out);
 }
 
 /* One core made the 23 GB of the GPU curve's checkpoint in minutes. */

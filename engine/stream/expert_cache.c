@@ -140,6 +140,10 @@ int mx_expert_cache_new(const mx_model *m, uint64_t budget, const mx_expert_pin 
         const mx_config *cfg = &m->cfg;
         if (m->n_files == 0)
                 return mx_error_set(err, -EINVAL, "%s: expert streaming needs the model's files", m->dir);
+        if (mx_model_quantized(m))
+                return mx_error_set(err, -EINVAL, "%s: the experts were quantized in memory (%s) and no longer match "
+                                    "the files expert streaming reads: stream from a saved GGUF of the quantized "
+                                    "model instead", m->dir, mx_ftype_name(mx_model_quantized(m)));
         _cleanup_(mx_expert_cache_freep) mx_expert_cache *c = calloc(1, sizeof(*c));
         if (!c || !(c->parts = calloc((size_t)cfg->n_layers * cfg->n_experts * 3, sizeof(part))) ||
             !(c->freq = calloc((size_t)cfg->n_layers * cfg->n_experts, sizeof(uint32_t))))

@@ -155,6 +155,22 @@ expect 2 "temperature" -- "$run" -m "$tiny" -p x --temperature -1
 expect 2 "top_p" -- "$run" -m "$tiny" -p x --top-p 0
 expect 2 "--top-k: 'x' is not" -- "$run" -m "$tiny" -p x --top-k x
 expect 2 "--simd: 'neon' is not" -- "$run" -m "$tiny" -p x --simd neon
+expect 2 "--activations: 'int4' is not" -- "$run" -m "$tiny" -p x --activations int4
+expect 2 "--quantize: 'q3_k' is not" -- "$run" -m "$tiny" -p x --quantize q3_k
+expect 2 "--quantize and --expert-memory exclude each other" -- "$run" -m "$tiny" -p x --quantize q8_0 \
+        --expert-memory 50%
+
+# --- quantized as it loads: every instruction set gives the same tokens, on
+# either path; --info counts the bytes of each type ------------------------------
+for act in fast f32; do
+        q=$("$run" -m "$tiny" -p "Hello world" --temperature 0 -n 8 --print-ids --quantize q4_0 --activations $act) ||
+                fail "--quantize q4_0 --activations $act"
+        [ "$(wc -w <<<"$q")" -eq 8 ] || fail "--quantize q4_0 -n 8 gave '$q'"
+        qs=$("$run" -m "$tiny" -p "Hello world" --temperature 0 -n 8 --print-ids --quantize q4_0 --activations $act \
+                --threads 1 --simd scalar)
+        [ "$q" = "$qs" ] || fail "--quantize q4_0 --activations $act: scalar gave '$qs', auto '$q'"
+done
+expect 0 "BF16 " -- "$run" -m "$tiny" --info
 expect 2 "--threads: '0' is out of range" -- "$run" -m "$tiny" -p x --threads 0
 expect 2 "needs the weights: --model DIR" -- "$run" -t "$trained" -p x
 expect 1 "does not fit the context of 2" -- "$run" -m "$tiny" -p "Hello world" --ctx 2
@@ -206,7 +222,11 @@ if [ -n "$gguf" ] && [ -f "$gguf/tiny-bf16.gguf" ]; then
         [ "$("$run" -m "$g" --tokenize -p "Hello world, ünïcödé")" = "$want" ] || fail "--tokenize on $g"
         [ "$("$run" -t "$g" --tokenize -p "Hello world, ünïcödé")" = "$want" ] || fail "-t $g --tokenize"
         expect 0 "" -- "$run" -m "$g" --chat "Hi there" -n 4 --seed 1
-        expect 1 "tensor \"token_embd.weight\" is Q8_0" -- "$run" -m "$gguf/tiny-q8_0.gguf" -p x -n 1
+        # Block formats compute as stored; their experts stream from the file.
+        want=$("$run" -m "$gguf/tiny-q8_0.gguf" -p "Hello world" --temperature 0 -n 8 --print-ids) ||
+                fail "generation on tiny-q8_0.gguf"
+        got=$("$run" -m "$gguf/tiny-q8_0.gguf" -p "Hello world" --temperature 0 -n 8 --print-ids --expert-memory min)
+        [ "$got" = "$want" ] || fail "tiny-q8_0.gguf --expert-memory min: greedy ids '$got', mapped '$want'"
         expect 1 "$gguf/bad/magic.gguf: not a GGUF file" -- "$run" -m "$gguf/bad/magic.gguf" --info
         expect 1 "$gguf/bad/tok-gpt2.gguf: tokenizer \"gpt2\" is not supported" -- \
                 "$run" -m "$gguf/bad/tok-gpt2.gguf" -p x -n 1
@@ -220,6 +240,15 @@ expect 0 "wrote $tmp/tiny.gguf" -- "$run" -m "$tiny" --save "$tmp/tiny.gguf"
 want=$("$run" -m "$tiny" -p "Hello world" --temperature 0 -n 8 --print-ids)
 got=$("$run" -m "$tmp/tiny.gguf" -p "Hello world" --temperature 0 -n 8 --print-ids) || fail "generation on --save's file"
 [ "$got" = "$want" ] || fail "--save's GGUF: greedy ids '$got', the checkpoint's '$want'"
+# --quantize with --save: the file holds the quantized weights and gives the
+# tokens of quantizing at load, mapped or with its experts streamed.
+expect 0 "wrote $tmp/q4.gguf" -- "$run" -m "$tiny" --quantize q4_0 --save "$tmp/q4.gguf"
+expect 0 "Q4_0" -- "$run" -m "$tmp/q4.gguf" --info
+want=$("$run" -m "$tiny" --quantize q4_0 -p "Hello world" --temperature 0 -n 8 --print-ids)
+got=$("$run" -m "$tmp/q4.gguf" -p "Hello world" --temperature 0 -n 8 --print-ids) || fail "generation on q4.gguf"
+[ "$got" = "$want" ] || fail "--quantize --save's GGUF: greedy ids '$got', quantized at load '$want'"
+got=$("$run" -m "$tmp/q4.gguf" -p "Hello world" --temperature 0 -n 8 --print-ids --expert-memory min)
+[ "$got" = "$want" ] || fail "q4.gguf --expert-memory min: greedy ids '$got', expected '$want'"
 head -c 3000 "$(dirname "$0")/../../tools/demo-tokenizer/corpus.txt" >"$tmp/text.txt"
 ppl=$("$run" -m "$tiny" --perplexity "$tmp/text.txt" --ctx 32 --kl-base "$tmp/tiny.gguf" 2>/dev/null) ||
         fail "--perplexity --kl-base"

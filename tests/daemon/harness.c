@@ -18,10 +18,26 @@
 
 #include "harness.h"
 
-static double now_ms(void) {
+double dh_now_s(void) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+        return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double now_ms(void) {
+        return dh_now_s() * 1e3;
+}
+
+int dh_cmp_double(const void *a, const void *b) {
+        double x = *(const double *)a, y = *(const double *)b;
+        return (x > y) - (x < y);
+}
+
+dh_gen dh_bench_request(int i, uint32_t tokens) {
+        static const char *prompts[] = {"The history of", "Once upon a time", "In the beginning",
+                                        "A recipe for", "Dear diary,", "The theorem states"};
+        return (dh_gen){.prompt = prompts[i % 6], .raw = true, .has_temperature = true, .temperature = 0,
+                        .seed = (uint64_t)i, .max_tokens = tokens, .ignore_eos = true};
 }
 
 int dh_init(dh_daemon *d, const char *binary, const char *model, const char *config_text) {
@@ -420,4 +436,10 @@ Mixtrald__V1__Response *dh_quota(const dh_daemon *d) {
                 return NULL;
         }
         return r;
+}
+
+bool dh_file_has(const char *path, const char *needle) {
+        char cmd[600];
+        snprintf(cmd, sizeof(cmd), "grep -qF -- '%s' '%s'", needle, path);
+        return system(cmd) == 0;
 }

@@ -37,6 +37,8 @@ void dh_kill9(dh_daemon *d);
 void dh_cleanup(dh_daemon *d);
 /* The last lines of the daemon's log, on stderr (after a failure). */
 void dh_show_log(const dh_daemon *d, int lines);
+/* Whether the file (a daemon's log) holds the text. */
+bool dh_file_has(const char *path, const char *needle);
 /* Resident memory of the daemon, in KiB. */
 long dh_rss_kib(const dh_daemon *d);
 bool dh_alive(const dh_daemon *d);
@@ -97,6 +99,13 @@ int dh_collect(int fd, uint64_t tag, dh_result *out, int timeout_ms);
 int dh_collect_many(int fd, dh_result *out, size_t n, int timeout_ms);
 /* One request on a fresh connection, start to end. */
 int dh_run(const dh_daemon *d, const dh_gen *g, dh_result *out);
+
+/* For benchmarks: the monotonic clock in seconds; qsort's order of
+ * doubles; the i-th of a set of requests that all decode exactly `tokens`
+ * (different raw prompts, greedy, EOS ignored). */
+double dh_now_s(void);
+int dh_cmp_double(const void *a, const void *b);
+dh_gen dh_bench_request(int i, uint32_t tokens);
 
 /* Status and quota replies (free with mixtrald__v1__response__free_unpacked). */
 Mixtrald__V1__Response *dh_status(const dh_daemon *d);

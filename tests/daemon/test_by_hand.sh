@@ -25,7 +25,7 @@ grep -q 'ready: serving' "$t/tty.log" || fail "it did not say it was ready"
 
 help=$("$mixtrald" --help) || fail "--help"
 for opt in --model --device --socket --config --state-directory --threads --max-frame-bytes --socket-mode \
-        --bus --user --check-config --help --version; do
+        --bus --user --check-config --help --version --http-socket --http-listen; do
         grep -q -- "$opt" <<<"$help" || fail "--help does not name $opt"
         grep -q -- "${opt//-/\\\\-}" "$man" || fail "mixtrald(8) does not name $opt"
 done

@@ -467,6 +467,35 @@ static void test_many_clients(dh_daemon *d) {
         CHECK(after - before < RSS_SLACK_KIB, "RSS grew from %ld to %ld KiB", before, after);
 }
 
+/* quantize = q4_0: the daemon serves what mixtral-run --quantize q4_0
+ * computes, says so once loaded, and keeps the setting over a reload. */
+static void test_quantized(void) {
+        static const char qconfig[] = "[daemon]\nthreads = 1\nquantize = q4_0\n";
+        dh_daemon d;
+        CHECK(dh_init(&d, mixtrald, model, qconfig) == 0, "init");
+        if (dh_start(&d, NULL) < 0) {
+                CHECK(false, "the daemon with quantize = q4_0 did not start");
+                dh_show_log(&d, 20);
+                dh_cleanup(&d);
+                return;
+        }
+        const char *argv[] = {mixtral_run, "--model", model, "--threads", "1", "--quantize", "q4_0", "--temperature",
+                              "0", "--max-tokens", "16", "--prompt", "Once upon a time", NULL};
+        char *want = run_offline(argv);
+        dh_gen g = {.prompt = "Once upon a time", .raw = true, .has_temperature = true, .temperature = 0,
+                    .max_tokens = 16};
+        dh_result res = {0};
+        int rc = dh_run(&d, &g, &res);
+        CHECK(want && rc == 0 && res.text && strcmp(res.text, want) == 0, "quantized: daemon '%s' (rc %d: %s), "
+              "mixtral-run --quantize q4_0 '%s'", res.text ? res.text : "", rc, res.message ? res.message : "",
+              want ? want : "(failed)");
+        CHECK(dh_file_has(d.log, "quantized to q4_0"), "the log does not say the model was quantized");
+        free(want);
+        dh_result_free(&res);
+        CHECK(dh_stop(&d) == 0, "the quantized daemon's exit status");
+        dh_cleanup(&d);
+}
+
 int main(int argc, char **argv) {
         if (argc != 4) {
                 fprintf(stderr, "usage: test-daemon MIXTRALD MIXTRAL_RUN DEMO_MODEL_DIR\n");
@@ -511,5 +540,8 @@ int main(int argc, char **argv) {
         if (test_failures)
                 dh_show_log(&d, 40);
         dh_cleanup(&d);
+        const char *only = getenv("TEST_ONLY");
+        if (!only || strstr("quantized", only))
+                test_quantized();
         return test_result();
 }

@@ -40,12 +40,6 @@ static int start(dh_daemon *d, const char *config) {
         return r;
 }
 
-static bool file_has(const char *path, const char *needle) {
-        char cmd[600];
-        snprintf(cmd, sizeof(cmd), "grep -qF -- '%s' '%s'", needle, path);
-        return system(cmd) == 0;
-}
-
 static int count_lines(const char *path, const char *needle) {
         char cmd[600];
         snprintf(cmd, sizeof(cmd), "grep -cF -- '%s' '%s'", needle, path);
@@ -286,7 +280,7 @@ static void test_hopeless_prompt(void) {
                       strstr(res.message, "at least"),
               "an 8 MB prompt: %d '%s'", res.error, res.message);
         dh_result_free(&res);
-        CHECK(file_has(d.log, "refused: TOO_LONG"), "the refusal was not logged");
+        CHECK(dh_file_has(d.log, "refused: TOO_LONG"), "the refusal was not logged");
         free(prompt);
         CHECK(dh_stop(&d) == 0, "exit status");
         dh_cleanup(&d);
@@ -328,7 +322,7 @@ static void refused_start(dh_daemon *d, const char *why, const char *needle) {
         int st = dh_stop(d);
         CHECK(st == 1, "%s: exit status %d, not 1", why, st);
         CHECK(now_s() - t0 < 30, "%s: took %.1f s", why, now_s() - t0);
-        CHECK(file_has(d->log, needle), "%s: the log does not say '%s'", why, needle);
+        CHECK(dh_file_has(d->log, needle), "%s: the log does not say '%s'", why, needle);
 }
 
 static void test_state_and_files(void) {
@@ -344,7 +338,7 @@ static void test_state_and_files(void) {
         CHECK(dh_init(&b, mixtrald, model, "[daemon]\nthreads=1\n") == 0, "init");
         snprintf(b.socket, sizeof(b.socket), "%s", a.socket);
         refused_start(&b, "a served socket", "another mixtrald serves");
-        CHECK(!file_has(b.log, "weights"), "the second daemon opened the model before finding the socket taken");
+        CHECK(!dh_file_has(b.log, "weights"), "the second daemon opened the model before finding the socket taken");
         dh_cleanup(&b);
 
         /* A config file that is a FIFO, met at SIGHUP: the reload fails, the
@@ -356,7 +350,7 @@ static void test_state_and_files(void) {
         CHECK(fd >= 0 && status_ok(fd), "not served after a reload from a FIFO");
         if (fd >= 0)
                 close(fd);
-        CHECK(file_has(a.log, "reload failed") && file_has(a.log, "a FIFO"), "the failed reload was not logged");
+        CHECK(dh_file_has(a.log, "reload failed") && dh_file_has(a.log, "a FIFO"), "the failed reload was not logged");
         CHECK(dh_stop(&a) == 0, "exit status");
 
         /* ... and at start. */

@@ -1,7 +1,10 @@
 /* The forward pass against Hugging Face transformers (tests/data), and
  * against itself: KV-cached decoding against one pass over everything,
  * batched against one by one, every instruction set and thread count
- * against the scalar single-threaded reference.
+ * against the scalar single-threaded reference. The f32 path is held to
+ * transformers' fp32 logits; the fast path (bf16 activations for these
+ * bf16 checkpoints) to 1e-1 of them per case, and to itself bit for bit
+ * everywhere.
  *
  *   test-forward CHECKPOINT_DIR     (with expected.json from
  *                                    tools/make-hf-reference.py) */
@@ -61,8 +64,8 @@ static double rel_l2(const float *a, const float *b, size_t n) {
         return sqrt(d / s);
 }
 
-static mx_engine *open_engine(const mx_model *m, mx_simd simd, uint32_t threads) {
-        mx_engine_opts o = {.simd = simd, .threads = threads, .kv_type = MX_KV_F32};
+static mx_engine *open_engine(const mx_model *m, mx_simd simd, uint32_t threads, mx_activations act) {
+        mx_engine_opts o = {.simd = simd, .threads = threads, .activations = act, .kv_type = MX_KV_F32};
         mx_engine *e = NULL;
         mx_error err = {0};
         CHECK(mx_engine_open(&e, m, &o, &err) == 0, "%s", err.msg);
@@ -108,7 +111,9 @@ static void greedy_pass(mx_engine *e, const mx_ids *prompt, mx_ids *gen, float *
         mx_seq_free(s);
 }
 
-static void against_transformers(mx_engine *e) {
+/* Logits within `tolerance` of transformers'; on the f32 path also its
+ * greedy ids (the references' margins are wide enough for fp32 only). */
+static void against_transformers(mx_engine *e, double tolerance, bool greedy) {
         double worst = 0;
         for (size_t c = 0; c < n_cases; c++) {
                 const ref_case *rc = &cases[c];
@@ -116,12 +121,16 @@ static void against_transformers(mx_engine *e) {
                 for (size_t p = 0; p < rc->prompt.n; p++) {
                         double r = rel_l2(got + p * vocab, rc->logits + p * vocab, vocab);
                         worst = r > worst ? r : worst;
-                        CHECK(r < 1e-3, "case %zu position %zu: relative L2 error %.3g", c, p, r);
+                        CHECK(greedy ? r < tolerance : true, "case %zu position %zu: relative L2 error %.3g", c, p, r);
                 }
+                double over = rel_l2(got, rc->logits, rc->prompt.n * vocab);
+                CHECK(over < tolerance, "case %zu: relative L2 error %.3g", c, over);
+                if (!greedy)
+                        printf("case %zu: relative L2 error %.3g over its %zu positions\n", c, over, rc->prompt.n);
                 mx_ids gen = {0};
                 float *steps = malloc((rc->prompt.n + GREEDY) * vocab * sizeof(float));
                 greedy_pass(e, &rc->prompt, &gen, steps);
-                CHECK(ids_eq(gen.v, gen.n, rc->greedy.v, rc->greedy.n), "case %zu: greedy ids differ", c);
+                CHECK(!greedy || ids_eq(gen.v, gen.n, rc->greedy.v, rc->greedy.n), "case %zu: greedy ids differ", c);
 
                 /* The cached path equals one pass over prompt + continuation. */
                 mx_ids all = {0};
@@ -154,8 +163,8 @@ static float **batched(mx_engine *e) {
         return out;
 }
 
-static void same_everywhere(const mx_model *m) {
-        mx_engine *ref = open_engine(m, MX_SIMD_SCALAR, 1);
+static void same_everywhere(const mx_model *m, mx_activations act) {
+        mx_engine *ref = open_engine(m, MX_SIMD_SCALAR, 1, act);
         float *want[MAX_CASES];
         for (size_t c = 0; c < n_cases; c++)
                 want[c] = full_pass(ref, &cases[c].prompt);
@@ -169,7 +178,7 @@ static void same_everywhere(const mx_model *m) {
         static const uint32_t threads[] = {1, 3};
         for (size_t i = 0; i < MX_ELEMENTSOF(all); i++)
                 for (size_t t = 0; t < MX_ELEMENTSOF(threads); t++) {
-                        mx_engine_opts o = {.simd = all[i], .threads = threads[t], .kv_type = MX_KV_F32};
+                        mx_engine_opts o = {.simd = all[i], .threads = threads[t], .activations = act, .kv_type = MX_KV_F32};
                         mx_engine *e = NULL;
                         mx_error err = {0};
                         if (mx_engine_open(&e, m, &o, &err) < 0) {
@@ -266,7 +275,8 @@ static void consolidated_layout(const mx_model *hf, bool released) {
                       "the released params.json: rope_theta %g, context %u (not mistral-inference's 1e6, 32768)",
                       m->cfg.rope_theta, m->cfg.max_position_embeddings);
         if (m) {
-                mx_engine *a = open_engine(hf, MX_SIMD_AUTO, 0), *b = open_engine(m, MX_SIMD_AUTO, 0);
+                mx_engine *a = open_engine(hf, MX_SIMD_AUTO, 0, MX_ACTIVATIONS_AUTO),
+                          *b = open_engine(m, MX_SIMD_AUTO, 0, MX_ACTIVATIONS_AUTO);
                 for (size_t c = 0; c < n_cases; c++) {
                         float *x = full_pass(a, &cases[c].prompt), *y = full_pass(b, &cases[c].prompt);
                         CHECK(memcmp(x, y, cases[c].prompt.n * vocab * 4) == 0,
@@ -298,15 +308,22 @@ int main(int argc, char **argv) {
         }
         vocab = m->cfg.vocab_size;
         load_expected(argv[1]);
-        mx_engine *e = open_engine(m, MX_SIMD_AUTO, 0);
+        mx_engine *e = open_engine(m, MX_SIMD_AUTO, 0, MX_ACTIVATIONS_F32);
         if (e)
-                against_transformers(e);
+                against_transformers(e, 1e-3, true);
         mx_engine_free(e);
-        e = open_engine(m, MX_SIMD_SCALAR, 1);
+        e = open_engine(m, MX_SIMD_SCALAR, 1, MX_ACTIVATIONS_F32);
         if (e)
-                against_transformers(e);
+                against_transformers(e, 1e-3, true);
         mx_engine_free(e);
-        same_everywhere(m);
+        /* bf16 activations: about 1e-2 per case, more where a router's
+         * choice between near-equal experts flips (hf-tiny case 1). */
+        e = open_engine(m, MX_SIMD_AUTO, 0, MX_ACTIVATIONS_FAST);
+        if (e)
+                against_transformers(e, 1e-1, false);
+        mx_engine_free(e);
+        same_everywhere(m, MX_ACTIVATIONS_F32);
+        same_everywhere(m, MX_ACTIVATIONS_FAST);
         consolidated_layout(m, false);
         /* (Only where the checkpoint's values are mistral-inference's defaults.) */
         if (m->cfg.rope_theta == 1e6)

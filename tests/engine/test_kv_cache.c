@@ -20,8 +20,10 @@ static mx_model *model;
 static mx_tokenizer *tok;
 static uint32_t vocab;
 
-static mx_engine *open_engine(mx_kv_type t, const char *kv_memory) {
-        mx_engine_opts o = {.threads = 2, .kv_type = t};
+/* (act: MX_ACTIVATIONS_F32 where bf16 KV's rounding must be the only
+ * difference between the two types) */
+static mx_engine *open_engine(mx_kv_type t, const char *kv_memory, mx_activations act) {
+        mx_engine_opts o = {.threads = 2, .kv_type = t, .activations = act};
         mx_error err = {0};
         if (kv_memory)
                 CHECK(mx_kv_memory_parse(kv_memory, &o.kv_memory, &o.kv_memory_percent, &err) == 0, "%s", err.msg);
@@ -74,7 +76,7 @@ static double rel_l2(const float *a, const float *ref, size_t n) {
 /* A prefix of whole blocks (shared) and one that ends inside a block
  * (its last block copied): the same logits as computing it, bit for bit. */
 static void cached_logits_are_computed_ones(mx_kv_type t) {
-        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(t, NULL);
+        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(t, NULL, MX_ACTIVATIONS_AUTO);
         static const size_t lengths[] = {48, 53, 16, 7};
         for (size_t i = 0; e && i < MX_ELEMENTSOF(lengths); i++) {
                 mx_ids p = {0}, q = {0};
@@ -93,8 +95,8 @@ static void cached_logits_are_computed_ones(mx_kv_type t) {
 
 /* bf16 K and V: logits within 1e-2 (relative L2) of f32 ones. */
 static void bf16_close_to_f32(void) {
-        _cleanup_(mx_engine_freep) mx_engine *eb = open_engine(MX_KV_BF16, NULL);
-        _cleanup_(mx_engine_freep) mx_engine *ef = open_engine(MX_KV_F32, NULL);
+        _cleanup_(mx_engine_freep) mx_engine *eb = open_engine(MX_KV_BF16, NULL, MX_ACTIVATIONS_F32);
+        _cleanup_(mx_engine_freep) mx_engine *ef = open_engine(MX_KV_F32, NULL, MX_ACTIVATIONS_F32);
         mx_ids p = {0}, q = {0};
         made_up(7, 1, &p);
         made_up(8, 120, &q);
@@ -183,7 +185,7 @@ static size_t common_prefix(const mx_ids *a, const mx_ids *b) {
  * model's answer often tokenizes to other ids than were generated), all
  * but its last token at most. */
 static void chats(mx_kv_type t, bool batched) {
-        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(t, NULL);
+        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(t, NULL, MX_ACTIVATIONS_AUTO);
         mx_conversation conv[CHATS] = {0};
         mx_ids before[CHATS] = {0};
         size_t asked[CHATS] = {0};
@@ -238,7 +240,7 @@ static size_t cached_for(mx_engine *e, const mx_ids *p, bool cache, uint64_t ns)
 }
 
 static void reports_and_evictions(void) {
-        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(MX_KV_BF16, NULL);
+        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(MX_KV_BF16, NULL, MX_ACTIVATIONS_AUTO);
         mx_ids a = {0}, b = {0}, other = {0};
         made_up(1, 120, &a);
         made_up(1, 120, &b);
@@ -271,14 +273,14 @@ static void reports_and_evictions(void) {
 static void small_pool(bool cache) {
         uint64_t block = 0;
         {
-                _cleanup_(mx_engine_freep) mx_engine *probe = open_engine(MX_KV_BF16, NULL);
+                _cleanup_(mx_engine_freep) mx_engine *probe = open_engine(MX_KV_BF16, NULL, MX_ACTIVATIONS_AUTO);
                 mx_kv_stats s;
                 mx_engine_kv_stats(probe, &s);
                 block = s.block_bytes;
         }
         char mem[32];
         snprintf(mem, sizeof(mem), "%llu", (unsigned long long)block * 16);
-        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(MX_KV_BF16, mem);
+        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(MX_KV_BF16, mem, MX_ACTIVATIONS_AUTO);
         if (!e)
                 return;
         CHECK(mx_engine_kv_tokens(e) == 256, "a pool of %u tokens", mx_engine_kv_tokens(e));

@@ -11,71 +11,27 @@
 #include <string.h>
 
 #include "fuzz.h"
-#include "mixtrald.h"
+#include "fuzz_params.h"
 
 /* The limit the daemon's own tests run with: frames of a fuzzer-sized
  * input can reach it. */
 #define MAX_FRAME (64u << 10)
 
-static mx_tokenizer *tok;
-
-static void load(void) {
-        const char *path = getenv("MX_FUZZ_TOKENIZER");
-        mx_error err;
-        if (mx_tokenizer_load(&tok, path ? path : MX_FUZZ_TOKENIZER, &err) < 0) {
-                fprintf(stderr, "%s\n", err.msg);
-                abort();
-        }
-}
-
-/* UTF-8 with no NUL inside, and NUL-terminated. */
-static bool text_ok(const char *s, size_t len) {
-        return s && strlen(s) == len && mx_utf8_valid(s, len);
-}
-
-/* What the scheduler and the sampler take on trust once a request passed. */
-static void check_accepted(const Mixtrald__V1__Generate *g, const md_gen_params *p) {
-        if (!p->prompt.s == !p->n_messages || (p->prompt.s && (!p->prompt.len || !text_ok(p->prompt.s, p->prompt.len))))
-                abort();
-        if (p->raw && (p->n_messages || p->system.s))
-                abort();
-        if (p->system.s && !text_ok(p->system.s, p->system.len))
-                abort();
-        for (size_t i = 0; i < p->n_messages; i++)
-                if (!text_ok(p->messages[i].content, p->messages[i].len) || p->messages[i].role > MX_ROLE_ASSISTANT)
-                        abort();
-        if (p->n_stop > 16 || p->n_stop != g->n_stop)
-                abort();
-        for (size_t i = 0; i < p->n_stop; i++) {
-                size_t n = p->stop[i].len;
-                if (n == 0 || n > 256 || !text_ok(p->stop[i].s, n))
-                        abort();
-        }
-        if (mx_sampling_check(&p->sampling, NULL) < 0)
-                abort();
-}
-
 static void generate(const Mixtrald__V1__Generate *g) {
         md_gen_params p;
         mx_error err;
         if (md_gen_params_from(g, &p, &err) == 0) {
-                check_accepted(g, &p);
-                mx_ids ids = {0};
-                /* A tokenizer error is the request's fault, never a crash;
-                 * a success starts with BOS, as the engine expects. */
-                if (md_gen_params_ids(&p, tok, &ids, &err) == 0 &&
-                    (ids.n == 0 || ids.v[0] != mx_tokenizer_bos(tok)))
+                fuzz_check_params(&p);
+                if (p.n_stop != g->n_stop)
                         abort();
-                mx_ids_free(&ids);
-        } else if (err.code >= 0 || !err.msg[0]) {
-                abort();
+                fuzz_check_ids(&p, fuzz_tokenizer());
+        } else {
+                fuzz_check_refusal(&err);
         }
         md_gen_params_free(&p);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-        if (!tok)
-                load();
         size_t off = 0;
         while (off < size) {
                 const uint8_t *buf = data + off;

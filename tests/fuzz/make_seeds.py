@@ -211,3 +211,31 @@ for name, _, _, data in gguf_raw.bad_files():
                 "row-blocks", "overlap", "name-twice", "experts-count", "experts-missing", "tok-count",
                 "scores-u8", "token-utf8", "byte-malformed", "unk-disagrees"):
         write(gg, name, data)
+
+
+# The HTTP API's bodies: a first byte for the endpoint (0 chat, 1 completion).
+def http(name, kind, body):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    write("corpus/http_request", name, bytes([kind]) + data)
+
+
+hello = [{"role": "user", "content": "Hello"}]
+http("chat", 0, {"model": "gpt-4o", "messages": hello, "max_tokens": 16, "temperature": 0})
+http("chat-every-field", 0, {
+    "model": "m", "messages": [{"role": "developer", "content": "Be brief."},
+                               {"role": "user", "content": [{"type": "text", "text": "Hi"}], "name": "x"},
+                               {"role": "assistant", "content": None, "tool_calls": []},
+                               {"role": "user", "content": "again"}],
+    "max_tokens": 7, "max_completion_tokens": 9, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "min_p": 0.05,
+    "repeat_penalty": 1.1, "seed": 7, "stop": ["\n\n", "END"], "stream": True,
+    "stream_options": {"include_usage": True}, "n": 1, "logprobs": False, "user": "u", "tools": [],
+    "ignore_eos": False, "presence_penalty": 0})
+http("chat-nulls", 0, {"messages": hello, "max_tokens": None, "stop": None, "seed": None, "stream_options": None})
+http("completion", 1, {"prompt": "Once upon a time", "max_tokens": 5, "seed": 3, "stop": "."})
+http("completion-array", 1, {"prompt": ["Once"], "echo": False, "best_of": 1, "suffix": None, "logprobs": None})
+http("refused-types", 0, {"messages": hello, "max_tokens": "5", "temperature": "hot"})
+http("refused-features", 1, {"prompt": [1, 2, 3], "n": 2, "echo": True, "logprobs": 5})
+http("refused-nul", 0, b'{"messages": [{"role": "user", "content": "a\\u0000b"}]}')
+http("refused-utf8", 1, b'{"prompt": "\xed\xa0\x80"}')
+http("refused-duplicate", 0, b'{"messages": [], "messages": []}')
+http("not-json", 0, b"POST / HTTP/1.1")

@@ -423,10 +423,14 @@ int main(int argc, char **argv) {
         int r = shape ? mx_model_synthetic(&mc, shape, layers, true, &err) : mx_model_open(&mc, dir, &err);
         if (r == 0 && shape)
                 r = mx_model_synthetic(&mg, shape, layers, strcmp(against, "cpu") == 0, &err);
-        mx_engine_opts gpu_opts = {.device = against}, cpu_opts = {0};
+        /* The CPU reference computes with fp32 activations (the GPU keeps
+         * about as much precision); checked against itself in CI, the CPU
+         * engine does too, so that its greedy ids must agree. Both hold K
+         * and V as --kv-type says. */
+        mx_engine_opts gpu_opts = {.device = against, .activations = MX_ACTIVATIONS_F32};
         if (mx_kv_type_from_string(kv_type, &gpu_opts.kv_type) < 0)
                 return usage();
-        cpu_opts.kv_type = gpu_opts.kv_type;
+        const mx_engine_opts cpu_opts = {.activations = MX_ACTIVATIONS_F32, .kv_type = gpu_opts.kv_type};
         if (r == 0 && budget)
                 r = mx_expert_budget_parse(budget, mc, &gpu_opts.expert_memory, &err);
         if (r == 0 && host_cache)

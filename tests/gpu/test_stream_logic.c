@@ -35,9 +35,13 @@ static float urand(uint64_t *s) {
 }
 
 static uint16_t *as_bf16(const mx_tensor *t, uint16_t *dst) {
-        for (uint64_t r = 0; r < t->shape[0]; r++)
+        float *row = malloc(t->shape[1] * sizeof(float));
+        for (uint64_t r = 0; r < t->shape[0]; r++) {
+                mx_dequant_row(t->dtype, mx_tensor_row(t, r), row, t->shape[1]);
                 for (uint64_t i = 0; i < t->shape[1]; i++)
-                        dst[r * t->shape[1] + i] = mx_f32_to_bf16(mx_element_f32(mx_tensor_row(t, r), t->dtype, i));
+                        dst[r * t->shape[1] + i] = mx_f32_to_bf16(row[i]);
+        }
+        free(row);
         return dst;
 }
 
@@ -313,6 +317,25 @@ static void check_f32(const mx_model *m, const char *src) {
         CHECK(system(cmd) == 0, "clean up");
 }
 
+/* Experts in a block format (quantized as the model loaded; or a GGUF
+ * file's): streaming them to the GPU is refused, naming one. */
+static void check_quantized(const char *dir) {
+        _cleanup_(mx_model_freep) mx_model *q = NULL;
+        mx_error err = {0};
+        CHECK(mx_model_open(&q, dir, &err) == 0 && mx_model_quantize(q, MX_FTYPE_Q8_0, 1, NULL, NULL, &err) == 0,
+              "%s", err.msg);
+        if (!q)
+                return;
+        rig g;
+        rig_init(&g, q);
+        fake = (fake_gpu){.limit = (size_t)1 << 40};
+        CHECK(mx_cuda_stream_new(&g.cb, 1, 1, &err) == -EOPNOTSUPP && strstr(err.msg, "is Q8_0: streaming experts"),
+              "quantized experts: '%s'", err.msg);
+        mx_cuda_stream_free(&g.cb);
+        CHECK(fake.used == 0, "quantized experts: %zu device bytes left", fake.used);
+        rig_free(&g);
+}
+
 int main(int argc, char **argv) {
         if (argc != 2) {
                 fprintf(stderr, "usage: test-stream-logic CHECKPOINT_DIR\n");
@@ -337,5 +360,6 @@ int main(int argc, char **argv) {
         check_tight(m);
         check_fault(m);
         check_f32(m, argv[1]);
+        check_quantized(argv[1]);
         return test_result();
 }

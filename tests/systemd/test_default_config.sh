@@ -32,4 +32,10 @@ grep -q "no-such-model" "$t/err" || { echo "FAIL: --check-config did not name th
 if "$mixtrald" --config "$conf" --check-config 2>"$t/err"; then
         echo "FAIL: --check-config accepted a configuration with no model"; exit 1
 fi
+# Keys that exclude each other: quantizing as it loads, and streaming experts.
+printf '[daemon]\nquantize = q4_0\nexpert_memory = 50%%\n' >"$t/q.conf"
+if "$mixtrald" --config "$t/q.conf" --model "$model" --check-config 2>"$t/err"; then
+        echo "FAIL: --check-config accepted quantize with expert_memory"; exit 1
+fi
+grep -q "q4_0.*expert memory 50%" "$t/err" || { echo "FAIL: the refusal does not name both: $(cat "$t/err")"; exit 1; }
 echo "ok: the $(wc -w <<<"$keys") keys of docs/daemon.md, commented and not; the example of docs/admin.md"

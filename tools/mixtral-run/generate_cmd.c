@@ -71,10 +71,15 @@ int run_generate(const run_opts *o) {
         return 0;
 }
 
-/* --save: the model as it is (its tokenizer with it) into a GGUF file,
- * without an engine. */
+/* --save: the model as it is, or as --quantize makes it (its tokenizer
+ * with it), into a GGUF file, without an engine: quantizing once to a file
+ * spares every later start the work, and lets experts stream from it. */
 static void saving(uint64_t done, uint64_t total, void *bar) {
         mx_progress_bar_show(bar, "writing GGUF", done, total);
+}
+
+static void quantizing(uint64_t done, uint64_t total, void *bar) {
+        mx_progress_bar_show(bar, "quantizing", done, total);
 }
 
 int run_save(const run_opts *o) {
@@ -82,7 +87,11 @@ int run_save(const run_opts *o) {
         _cleanup_(mx_load_free) mx_load l = {.gpu = -1};
         mx_load_opts lo = {.model = o->model, .tokenizer = o->tokenizer};
         mx_progress_bar bar = mx_progress_bar_new(isatty(STDERR_FILENO) == 1);
-        if (mx_load_open(&l, &lo, &err) < 0 || mx_gguf_write_model(l.model, l.tok, o->save, saving, &bar, &err) < 0)
+        if (mx_load_open(&l, &lo, &err) < 0)
+                return run_fail(&err);
+        if (o->quantize && mx_model_quantize(l.model, o->quantize, o->threads, quantizing, &bar, &err) < 0)
+                return run_fail(&err);
+        if (mx_gguf_write_model(l.model, l.tok, o->save, saving, &bar, &err) < 0)
                 return run_fail(&err);
         fprintf(stderr, "mixtral-run: wrote %s\n", o->save);
         return 0;

@@ -18,7 +18,7 @@ static const char usage_text[] =
         "  mixtral-run --model DIR [GENERATION OPTIONS] PROMPT\n"
         "  mixtral-run --model DIR --bench [PROMPT] [--max-tokens N] [--threads N]\n"
         "  mixtral-run --model DIR --info\n"
-        "  mixtral-run --model DIR --save FILE.gguf\n"
+        "  mixtral-run --model DIR --save FILE.gguf [--quantize TYPE]\n"
         "  mixtral-run --model DIR --perplexity TEXTFILE [--ctx N] [--kl-base MODEL]\n"
         "  mixtral-run --synthetic SHAPE [--layers N] --device cuda --bench [--batch 1,8,32]\n"
         "  mixtral-run (--tokenizer FILE | --model DIR) --tokenize PROMPT\n"
@@ -72,6 +72,13 @@ static const char usage_text[] =
         "      --threads N        CPU threads (default: every online core)\n"
         "      --simd ISA         auto, scalar, avx2 or avx512 (default auto; all give the\n"
         "                         same numbers, bit for bit)\n"
+        "      --activations A    fast (default; on the CPU, activations rounded to int8\n"
+        "                         blocks for quantized weights and to bf16 for bf16\n"
+        "                         weights, multiplied with the CPU's dot-product\n"
+        "                         instructions) or f32 (fp32 activations, the reference)\n"
+        "      --quantize TYPE    quantize the weights as they load: q8_0, q4_0, q4_k_m,\n"
+        "                         q5_k_m or q6_k (llama.cpp's types; the model's files\n"
+        "                         stay as they are)\n"
         "      --device DEV       cpu (default), cuda or cuda:N (the N-th GPU): weights\n"
         "                         resident on the GPU in bf16 (f16/f32 checkpoints are\n"
         "                         rounded to it); needs the NVIDIA driver and cuBLAS\n"
@@ -106,7 +113,9 @@ static const char usage_text[] =
         "      --decode IDS       print the text of space-separated token ids\n"
         "      --info             print the model's configuration and memory footprint\n"
         "      --save FILE.gguf   write the model (and its tokenizer) as a GGUF file that\n"
-        "                         this tool, the daemon and llama.cpp load\n"
+        "                         this tool, the daemon and llama.cpp load; with\n"
+        "                         --quantize TYPE, quantized (once, instead of at every\n"
+        "                         start; experts of such a file can stream)\n"
         "      --perplexity FILE  the model's perplexity on the text of FILE, in chunks of\n"
         "                         --ctx tokens (default 512), each scored on its second\n"
         "                         half; one JSON object on standard output\n"
@@ -175,6 +184,8 @@ enum {
         OPT_KL_BASE,
         OPT_LOGITS,
         OPT_SAVE,
+        OPT_ACTIVATIONS,
+        OPT_QUANTIZE,
 };
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -297,6 +308,8 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 {"kl-base", required_argument, NULL, OPT_KL_BASE},
                 {"logits", required_argument, NULL, OPT_LOGITS},
                 {"save", required_argument, NULL, OPT_SAVE},
+                {"activations", required_argument, NULL, OPT_ACTIVATIONS},
+                {"quantize", required_argument, NULL, OPT_QUANTIZE},
                 {0},
         };
         int c;
@@ -348,6 +361,15 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 case OPT_HOST_CACHE: o->host_cache = optarg; break;
                 case OPT_KV_TYPE: o->kv_type = optarg; break;
                 case OPT_KV_MEMORY: o->kv_memory = optarg; break;
+                case OPT_ACTIVATIONS:
+                        if (mx_activations_from_string(optarg, &o->activations) < 0)
+                                r = usage_error("--activations: '%s' is not one of auto, fast, f32", optarg);
+                        break;
+                case OPT_QUANTIZE:
+                        if (mx_ftype_parse(optarg, &o->quantize) < 0)
+                                r = usage_error("--quantize: '%s' is not one of q8_0, q4_0, q4_k_m, q5_k_m, q6_k",
+                                                optarg);
+                        break;
                 case OPT_SIMD:
                         if (mx_simd_from_string(optarg, &o->simd) < 0)
                                 r = usage_error("--simd: '%s' is not one of auto, scalar, avx2, avx512", optarg);
@@ -406,6 +428,9 @@ static int check_args(const run_opts *o) {
                 return usage_error("%s", "--tokenize and --decode need --tokenizer FILE or --model DIR");
         if (o->info && !o->model && !o->synthetic)
                 return usage_error("%s", "--info needs --model DIR (or --synthetic SHAPE)");
+        if (o->quantize && o->expert_memory)
+                return usage_error("%s", "--quantize and --expert-memory exclude each other: streaming reads the "
+                                         "experts from the files");
         if (o->host_cache && !run_on_gpu(o, NULL))
                 return usage_error("%s", "--host-cache is for --device cuda (on the CPU, --expert-memory is the cache)");
         if (o->make_demo && o->synthetic && o->shape)

@@ -12,6 +12,8 @@ typedef struct run_opts {
         const char *kv_type, *kv_memory;
         const char *perplexity, *kl_base, *logits, *save;
         bool max_tokens_given;
+        mx_ftype quantize; /* --quantize: the weights' types, made as they load */
+        mx_activations activations;
         unsigned long long seed;
         bool tokenize, info, devices, print_ids, bench, ignore_eos;
         /* generation */

@@ -1,0 +1,202 @@
+/* The AVX2 (with FMA and F16C) vector layer of the kernels (fast_tiles.h
+ * lists it): pairs of ymm registers, lanes 0-7 and 8-15. Shared by
+ * kernels_avx2.c and fast_avx2.c, compiled with their flags; with MX_VNNI
+ * (-mavxvnni) it multiplies int8 with the VEX vpdpbusd / vpdpwssd, without
+ * it the same integers come from vpmaddubsw / vpmaddwd. bf16 goes through
+ * fused multiply-adds of its halves in both. */
+#pragma once
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "tiles.h"
+
+typedef struct v2i {
+        __m256i lo, hi;
+} vb;
+typedef vb vi;
+
+typedef struct v2f {
+        __m256 lo, hi;
+} vf;
+
+static inline __m256i load32(const void *p) {
+        return _mm256_loadu_si256((const __m256i *)p);
+}
+
+static inline vb vb_load(const void *p) {
+        return (vb){load32(p), load32((const uint8_t *)p + 32)};
+}
+
+static inline vb vb_load2(const void *lo, const void *hi) {
+        return (vb){load32(lo), hi ? load32(hi) : _mm256_setzero_si256()};
+}
+
+static inline vb vb_load_n(const void *p, uint64_t n) {
+        uint8_t pad[64] = {0};
+        memcpy(pad, p, n < 64 ? n : 64);
+        return vb_load(pad);
+}
+
+static inline vb vb_set1(int c) {
+        __m256i v = _mm256_set1_epi8((char)c);
+        return (vb){v, v};
+}
+
+static inline vb vb_and(vb a, vb b) {
+        return (vb){_mm256_and_si256(a.lo, b.lo), _mm256_and_si256(a.hi, b.hi)};
+}
+
+static inline vb vb_or(vb a, vb b) {
+        return (vb){_mm256_or_si256(a.lo, b.lo), _mm256_or_si256(a.hi, b.hi)};
+}
+
+static inline vb vb_srl_halves(vb v, int lo, int hi) {
+        return (vb){_mm256_srl_epi16(v.lo, _mm_cvtsi32_si128(lo)), _mm256_srl_epi16(v.hi, _mm_cvtsi32_si128(hi))};
+}
+
+static inline vb vb_shl4(vb v) {
+        return (vb){_mm256_slli_epi16(v.lo, 4), _mm256_slli_epi16(v.hi, 4)};
+}
+
+static inline vb vb_nibbles(const void *p) {
+        __m256i x = load32(p), f = _mm256_set1_epi8(0x0f);
+        return (vb){_mm256_and_si256(x, f), _mm256_and_si256(_mm256_srli_epi16(x, 4), f)};
+}
+
+static inline __m256i add_where_bit(__m256i v, __m256i src, int b, int add) {
+        __m256i bit = _mm256_set1_epi8((char)(1 << b));
+        __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(src, bit), bit);
+        return _mm256_add_epi8(v, _mm256_and_si256(set, _mm256_set1_epi8((char)add)));
+}
+
+static inline vb vb_bit_halves(vb v, vb src, int b0, int b1, int add) {
+        return (vb){add_where_bit(v.lo, src.lo, b0, add), add_where_bit(v.hi, src.hi, b1, add)};
+}
+
+static inline vb vb_xor(vb a, vb b) {
+        return (vb){_mm256_xor_si256(a.lo, b.lo), _mm256_xor_si256(a.hi, b.hi)};
+}
+
+static inline vb vb_low_half(vb v) {
+        return (vb){v.lo, _mm256_setzero_si256()};
+}
+
+/* A Q4_0 block's nibbles: low, then high. */
+static inline __m256i q4_0_block(const uint8_t *qs) {
+        __m128i a = _mm_loadu_si128((const __m128i *)qs);
+        return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(a, 4), a), _mm256_set1_epi8(0x0f));
+}
+
+static inline vb vb_q4_0_pair(const uint8_t *qs0, const uint8_t *qs1) {
+        return (vb){q4_0_block(qs0), qs1 ? q4_0_block(qs1) : _mm256_setzero_si256()};
+}
+
+static inline vi vi_zero(void) {
+        return (vi){_mm256_setzero_si256(), _mm256_setzero_si256()};
+}
+
+#if MX_VNNI
+static inline vi vi_dpbusd(vi acc, vb u, vb s) {
+        return (vi){_mm256_dpbusd_avx_epi32(acc.lo, u.lo, s.lo), _mm256_dpbusd_avx_epi32(acc.hi, u.hi, s.hi)};
+}
+#else
+static inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) {
+        return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+
+static inline vi vi_dpbusd(vi acc, vb u, vb s) {
+        return (vi){dpbusd(acc.lo, u.lo, s.lo), dpbusd(acc.hi, u.hi, s.hi)};
+}
+
+/* |w| . (x with w's sign): pairs stay within int16 as x is never -128. */
+static inline __m256i dot_s8(__m256i w, __m256i x) {
+        return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1));
+}
+
+static inline vi vi_dot_s8(vb w, vb x) {
+        return (vi){dot_s8(w.lo, x.lo), dot_s8(w.hi, x.hi)};
+}
+#endif
+
+#if MX_VNNI
+static inline vi vi_dpwssd(vi acc, vi a, vi b) {
+        return (vi){_mm256_dpwssd_avx_epi32(acc.lo, a.lo, b.lo), _mm256_dpwssd_avx_epi32(acc.hi, a.hi, b.hi)};
+}
+#else
+static inline vi vi_dpwssd(vi acc, vi a, vi b) {
+        return (vi){_mm256_add_epi32(acc.lo, _mm256_madd_epi16(a.lo, b.lo)),
+                    _mm256_add_epi32(acc.hi, _mm256_madd_epi16(a.hi, b.hi))};
+}
+#endif
+
+static inline vi vi_maddubs(vb u, vb x) {
+        return (vi){_mm256_maddubs_epi16(u.lo, x.lo), _mm256_maddubs_epi16(u.hi, x.hi)};
+}
+
+static inline vi vi_halves16(const int16_t *p) {
+        return (vi){_mm256_set1_epi16(p[0]), _mm256_set1_epi16(p[1])};
+}
+
+static inline vi vi_quarters16(const int16_t *p) {
+        return (vi){_mm256_set_m128i(_mm_set1_epi16(p[1]), _mm_set1_epi16(p[0])),
+                    _mm256_set_m128i(_mm_set1_epi16(p[3]), _mm_set1_epi16(p[2]))};
+}
+
+static inline vi vi_neg_shl(vi v, int n) {
+        __m128i c = _mm_cvtsi32_si128(n);
+        return (vi){_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_sll_epi32(v.lo, c)),
+                    _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_sll_epi32(v.hi, c))};
+}
+
+static inline vf vf_load(const float *p) {
+        return (vf){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)};
+}
+
+static inline vf vf_pairs(const float *p) {
+        __m256 v = _mm256_loadu_ps(p);
+        return (vf){_mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)),
+                    _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7))};
+}
+
+static inline vf vf_zero(void) {
+        return (vf){_mm256_setzero_ps(), _mm256_setzero_ps()};
+}
+
+static inline vf vf_set1(float v) {
+        return (vf){_mm256_set1_ps(v), _mm256_set1_ps(v)};
+}
+
+static inline vf vf_halves(float lo, float hi) {
+        return (vf){_mm256_set1_ps(lo), _mm256_set1_ps(hi)};
+}
+
+static inline vf vf_mul(vf a, vf b) {
+        return (vf){_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)};
+}
+
+static inline vf vf_fma(vf a, vf b, vf c) {
+        return (vf){_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
+}
+
+static inline vf vf_cvt(vi v) {
+        return (vf){_mm256_cvtepi32_ps(v.lo), _mm256_cvtepi32_ps(v.hi)};
+}
+
+static inline float vf_reduce(vf v) {
+        __m256 a = _mm256_add_ps(v.lo, v.hi);
+        __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+        return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));
+}
+
+/* Each lane's bf16 pair as two floats: the odd value is the high half of
+ * the 32 bits as they are, the even one the low half moved up. */
+static inline vf vb_bf16_odd(vb v) {
+        __m256i m = _mm256_set1_epi32((int)0xffff0000u);
+        return (vf){_mm256_castsi256_ps(_mm256_and_si256(v.lo, m)), _mm256_castsi256_ps(_mm256_and_si256(v.hi, m))};
+}
+
+static inline vf vb_bf16_even(vb v) {
+        return (vf){_mm256_castsi256_ps(_mm256_slli_epi32(v.lo, 16)), _mm256_castsi256_ps(_mm256_slli_epi32(v.hi, 16))};
+}

@@ -1,0 +1,199 @@
+/* The AVX-512 (F, BW, VL) vector layer of the kernels (fast_tiles.h lists
+ * it): one zmm register per 64 bytes, 16 int32 or float lanes. Shared by
+ * kernels_avx512.c and fast_avx512.c, compiled with their flags; with
+ * MX_VNNI (-mavx512vnni -mavx512bf16) it multiplies int8 with vpdpbusd /
+ * vpdpwssd and bf16 with vdpbf16ps, without it the same integers come from
+ * vpmaddubsw / vpmaddwd and the same floats from fused multiply-adds of the
+ * bf16 halves. */
+#pragma once
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "tiles.h"
+
+typedef __m512i vb;
+typedef __m512i vi;
+typedef __m512 vf;
+
+static inline vb vb_load(const void *p) {
+        return _mm512_loadu_si512(p);
+}
+
+static inline vb vb_load2(const void *lo, const void *hi) {
+        __m256i h = hi ? _mm256_loadu_si256(hi) : _mm256_setzero_si256();
+        return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(lo)), h, 1);
+}
+
+static inline vb vb_load_n(const void *p, uint64_t n) {
+        return _mm512_maskz_loadu_epi8(n >= 64 ? ~0ull : (1ull << n) - 1, p);
+}
+
+static inline vb vb_set1(int c) {
+        return _mm512_set1_epi8((char)c);
+}
+
+static inline vb vb_and(vb a, vb b) {
+        return _mm512_and_si512(a, b);
+}
+
+static inline vb vb_or(vb a, vb b) {
+        return _mm512_or_si512(a, b);
+}
+
+static inline vb vb_srl_halves(vb v, int lo, int hi) {
+        __m512i n = _mm512_mask_blend_epi16(0xffff0000u, _mm512_set1_epi16((short)lo), _mm512_set1_epi16((short)hi));
+        return _mm512_srlv_epi16(v, n);
+}
+
+static inline vb vb_shl4(vb v) {
+        return _mm512_slli_epi16(v, 4);
+}
+
+static inline vb vb_nibbles(const void *p) {
+        vb v = _mm512_broadcast_i64x4(_mm256_loadu_si256(p));
+        return vb_and(_mm512_mask_srli_epi16(v, 0xffff0000u, v, 4), vb_set1(0x0f));
+}
+
+static inline vb vb_bit_halves(vb v, vb src, int b0, int b1, int add) {
+        __m512i bit = _mm512_mask_blend_epi8(0xffffffff00000000ull, vb_set1(1 << b0), vb_set1(1 << b1));
+        return _mm512_mask_add_epi8(v, _mm512_test_epi8_mask(src, bit), v, vb_set1(add));
+}
+
+static inline vb vb_xor(vb a, vb b) {
+        return _mm512_xor_si512(a, b);
+}
+
+static inline vb vb_low_half(vb v) {
+        return _mm512_maskz_mov_epi8(0xffffffffull, v);
+}
+
+/* [qs0 low nibbles, qs0 high, qs1 low, qs1 high]. */
+static inline vb vb_q4_0_pair(const uint8_t *qs0, const uint8_t *qs1) {
+        __m128i a = _mm_loadu_si128((const __m128i *)qs0), b = qs1 ? _mm_loadu_si128((const __m128i *)qs1) : a;
+        __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(a, a)), _mm256_set_m128i(b, b), 1);
+        z = vb_and(_mm512_mask_srli_epi16(z, 0xff00ff00u, z, 4), vb_set1(0x0f));
+        return qs1 ? z : vb_low_half(z);
+}
+
+static inline vi vi_zero(void) {
+        return _mm512_setzero_si512();
+}
+
+#if MX_VNNI
+static inline vi vi_dpbusd(vi acc, vb u, vb s) {
+        return _mm512_dpbusd_epi32(acc, u, s);
+}
+#else
+static inline vi vi_dpbusd(vi acc, vb u, vb s) {
+        return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+}
+
+/* |w| . (x with w's sign): pairs stay within int16 as x is never -128. */
+static inline vi vi_dot_s8(vb w, vb x) {
+        __m512i sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
+        return _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(w), sx), _mm512_set1_epi16(1));
+}
+#endif
+
+#if MX_VNNI
+static inline vi vi_dpwssd(vi acc, vi a, vi b) {
+        return _mm512_dpwssd_epi32(acc, a, b);
+}
+#else
+static inline vi vi_dpwssd(vi acc, vi a, vi b) {
+        return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+}
+#endif
+
+static inline vi vi_maddubs(vb u, vb x) {
+        return _mm512_maddubs_epi16(u, x);
+}
+
+static inline vi vi_halves16(const int16_t *p) {
+        static const int16_t idx[32] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        int32_t v;
+        memcpy(&v, p, 4);
+        return _mm512_permutexvar_epi16(_mm512_loadu_si512(idx), _mm512_castsi128_si512(_mm_cvtsi32_si128(v)));
+}
+
+static inline vi vi_quarters16(const int16_t *p) {
+        static const int16_t idx[32] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                        2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
+        return _mm512_permutexvar_epi16(_mm512_loadu_si512(idx),
+                                        _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+static inline vi vi_neg_shl(vi v, int n) {
+        return _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_sll_epi32(v, _mm_cvtsi32_si128(n)));
+}
+
+static inline vf vf_load(const float *p) {
+        return _mm512_loadu_ps(p);
+}
+
+static inline vf vf_pairs(const float *p) {
+        static const int32_t idx[16] = {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7};
+        return _mm512_permutexvar_ps(_mm512_loadu_si512(idx), _mm512_castps256_ps512(_mm256_loadu_ps(p)));
+}
+
+static inline vf vf_zero(void) {
+        return _mm512_setzero_ps();
+}
+
+static inline vf vf_set1(float v) {
+        return _mm512_set1_ps(v);
+}
+
+static inline vf vf_halves(float lo, float hi) {
+        return _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(lo), _mm512_set1_ps(hi));
+}
+
+static inline vf vf_mul(vf a, vf b) {
+        return _mm512_mul_ps(a, b);
+}
+
+static inline vf vf_fma(vf a, vf b, vf c) {
+        return _mm512_fmadd_ps(a, b, c);
+}
+
+static inline vf vf_cvt(vi v) {
+        return _mm512_cvtepi32_ps(v);
+}
+
+static inline float vf_reduce(vf v) {
+        __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+        return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));
+}
+
+#if MX_VNNI
+/* One vdpbf16ps step (fast_tiles.h): the bf16 pairs as they are. */
+#define MX_NATIVE_BF16 1
+typedef vb bfw;
+typedef vb bfx;
+
+static inline bfw bf_wprep(vb v) {
+        return v;
+}
+
+static inline bfx bf_xprep(vb v) {
+        return v;
+}
+
+static inline vf bf_mac(vf acc, bfw w, bfx x) {
+        return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x);
+}
+#else
+/* Each lane's bf16 pair as two floats: the odd value is the high half of
+ * the 32 bits as they are, the even one the low half moved up. */
+static inline vf vb_bf16_odd(vb v) {
+        return _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));
+}
+
+static inline vf vb_bf16_even(vb v) {
+        return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+#endif

@@ -1,0 +1,178 @@
+/* The CPU kernels of every weight type on every instruction set this
+ * machine runs, against the scalar reference, bit for bit: on the f32
+ * path and on the fast path, for 1 to 70 tokens (decode tiles, prefill
+ * tiles and their leftovers), for rows that are not a multiple of any
+ * tile, odd numbers of 32-blocks and float rows with tails. Also: each
+ * token's outputs equal those of the token alone (batch invariance),
+ * accumulate adds, the f32 path equals a plain dot product of
+ * mx_dequant_row's floats, and the fast path stays within its tolerance of
+ * the f32 path. */
+#include <math.h>
+
+#include "kernels.h"
+#include "mx_common.h"
+#include "quant.h"
+#include "test_util.h"
+
+#define MAX_N 70
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static double uniform(void) {
+        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        return (double)(rng >> 11) / 9007199254740992.0;
+}
+
+static float gauss(void) {
+        return (float)(sqrt(-2 * log(uniform() + 1e-300)) * cos(6.283185307179586 * uniform()));
+}
+
+typedef struct problem {
+        mx_dtype t;
+        uint64_t rows, cols, row_bytes;
+        uint8_t *w;        /* [rows][row_bytes] */
+        float *x;          /* [MAX_N][cols] */
+        uint8_t *xq;       /* [MAX_N][ldxq] the fast path's activations */
+        uint64_t ldxq;
+} problem;
+
+/* Weights like a model's (with a few rows of larger scale), stored as t;
+ * activations with an outlier or two per token, as a residual stream has. */
+static void make(problem *p, mx_dtype t, uint64_t rows, uint64_t cols) {
+        *p = (problem){.t = t, .rows = rows, .cols = cols};
+        mx_dtype_row_bytes(t, cols, &p->row_bytes);
+        p->w = malloc(rows * p->row_bytes);
+        float *row = malloc(cols * sizeof(float));
+        for (uint64_t r = 0; r < rows; r++) {
+                float scale = r % 7 == 3 ? 0.2f : 0.02f;
+                for (uint64_t i = 0; i < cols; i++)
+                        row[i] = scale * gauss();
+                CHECK(mx_quantize_row(t, row, p->w + r * p->row_bytes, cols) == 0, "quantize %s", mx_dtype_name(t));
+        }
+        free(row);
+        p->x = malloc(MAX_N * cols * sizeof(float));
+        for (uint64_t i = 0; i < MAX_N * cols; i++)
+                p->x[i] = gauss() * (i % 97 == 5 ? 20.0f : 1.0f);
+        mx_act act = mx_act_for(t, true);
+        p->ldxq = mx_act_row_bytes(act, cols);
+        if (posix_memalign((void **)&p->xq, 64, MAX_N * p->ldxq) != 0)
+                abort();
+        for (uint32_t n = 0; n < MAX_N; n++)
+                mx_act_quantize(act, p->x + n * cols, cols, p->xq + n * p->ldxq);
+}
+
+static void unmake(problem *p) {
+        free(p->w), free(p->x), free(p->xq);
+}
+
+/* out[n][rows] from kernels k on tokens [t0, t0 + n). */
+static void product(const mx_kernels *k, const problem *p, bool fast, uint32_t t0, uint32_t n, float *out,
+                    bool accumulate) {
+        mx_matmul_args a = {.w = p->w, .dtype = p->t, .cols = p->cols, .x = p->x + t0 * p->cols, .ldx = p->cols,
+                            .xq = fast ? p->xq + t0 * p->ldxq : NULL, .ldxq = p->ldxq, .out = out,
+                            .ldo = p->rows, .n = n, .accumulate = accumulate};
+        /* In two calls, as threads split rows: tiles must not care where. */
+        uint64_t split = p->rows / 3;
+        k->matmul_rows(&a, 0, split);
+        k->matmul_rows(&a, split, p->rows);
+}
+
+static double rel_l2(const float *a, const float *b, size_t n) {
+        double d = 0, s = 0;
+        for (size_t i = 0; i < n; i++)
+                d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), s += (double)b[i] * b[i];
+        return sqrt(d / s);
+}
+
+/* The f32 path is a dot product of mx_dequant_row's floats (to rounding). */
+static void against_dequant(const problem *p, const float *got) {
+        float *w = malloc(p->cols * sizeof(float)), *want = malloc(p->rows * sizeof(float));
+        for (uint64_t r = 0; r < p->rows; r++) {
+                mx_dequant_row(p->t, p->w + r * p->row_bytes, w, p->cols);
+                double s = 0;
+                for (uint64_t i = 0; i < p->cols; i++)
+                        s += (double)w[i] * p->x[i];
+                want[r] = (float)s;
+        }
+        double e = rel_l2(got, want, p->rows);
+        CHECK(e < 1e-5, "%s %llu: the f32 path is %.3g from the dequantized weights' products", mx_dtype_name(p->t),
+              (unsigned long long)p->cols, e);
+        free(w), free(want);
+}
+
+/* The fast path's rounding of the activations (and of nothing else): to
+ * bf16; to int8 per 32 values; to int8 per 256 values, which the
+ * activations' outliers (20x, one in 97) make coarser. */
+static double fast_tolerance(mx_dtype t) {
+        return t == MX_DTYPE_BF16 ? 1e-2 : mx_dtype_block_elems(t) == 32 ? 2e-2 : 4e-2;
+}
+
+static void check(mx_dtype t, uint64_t rows, uint64_t cols) {
+        problem p;
+        make(&p, t, rows, cols);
+        size_t outs = (size_t)MAX_N * rows;
+        float *ref = malloc(outs * sizeof(float)), *got = malloc(outs * sizeof(float));
+        float *f32 = malloc(outs * sizeof(float));
+        const char *name = mx_dtype_name(t);
+        for (int fast = 0; fast < 2; fast++) {
+                if (fast && mx_act_for(t, true) == MX_ACT_F32)
+                        continue;
+                /* The reference, one token at a time. */
+                for (uint32_t i = 0; i < MAX_N; i++)
+                        product(&mx_kernels_scalar, &p, fast, i, 1, ref + i * rows, false);
+                if (!fast) {
+                        memcpy(f32, ref, outs * sizeof(float));
+                        against_dequant(&p, ref);
+                } else {
+                        double e = rel_l2(ref, f32, outs);
+                        CHECK(e < fast_tolerance(t), "%s %llu: the fast path is %.3g from the f32 path", name,
+                              (unsigned long long)cols, e);
+                }
+                for (int isa = 0; isa < MX_ISA_COUNT; isa++) {
+                        if (!mx_isa_supported((mx_isa)isa))
+                                continue;
+                        const mx_kernels *k = mx_kernels_for((mx_isa)isa);
+                        int bad = 0;
+                        for (uint32_t n = 1; n <= MAX_N && !bad; n += n < 8 ? 1 : n < 24 ? 5 : 23) {
+                                product(k, &p, fast, 0, n, got, false);
+                                bad = memcmp(got, ref, (size_t)n * rows * sizeof(float)) != 0;
+                                CHECK(!bad, "%s %llux%llu, %s, %s path, %u tokens: differs from the scalar "
+                                      "kernel or from each token alone", name, (unsigned long long)rows,
+                                      (unsigned long long)cols, mx_isa_name((mx_isa)isa), fast ? "fast" : "f32", n);
+                        }
+                        /* accumulate: out += product, the same additions. */
+                        for (size_t i = 0; i < (size_t)5 * rows; i++)
+                                got[i] = 1.0f;
+                        product(k, &p, fast, 0, 5, got, true);
+                        for (size_t i = 0; i < (size_t)5 * rows; i++)
+                                if (got[i] != 1.0f + ref[i]) {
+                                        CHECK(false, "%s, %s: accumulate differs at %zu", name,
+                                              mx_isa_name((mx_isa)isa), i);
+                                        break;
+                                }
+                }
+        }
+        printf("%-5s %4llu x %5llu: every instruction set equals the scalar kernels on both paths\n", name,
+               (unsigned long long)rows, (unsigned long long)cols);
+        free(ref), free(got), free(f32);
+        unmake(&p);
+}
+
+int main(void) {
+        for (int isa = 0; isa < MX_ISA_COUNT; isa++)
+                printf("%s: %s\n", mx_isa_name((mx_isa)isa), mx_isa_supported((mx_isa)isa) ? "tested" : "not on this CPU");
+        static const uint64_t float_cols[] = {16, 70, 96, 512};
+        static const mx_dtype floats[] = {MX_DTYPE_F32, MX_DTYPE_F16, MX_DTYPE_BF16};
+        for (size_t i = 0; i < MX_ELEMENTSOF(floats); i++)
+                for (size_t c = 0; c < MX_ELEMENTSOF(float_cols); c++)
+                        check(floats[i], 37, float_cols[c]);
+        static const uint64_t q32_cols[] = {32, 96, 512};
+        for (size_t c = 0; c < MX_ELEMENTSOF(q32_cols); c++)
+                check(MX_DTYPE_Q8_0, 21, q32_cols[c]), check(MX_DTYPE_Q4_0, 21, q32_cols[c]);
+        static const mx_dtype kq[] = {MX_DTYPE_Q4_K, MX_DTYPE_Q5_K, MX_DTYPE_Q6_K};
+        for (size_t i = 0; i < MX_ELEMENTSOF(kq); i++)
+                check(kq[i], 21, 256), check(kq[i], 13, 768);
+        /* A row of Mixtral's width. */
+        check(MX_DTYPE_BF16, 9, 4096), check(MX_DTYPE_Q4_0, 9, 4096), check(MX_DTYPE_Q4_K, 9, 4096);
+        return test_result();
+}
