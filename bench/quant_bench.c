@@ -10,13 +10,18 @@
  * decode (1 token) as the weights' bytes over the time, in GB/s, and as a
  * fraction of the machine's read bandwidth on the same threads
  * (mx_measure_bandwidth); prefill of 512 tokens in GFLOP/s; each the best
- * of several runs. Weights are random, quantized by our quantizer. */
+ * of several runs. Weights are random, quantized by our quantizer. First
+ * a line of the ceilings prefill is held to, on the same threads: the
+ * dot-product instructions' rate alone (vpdpbusd for int8 blocks,
+ * vdpbf16ps for bf16, vfmadd for fp32), as GFLOP/s. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <immintrin.h>
 
 #include "cpu_backend.h"
 #include "quant.h"
@@ -38,6 +43,84 @@ static double time_product(cpu_backend *cb, const mx_tensor *w, const float *x, 
                 best = fmin(best, now() - t0);
         }
         return best;
+}
+
+/* ---- the instruction ceilings ------------------------------------------------------ */
+
+/* Twelve independent chains per thread, so that the instructions' rate
+ * binds, not their latency; flops per instruction: 2 x its multiplies. */
+#define PEAK_ITERS 4000000u
+#define PEAK_CHAINS 12
+
+__attribute__((target("avx512f,avx512vnni"))) static void peak_dpbusd(void *arg, uint32_t task, uint32_t thread) {
+        __m512i a[PEAK_CHAINS], u = _mm512_set1_epi8(1), v = _mm512_set1_epi8(2);
+        for (int j = 0; j < PEAK_CHAINS; j++)
+                a[j] = _mm512_setzero_si512();
+        for (uint32_t i = 0; i < PEAK_ITERS; i++) {
+                __asm__ volatile("" : "+v"(u));
+                for (int j = 0; j < PEAK_CHAINS; j++)
+                        a[j] = _mm512_dpbusd_epi32(a[j], u, v);
+        }
+        for (int j = 1; j < PEAK_CHAINS; j++)
+                a[0] = _mm512_add_epi32(a[0], a[j]);
+        ((int *)arg)[task] = _mm512_reduce_add_epi32(a[0]);
+}
+
+__attribute__((target("avx512f,avx512bf16"))) static void peak_dpbf16(void *arg, uint32_t task, uint32_t thread) {
+        __m512 a[PEAK_CHAINS];
+        __m512bh u = (__m512bh)_mm512_set1_epi16(0x3f80), v = u;
+        for (int j = 0; j < PEAK_CHAINS; j++)
+                a[j] = _mm512_setzero_ps();
+        for (uint32_t i = 0; i < PEAK_ITERS; i++) {
+                __asm__ volatile("" : "+v"(u));
+                for (int j = 0; j < PEAK_CHAINS; j++)
+                        a[j] = _mm512_dpbf16_ps(a[j], u, v);
+        }
+        for (int j = 1; j < PEAK_CHAINS; j++)
+                a[0] = _mm512_add_ps(a[0], a[j]);
+        ((int *)arg)[task] = (int)_mm512_reduce_add_ps(a[0]);
+}
+
+__attribute__((target("avx512f"))) static void peak_fma(void *arg, uint32_t task, uint32_t thread) {
+        __m512 a[PEAK_CHAINS], u = _mm512_set1_ps(1e-9f), v = _mm512_set1_ps(1.0f);
+        for (int j = 0; j < PEAK_CHAINS; j++)
+                a[j] = _mm512_setzero_ps();
+        for (uint32_t i = 0; i < PEAK_ITERS; i++) {
+                __asm__ volatile("" : "+v"(u));
+                for (int j = 0; j < PEAK_CHAINS; j++)
+                        a[j] = _mm512_fmadd_ps(u, v, a[j]);
+        }
+        for (int j = 1; j < PEAK_CHAINS; j++)
+                a[0] = _mm512_add_ps(a[0], a[j]);
+        ((int *)arg)[task] = (int)_mm512_reduce_add_ps(a[0]);
+}
+
+/* GFLOP/s of fn on every thread at once (the best of three), counting
+ * `macs` multiply-adds per instruction. */
+static double peak(cpu_backend *cb, void (*fn)(void *, uint32_t, uint32_t), double macs) {
+        int sink[256];
+        double best = INFINITY;
+        for (int i = 0; i < 3; i++) {
+                double t0 = now();
+                mx_pool_run(cb->pool, cb->threads, fn, sink);
+                best = fmin(best, now() - t0);
+        }
+        return 2.0 * macs * PEAK_ITERS * PEAK_CHAINS * cb->threads / best / 1e9;
+}
+
+static void print_ceilings(cpu_backend *cb) {
+        __builtin_cpu_init();
+        if (!__builtin_cpu_supports("avx512f") || cb->threads > 256) {
+                printf("{\"ceilings\": \"no AVX-512 here: not measured\"}\n");
+                return;
+        }
+        printf("{\"threads\": %u, \"fp32_fma_GFLOPs\": %.0f", cb->threads, peak(cb, peak_fma, 16));
+        if (__builtin_cpu_supports("avx512vnni"))
+                printf(", \"int8_vpdpbusd_GFLOPs\": %.0f", peak(cb, peak_dpbusd, 64));
+        if (__builtin_cpu_supports("avx512bf16"))
+                printf(", \"bf16_vdpbf16ps_GFLOPs\": %.0f", peak(cb, peak_dpbf16, 32));
+        printf("}\n");
+        fflush(stdout);
 }
 
 typedef struct qrows {
@@ -72,6 +155,7 @@ int main(int argc, char **argv) {
         cpu_backend cb = {.k = mx_kernels_for(mx_isa_detect()), .threads = threads, .fast = fast};
         if (mx_pool_new(threads, &cb.pool) < 0)
                 return 1;
+        print_ceilings(&cb);
         double memcpy_gbps = 0, read_gbps = 0;
         mx_measure_bandwidth((size_t)1 << 30, threads, &memcpy_gbps, &read_gbps);
         const uint32_t prefill = 512;
