@@ -51,6 +51,16 @@ static const void *kv_rows(const attn_job *j, uint32_t block, bool v, uint32_t g
         return (const char *)mx_cpu_kv_block(j->cb, block, j->layer, v) + off;
 }
 
+/* n rows of `bytes` each, `step` bytes apart, on their way into the
+ * cache: a sequence's blocks lie far apart in the pool (a block holds
+ * every layer), where the hardware prefetchers, which stay within a page,
+ * do not follow, so each block would start with misses. */
+static void prefetch_rows(const void *p, uint64_t step, uint32_t n, size_t bytes) {
+        for (uint32_t i = 0; i < n; i++)
+                for (size_t o = 0; o < bytes; o += 64)
+                        __builtin_prefetch((const char *)p + i * step + o);
+}
+
 /* Keys (or values) of block b that row `len` long sees. */
 static uint32_t seen(uint32_t len, uint32_t b) {
         uint32_t i0 = b * MX_KV_BLOCK;
@@ -86,8 +96,14 @@ static void attn_task(void *arg, uint32_t task, uint32_t thread) {
         uint64_t step = (uint64_t)kvh * hd;
         bool bf16 = j->cb->base.kv_type != MX_KV_F32;
 
+        size_t es = mx_kv_elem_bytes(j->cb->base.kv_type), row = hd * es;
+        /* the values this block's scores will need after the softmax, and
+         * the next block's keys */
         for (uint32_t b = 0; b < blocks; b++) {
                 const void *keys = kv_rows(j, s->blocks[b], false, g);
+                prefetch_rows(kv_rows(j, s->blocks[b], true, g), step * es, seen(longest, b), row);
+                if (b + 1 < blocks)
+                        prefetch_rows(kv_rows(j, s->blocks[b + 1], false, g), step * es, seen(longest, b + 1), row);
                 for (uint32_t r = r0; r < r1; r++)
                         for (uint32_t h = 0; h < group; h++) {
                                 const float *qh = j->q + ((size_t)(s->row0 + r) * c->n_heads + g * group + h) * hd;
