@@ -3,9 +3,9 @@
 # end: the b1 shape (bench/README.md) written by mixtral-run --save as
 # bf16, and quantized by mixtral-run --quantize TYPE --save as q8_0, q4_0
 # and q4_k_m. For each file and round, interleaved: ours (mixtral-run
-# --bench: a 512-token prefill, then 64 greedy tokens after it) and
-# llama-bench on the same threads (pp512 from an empty context; tg64 at a
-# depth of 512, where ours decodes). Prints one JSON line per run, then a
+# --bench: a 512-token prefill, then 64 greedy tokens after the same 512
+# tokens, --depth 512) and llama-bench on the same threads (pp512 from an
+# empty context; tg64 at a depth of 512, where ours decodes). Prints one JSON line per run, then a
 # table of the best of the rounds with the ratios, and decode as a
 # fraction of the read bandwidth mixtral-run measures in the same run.
 #
@@ -44,7 +44,7 @@ echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $th
 for r in $(seq "$rounds"); do
         for t in $types; do
                 f=$files/b1-$t.gguf
-                ours=$("$run" --model "$f" --bench --max-tokens 64 --threads "$threads")
+                ours=$("$run" --model "$f" --bench --max-tokens 64 --depth 512 --threads "$threads")
                 echo "{\"round\": $r, \"type\": \"$t\", \"who\": \"ours\", \"run\": $ours}" | tee -a "$log"
                 pp=$("$peer/llama-bench" -m "$f" -t "$threads" -p 512 -n 0 -r 1 -o jsonl 2>/dev/null)
                 tg=$("$peer/llama-bench" -m "$f" -t "$threads" -p 0 -n 64 -d 512 -r 1 -o jsonl 2>/dev/null)

@@ -140,12 +140,29 @@ static void select_top(cand *c, uint32_t n, uint32_t k) {
                 }
 }
 
+/* The first of the highest logits (NaN never wins; a NaN first logit
+ * does, as nothing compares above it). In two passes, the maximum over 16
+ * lanes first, as the compiler vectorizes a fixed-width inner loop: the
+ * search over a vocabulary runs once per decoded token while the other
+ * threads wait. */
 static int32_t greedy(const float *logits, uint32_t vocab) {
-        int32_t best = 0;
-        for (uint32_t i = 1; i < vocab; i++)
-                if (logits[i] > logits[best])
-                        best = (int32_t)i;
-        return best;
+        if (!(logits[0] == logits[0]))
+                return 0;
+        float lane[16];
+        uint32_t i = 0;
+        for (int j = 0; j < 16; j++)
+                lane[j] = logits[0];
+        for (; i + 16 <= vocab; i += 16)
+                for (int j = 0; j < 16; j++)
+                        lane[j] = logits[i + j] > lane[j] ? logits[i + j] : lane[j];
+        float max = logits[0];
+        for (int j = 0; j < 16; j++)
+                max = lane[j] > max ? lane[j] : max;
+        for (; i < vocab; i++)
+                max = logits[i] > max ? logits[i] : max;
+        for (i = 0; logits[i] != max; i++)
+                ;
+        return (int32_t)i;
 }
 
 int32_t mx_sampler_next(mx_sampler *s, float *logits, const int32_t *history, size_t n_history) {

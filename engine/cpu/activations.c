@@ -45,6 +45,21 @@ uint64_t mx_act_row_bytes(mx_act a, uint64_t cols) {
         return (b + 63) / 64 * 64;
 }
 
+/* v rounded to the nearest integer, ties to even, within [-127, 127]
+ * (NaN to -127): what lrintf and a clamp gave, for every float (checked
+ * exhaustively) but +inf and those of 2^63 and more, which lrintf could
+ * not represent and turned into -127 (a block whose scale is subnormal),
+ * now 127; without a call to libm per value. Clamping first changes
+ * nothing, the bounds being integers; then adding and subtracting
+ * 1.5 * 2^23 rounds v to an integer in the default rounding mode, exactly,
+ * as |v| < 2^22. */
+static inline int8_t round_level(float v) {
+        v = v >= -127.0f ? v : -127.0f;
+        v = v <= 127.0f ? v : 127.0f;
+        float r = (v + 12582912.0f) - 12582912.0f;
+        return (int8_t)(int)r;
+}
+
 /* n values to int8 with the scale that puts the largest magnitude at 127,
  * rounded to nearest even; returns the scale. */
 static float round_block(const float *x, int n, int8_t *q) {
@@ -52,10 +67,8 @@ static float round_block(const float *x, int n, int8_t *q) {
         for (int i = 0; i < n; i++)
                 amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
         float d = amax / 127, id = d > 0 ? 1 / d : 0;
-        for (int i = 0; i < n; i++) {
-                long v = lrintf(x[i] * id);
-                q[i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
-        }
+        for (int i = 0; i < n; i++)
+                q[i] = round_level(x[i] * id);
         return d;
 }
 

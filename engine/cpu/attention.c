@@ -1,8 +1,9 @@
 /* Causal grouped-query attention over each sequence's blocks of the KV
  * pool. One task per (rows of one sequence, KV head): the query heads
  * sharing that KV head, for up to ROWS consecutive tokens, read its keys
- * and values together, block by block, so each block is read (and a bf16
- * one widened to fp32, exactly) once for all of them. Scores are
+ * and values together, block by block, so each block comes from memory
+ * once for all of them (then from L1); the kernels' scores and mix take a
+ * block's rows in one call and widen bf16 exactly in registers. Scores are
  * q.k / sqrt(head_dim) and a softmax in fp32 with the maximum subtracted,
  * as Hugging Face computes them; each (token, head) is computed alone, in
  * key order, so the result does not depend on how tokens were grouped or
@@ -42,30 +43,44 @@ static const mx_attn_seq *rows_of(const attn_job *j, uint32_t k, uint32_t *r0, u
         return NULL;
 }
 
-/* n rows of KV head g in a block's keys or values, as fp32 rows of *step
- * floats: in place for an f32 pool, widened into wide ([n][head_dim]) for
- * bf16. */
-static const float *block_rows(const attn_job *j, uint32_t block, bool v, uint32_t g, uint32_t n, float *wide,
-                               size_t *step) {
+/* KV head g's first row in a block's keys or values; rows are
+ * n_kv_heads * head_dim elements of the pool's type apart. */
+static const void *kv_rows(const attn_job *j, uint32_t block, bool v, uint32_t g) {
         const mx_config *c = &j->cb->base.model->cfg;
-        size_t hd = c->head_dim, stride = (size_t)c->n_kv_heads * hd;
-        const void *base = mx_cpu_kv_block(j->cb, block, j->layer, v);
-        if (j->cb->base.kv_type == MX_KV_F32) {
-                *step = stride;
-                return (const float *)base + (size_t)g * hd;
-        }
-        const uint16_t *h = (const uint16_t *)base + (size_t)g * hd;
+        size_t off = (size_t)g * c->head_dim * mx_kv_elem_bytes(j->cb->base.kv_type);
+        return (const char *)mx_cpu_kv_block(j->cb, block, j->layer, v) + off;
+}
+
+/* n rows of `bytes` each, `step` bytes apart, on their way into the
+ * cache: a sequence's blocks lie far apart in the pool (a block holds
+ * every layer), where the hardware prefetchers, which stay within a page,
+ * do not follow, so each block would start with misses. */
+static void prefetch_rows(const void *p, uint64_t step, uint32_t n, size_t bytes) {
         for (uint32_t i = 0; i < n; i++)
-                for (size_t d = 0; d < hd; d++)
-                        wide[i * hd + d] = mx_bf16_to_f32(h[i * stride + d]);
-        *step = hd;
-        return wide;
+                for (size_t o = 0; o < bytes; o += 64)
+                        __builtin_prefetch((const char *)p + i * step + o);
 }
 
 /* Keys (or values) of block b that row `len` long sees. */
 static uint32_t seen(uint32_t len, uint32_t b) {
         uint32_t i0 = b * MX_KV_BLOCK;
         return len <= i0 ? 0 : len - i0 < MX_KV_BLOCK ? len - i0 : MX_KV_BLOCK;
+}
+
+/* Each (row, head) pair's scores to softmax weights: exp(s - max) summed
+ * in key order, then each divided by the sum. */
+static void softmax(const attn_job *j, const mx_attn_seq *s, uint32_t r0, size_t heads, uint32_t group,
+                    uint32_t longest, float *p) {
+        for (size_t x = 0; x < heads; x++) {
+                uint32_t len = s->pos0 + r0 + (uint32_t)(x / group) + 1;
+                float *ph = p + x * longest, max = -INFINITY, sum = 0;
+                for (uint32_t i = 0; i < len; i++)
+                        max = ph[i] > max ? ph[i] : max;
+                for (uint32_t i = 0; i < len; i++)
+                        sum += ph[i] = expf(ph[i] - max);
+                for (uint32_t i = 0; i < len; i++)
+                        ph[i] = ph[i] / sum;
+        }
 }
 
 static void attn_task(void *arg, uint32_t task, uint32_t thread) {
@@ -76,41 +91,36 @@ static void attn_task(void *arg, uint32_t task, uint32_t thread) {
         const mx_attn_seq *s = rows_of(j, task / kvh, &r0, &r1);
         uint32_t longest = s->pos0 + r1, blocks = (longest + MX_KV_BLOCK - 1) / MX_KV_BLOCK;
         size_t heads = (size_t)(r1 - r0) * group; /* (row, head) pairs, row-major */
-        /* scratch: each pair's sum, its scores [longest], one block widened */
-        float *sum = j->cb->scratch[thread].p, *p = sum + heads, *wide = p + heads * longest;
+        float *p = j->cb->scratch[thread].p; /* each pair's scores [longest] */
         float scale = (float)sqrt((double)hd);
-        size_t step;
+        uint64_t step = (uint64_t)kvh * hd;
+        bool bf16 = j->cb->base.kv_type != MX_KV_F32;
 
+        size_t es = mx_kv_elem_bytes(j->cb->base.kv_type), row = hd * es;
+        /* the values this block's scores will need after the softmax, and
+         * the next block's keys */
         for (uint32_t b = 0; b < blocks; b++) {
-                const float *keys = block_rows(j, s->blocks[b], false, g, seen(longest, b), wide, &step);
+                const void *keys = kv_rows(j, s->blocks[b], false, g);
+                prefetch_rows(kv_rows(j, s->blocks[b], true, g), step * es, seen(longest, b), row);
+                if (b + 1 < blocks)
+                        prefetch_rows(kv_rows(j, s->blocks[b + 1], false, g), step * es, seen(longest, b + 1), row);
                 for (uint32_t r = r0; r < r1; r++)
                         for (uint32_t h = 0; h < group; h++) {
                                 const float *qh = j->q + ((size_t)(s->row0 + r) * c->n_heads + g * group + h) * hd;
                                 float *ph = p + ((size_t)(r - r0) * group + h) * longest + b * MX_KV_BLOCK;
-                                for (uint32_t i = 0; i < seen(s->pos0 + r + 1, b); i++)
-                                        ph[i] = k->dot(qh, keys + i * step, hd) / scale;
+                                k->scores(qh, keys, step, bf16, seen(s->pos0 + r + 1, b), hd, scale, ph);
                         }
         }
-        for (size_t x = 0; x < heads; x++) {
-                uint32_t len = s->pos0 + r0 + (uint32_t)(x / group) + 1;
-                float *ph = p + x * longest, max = -INFINITY;
-                for (uint32_t i = 0; i < len; i++)
-                        max = ph[i] > max ? ph[i] : max;
-                sum[x] = 0;
-                for (uint32_t i = 0; i < len; i++)
-                        sum[x] += ph[i] = expf(ph[i] - max);
-        }
+        softmax(j, s, r0, heads, group, longest, p);
         for (uint32_t r = r0; r < r1; r++)
                 memset(j->out + ((size_t)(s->row0 + r) * c->n_heads + g * group) * hd, 0, (size_t)group * hd * 4);
         for (uint32_t b = 0; b < blocks; b++) {
-                const float *vals = block_rows(j, s->blocks[b], true, g, seen(longest, b), wide, &step);
+                const void *vals = kv_rows(j, s->blocks[b], true, g);
                 for (uint32_t r = r0; r < r1; r++)
                         for (uint32_t h = 0; h < group; h++) {
-                                size_t x = (size_t)(r - r0) * group + h;
                                 float *o = j->out + ((size_t)(s->row0 + r) * c->n_heads + g * group + h) * hd;
-                                const float *ph = p + x * longest + b * MX_KV_BLOCK;
-                                for (uint32_t i = 0; i < seen(s->pos0 + r + 1, b); i++)
-                                        k->axpy(ph[i] / sum[x], vals + i * step, o, hd);
+                                const float *ph = p + ((size_t)(r - r0) * group + h) * longest + b * MX_KV_BLOCK;
+                                k->mix(ph, vals, step, bf16, seen(s->pos0 + r + 1, b), hd, o);
                         }
         }
 }
@@ -156,7 +166,7 @@ int mx_cpu_attention(mx_backend *b, uint32_t layer, const mx_attn_seq *seqs, siz
                 tasks += (seqs[s].n + rows - 1) / rows;
         size_t pairs = (size_t)rows * (c->n_heads / c->n_kv_heads);
         for (uint32_t t = 0; t < cb->threads; t++)
-                if (!mx_cpu_scratch(cb, t, pairs * (1 + (size_t)longest) + (size_t)MX_KV_BLOCK * c->head_dim))
+                if (!mx_cpu_scratch(cb, t, pairs * (size_t)longest))
                         return -ENOMEM;
         attn_job j = {cb, layer, seqs, n_seqs, rows, q, out};
         mx_pool_run(cb->pool, tasks * c->n_kv_heads, attn_task, &j);

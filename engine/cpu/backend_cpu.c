@@ -223,6 +223,7 @@ static const mx_backend_ops cpu_ops = {
         .embed = cpu_embed,
         .rmsnorm = cpu_rmsnorm,
         .matmul = mx_cpu_matmul,
+        .qkv = mx_cpu_qkv,
         .rope = cpu_rope,
         .attention = mx_cpu_attention,
         .moe = mx_cpu_moe,

@@ -45,6 +45,27 @@ float *mx_cpu_scratch(cpu_backend *cb, uint32_t thread, size_t n);
 
 int mx_cpu_matmul(mx_backend *b, const mx_tensor *w, const float *x, float *out, uint32_t n,
                   bool accumulate);
+
+/* One of several products run as one parallel loop (mx_cpu_products):
+ * out = w x for n tokens, or added to out; with w3, out = silu(w x) *
+ * (w3 x), each block of rows finished by the task that made it, w3 x going
+ * to tmp ([n][rows]). Inputs shared by several products are rounded once. */
+typedef struct cpu_product {
+        const mx_tensor *w, *w3;
+        const float *x; /* [n][w cols] */
+        float *out;     /* [n][w rows] */
+        float *tmp;
+        uint32_t n;
+        bool accumulate; /* not with w3 */
+} cpu_product;
+
+#define MX_CPU_PRODUCTS_MAX 16
+/* -EINVAL: more than MX_CPU_PRODUCTS_MAX products, or w3 with accumulate
+ * or on a tensor in RoPE order. */
+int mx_cpu_products(mx_backend *b, const cpu_product *p, uint32_t count);
+int mx_cpu_qkv(mx_backend *b, const mx_layer *l, const float *x, float *q, float *k, float *v, uint32_t n);
+/* h1[i] = silu(h1[i]) * h3[i], SwiGLU's product, as Hugging Face computes it. */
+void mx_cpu_silu_mul(float *h1, const float *h3, size_t n);
 int mx_cpu_attention(mx_backend *b, uint32_t layer, const mx_attn_seq *seqs, size_t n_seqs,
                      const float *q, const float *k, const float *v, float *out);
 int mx_cpu_moe(mx_backend *b, const mx_layer *layer, const float *x, float *acc, uint32_t n);

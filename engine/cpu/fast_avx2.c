@@ -11,6 +11,7 @@
 #define BF_R 2
 #define BF_T 2
 #define K_D 1
+#define K6_D 1
 #define BF_D 1
 #define FAST_TILES MX_SYM(mx_fast_tiles_avx2)
 

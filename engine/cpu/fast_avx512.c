@@ -15,6 +15,7 @@
 #define K_R 2
 #define K_T 6
 #define K_D 4
+#define K6_D 2
 #define BF_D 4
 #define FAST_TILES MX_SYM(mx_fast_tiles_avx512)
 

@@ -102,6 +102,15 @@ typedef struct mx_kernels {
         float (*dot)(const float *a, const float *b, uint64_t n);
         /* y[i] = fma(a, x[i], y[i]) */
         void (*axpy)(float a, const float *x, float *y, uint64_t n);
+        /* Attention's two passes over n rows of the KV pool, `step` elements
+         * apart, of fp32 or bf16 (widened exactly, in registers): scores
+         * out[i] = dot(q, k_i, hd) / scale, each dot summed as `dot` sums;
+         * mix o[d] = fma(w[i], v_i[d], o[d]) for i = 0 .. n-1 in order, the
+         * additions of n axpy calls. One call per block of keys instead of
+         * one per key, and no widened copy of the block. */
+        void (*scores)(const float *q, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd,
+                       float scale, float *out);
+        void (*mix)(const float *w, const void *v, uint64_t step, bool bf16, uint32_t n, uint32_t hd, float *o);
 } mx_kernels;
 
 extern const mx_kernels mx_kernels_scalar, mx_kernels_avx2, mx_kernels_avx2_vnni, mx_kernels_avx512,

@@ -92,4 +92,86 @@ static void axpy(float a, const float *x, float *y, uint64_t n) {
                 y[k] = _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(x[k]), _mm_set_ss(y[k])));
 }
 
-const mx_kernels MX_SYM(mx_kernels_avx2) = {MX_VNNI ? MX_ISA_AVX2_VNNI : MX_ISA_AVX2, matmul_rows, dot, axpy};
+/* ---- attention over KV rows: fp32, or bf16 widened as it loads ------------------- */
+
+/* 16 values of a KV row from element d on, zeros past n. */
+static inline vf kv_load16(const void *row, bool bf16, uint64_t d, uint64_t n) {
+        size_t es = bf16 ? 2 : 4;
+        const uint8_t *p = (const uint8_t *)row + d * es;
+        if (n - d < 16) {
+                _Alignas(32) uint8_t pad[64] = {0};
+                memcpy(pad, p, (n - d) * es);
+                return bf16 ? load_bf16(pad) : load_f32((const float *)pad);
+        }
+        return bf16 ? load_bf16(p) : load_f32((const float *)p);
+}
+
+static inline vf q_load16(const float *q, uint64_t d, uint64_t n) {
+        return kv_load16(q, false, d, n);
+}
+
+static inline __attribute__((always_inline)) void scores_of(const float *q, const void *k, uint64_t step, bool bf16,
+                                                            uint32_t n, uint32_t hd, float scale, float *out) {
+        size_t es = bf16 ? 2 : 4;
+        uint32_t i = 0;
+        for (; i + 2 <= n; i += 2) {
+                const uint8_t *k0 = (const uint8_t *)k + i * step * es, *k1 = k0 + step * es;
+                vf a0 = vf_zero(), a1 = vf_zero();
+                for (uint64_t d = 0; d < hd; d += 16) {
+                        vf qv = q_load16(q, d, hd);
+                        a0 = vf_fma(qv, kv_load16(k0, bf16, d, hd), a0);
+                        a1 = vf_fma(qv, kv_load16(k1, bf16, d, hd), a1);
+                }
+                out[i] = vf_reduce(a0) / scale;
+                out[i + 1] = vf_reduce(a1) / scale;
+        }
+        for (; i < n; i++) {
+                const uint8_t *k0 = (const uint8_t *)k + i * step * es;
+                vf a0 = vf_zero();
+                for (uint64_t d = 0; d < hd; d += 16)
+                        a0 = vf_fma(q_load16(q, d, hd), kv_load16(k0, bf16, d, hd), a0);
+                out[i] = vf_reduce(a0) / scale;
+        }
+}
+
+static void scores(const float *q, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd, float scale,
+                   float *out) {
+        if (bf16)
+                scores_of(q, k, step, true, n, hd, scale, out);
+        else
+                scores_of(q, k, step, false, n, hd, scale, out);
+}
+
+/* 32 outputs per pass stay in registers while the rows go by; the last
+ * few (hd % 16) take padded loads and write back only what is there. */
+static inline __attribute__((always_inline)) void mix_of(const float *w, const void *v, uint64_t step, bool bf16,
+                                                         uint32_t n, uint32_t hd, float *o) {
+        size_t es = bf16 ? 2 : 4;
+        for (uint64_t d0 = 0; d0 < hd; d0 += 32) {
+                vf acc[2];
+                _Alignas(32) float out[32] = {0};
+                memcpy(out, o + d0, (hd - d0 < 32 ? hd - d0 : 32) * 4);
+                UNROLL for (int j = 0; j < 2; j++) acc[j] = load_f32(out + 16 * j);
+                for (uint32_t i = 0; i < n; i++) {
+                        vf wv = vf_set1(w[i]);
+                        const uint8_t *row = (const uint8_t *)v + i * step * es;
+                        UNROLL for (int j = 0; j < 2; j++) if (d0 + 16 * j < hd) acc[j] =
+                                vf_fma(wv, kv_load16(row, bf16, d0 + 16 * j, hd), acc[j]);
+                }
+                UNROLL for (int j = 0; j < 2; j++) {
+                        _mm256_store_ps(out + 16 * j, acc[j].lo);
+                        _mm256_store_ps(out + 16 * j + 8, acc[j].hi);
+                }
+                memcpy(o + d0, out, (hd - d0 < 32 ? hd - d0 : 32) * 4);
+        }
+}
+
+static void mix(const float *w, const void *v, uint64_t step, bool bf16, uint32_t n, uint32_t hd, float *o) {
+        if (bf16)
+                mix_of(w, v, step, true, n, hd, o);
+        else
+                mix_of(w, v, step, false, n, hd, o);
+}
+
+const mx_kernels MX_SYM(mx_kernels_avx2) = {MX_VNNI ? MX_ISA_AVX2_VNNI : MX_ISA_AVX2, matmul_rows, dot, axpy,
+                                            scores, mix};

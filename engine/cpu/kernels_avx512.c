@@ -74,4 +74,73 @@ static void axpy(float a, const float *x, float *y, uint64_t n) {
         }
 }
 
-const mx_kernels MX_SYM(mx_kernels_avx512) = {MX_VNNI ? MX_ISA_AVX512_VNNI : MX_ISA_AVX512, matmul_rows, dot, axpy};
+/* ---- attention over KV rows: fp32, or bf16 widened as it loads ------------------- */
+
+static inline __mmask16 tail_mask(uint64_t d, uint64_t n) {
+        return d >= n ? 0 : n - d >= 16 ? 0xffff : (__mmask16)((1u << (n - d)) - 1);
+}
+
+static inline __m512 kv_load(const void *p, bool bf16, uint64_t i, __mmask16 m) {
+        return bf16 ? load_bf16((const uint16_t *)p + i, m) : _mm512_maskz_loadu_ps(m, (const float *)p + i);
+}
+
+/* Four keys at once (four independent chains); q stays in L1. */
+static inline __attribute__((always_inline)) void scores_of(const float *q, const void *k, uint64_t step, bool bf16,
+                                                            uint32_t n, uint32_t hd, float scale, float *out) {
+        uint32_t i = 0;
+        for (; i + 4 <= n; i += 4) {
+                __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+                for (uint64_t d = 0; d < hd; d += 16) {
+                        __mmask16 m = tail_mask(d, hd);
+                        __m512 qv = _mm512_maskz_loadu_ps(m, q + d);
+                        UNROLL for (int j = 0; j < 4; j++) acc[j] =
+                                _mm512_fmadd_ps(qv, kv_load(k, bf16, (i + j) * step + d, m), acc[j]);
+                }
+                UNROLL for (int j = 0; j < 4; j++) out[i + j] = vf_reduce(acc[j]) / scale;
+        }
+        for (; i < n; i++) {
+                __m512 acc = _mm512_setzero_ps();
+                for (uint64_t d = 0; d < hd; d += 16) {
+                        __mmask16 m = tail_mask(d, hd);
+                        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + d), kv_load(k, bf16, i * step + d, m), acc);
+                }
+                out[i] = vf_reduce(acc) / scale;
+        }
+}
+
+static void scores(const float *q, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd, float scale,
+                   float *out) {
+        if (bf16)
+                scores_of(q, k, step, true, n, hd, scale, out);
+        else
+                scores_of(q, k, step, false, n, hd, scale, out);
+}
+
+/* 128 outputs per pass stay in registers while the rows go by. */
+static inline __attribute__((always_inline)) void mix_of(const float *w, const void *v, uint64_t step, bool bf16,
+                                                         uint32_t n, uint32_t hd, float *o) {
+        for (uint64_t d0 = 0; d0 < hd; d0 += 128) {
+                __mmask16 m[8];
+                __m512 acc[8];
+                UNROLL for (int j = 0; j < 8; j++) {
+                        m[j] = tail_mask(d0 + 16 * j, hd);
+                        acc[j] = _mm512_maskz_loadu_ps(m[j], o + d0 + 16 * j);
+                }
+                for (uint32_t i = 0; i < n; i++) {
+                        __m512 wv = _mm512_set1_ps(w[i]);
+                        UNROLL for (int j = 0; j < 8; j++) acc[j] =
+                                _mm512_fmadd_ps(wv, kv_load(v, bf16, i * step + d0 + 16 * j, m[j]), acc[j]);
+                }
+                UNROLL for (int j = 0; j < 8; j++) _mm512_mask_storeu_ps(o + d0 + 16 * j, m[j], acc[j]);
+        }
+}
+
+static void mix(const float *w, const void *v, uint64_t step, bool bf16, uint32_t n, uint32_t hd, float *o) {
+        if (bf16)
+                mix_of(w, v, step, true, n, hd, o);
+        else
+                mix_of(w, v, step, false, n, hd, o);
+}
+
+const mx_kernels MX_SYM(mx_kernels_avx512) = {MX_VNNI ? MX_ISA_AVX512_VNNI : MX_ISA_AVX512, matmul_rows, dot, axpy,
+                                              scores, mix};

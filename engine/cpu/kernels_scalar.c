@@ -185,4 +185,33 @@ static void axpy(float a, const float *x, float *y, uint64_t n) {
                 y[i] = fmaf(a, x[i], y[i]);
 }
 
-const mx_kernels mx_kernels_scalar = {MX_ISA_SCALAR, matmul_rows, dot, axpy};
+/* Element d of a KV row, as fp32. */
+static float kv_at(const void *row, bool bf16, uint64_t d) {
+        return bf16 ? mx_bf16_to_f32(((const uint16_t *)row)[d]) : ((const float *)row)[d];
+}
+
+static const void *kv_row(const void *p, bool bf16, uint64_t i) {
+        return (const uint8_t *)p + i * (bf16 ? 2 : 4);
+}
+
+static void scores(const float *q, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd, float scale,
+                   float *out) {
+        for (uint32_t i = 0; i < n; i++) {
+                const void *row = kv_row(k, bf16, i * step);
+                float lane[16] = {0};
+                for (uint64_t d0 = 0; d0 < hd; d0 += 16)
+                        for (int j = 0; j < 16; j++) {
+                                uint64_t d = d0 + (uint64_t)j;
+                                lane[j] = fmaf(d < hd ? q[d] : 0.0f, d < hd ? kv_at(row, bf16, d) : 0.0f, lane[j]);
+                        }
+                out[i] = mx_reduce16(lane) / scale;
+        }
+}
+
+static void mix(const float *w, const void *v, uint64_t step, bool bf16, uint32_t n, uint32_t hd, float *o) {
+        for (uint32_t i = 0; i < n; i++)
+                for (uint32_t d = 0; d < hd; d++)
+                        o[d] = fmaf(w[i], kv_at(kv_row(v, bf16, i * step), bf16, d), o[d]);
+}
+
+const mx_kernels mx_kernels_scalar = {MX_ISA_SCALAR, matmul_rows, dot, axpy, scores, mix};

@@ -98,11 +98,6 @@ void mx_cpu_route(const float *logits, uint32_t experts, uint32_t k, float *p, u
                 weight[i] /= top;
 }
 
-static void swiglu(float *h1, const float *h3, size_t n) {
-        for (size_t i = 0; i < n; i++)
-                h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h3[i];
-}
-
 static int run_expert(mx_backend *b, const mx_tensor *w1, const mx_tensor *w2, const mx_tensor *w3,
                       const float *x, uint32_t count) {
         cpu_moe *m = ((cpu_backend *)b)->moe;
@@ -115,7 +110,7 @@ static int run_expert(mx_backend *b, const mx_tensor *w1, const mx_tensor *w2, c
                 r = mx_cpu_matmul(b, w3, m->xe, m->h3, count, false);
         if (r < 0)
                 return r;
-        swiglu(m->h1, m->h3, (size_t)count * f);
+        mx_cpu_silu_mul(m->h1, m->h3, (size_t)count * f);
         if ((r = mx_cpu_matmul(b, w2, m->h1, m->y, count, false)) < 0)
                 return r;
         for (uint32_t i = 0; i < count; i++)
@@ -160,8 +155,9 @@ static int expert_weights(cpu_backend *cb, const mx_layer *l, uint32_t e, mx_exp
 }
 
 /* Expert e's rows: the tokens that chose it, their weights, and where its
- * output goes among each token's outputs (ordered by expert index). */
-static uint32_t rows_of(cpu_moe *m, uint32_t e, uint32_t n, uint32_t k) {
+ * output goes among each token's outputs (ordered by expert index); in
+ * m->rows and m->rows_pos from index `at` on. */
+static uint32_t rows_of(cpu_moe *m, uint32_t e, uint32_t n, uint32_t k, uint32_t at) {
         uint32_t count = 0;
         for (uint32_t t = 0; t < n; t++)
                 for (uint32_t i = 0; i < k; i++)
@@ -169,16 +165,16 @@ static uint32_t rows_of(cpu_moe *m, uint32_t e, uint32_t n, uint32_t k) {
                                 uint32_t rank = 0;
                                 for (uint32_t j = 0; j < k; j++)
                                         rank += m->choice[t * k + j] < e;
-                                m->rows[count] = t;
+                                m->rows[at + count] = t;
                                 m->ys_w[t * k + rank] = m->weight[t * k + i];
-                                m->rows_pos[count++] = t * k + rank;
+                                m->rows_pos[at + count++] = t * k + rank;
                         }
         return count;
 }
 
 static int one_expert(cpu_backend *cb, const mx_layer *l, uint32_t e, const float *x, uint32_t n) {
         cpu_moe *m = cb->moe;
-        uint32_t count = rows_of(m, e, n, cb->base.model->cfg.n_experts_per_tok);
+        uint32_t count = rows_of(m, e, n, cb->base.model->cfg.n_experts_per_tok, 0);
         if (!count)
                 return 0;
         mx_expert_view v;
@@ -209,6 +205,40 @@ static void combine(cpu_moe *m, uint32_t n, uint32_t k, size_t h, float *acc) {
         }
 }
 
+/* Few tokens (decode): the chosen experts' w1 and w3 with SwiGLU as one
+ * parallel loop, then their w2 as another, instead of three loops per
+ * expert; an expert every token chose reads x in place, so that x is
+ * rounded once for all of them. Rows are stacked per expert in m's
+ * buffers (reserved for n * k rows). */
+static int experts_together(cpu_backend *cb, const mx_layer *l, const float *x, uint32_t n) {
+        cpu_moe *m = cb->moe;
+        const mx_config *c = &cb->base.model->cfg;
+        size_t h = c->hidden_size, f = c->intermediate_size, row = 0;
+        cpu_product up[MX_CPU_PRODUCTS_MAX] = {0}, down[MX_CPU_PRODUCTS_MAX] = {0};
+        uint32_t count = 0;
+        for (uint32_t e = 0; e < c->n_experts; e++) {
+                uint32_t rows = rows_of(m, e, n, c->n_experts_per_tok, (uint32_t)row);
+                if (!rows)
+                        continue;
+                const float *xe = x;
+                if (rows < n) {
+                        for (uint32_t i = 0; i < rows; i++)
+                                memcpy(m->xe + (row + i) * h, x + (size_t)m->rows[row + i] * h, h * sizeof(float));
+                        xe = m->xe + row * h;
+                }
+                up[count] = (cpu_product){.w = l->w1[e], .w3 = l->w3[e], .x = xe, .out = m->h1 + row * f,
+                                          .tmp = m->h3 + row * f, .n = rows};
+                down[count++] = (cpu_product){.w = l->w2[e], .x = m->h1 + row * f, .out = m->y + row * h, .n = rows};
+                row += rows;
+        }
+        int r = mx_cpu_products(&cb->base, up, count);
+        if (r == 0)
+                r = mx_cpu_products(&cb->base, down, count);
+        for (size_t i = 0; r == 0 && i < row; i++)
+                memcpy(m->ys + (size_t)m->rows_pos[i] * h, m->y + i * h, h * sizeof(float));
+        return r;
+}
+
 int mx_cpu_moe(mx_backend *b, const mx_layer *l, const float *x, float *acc, uint32_t n) {
         cpu_backend *cb = (cpu_backend *)b;
         const mx_config *c = &b->model->cfg;
@@ -222,6 +252,12 @@ int mx_cpu_moe(mx_backend *b, const mx_layer *l, const float *x, float *acc, uin
         for (uint32_t t = 0; t < n; t++)
                 mx_cpu_route(m->logits + (size_t)t * E, E, k, m->prob, m->choice + (size_t)t * k,
                       m->weight + (size_t)t * k);
+        if (!cb->experts && (size_t)n * k <= MX_CPU_PRODUCTS_MAX) {
+                if ((r = reserve(cb, n * k)) < 0 || (r = experts_together(cb, l, x, n)) < 0)
+                        return r;
+                combine(m, n, k, c->hidden_size, acc);
+                return 0;
+        }
         if (cb->experts && (r = prefetch(cb, l, x, n)) < 0)
                 return r;
         /* Streaming: the experts already in memory first, so that the

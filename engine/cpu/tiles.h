@@ -38,18 +38,39 @@ const mx_tiles *MX_SYM(mx_fast_tiles_avx512)(mx_dtype t);
 
 #define UNROLL _Pragma("GCC unroll 16")
 
+/* Decode streams each weight once; a tile of D rows reads them
+ * interleaved, block by block, which the hardware prefetchers follow
+ * badly, and each task's first rows start cold. So the kernels ask for
+ * the bytes this far ahead themselves: measured on Zen 5 (2 threads,
+ * q4_k_m b1), decode 1.17x faster; 2 to 8 KiB did about as well. */
+#define MX_PREFETCH_AHEAD 4096
+
+/* [p, p + bytes) on its way into the cache, up to end. */
+static inline void mx_prefetch(const uint8_t *p, const uint8_t *end, uint64_t bytes) {
+        const uint8_t *q = p + bytes < end ? p + bytes : end;
+        for (; p < q; p += 64)
+                __builtin_prefetch(p);
+}
+
 static inline void mx_tiles_rows(const mx_tiles *tl, const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
         uint64_t rb = 0, K = a->cols, r = r0;
         mx_dtype_row_bytes(a->dtype, a->cols, &rb);
         const uint8_t *x = a->xq ? a->xq : (const uint8_t *)a->x;
         uint64_t ldx = a->xq ? a->ldxq : a->ldx * sizeof(float);
         if (a->n < 4) {
-                /* Decode: a few rows at a time, ascending (what the prefetchers
-                 * follow), then the rest one by one. */
-                for (; a->n && r + tl->D <= r1; r += tl->D)
+                /* Decode: a few rows at a time, ascending, each tile asking
+                 * for the bytes MX_PREFETCH_AHEAD on (the first tile's too),
+                 * then the rest one by one. */
+                const uint8_t *end = a->w + r1 * rb;
+                mx_prefetch(a->w + r * rb, end, MX_PREFETCH_AHEAD);
+                for (; a->n && r + tl->D <= r1; r += tl->D) {
+                        mx_prefetch(a->w + r * rb + MX_PREFETCH_AHEAD, end, tl->D * rb);
                         tl->dec[a->n](a->w + r * rb, rb, x, ldx, K, a->out + r, a->ldo, a->accumulate);
-                for (; a->n && r < r1; r++)
+                }
+                for (; a->n && r < r1; r++) {
+                        mx_prefetch(a->w + r * rb + MX_PREFETCH_AHEAD, end, rb);
                         tl->one[a->n](a->w + r * rb, rb, x, ldx, K, a->out + r, a->ldo, a->accumulate);
+                }
                 return;
         }
         uint64_t full = r0 + (r1 - r0) / tl->R * tl->R;

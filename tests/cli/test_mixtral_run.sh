@@ -179,10 +179,11 @@ expect 1 "expected cpu, cuda or cuda:N" -- "$run" -m "$tiny" -p x --device tpu
 expect 2 "exclude each other" -- "$run" -m "$tiny" --synthetic b1 --bench
 expect 2 "--layers goes with --synthetic" -- "$run" -m "$tiny" --layers 2 --bench
 expect 2 "--batch: '0' is out of range" -- "$run" -m "$tiny" --bench --batch 1,0
+expect 2 "--batch and --depth go with --bench" -- "$run" -m "$tiny" -p x --depth 512
 expect 1 "synthetic shape \"nope\"" -- "$run" --synthetic nope --info
 info=$("$run" --synthetic mixtral-8x7b --info) || fail "--synthetic mixtral-8x7b --info"
 case "$info" in *46.7*) ;; *) fail "--synthetic mixtral-8x7b --info shows no 46.7 B parameters: $info" ;; esac
-bench=$("$run" -m "$tiny" --bench -n 4 --threads 1 --batch 1,3) || fail "--bench"
+bench=$("$run" -m "$tiny" --bench -n 4 --threads 1 --batch 1,3 --depth 300) || fail "--bench"
 /usr/bin/python3 -c '
 import json, sys
 d = json.loads(sys.argv[1])
@@ -190,6 +191,7 @@ for k in ("prompt_tokens", "prefill_tokens_per_s", "decode_tokens_per_s", "weigh
           "achieved_GBps", "memcpy_GBps", "read_GBps", "fraction_of_bandwidth"):
     assert k in d, k
 assert d["prompt_tokens"] == 512 and d["decode_tokens"] == 4 and d["decode_tokens_per_s"] > 0
+assert d["decode_depth"] == 300, d["decode_depth"]
 assert [b["batch"] for b in d["batches"]] == [1, 3], d["batches"]
 for b in d["batches"]:
     assert b["tokens_per_s"] > 0 and b["weight_bytes_per_step"] > 0 and b["step_ms"] > 0, b

@@ -6,7 +6,8 @@
  * token's outputs equal those of the token alone (batch invariance),
  * accumulate adds, the f32 path equals a plain dot product of
  * mx_dequant_row's floats, and the fast path stays within its tolerance of
- * the f32 path. */
+ * the f32 path; and attention's kernels (scores, mix) on fp32 and bf16
+ * rows against the scalar dot and axpy. */
 #include <math.h>
 
 #include "kernels.h"
@@ -158,6 +159,52 @@ static void check(mx_dtype t, uint64_t rows, uint64_t cols) {
         unmake(&p);
 }
 
+/* Attention's kernels on every instruction set: equal to the scalar ones
+ * and to the scalar dot and axpy over widened rows (what they replace),
+ * bit for bit, for fp32 and bf16 rows, head sizes with tails, and any
+ * number of keys. */
+static void check_attention(uint32_t hd) {
+        enum { KEYS = 19, STEP_EXTRA = 5 };
+        uint64_t step = hd + STEP_EXTRA;
+        float q[256], rows[KEYS * 261], wide[KEYS * 256], w[KEYS], want[KEYS], got[KEYS];
+        float o_want[256], o_got[256];
+        uint16_t rows16[KEYS * 261];
+        for (uint32_t i = 0; i < hd; i++)
+                q[i] = gauss();
+        for (uint64_t i = 0; i < KEYS * step; i++) {
+                rows16[i] = mx_f32_to_bf16(gauss());
+                rows[i] = gauss();
+        }
+        for (uint32_t i = 0; i < KEYS; i++)
+                w[i] = (float)uniform();
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+                const void *src = bf16 ? (const void *)rows16 : (const void *)rows;
+                for (uint32_t i = 0; i < KEYS; i++)
+                        for (uint32_t d = 0; d < hd; d++)
+                                wide[i * hd + d] = bf16 ? mx_bf16_to_f32(rows16[i * step + d]) : rows[i * step + d];
+                for (uint32_t n = 1; n <= KEYS; n += 3) {
+                        for (uint32_t i = 0; i < n; i++)
+                                want[i] = mx_kernels_scalar.dot(q, wide + i * hd, hd) / 11.3f;
+                        for (uint32_t d = 0; d < hd; d++)
+                                o_want[d] = (float)d;
+                        for (uint32_t i = 0; i < n; i++)
+                                mx_kernels_scalar.axpy(w[i], wide + i * hd, o_want, hd);
+                        for (int isa = 0; isa < MX_ISA_COUNT; isa++) {
+                                if (!mx_isa_supported((mx_isa)isa))
+                                        continue;
+                                const mx_kernels *k = mx_kernels_for((mx_isa)isa);
+                                k->scores(q, src, step, bf16, n, hd, 11.3f, got);
+                                for (uint32_t d = 0; d < hd; d++)
+                                        o_got[d] = (float)d;
+                                k->mix(w, src, step, bf16, n, hd, o_got);
+                                CHECK(memcmp(got, want, n * 4) == 0 && memcmp(o_got, o_want, hd * 4) == 0,
+                                      "attention, %s rows, head_dim %u, %u keys, %s: differs from dot and axpy",
+                                      bf16 ? "bf16" : "f32", hd, n, mx_isa_name((mx_isa)isa));
+                        }
+                }
+        }
+}
+
 int main(void) {
         for (int isa = 0; isa < MX_ISA_COUNT; isa++)
                 printf("%s: %s\n", mx_isa_name((mx_isa)isa), mx_isa_supported((mx_isa)isa) ? "tested" : "not on this CPU");
@@ -174,5 +221,9 @@ int main(void) {
                 check(kq[i], 21, 256), check(kq[i], 13, 768);
         /* A row of Mixtral's width. */
         check(MX_DTYPE_BF16, 9, 4096), check(MX_DTYPE_Q4_0, 9, 4096), check(MX_DTYPE_Q4_K, 9, 4096);
+        static const uint32_t head_dims[] = {16, 40, 64, 128, 136, 256};
+        for (size_t i = 0; i < MX_ELEMENTSOF(head_dims); i++)
+                check_attention(head_dims[i]);
+        printf("attention: every instruction set equals dot and axpy over widened rows\n");
         return test_result();
 }

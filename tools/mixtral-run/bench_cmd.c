@@ -84,23 +84,20 @@ typedef struct decode_result {
         double expert_bytes_uploaded;                                      /* per step, on a GPU */
 } decode_result;
 
-/* B sequences, each prefilled with BATCH_PROMPT tokens of the prompt
- * (shifted so they route differently), then `decode` greedy steps of all
- * of them together. */
 static void free_samplers(mx_sampler **p, uint32_t n) {
         for (uint32_t i = 0; p && i < n; i++)
                 mx_sampler_free(p[i]);
         free(p);
 }
 
-/* B sequences, each prefilled with BATCH_PROMPT tokens of the prompt
- * (shifted so they route differently), then `decode` greedy steps of all
- * of them together. The engine draws the tokens (on the GPU there), as
- * the daemon has it do. */
-static int decode_batch(mx_engine *e, const mx_ids *prompt, uint32_t B, uint32_t decode,
+/* B sequences, each prefilled with `depth` tokens of the prompt (shifted
+ * so they route differently; at most the prompt), then `decode` greedy
+ * steps of all of them together. The engine draws the tokens (on the GPU
+ * there), as the daemon has it do. */
+static int decode_batch(mx_engine *e, const mx_ids *prompt, uint32_t B, uint32_t depth, uint32_t decode,
                         decode_result *out, mx_error *err) {
         uint32_t vocab = mx_engine_model(e)->cfg.vocab_size;
-        uint32_t plen = prompt->n < BATCH_PROMPT ? (uint32_t)prompt->n : BATCH_PROMPT;
+        uint32_t plen = prompt->n < depth ? (uint32_t)prompt->n : depth;
         mx_seq **seqs = calloc(B, sizeof(*seqs));
         mx_sampler **pick = calloc(B, sizeof(*pick));
         mx_batch_item *items = calloc(B, sizeof(*items));
@@ -202,7 +199,8 @@ int run_bench(const run_opts *o) {
         size_t nb = o->n_batch ? o->n_batch : 1;
         decode_result res[16];
         for (size_t i = 0; i < nb && i < MX_ELEMENTSOF(res); i++)
-                if (decode_batch(e, &prompt, o->n_batch ? o->batch[i] : 1, decode, &res[i], &err) < 0)
+                if (decode_batch(e, &prompt, o->n_batch ? o->batch[i] : 1, o->depth ? o->depth : BATCH_PROMPT, decode,
+                                 &res[i], &err) < 0)
                         return run_fail(&err);
         ceilings c = {0};
         if (run_on_gpu(o, NULL)) {
@@ -213,11 +211,13 @@ int run_bench(const run_opts *o) {
         }
         const decode_result *d = &res[0];
         double achieved = (d->weight_bytes + d->kv_bytes) / d->step_s / 1e9;
-        printf("{\"model\": \"%s\", \"engine\": \"%s\", \"prompt_tokens\": %zu, "
+        uint32_t depth = o->depth ? o->depth : BATCH_PROMPT;
+        printf("{\"model\": \"%s\", \"engine\": \"%s\", \"prompt_tokens\": %zu, \"decode_depth\": %zu, "
                "\"prefill_tokens_per_s\": %.2f, \"prefill_TFLOPs\": %.3f, \"decode_tokens\": %u, "
                "\"decode_tokens_per_s\": %.3f, \"weight_bytes_per_token\": %.0f, \"kv_bytes_per_token\": %.0f, "
                "\"achieved_GBps\": %.2f, \"memcpy_GBps\": %.2f, \"fraction_of_bandwidth\": %.3f",
-               m->dir, mx_engine_describe(e), prompt.n, (double)prompt.n / prefill_s,
+               m->dir, mx_engine_describe(e), prompt.n, prompt.n < depth ? prompt.n : (size_t)depth,
+               (double)prompt.n / prefill_s,
                prefill_flops / prefill_s / 1e12, decode, d->tokens_per_s / d->batch, d->weight_bytes,
                d->kv_bytes, achieved, c.memcpy_gbps, achieved / c.bw_gbps);
         /* The CPU's read-only pass; the GPU's ceilings are the copy and GEMM. */

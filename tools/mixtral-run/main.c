@@ -106,6 +106,8 @@ static const char usage_text[] =
         "                         --max-tokens (default 64) greedily and ignores EOS\n"
         "      --batch LIST       with --bench: decode batch sizes, comma-separated\n"
         "                         (default 1); each sequence first reads 128 tokens\n"
+        "      --depth N          with --bench: tokens each sequence reads before it\n"
+        "                         decodes (default 128; at most the prompt's)\n"
         "\n"
         "Actions:\n"
         "      --tokenize         print the ids the model would see, BOS first, separated\n"
@@ -176,6 +178,7 @@ enum {
         OPT_SYNTHETIC,
         OPT_LAYERS,
         OPT_BATCH,
+        OPT_DEPTH,
         OPT_EXPERT_MEMORY,
         OPT_HOST_CACHE,
         OPT_KV_TYPE,
@@ -300,6 +303,7 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 {"synthetic", required_argument, NULL, OPT_SYNTHETIC},
                 {"layers", required_argument, NULL, OPT_LAYERS},
                 {"batch", required_argument, NULL, OPT_BATCH},
+                {"depth", required_argument, NULL, OPT_DEPTH},
                 {"expert-memory", required_argument, NULL, OPT_EXPERT_MEMORY},
                 {"host-cache", required_argument, NULL, OPT_HOST_CACHE},
                 {"kv-type", required_argument, NULL, OPT_KV_TYPE},
@@ -357,6 +361,7 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 case OPT_SYNTHETIC: o->synthetic = optarg; break;
                 case OPT_LAYERS: r = parse_u32("--layers", optarg, 1, &o->layers); break;
                 case OPT_BATCH: r = parse_batches(optarg, o); break;
+                case OPT_DEPTH: r = parse_u32("--depth", optarg, 1, &o->depth); break;
                 case OPT_EXPERT_MEMORY: o->expert_memory = optarg; break;
                 case OPT_HOST_CACHE: o->host_cache = optarg; break;
                 case OPT_KV_TYPE: o->kv_type = optarg; break;
@@ -410,8 +415,8 @@ static int check_args(const run_opts *o) {
                 return usage_error("%s", "--model and --synthetic exclude each other");
         if (o->layers && !o->synthetic)
                 return usage_error("%s", "--layers goes with --synthetic");
-        if (o->n_batch && !o->bench)
-                return usage_error("%s", "--batch goes with --bench");
+        if ((o->n_batch || o->depth) && !o->bench)
+                return usage_error("%s", "--batch and --depth go with --bench");
         if ((actions == 0 || o->bench) && !o->model && !o->synthetic)
                 return usage_error("%s", "generating needs the weights: --model DIR");
         if (o->synthetic && actions == 0 && !o->tokenizer)

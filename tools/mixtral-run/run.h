@@ -20,6 +20,7 @@ typedef struct run_opts {
         mx_sampling sampling;
         uint32_t max_tokens, threads, ctx, layers;
         uint32_t batch[16]; /* --batch: decode batch sizes for --bench */
+        uint32_t depth;     /* --depth: tokens each --bench sequence reads before decoding; 0: 128 */
         size_t n_batch;
         mx_simd simd;
         const char **stop;
