@@ -85,7 +85,8 @@ static void on_chunk(void *data, const char *text, size_t len, const int32_t *id
         _cleanup_free_ char *t = malloc(len + 1);
         if (!t)
                 return md_conn_kill(q->pc->c, "out of memory");
-        memcpy(t, text, len);
+        if (len) /* a chunk of ids alone has no text at all */
+                memcpy(t, text, len);
         t[len] = '\0';
         Mixtrald__V1__Chunk ch = MIXTRALD__V1__CHUNK__INIT;
         ch.text = t;

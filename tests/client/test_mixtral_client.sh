@@ -428,7 +428,10 @@ m --json --ids --raw --seed 7 --max-tokens 12 "Once upon a time" </dev/null >"$t
         fail "--json --ids exited $?"
 /usr/bin/python3 -c "$check_json" "$tmp/events" ids "$tmp/a" "$tmp/ids" ||
         fail "--json --ids events: $(cat "$tmp/events")"
-r --prompt "Once upon a time" --seed 7 --max-tokens 12 --print-ids | sed 's/ 2$//' >"$tmp/b"
+r --prompt "Once upon a time" --seed 7 --max-tokens 12 --print-ids >"$tmp/b"
+# The daemon's ids end with the EOS that ended the answer (it was computed
+# and is counted); mixtral-run prints the answer's ids without it.
+sed -i 's/ 2$//' "$tmp/ids"
 same "the token ids of --json --ids" "$tmp/b" "$tmp/ids"
 # --ids without --json changes nothing.
 m --ids --raw --seed 7 --max-tokens 12 "Once upon a time" </dev/null >"$tmp/a"
