@@ -237,14 +237,6 @@ static int streaming(json_t *o, md_http_gen_req *out, mx_error *err) {
         return r;
 }
 
-/* jansson quotes the input near a syntax error, newlines and all; a
- * refusal is one line. */
-static void one_line(char *s) {
-        for (; *s; s++)
-                if ((unsigned char)*s < 0x20 || *s == 0x7f)
-                        *s = ' ';
-}
-
 int md_http_gen_parse(md_http_kind kind, const char *body, size_t len, md_http_gen_req *out, mx_error *err) {
         *out = (md_http_gen_req){0};
         json_error_t je;
@@ -255,10 +247,8 @@ int md_http_gen_parse(md_http_kind kind, const char *body, size_t len, md_http_g
         /* The message goes back in JSON, which must be UTF-8 (jansson's is). */
         if (!o && !mx_utf8_valid(je.text, strlen(je.text)))
                 return mx_error_set(err, -EINVAL, "the body is not valid JSON (at byte %d)", je.position);
-        if (!o) {
-                one_line(je.text);
+        if (!o) /* (mx_error_set makes jansson's quote of the input one line) */
                 return mx_error_set(err, -EINVAL, "the body is not valid JSON: %s (at byte %d)", je.text, je.position);
-        }
         if (!json_is_object(o))
                 return mx_error_set(err, -EINVAL, "the body must be a JSON object");
         md_gen_params *p = &out->params;
