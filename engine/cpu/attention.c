@@ -5,7 +5,9 @@
  * once for all of them (then from L1); the kernels' scores and mix take a
  * block's rows in one call and widen bf16 exactly in registers. Scores are
  * q.k / sqrt(head_dim) and a softmax in fp32 with the maximum subtracted,
- * as Hugging Face computes them; each (token, head) is computed alone, in
+ * as Hugging Face computes them (the kernels' softmax: an exp of their own
+ * and a sum in 16 lanes, the same bits on every instruction set, where
+ * libm's expf cost a call a score); each (token, head) is computed alone, in
  * key order, so the result does not depend on how tokens were grouped or
  * batched. What a step writes is rounded to the pool's type first and
  * read back from it, so a token's K and V are the same whichever step
@@ -67,20 +69,11 @@ static uint32_t seen(uint32_t len, uint32_t b) {
         return len <= i0 ? 0 : len - i0 < MX_KV_BLOCK ? len - i0 : MX_KV_BLOCK;
 }
 
-/* Each (row, head) pair's scores to softmax weights: exp(s - max) summed
- * in key order, then each divided by the sum. */
+/* Each (row, head) pair's scores to softmax weights (the kernels'). */
 static void softmax(const attn_job *j, const mx_attn_seq *s, uint32_t r0, size_t heads, uint32_t group,
                     uint32_t longest, float *p) {
-        for (size_t x = 0; x < heads; x++) {
-                uint32_t len = s->pos0 + r0 + (uint32_t)(x / group) + 1;
-                float *ph = p + x * longest, max = -INFINITY, sum = 0;
-                for (uint32_t i = 0; i < len; i++)
-                        max = ph[i] > max ? ph[i] : max;
-                for (uint32_t i = 0; i < len; i++)
-                        sum += ph[i] = expf(ph[i] - max);
-                for (uint32_t i = 0; i < len; i++)
-                        ph[i] = ph[i] / sum;
-        }
+        for (size_t x = 0; x < heads; x++)
+                j->cb->k->softmax(p + x * longest, s->pos0 + r0 + (uint32_t)(x / group) + 1);
 }
 
 static void attn_task(void *arg, uint32_t task, uint32_t thread) {

@@ -111,6 +111,10 @@ typedef struct mx_kernels {
         void (*scores)(const float *q, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd,
                        float scale, float *out);
         void (*mix)(const float *w, const void *v, uint64_t step, bool bf16, uint32_t n, uint32_t hd, float *o);
+        /* Attention's softmax of n scores, in place: m = their maximum;
+         * e_i = mx_exp(p_i - m); lane i % 16 of 16 adds e_i in key order
+         * and mx_reduce16 sums the lanes; p_i = e_i / that sum. */
+        void (*softmax)(float *p, uint32_t n);
 } mx_kernels;
 
 extern const mx_kernels mx_kernels_scalar, mx_kernels_avx2, mx_kernels_avx2_vnni, mx_kernels_avx512,
@@ -126,6 +130,31 @@ static inline float mx_reduce16(const float l[16]) {
         float c0 = b[0] + b[2], c1 = b[1] + b[3];
         return c0 + c1;
 }
+
+/* exp(x) for the softmax, where x <= 0, in float operations every kernel
+ * does alike (libm's expf differs between builds and is one call a
+ * value): t = fma(x, MX_EXP_LOG2E, MX_EXP_SHIFT) rounds x / ln 2 to the
+ * integer n in t's low mantissa bits; n = t - MX_EXP_SHIFT; r = fma(n,
+ * -MX_EXP_LN2_HI, x), r = fma(n, -MX_EXP_LN2_LO, r); u = MX_EXP_C5, then u
+ * = fma(u, r, c) for c = MX_EXP_C4 .. MX_EXP_C0; u = fma(r * r, u, r + 1);
+ * the result u * 2^n, 2^n's bits being (bits(t) << 23) + bits(1.0f) in
+ * uint32 arithmetic. Below MX_EXP_MIN (where 2^n would not be a normal
+ * float) it is 0; NaN stays NaN. Within 2 ulp of exp (tests/quant/
+ * test_kernels.c); the polynomial is SLEEF's expf. */
+#define MX_EXP_MIN -87.0f
+#define MX_EXP_LOG2E 1.44269504088896341f
+#define MX_EXP_SHIFT 0x1.8p23f
+#define MX_EXP_LN2_HI 0.693145751953125f
+#define MX_EXP_LN2_LO 1.428606765330187045e-06f
+#define MX_EXP_C5 0.000198527617612853646278381f
+#define MX_EXP_C4 0.00139304355252534151077271f
+#define MX_EXP_C3 0.00833336077630519866943359f
+#define MX_EXP_C2 0.0416664853692054748535156f
+#define MX_EXP_C1 0.166666671633720397949219f
+#define MX_EXP_C0 0.5f
+
+/* The scalar reference of that exp. */
+float mx_exp(float x);
 
 /* The best instruction set this CPU (and this build) has; whether it has
  * one; its name ("avx512-vnni"); its kernels. */

@@ -7,6 +7,8 @@
  * fast_avx2.c's. Compiled with -mavx2 -mfma
  * -mf16c (and, for the _vnni variant, -mavxvnni), called only where the
  * CPU has them. */
+#include <math.h>
+
 #include "quant.h"
 #include "simd_avx2.h"
 
@@ -173,5 +175,65 @@ static void mix(const float *w, const void *v, uint64_t step, bool bf16, uint32_
                 mix_of(w, v, step, false, n, hd, o);
 }
 
+/* mx_exp on 8 lanes, operation for operation. */
+static inline __m256 exp8(__m256 x) {
+        __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(MX_EXP_LOG2E), _mm256_set1_ps(MX_EXP_SHIFT));
+        __m256 n = _mm256_sub_ps(t, _mm256_set1_ps(MX_EXP_SHIFT));
+        __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-MX_EXP_LN2_HI), x);
+        r = _mm256_fmadd_ps(n, _mm256_set1_ps(-MX_EXP_LN2_LO), r);
+        __m256 u = _mm256_set1_ps(MX_EXP_C5);
+        u = _mm256_fmadd_ps(u, r, _mm256_set1_ps(MX_EXP_C4));
+        u = _mm256_fmadd_ps(u, r, _mm256_set1_ps(MX_EXP_C3));
+        u = _mm256_fmadd_ps(u, r, _mm256_set1_ps(MX_EXP_C2));
+        u = _mm256_fmadd_ps(u, r, _mm256_set1_ps(MX_EXP_C1));
+        u = _mm256_fmadd_ps(u, r, _mm256_set1_ps(MX_EXP_C0));
+        u = _mm256_fmadd_ps(_mm256_mul_ps(r, r), u, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+        __m256i b = _mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(t), 23), _mm256_set1_epi32(0x3f800000));
+        __m256 low = _mm256_cmp_ps(x, _mm256_set1_ps(MX_EXP_MIN), _CMP_LT_OQ);
+        return _mm256_andnot_ps(low, _mm256_mul_ps(u, _mm256_castsi256_ps(b)));
+}
+
+/* 16 scores from p + i: the tail padded with `pad`. */
+static inline vf load16_or(const float *p, uint32_t i, uint32_t n, float pad) {
+        if (n - i >= 16)
+                return load_f32(p + i);
+        _Alignas(32) float buf[16];
+        for (int j = 0; j < 16; j++)
+                buf[j] = i + (uint32_t)j < n ? p[i + j] : pad;
+        return load_f32(buf);
+}
+
+/* A pair of ymm is the sum's 16 lanes (lanes past n add +0, which leaves
+ * them as they are); the maximum is exact in any order (vmaxps, like the
+ * scalar comparison, keeps the running maximum over a NaN). */
+static void softmax(float *p, uint32_t n) {
+        vf mv = vf_set1(-INFINITY), acc = vf_zero();
+        for (uint32_t i = 0; i < n; i += 16) {
+                vf x = load16_or(p, i, n, -INFINITY);
+                mv = (vf){_mm256_max_ps(x.lo, mv.lo), _mm256_max_ps(x.hi, mv.hi)};
+        }
+        _Alignas(32) float l[16];
+        _mm256_store_ps(l, _mm256_max_ps(mv.lo, mv.hi));
+        float max = -INFINITY;
+        for (int j = 0; j < 8; j++)
+                max = l[j] > max ? l[j] : max;
+        __m256 m = _mm256_set1_ps(max);
+        for (uint32_t i = 0; i < n; i += 16) {
+                vf x = load16_or(p, i, n, 0.0f);
+                _mm256_store_ps(l, exp8(_mm256_sub_ps(x.lo, m)));
+                _mm256_store_ps(l + 8, exp8(_mm256_sub_ps(x.hi, m)));
+                uint32_t valid = n - i < 16 ? n - i : 16;
+                memset(l + valid, 0, (16 - valid) * 4);
+                acc = (vf){_mm256_add_ps(acc.lo, _mm256_load_ps(l)), _mm256_add_ps(acc.hi, _mm256_load_ps(l + 8))};
+                memcpy(p + i, l, valid * 4);
+        }
+        __m256 sum = _mm256_set1_ps(vf_reduce(acc));
+        uint32_t i = 0;
+        for (; i + 8 <= n; i += 8)
+                _mm256_storeu_ps(p + i, _mm256_div_ps(_mm256_loadu_ps(p + i), sum));
+        for (; i < n; i++)
+                p[i] = _mm_cvtss_f32(_mm_div_ss(_mm_set_ss(p[i]), _mm256_castps256_ps128(sum)));
+}
+
 const mx_kernels MX_SYM(mx_kernels_avx2) = {MX_VNNI ? MX_ISA_AVX2_VNNI : MX_ISA_AVX2, matmul_rows, dot, axpy,
-                                            scores, mix};
+                                            scores, mix, softmax};

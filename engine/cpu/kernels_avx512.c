@@ -7,6 +7,8 @@
  * Compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c (and, for
  * the _vnni variant, the dot-product instructions), called only where the
  * CPU has them. */
+#include <math.h>
+
 #include "quant.h"
 #include "simd_avx512.h"
 
@@ -142,5 +144,44 @@ static void mix(const float *w, const void *v, uint64_t step, bool bf16, uint32_
                 mix_of(w, v, step, false, n, hd, o);
 }
 
+/* mx_exp on 16 lanes, operation for operation. */
+static inline __m512 exp16(__m512 x) {
+        __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(MX_EXP_LOG2E), _mm512_set1_ps(MX_EXP_SHIFT));
+        __m512 n = _mm512_sub_ps(t, _mm512_set1_ps(MX_EXP_SHIFT));
+        __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-MX_EXP_LN2_HI), x);
+        r = _mm512_fmadd_ps(n, _mm512_set1_ps(-MX_EXP_LN2_LO), r);
+        __m512 u = _mm512_set1_ps(MX_EXP_C5);
+        u = _mm512_fmadd_ps(u, r, _mm512_set1_ps(MX_EXP_C4));
+        u = _mm512_fmadd_ps(u, r, _mm512_set1_ps(MX_EXP_C3));
+        u = _mm512_fmadd_ps(u, r, _mm512_set1_ps(MX_EXP_C2));
+        u = _mm512_fmadd_ps(u, r, _mm512_set1_ps(MX_EXP_C1));
+        u = _mm512_fmadd_ps(u, r, _mm512_set1_ps(MX_EXP_C0));
+        u = _mm512_fmadd_ps(_mm512_mul_ps(r, r), u, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+        __m512i b = _mm512_add_epi32(_mm512_slli_epi32(_mm512_castps_si512(t), 23), _mm512_set1_epi32(0x3f800000));
+        __mmask16 low = _mm512_cmp_ps_mask(x, _mm512_set1_ps(MX_EXP_MIN), _CMP_LT_OQ);
+        return _mm512_maskz_mul_ps((__mmask16)~low, u, _mm512_castsi512_ps(b));
+}
+
+/* One zmm is the sum's 16 lanes; the maximum is exact in any order
+ * (vmaxps, like the scalar comparison, keeps the running maximum over a
+ * NaN). */
+static void softmax(float *p, uint32_t n) {
+        __m512 mv = _mm512_set1_ps(-INFINITY), acc = _mm512_setzero_ps();
+        for (uint32_t i = 0; i < n; i += 16)
+                mv = _mm512_max_ps(_mm512_mask_loadu_ps(mv, tail_mask(i, n), p + i), mv);
+        __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
+        for (uint32_t i = 0; i < n; i += 16) {
+                __mmask16 k = tail_mask(i, n);
+                __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p + i), m));
+                acc = _mm512_mask_add_ps(acc, k, acc, e);
+                _mm512_mask_storeu_ps(p + i, k, e);
+        }
+        __m512 sum = _mm512_set1_ps(vf_reduce(acc));
+        for (uint32_t i = 0; i < n; i += 16) {
+                __mmask16 k = tail_mask(i, n);
+                _mm512_mask_storeu_ps(p + i, k, _mm512_div_ps(_mm512_maskz_loadu_ps(k, p + i), sum));
+        }
+}
+
 const mx_kernels MX_SYM(mx_kernels_avx512) = {MX_VNNI ? MX_ISA_AVX512_VNNI : MX_ISA_AVX512, matmul_rows, dot, axpy,
-                                              scores, mix};
+                                              scores, mix, softmax};

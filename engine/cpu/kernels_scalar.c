@@ -214,4 +214,36 @@ static void mix(const float *w, const void *v, uint64_t step, bool bf16, uint32_
                         o[d] = fmaf(w[i], kv_at(kv_row(v, bf16, i * step), bf16, d), o[d]);
 }
 
-const mx_kernels mx_kernels_scalar = {MX_ISA_SCALAR, matmul_rows, dot, axpy, scores, mix};
+float mx_exp(float x) {
+        if (x < MX_EXP_MIN)
+                return 0.0f;
+        float t = fmaf(x, MX_EXP_LOG2E, MX_EXP_SHIFT), n = t - MX_EXP_SHIFT;
+        float r = fmaf(n, -MX_EXP_LN2_HI, x);
+        r = fmaf(n, -MX_EXP_LN2_LO, r);
+        float u = MX_EXP_C5;
+        u = fmaf(u, r, MX_EXP_C4);
+        u = fmaf(u, r, MX_EXP_C3);
+        u = fmaf(u, r, MX_EXP_C2);
+        u = fmaf(u, r, MX_EXP_C1);
+        u = fmaf(u, r, MX_EXP_C0);
+        u = fmaf(r * r, u, r + 1.0f);
+        uint32_t bits, one = 0x3f800000u;
+        memcpy(&bits, &t, 4);
+        bits = (bits << 23) + one;
+        float scale;
+        memcpy(&scale, &bits, 4);
+        return u * scale;
+}
+
+static void softmax(float *p, uint32_t n) {
+        float max = -INFINITY, lane[16] = {0};
+        for (uint32_t i = 0; i < n; i++)
+                max = p[i] > max ? p[i] : max;
+        for (uint32_t i = 0; i < n; i++)
+                lane[i % 16] += p[i] = mx_exp(p[i] - max);
+        float sum = mx_reduce16(lane);
+        for (uint32_t i = 0; i < n; i++)
+                p[i] = p[i] / sum;
+}
+
+const mx_kernels mx_kernels_scalar = {MX_ISA_SCALAR, matmul_rows, dot, axpy, scores, mix, softmax};

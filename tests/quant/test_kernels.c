@@ -7,7 +7,8 @@
  * accumulate adds, the f32 path equals a plain dot product of
  * mx_dequant_row's floats, and the fast path stays within its tolerance of
  * the f32 path; and attention's kernels (scores, mix) on fp32 and bf16
- * rows against the scalar dot and axpy. */
+ * rows against the scalar dot and axpy, its softmax on every instruction
+ * set against the scalar one, and the softmax's exp against exp. */
 #include <math.h>
 
 #include "kernels.h"
@@ -205,6 +206,66 @@ static void check_attention(uint32_t hd) {
         }
 }
 
+/* Units in the last place of want that got is away from it. */
+static double ulps(float got, double want) {
+        int e;
+        frexp(want, &e);
+        return fabs((double)got - want) / ldexp(1.0, e - 24);
+}
+
+/* The softmax's exp against exp in double: within 2 ulp over its whole
+ * range, spaced evenly and at random, 0 below MX_EXP_MIN, exactly 1 at 0,
+ * NaN kept. */
+static void check_exp(void) {
+        double worst = 0;
+        for (int i = 0; i <= 4000000; i++) {
+                float x = i < 2000000 ? MX_EXP_MIN * (float)i / 2000000.0f : MX_EXP_MIN * (float)uniform();
+                double u = ulps(mx_exp(x), exp((double)x));
+                worst = u > worst ? u : worst;
+        }
+        printf("exp: %.3f ulp at worst over [%g, 0]\n", worst, (double)MX_EXP_MIN);
+        CHECK(worst <= 2.0, "exp: %.3f ulp from exp", worst);
+        CHECK(mx_exp(0.0f) == 1.0f && mx_exp(-0.0f) == 1.0f, "exp(0) is %g", (double)mx_exp(0.0f));
+        CHECK(mx_exp(-87.5f) == 0.0f && mx_exp(-INFINITY) == 0.0f, "exp below its range is not 0");
+        CHECK(isnan(mx_exp(NAN)), "exp(NaN) is not NaN");
+}
+
+/* The softmax on every instruction set equals the scalar one bit for bit,
+ * for any number of scores (tails of the 16 lanes), scores far enough
+ * below the maximum to give 0, and equal maxima; and stays within 2e-6
+ * (relative) of a softmax in double. */
+static void check_softmax(void) {
+        static const uint32_t ns[] = {1, 2, 7, 15, 16, 17, 31, 33, 100, 512, 1000};
+        static float x[1000], want[1000], got[1000];
+        for (size_t c = 0; c < MX_ELEMENTSOF(ns); c++) {
+                uint32_t n = ns[c];
+                for (uint32_t i = 0; i < n; i++)
+                        x[i] = gauss() * (i % 5 == 0 ? 40.0f : 4.0f);
+                if (n > 3)
+                        x[n - 1] = x[1] = 200.0f;
+                double max = -INFINITY, sum = 0, err = 0;
+                for (uint32_t i = 0; i < n; i++)
+                        max = x[i] > max ? x[i] : max;
+                for (uint32_t i = 0; i < n; i++)
+                        sum += exp(x[i] - max);
+                memcpy(want, x, n * 4);
+                mx_kernels_scalar.softmax(want, n);
+                for (uint32_t i = 0; i < n; i++) {
+                        double p = exp(x[i] - max) / sum, e = fabs(want[i] - p) / (p > 1e-30 ? p : 1e-30);
+                        err = p < 1e-37 ? err : e > err ? e : err;
+                }
+                CHECK(err < 2e-6, "softmax of %u scores: %g from softmax in double", n, err);
+                for (int isa = 0; isa < MX_ISA_COUNT; isa++) {
+                        if (!mx_isa_supported((mx_isa)isa))
+                                continue;
+                        memcpy(got, x, n * 4);
+                        mx_kernels_for((mx_isa)isa)->softmax(got, n);
+                        CHECK(memcmp(got, want, n * 4) == 0, "softmax of %u scores, %s: differs from scalar", n,
+                              mx_isa_name((mx_isa)isa));
+                }
+        }
+}
+
 int main(void) {
         for (int isa = 0; isa < MX_ISA_COUNT; isa++)
                 printf("%s: %s\n", mx_isa_name((mx_isa)isa), mx_isa_supported((mx_isa)isa) ? "tested" : "not on this CPU");
@@ -225,5 +286,8 @@ int main(void) {
         for (size_t i = 0; i < MX_ELEMENTSOF(head_dims); i++)
                 check_attention(head_dims[i]);
         printf("attention: every instruction set equals dot and axpy over widened rows\n");
+        check_exp();
+        check_softmax();
+        printf("softmax: every instruction set equals the scalar one\n");
         return test_result();
 }
