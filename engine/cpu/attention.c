@@ -3,7 +3,8 @@
  * sharing that KV head, for up to ROWS consecutive tokens, read its keys
  * and values together, block by block, so each block comes from memory
  * once for all of them (then from L1); the kernels' scores and mix take a
- * block's rows in one call and widen bf16 exactly in registers. Scores are
+ * block's rows for all those heads in one call and widen bf16 exactly in
+ * registers. Scores are
  * q.k / sqrt(head_dim) and a softmax in fp32 with the maximum subtracted,
  * as Hugging Face computes them (the kernels' softmax: an exp of their own
  * and a sum in 16 lanes, the same bits on every instruction set, where
@@ -97,24 +98,22 @@ static void attn_task(void *arg, uint32_t task, uint32_t thread) {
                 prefetch_rows(kv_rows(j, s->blocks[b], true, g), step * es, seen(longest, b), row);
                 if (b + 1 < blocks)
                         prefetch_rows(kv_rows(j, s->blocks[b + 1], false, g), step * es, seen(longest, b + 1), row);
-                for (uint32_t r = r0; r < r1; r++)
-                        for (uint32_t h = 0; h < group; h++) {
-                                const float *qh = j->q + ((size_t)(s->row0 + r) * c->n_heads + g * group + h) * hd;
-                                float *ph = p + ((size_t)(r - r0) * group + h) * longest + b * MX_KV_BLOCK;
-                                k->scores(qh, keys, step, bf16, seen(s->pos0 + r + 1, b), hd, scale, ph);
-                        }
+                for (uint32_t r = r0; r < r1; r++) {
+                        const float *qr = j->q + ((size_t)(s->row0 + r) * c->n_heads + g * group) * hd;
+                        float *pr = p + (size_t)(r - r0) * group * longest + b * MX_KV_BLOCK;
+                        k->scores(qr, group, keys, step, bf16, seen(s->pos0 + r + 1, b), hd, scale, pr, longest);
+                }
         }
         softmax(j, s, r0, heads, group, longest, p);
         for (uint32_t r = r0; r < r1; r++)
                 memset(j->out + ((size_t)(s->row0 + r) * c->n_heads + g * group) * hd, 0, (size_t)group * hd * 4);
         for (uint32_t b = 0; b < blocks; b++) {
                 const void *vals = kv_rows(j, s->blocks[b], true, g);
-                for (uint32_t r = r0; r < r1; r++)
-                        for (uint32_t h = 0; h < group; h++) {
-                                float *o = j->out + ((size_t)(s->row0 + r) * c->n_heads + g * group + h) * hd;
-                                const float *ph = p + ((size_t)(r - r0) * group + h) * longest + b * MX_KV_BLOCK;
-                                k->mix(ph, vals, step, bf16, seen(s->pos0 + r + 1, b), hd, o);
-                        }
+                for (uint32_t r = r0; r < r1; r++) {
+                        float *o = j->out + ((size_t)(s->row0 + r) * c->n_heads + g * group) * hd;
+                        const float *pr = p + (size_t)(r - r0) * group * longest + b * MX_KV_BLOCK;
+                        k->mix(pr, longest, group, vals, step, bf16, seen(s->pos0 + r + 1, b), hd, o);
+                }
         }
 }
 

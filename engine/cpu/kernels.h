@@ -103,14 +103,18 @@ typedef struct mx_kernels {
         /* y[i] = fma(a, x[i], y[i]) */
         void (*axpy)(float a, const float *x, float *y, uint64_t n);
         /* Attention's two passes over n rows of the KV pool, `step` elements
-         * apart, of fp32 or bf16 (widened exactly, in registers): scores
-         * out[i] = dot(q, k_i, hd) / scale, each dot summed as `dot` sums;
-         * mix o[d] = fma(w[i], v_i[d], o[d]) for i = 0 .. n-1 in order, the
-         * additions of n axpy calls. One call per block of keys instead of
-         * one per key, and no widened copy of the block. */
-        void (*scores)(const float *q, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd,
-                       float scale, float *out);
-        void (*mix)(const float *w, const void *v, uint64_t step, bool bf16, uint32_t n, uint32_t hd, float *o);
+         * apart, of fp32 or bf16 (widened exactly, in registers), for the
+         * nq query heads that share them (q and o: nq rows of hd floats;
+         * out and w: nq rows `ld` floats apart): scores out[h][i] =
+         * dot(q_h, k_i, hd) / scale, each dot summed as `dot` sums; mix
+         * o_h[d] = fma(w[h][i], v_i[d], o_h[d]) for i = 0 .. n-1 in order,
+         * the additions of n axpy calls. One call per block of keys and
+         * group of heads instead of one per key and head: a row is loaded
+         * and widened once for all the heads, with no widened copy. */
+        void (*scores)(const float *q, uint32_t nq, const void *k, uint64_t step, bool bf16, uint32_t n,
+                       uint32_t hd, float scale, float *out, uint64_t ld);
+        void (*mix)(const float *w, uint64_t ld, uint32_t nq, const void *v, uint64_t step, bool bf16, uint32_t n,
+                    uint32_t hd, float *o);
         /* Attention's softmax of n scores, in place: m = their maximum;
          * e_i = mx_exp(p_i - m); lane i % 16 of 16 adds e_i in key order
          * and mx_reduce16 sums the lanes; p_i = e_i / that sum. */

@@ -136,12 +136,14 @@ static inline __attribute__((always_inline)) void scores_of(const float *q, cons
         }
 }
 
-static void scores(const float *q, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd, float scale,
-                   float *out) {
-        if (bf16)
-                scores_of(q, k, step, true, n, hd, scale, out);
-        else
-                scores_of(q, k, step, false, n, hd, scale, out);
+/* Head by head: two heads' accumulators would not fit the 16 ymm. */
+static void scores(const float *q, uint32_t nq, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd,
+                   float scale, float *out, uint64_t ld) {
+        for (uint32_t h = 0; h < nq; h++)
+                if (bf16)
+                        scores_of(q + (size_t)h * hd, k, step, true, n, hd, scale, out + h * ld);
+                else
+                        scores_of(q + (size_t)h * hd, k, step, false, n, hd, scale, out + h * ld);
 }
 
 /* 32 outputs per pass stay in registers while the rows go by; the last
@@ -168,11 +170,13 @@ static inline __attribute__((always_inline)) void mix_of(const float *w, const v
         }
 }
 
-static void mix(const float *w, const void *v, uint64_t step, bool bf16, uint32_t n, uint32_t hd, float *o) {
-        if (bf16)
-                mix_of(w, v, step, true, n, hd, o);
-        else
-                mix_of(w, v, step, false, n, hd, o);
+static void mix(const float *w, uint64_t ld, uint32_t nq, const void *v, uint64_t step, bool bf16, uint32_t n,
+                uint32_t hd, float *o) {
+        for (uint32_t h = 0; h < nq; h++)
+                if (bf16)
+                        mix_of(w + h * ld, v, step, true, n, hd, o + (size_t)h * hd);
+                else
+                        mix_of(w + h * ld, v, step, false, n, hd, o + (size_t)h * hd);
 }
 
 /* mx_exp on 8 lanes, operation for operation. */

@@ -194,8 +194,8 @@ static const void *kv_row(const void *p, bool bf16, uint64_t i) {
         return (const uint8_t *)p + i * (bf16 ? 2 : 4);
 }
 
-static void scores(const float *q, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd, float scale,
-                   float *out) {
+static void scores1(const float *q, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd, float scale,
+                    float *out) {
         for (uint32_t i = 0; i < n; i++) {
                 const void *row = kv_row(k, bf16, i * step);
                 float lane[16] = {0};
@@ -208,10 +208,19 @@ static void scores(const float *q, const void *k, uint64_t step, bool bf16, uint
         }
 }
 
-static void mix(const float *w, const void *v, uint64_t step, bool bf16, uint32_t n, uint32_t hd, float *o) {
-        for (uint32_t i = 0; i < n; i++)
-                for (uint32_t d = 0; d < hd; d++)
-                        o[d] = fmaf(w[i], kv_at(kv_row(v, bf16, i * step), bf16, d), o[d]);
+static void scores(const float *q, uint32_t nq, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd,
+                   float scale, float *out, uint64_t ld) {
+        for (uint32_t h = 0; h < nq; h++)
+                scores1(q + (size_t)h * hd, k, step, bf16, n, hd, scale, out + h * ld);
+}
+
+static void mix(const float *w, uint64_t ld, uint32_t nq, const void *v, uint64_t step, bool bf16, uint32_t n,
+                uint32_t hd, float *o) {
+        for (uint32_t h = 0; h < nq; h++)
+                for (uint32_t i = 0; i < n; i++)
+                        for (uint32_t d = 0; d < hd; d++)
+                                o[(size_t)h * hd + d] = fmaf(w[h * ld + i], kv_at(kv_row(v, bf16, i * step), bf16, d),
+                                                             o[(size_t)h * hd + d]);
 }
 
 float mx_exp(float x) {

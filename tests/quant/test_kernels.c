@@ -160,52 +160,68 @@ static void check(mx_dtype t, uint64_t rows, uint64_t cols) {
         unmake(&p);
 }
 
+/* Attention's tests: up to KEYS keys and HEADS heads, score rows LD apart. */
+enum { KEYS = 19, HEADS = 9, LD = KEYS + 2 };
+
+/* One call of each attention kernel for nq heads and n keys on every
+ * instruction set against n dot and axpy calls per head. */
+static void check_attention_of(const float *q, uint32_t nq, const void *src, const float *wide, int bf16,
+                               uint64_t step, uint32_t n, uint32_t hd, const float *w) {
+        static float want[HEADS * LD], got[HEADS * LD], o_want[HEADS * 256], o_got[HEADS * 256];
+        for (uint32_t h = 0; h < nq; h++) {
+                for (uint32_t i = 0; i < n; i++)
+                        want[h * LD + i] = mx_kernels_scalar.dot(q + h * hd, wide + i * hd, hd) / 11.3f;
+                for (uint32_t d = 0; d < hd; d++)
+                        o_want[h * hd + d] = (float)d - (float)h;
+                for (uint32_t i = 0; i < n; i++)
+                        mx_kernels_scalar.axpy(w[h * LD + i], wide + i * hd, o_want + h * hd, hd);
+        }
+        for (int isa = 0; isa < MX_ISA_COUNT; isa++) {
+                if (!mx_isa_supported((mx_isa)isa))
+                        continue;
+                const mx_kernels *k = mx_kernels_for((mx_isa)isa);
+                memcpy(got, want, sizeof(got));
+                for (uint32_t h = 0; h < nq; h++)
+                        memset(got + h * LD, 0xff, n * 4);
+                k->scores(q, nq, src, step, bf16, n, hd, 11.3f, got, LD);
+                for (uint32_t h = 0; h < nq; h++)
+                        for (uint32_t d = 0; d < hd; d++)
+                                o_got[h * hd + d] = (float)d - (float)h;
+                k->mix(w, LD, nq, src, step, bf16, n, hd, o_got);
+                CHECK(memcmp(got, want, sizeof(got)) == 0 && memcmp(o_got, o_want, nq * hd * 4) == 0,
+                      "attention, %s rows, head_dim %u, %u heads, %u keys, %s: differs from dot and axpy",
+                      bf16 ? "bf16" : "f32", hd, nq, n, mx_isa_name((mx_isa)isa));
+        }
+}
+
 /* Attention's kernels on every instruction set: equal to the scalar ones
  * and to the scalar dot and axpy over widened rows (what they replace),
- * bit for bit, for fp32 and bf16 rows, head sizes with tails, and any
- * number of keys. */
+ * bit for bit, for fp32 and bf16 rows, head sizes with tails, any number
+ * of keys, and groups of heads that are and are not multiples of the
+ * kernels' four. */
 static void check_attention(uint32_t hd) {
-        enum { KEYS = 19, STEP_EXTRA = 5 };
+        enum { STEP_EXTRA = 5 };
         uint64_t step = hd + STEP_EXTRA;
-        float q[256], rows[KEYS * 261], wide[KEYS * 256], w[KEYS], want[KEYS], got[KEYS];
-        float o_want[256], o_got[256];
-        uint16_t rows16[KEYS * 261];
-        for (uint32_t i = 0; i < hd; i++)
+        static float q[HEADS * 256], rows[KEYS * 261], wide[KEYS * 256], w[HEADS * LD];
+        static uint16_t rows16[KEYS * 261];
+        for (uint32_t i = 0; i < HEADS * hd; i++)
                 q[i] = gauss();
         for (uint64_t i = 0; i < KEYS * step; i++) {
                 rows16[i] = mx_f32_to_bf16(gauss());
                 rows[i] = gauss();
         }
-        for (uint32_t i = 0; i < KEYS; i++)
+        for (uint32_t i = 0; i < HEADS * LD; i++)
                 w[i] = (float)uniform();
         for (int bf16 = 0; bf16 < 2; bf16++) {
                 const void *src = bf16 ? (const void *)rows16 : (const void *)rows;
                 for (uint32_t i = 0; i < KEYS; i++)
                         for (uint32_t d = 0; d < hd; d++)
                                 wide[i * hd + d] = bf16 ? mx_bf16_to_f32(rows16[i * step + d]) : rows[i * step + d];
-                for (uint32_t n = 1; n <= KEYS; n += 3) {
-                        for (uint32_t i = 0; i < n; i++)
-                                want[i] = mx_kernels_scalar.dot(q, wide + i * hd, hd) / 11.3f;
-                        for (uint32_t d = 0; d < hd; d++)
-                                o_want[d] = (float)d;
-                        for (uint32_t i = 0; i < n; i++)
-                                mx_kernels_scalar.axpy(w[i], wide + i * hd, o_want, hd);
-                        for (int isa = 0; isa < MX_ISA_COUNT; isa++) {
-                                if (!mx_isa_supported((mx_isa)isa))
-                                        continue;
-                                const mx_kernels *k = mx_kernels_for((mx_isa)isa);
-                                k->scores(q, src, step, bf16, n, hd, 11.3f, got);
-                                for (uint32_t d = 0; d < hd; d++)
-                                        o_got[d] = (float)d;
-                                k->mix(w, src, step, bf16, n, hd, o_got);
-                                CHECK(memcmp(got, want, n * 4) == 0 && memcmp(o_got, o_want, hd * 4) == 0,
-                                      "attention, %s rows, head_dim %u, %u keys, %s: differs from dot and axpy",
-                                      bf16 ? "bf16" : "f32", hd, n, mx_isa_name((mx_isa)isa));
-                        }
-                }
+                for (uint32_t nq = 1; nq <= HEADS; nq += 2)
+                        for (uint32_t n = 0; n <= KEYS; n += 3)
+                                check_attention_of(q, nq, src, wide, bf16, step, n, hd, w);
         }
 }
-
 /* Units in the last place of want that got is away from it. */
 static double ulps(float got, double want) {
         int e;
