@@ -110,7 +110,8 @@ typedef struct mx_kernels {
          * o_h[d] = fma(w[h][i], v_i[d], o_h[d]) for i = 0 .. n-1 in order,
          * the additions of n axpy calls. One call per block of keys and
          * group of heads instead of one per key and head: a row is loaded
-         * and widened once for all the heads, with no widened copy. */
+         * and widened once for several heads (AVX-512 four, AVX2 two),
+         * with no widened copy. */
         void (*scores)(const float *q, uint32_t nq, const void *k, uint64_t step, bool bf16, uint32_t n,
                        uint32_t hd, float scale, float *out, uint64_t ld);
         void (*mix)(const float *w, uint64_t ld, uint32_t nq, const void *v, uint64_t step, bool bf16, uint32_t n,

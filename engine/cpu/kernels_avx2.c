@@ -136,14 +136,65 @@ static inline __attribute__((always_inline)) void scores_of(const float *q, cons
         }
 }
 
-/* Head by head: two heads' accumulators would not fit the 16 ymm. */
+/* Lane j: mx_reduce16(v[j]). Each step of the tree adds the halves of
+ * two (then four) accumulators in one instruction instead of one's. */
+static inline __m128 reduce4(const vf v[4]) {
+        __m256 a[4];
+        UNROLL for (int p = 0; p < 4; p++) a[p] = _mm256_add_ps(v[p].lo, v[p].hi);
+        __m256 b0 = _mm256_add_ps(_mm256_permute2f128_ps(a[0], a[1], 0x20), _mm256_permute2f128_ps(a[0], a[1], 0x31));
+        __m256 b1 = _mm256_add_ps(_mm256_permute2f128_ps(a[2], a[3], 0x20), _mm256_permute2f128_ps(a[2], a[3], 0x31));
+        __m256 c = _mm256_add_ps(_mm256_shuffle_ps(b0, b1, 0x44), _mm256_shuffle_ps(b0, b1, 0xee));
+        __m256 z = _mm256_add_ps(_mm256_shuffle_ps(c, c, 0x88), _mm256_shuffle_ps(c, c, 0xdd));
+        return _mm_unpacklo_ps(_mm256_castps256_ps128(z), _mm256_extractf128_ps(z, 1));
+}
+
+/* Two heads by two keys: each key is loaded (and widened) once for both
+ * heads, and the four sums are reduced together. */
+static inline __attribute__((always_inline)) void scores2x2(const float *q, const void *k, uint64_t step, bool bf16,
+                                                            uint32_t hd, float scale, float *out, uint64_t ld) {
+        size_t es = bf16 ? 2 : 4;
+        const uint8_t *k0 = k, *k1 = k0 + step * es;
+        vf acc[4] = {vf_zero(), vf_zero(), vf_zero(), vf_zero()};
+        for (uint64_t d = 0; d < hd; d += 16) {
+                vf kv0 = kv_load16(k0, bf16, d, hd), kv1 = kv_load16(k1, bf16, d, hd);
+                UNROLL for (int h = 0; h < 2; h++) {
+                        vf qv = q_load16(q + h * hd, d, hd);
+                        acc[2 * h] = vf_fma(qv, kv0, acc[2 * h]);
+                        acc[2 * h + 1] = vf_fma(qv, kv1, acc[2 * h + 1]);
+                }
+        }
+        __m128 z = _mm_div_ps(reduce4(acc), _mm_set1_ps(scale));
+        _mm_storel_pi((__m64 *)out, z);
+        _mm_storeh_pi((__m64 *)(out + ld), z);
+}
+
+/* Heads two at a time, keys two at a time; the leftovers of either go
+ * head by head. */
+static inline __attribute__((always_inline)) void scores_heads(const float *q, uint32_t nq, const void *k,
+                                                               uint64_t step, bool bf16, uint32_t n, uint32_t hd,
+                                                               float scale, float *out, uint64_t ld) {
+        size_t es = bf16 ? 2 : 4;
+        uint32_t h = 0;
+        for (; h + 2 <= nq; h += 2) {
+                uint32_t i = 0;
+                for (; i + 2 <= n; i += 2)
+                        scores2x2(q + (size_t)h * hd, (const uint8_t *)k + i * step * es, step, bf16, hd, scale,
+                                  out + h * ld + i, ld);
+                if (i < n)
+                        for (uint32_t x = h; x < h + 2; x++)
+                                scores_of(q + (size_t)x * hd, (const uint8_t *)k + i * step * es, step, bf16, n - i,
+                                          hd, scale, out + x * ld + i);
+        }
+        for (; h < nq; h++)
+                scores_of(q + (size_t)h * hd, k, step, bf16, n, hd, scale, out + h * ld);
+}
+
 static void scores(const float *q, uint32_t nq, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd,
                    float scale, float *out, uint64_t ld) {
-        for (uint32_t h = 0; h < nq; h++)
-                if (bf16)
-                        scores_of(q + (size_t)h * hd, k, step, true, n, hd, scale, out + h * ld);
-                else
-                        scores_of(q + (size_t)h * hd, k, step, false, n, hd, scale, out + h * ld);
+        if (bf16)
+                scores_heads(q, nq, k, step, true, n, hd, scale, out, ld);
+        else
+                scores_heads(q, nq, k, step, false, n, hd, scale, out, ld);
 }
 
 /* 32 outputs per pass stay in registers while the rows go by; the last
@@ -170,13 +221,55 @@ static inline __attribute__((always_inline)) void mix_of(const float *w, const v
         }
 }
 
+/* Two heads, 32 outputs each per pass: each row is loaded (and widened)
+ * once for both. */
+static inline __attribute__((always_inline)) void mix2(const float *w, uint64_t ld, const void *v, uint64_t step,
+                                                       bool bf16, uint32_t n, uint32_t hd, float *o) {
+        size_t es = bf16 ? 2 : 4;
+        for (uint64_t d0 = 0; d0 < hd; d0 += 32) {
+                size_t len = (hd - d0 < 32 ? hd - d0 : 32) * 4;
+                vf acc[2][2];
+                _Alignas(32) float out[2][32] = {{0}};
+                UNROLL for (int h = 0; h < 2; h++) {
+                        memcpy(out[h], o + h * hd + d0, len);
+                        UNROLL for (int j = 0; j < 2; j++) acc[h][j] = load_f32(out[h] + 16 * j);
+                }
+                for (uint32_t i = 0; i < n; i++) {
+                        const uint8_t *row = (const uint8_t *)v + i * step * es;
+                        vf vv[2] = {kv_load16(row, bf16, d0, hd), vf_zero()};
+                        if (d0 + 16 < hd)
+                                vv[1] = kv_load16(row, bf16, d0 + 16, hd);
+                        UNROLL for (int h = 0; h < 2; h++) {
+                                vf wv = vf_set1(w[h * ld + i]);
+                                UNROLL for (int j = 0; j < 2; j++) acc[h][j] = vf_fma(wv, vv[j], acc[h][j]);
+                        }
+                }
+                UNROLL for (int h = 0; h < 2; h++) {
+                        UNROLL for (int j = 0; j < 2; j++) {
+                                _mm256_store_ps(out[h] + 16 * j, acc[h][j].lo);
+                                _mm256_store_ps(out[h] + 16 * j + 8, acc[h][j].hi);
+                        }
+                        memcpy(o + h * hd + d0, out[h], len);
+                }
+        }
+}
+
+static inline __attribute__((always_inline)) void mix_heads(const float *w, uint64_t ld, uint32_t nq, const void *v,
+                                                            uint64_t step, bool bf16, uint32_t n, uint32_t hd,
+                                                            float *o) {
+        uint32_t h = 0;
+        for (; h + 2 <= nq; h += 2)
+                mix2(w + h * ld, ld, v, step, bf16, n, hd, o + (size_t)h * hd);
+        for (; h < nq; h++)
+                mix_of(w + h * ld, v, step, bf16, n, hd, o + (size_t)h * hd);
+}
+
 static void mix(const float *w, uint64_t ld, uint32_t nq, const void *v, uint64_t step, bool bf16, uint32_t n,
                 uint32_t hd, float *o) {
-        for (uint32_t h = 0; h < nq; h++)
-                if (bf16)
-                        mix_of(w + h * ld, v, step, true, n, hd, o + (size_t)h * hd);
-                else
-                        mix_of(w + h * ld, v, step, false, n, hd, o + (size_t)h * hd);
+        if (bf16)
+                mix_heads(w, ld, nq, v, step, true, n, hd, o);
+        else
+                mix_heads(w, ld, nq, v, step, false, n, hd, o);
 }
 
 /* mx_exp on 8 lanes, operation for operation. */
