@@ -146,7 +146,7 @@ static inline float mx_reduce16(const float l[16]) {
  * uint32 arithmetic. Below MX_EXP_MIN (where 2^n would not be a normal
  * float) it is 0; NaN stays NaN. Within 2 ulp of exp (tests/quant/
  * test_kernels.c); the polynomial is SLEEF's expf. */
-#define MX_EXP_MIN -87.0f
+#define MX_EXP_MIN (-87.0f)
 #define MX_EXP_LOG2E 1.44269504088896341f
 #define MX_EXP_SHIFT 0x1.8p23f
 #define MX_EXP_LN2_HI 0.693145751953125f
