@@ -4,15 +4,14 @@
  * and values together, block by block, so each block comes from memory
  * once for all of them (then from L1); the kernels' scores and mix take a
  * block's rows for all those heads in one call and widen bf16 exactly in
- * registers. Scores are
- * q.k / sqrt(head_dim) and a softmax in fp32 with the maximum subtracted,
- * as Hugging Face computes them (the kernels' softmax: an exp of their own
- * and a sum in 16 lanes, the same bits on every instruction set, where
- * libm's expf cost a call a score); each (token, head) is computed alone, in
- * key order, so the result does not depend on how tokens were grouped or
- * batched. What a step writes is rounded to the pool's type first and
- * read back from it, so a token's K and V are the same whichever step
- * wrote them. */
+ * registers. Scores are q.k / sqrt(head_dim) and a softmax in fp32 with
+ * the maximum subtracted, as Hugging Face computes them (the kernels'
+ * softmax: an exp of their own and a sum in 16 lanes, the same bits on
+ * every instruction set, where libm's expf cost a call a score); each
+ * (token, head) is computed alone, in key order, so the result does not
+ * depend on how tokens were grouped or batched. What a step writes is
+ * rounded to the pool's type first and read back from it, so a token's K
+ * and V are the same whichever step wrote them. */
 #include <errno.h>
 #include <math.h>
 #include <string.h>

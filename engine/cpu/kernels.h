@@ -143,7 +143,8 @@ static inline float mx_reduce16(const float l[16]) {
  * -MX_EXP_LN2_HI, x), r = fma(n, -MX_EXP_LN2_LO, r); u = MX_EXP_C5, then u
  * = fma(u, r, c) for c = MX_EXP_C4 .. MX_EXP_C0; u = fma(r * r, u, r + 1);
  * the result u * 2^n, 2^n's bits being (bits(t) << 23) + bits(1.0f) in
- * uint32 arithmetic. Below MX_EXP_MIN (where 2^n would not be a normal
+ * uint32 arithmetic (t's bits are MX_EXP_SHIFT's plus n, and the shift
+ * leaves n << 23). Below MX_EXP_MIN (where 2^n would not be a normal
  * float) it is 0; NaN stays NaN. Within 2 ulp of exp (tests/quant/
  * test_kernels.c); the polynomial is SLEEF's expf. */
 #define MX_EXP_MIN (-87.0f)

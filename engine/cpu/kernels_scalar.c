@@ -216,11 +216,12 @@ static void scores(const float *q, uint32_t nq, const void *k, uint64_t step, bo
 
 static void mix(const float *w, uint64_t ld, uint32_t nq, const void *v, uint64_t step, bool bf16, uint32_t n,
                 uint32_t hd, float *o) {
-        for (uint32_t h = 0; h < nq; h++)
+        for (uint32_t h = 0; h < nq; h++) {
+                float *oh = o + (size_t)h * hd;
                 for (uint32_t i = 0; i < n; i++)
                         for (uint32_t d = 0; d < hd; d++)
-                                o[(size_t)h * hd + d] = fmaf(w[h * ld + i], kv_at(kv_row(v, bf16, i * step), bf16, d),
-                                                             o[(size_t)h * hd + d]);
+                                oh[d] = fmaf(w[h * ld + i], kv_at(kv_row(v, bf16, i * step), bf16, d), oh[d]);
+        }
 }
 
 float mx_exp(float x) {
