@@ -103,3 +103,27 @@ void mx_act_quantize(mx_act a, const float *x, uint64_t cols, uint8_t *dst) {
                 break;
         }
 }
+
+bool mx_act_grouped(mx_dtype w, bool fast, uint32_t n) {
+        return fast && w == MX_DTYPE_Q4_0 && n >= MX_ACT_GROUP_MIN;
+}
+
+uint64_t mx_act_group_bytes(uint64_t cols) {
+        return cols / 32 * MX_ACT_GROUP_BLOCK;
+}
+
+void mx_act_group(const uint8_t *xq, uint64_t ldxq, uint32_t n, uint64_t cols, uint8_t *dst) {
+        for (uint64_t b = 0; b < cols / 32; b++) {
+                uint8_t *q = dst + b * MX_ACT_GROUP_BLOCK;
+                float d[MX_ACT_GROUP] = {0};
+                memset(q, 128, 8 * 64);
+                for (uint32_t j = 0; j < n; j++) {
+                        const int8_t *x = (const int8_t *)(xq + j * ldxq) + 32 * b;
+                        for (int m = 0; m < 8; m++)
+                                for (int i = 0; i < 4; i++)
+                                        q[64 * m + 4 * j + (uint32_t)i] = (uint8_t)(x[4 * m + i] + 128);
+                        d[j] = mx_act_scales(xq + j * ldxq, cols)[b];
+                }
+                memcpy(q + 8 * 64, d, sizeof d);
+        }
+}

@@ -304,11 +304,13 @@ static inline vf bf_mac(vf acc, bfw w, bfx x) {
         }
 
 MX_DEFINE_TILES(fast_q8_0, DEFINE_Q32_TILE, q8_0, Q32_R, Q32_T, 1)
-MX_DEFINE_TILES(fast_q4_0, DEFINE_Q32_TILE, q4_0, Q32_R, Q32_T, 1)
 MX_DEFINE_TILES(fast_q4_k, DEFINE_K_TILE, q4_k, K_R, K_T, K_D)
 MX_DEFINE_TILES(fast_q5_k, DEFINE_K_TILE, q5_k, K_R, K_T, K_D)
 MX_DEFINE_TILES(fast_q6_k, DEFINE_K_TILE, q6_k, K_R, K_T, K6_D)
 MX_DEFINE_TILES(fast_bf16, DEFINE_BF_TILE, 0, BF_R, BF_T, BF_D)
+
+#include "fast_q4_0.h"
+static const mx_tiles fast_q4_0 = {.rows = q4_0_rows};
 
 const mx_tiles *FAST_TILES(mx_dtype t) {
         static const mx_tiles *const all[MX_DTYPE_COUNT] = {

@@ -15,11 +15,17 @@
  *   the K-quants (whose integer sub-block scales then apply before any
  *   float), bf16 for BF16 weights. Integer products are exact, so only the
  *   float steps are fixed:
- *     Q8_0, Q4_0: 16 lanes; each 64 activations (two blocks of 32) give
- *       lane l the exact sum P of weight level x activation over values
- *       4l..4l+3 (Q8_0 q, Q4_0 q - 8); lane l accumulates fma(dw * dx, P)
- *       with the scales of its block; a row of an odd number of blocks ends
- *       on a pair whose second half counts with zeros;
+ *     Q8_0: 16 lanes; each 64 activations (two blocks of 32) give lane l
+ *       the exact sum P of weight level q x activation over values
+ *       4l..4l+3; lane l accumulates fma(dw * dx, P) with the scales of its
+ *       block; a row of an odd number of blocks ends on a pair whose second
+ *       half counts with zeros;
+ *     Q4_0: one chain per output, block by block: S = the exact sum over
+ *       the block of (q - 8) x activation, then acc = fma(dw * dx, S, acc).
+ *       A chain per output lets a kernel put 16 rows (decode) or 16 tokens
+ *       (prefill, from the activations' token groups below) in the lanes
+ *       of one register, where 16 lanes per output made it pay a float
+ *       multiply, a conversion and a fused multiply-add per 64 values;
  *     K-quants: per super-block, S[l] = the exact sum over its four 64-value
  *       chunks of sub-block scale x unsigned level x activation over values
  *       4l..4l+3 of the chunk; lane l accumulates fma(d * dx, S[l]); and 16
@@ -56,6 +62,24 @@ typedef enum mx_act {
         MX_ACT_BF16, /* uint16 bf16[cols], rounded to nearest even */
 } mx_act;
 
+/* Products of MX_ACT_GROUP_MIN tokens and more with Q4_0 weights also
+ * get their MX_ACT_Q8 activations in groups of MX_ACT_GROUP tokens, so
+ * that a register holds the same 4 values of 16 tokens: per block of 32
+ * values, MX_ACT_GROUP_BLOCK bytes: 8 x 64 bytes (part m: token j's values
+ * 4m..4m+3 at bytes 4j..4j+3, each as q + 128, unsigned) and then the 16
+ * tokens' float scales. Tokens past the last are zeros (128, and scale 0). */
+#define MX_ACT_GROUP 16
+#define MX_ACT_GROUP_MIN 4
+#define MX_ACT_GROUP_BLOCK (8 * 64 + MX_ACT_GROUP * 4)
+
+/* Whether products of n tokens with weights w get token groups. */
+bool mx_act_grouped(mx_dtype w, bool fast, uint32_t n);
+/* Bytes one group takes: cols / 32 blocks. */
+uint64_t mx_act_group_bytes(uint64_t cols);
+/* Tokens [0, n) (n <= MX_ACT_GROUP) of MX_ACT_Q8 rows ldxq bytes apart as
+ * one group at dst. */
+void mx_act_group(const uint8_t *xq, uint64_t ldxq, uint32_t n, uint64_t cols, uint8_t *dst);
+
 /* The activation format weights of type w get; F32 unless fast. */
 mx_act mx_act_for(mx_dtype w, bool fast);
 /* Bytes one token's activations take in format a (a multiple of 64). */
@@ -79,6 +103,8 @@ typedef struct mx_matmul_args {
         uint64_t ldx;
         const uint8_t *xq;   /* [n][ldxq bytes] in mx_act_for(dtype, true); NULL: the f32 path */
         uint64_t ldxq;
+        const uint8_t *xg;   /* [n / MX_ACT_GROUP rounded up][ldxg bytes] token groups, or NULL */
+        uint64_t ldxg;
         float *out;          /* [n][ldo]; out[t][r] = dot(w[r], x[t]) */
         uint64_t ldo;
         uint32_t n;

@@ -26,7 +26,7 @@ static float dot_f32(const uint8_t *row, mx_dtype dt, const float *x, uint64_t c
         return mx_reduce16(lane);
 }
 
-/* ---- the fast path: Q8_0 and Q4_0 against MX_ACT_Q8 --------------------------------------- */
+/* ---- the fast path: Q8_0 and Q4_0 against MX_ACT_Q8 ----------------------------------- */
 
 /* Block b's signed levels and fp16 scale. */
 static float block32(const uint8_t *row, mx_dtype dt, uint64_t b, int w[32]) {
@@ -61,6 +61,20 @@ static float dot_q32(const uint8_t *row, mx_dtype dt, const uint8_t *xq, uint64_
                                 lane[8 * h + l] = fmaf(ds, (float)p[l], lane[8 * h + l]);
                 }
         return mx_reduce16(lane);
+}
+
+static float dot_q4_0(const uint8_t *row, const uint8_t *xq, uint64_t cols) {
+        const int8_t *x = (const int8_t *)xq;
+        const float *dx = mx_act_scales(xq, cols);
+        float acc = 0;
+        for (uint64_t b = 0; b < cols / 32; b++) {
+                int w[32], s = 0;
+                float ds = block32(row, MX_DTYPE_Q4_0, b, w) * dx[b];
+                for (int e = 0; e < 32; e++)
+                        s += w[e] * x[32 * b + e];
+                acc = fmaf(ds, (float)s, acc);
+        }
+        return acc;
 }
 
 /* ---- the fast path: K-quants against MX_ACT_Q8K ---------------------------------------- */
@@ -149,7 +163,7 @@ static float dot_row(const mx_matmul_args *a, const uint8_t *row, uint32_t t) {
         const uint8_t *x = a->xq + t * a->ldxq;
         switch (mx_act_for(a->dtype, true)) {
         case MX_ACT_Q8:
-                return dot_q32(row, a->dtype, x, a->cols);
+                return a->dtype == MX_DTYPE_Q4_0 ? dot_q4_0(row, x, a->cols) : dot_q32(row, a->dtype, x, a->cols);
         case MX_ACT_Q8K:
                 return dot_k(row, a->dtype, x, a->cols);
         case MX_ACT_BF16:
