@@ -26,22 +26,28 @@ static inline vi q4_0_pair_sums(const uint8_t *row, uint64_t b, bool two, vb x, 
         return vi_dpbusd(off, vb_q4_0_pair(q[0].qs, two ? q[1].qs : NULL), x);
 }
 
-/* Where row i's stream will be `ahead` bytes after offset at: in the row,
- * or past its end, in row i of the next 16. */
-static inline void q4_0_prefetch16(const uint8_t *w, uint64_t rb, uint64_t at, const uint8_t *end) {
-        for (int i = 0; i < 16; i++) {
-                const uint8_t *p = at < rb ? w + i * rb + at : w + (16 + i) * rb + (at - rb);
-                if (p < end)
-                        __builtin_prefetch(p);
+/* Each of 16 rows' bytes [at, at + bytes) on their way into the cache:
+ * in the row, or past its end, in row i of the next 16 (or of those
+ * after, for rows shorter than the distance). */
+static inline void q4_0_prefetch16(const uint8_t *w, uint64_t rb, uint64_t at, uint64_t bytes, const uint8_t *end) {
+        for (uint64_t o = at; o < at + bytes; o += 64) {
+                const uint8_t *p = o < rb ? w + o : w + 16 * rb * (o / rb) + o % rb;
+                if (p + 15 * rb < end) {
+                        UNROLL for (int i = 0; i < 16; i++) __builtin_prefetch(p + i * rb);
+                } else {
+                        for (int i = 0; i < 16 && p + i * rb < end; i++)
+                                __builtin_prefetch(p + i * rb);
+                }
         }
 }
 
 /* Rows r..r+15, tokens [0, N): out[t][r + i]. The 16 rows are read as
  * 16 streams at once, which the hardware prefetchers follow badly, each
- * tile starting cold: each step asks for every stream's bytes
- * Q4_0_AHEAD on, into the next tile's rows past the ends (measured on
- * Zen 5, decode of the b1 model: 2.3x faster than without). */
+ * tile starting cold: each step asks for every stream's bytes about 14
+ * steps on (Q4_0_AHEAD bytes; Q4_K_AHEAD for its larger steps), into
+ * the next tile's rows past the ends. */
 #define Q4_0_AHEAD 512
+#define Q4_K_AHEAD 2048
 #define DEFINE_Q4_0_ROWS16(NAME, N)                                                                \
         static void NAME(const mx_matmul_args *a, uint64_t r, uint64_t rb, const uint8_t *end) {   \
                 const uint8_t *w = a->w + r * rb;                                                  \
@@ -52,7 +58,7 @@ static inline void q4_0_prefetch16(const uint8_t *w, uint64_t rb, uint64_t at, c
                         const bool two = b + 1 < nb;                                               \
                         vb x[N];                                                                   \
                         vi off[N], v[N][16], lo[N], hi[N];                                         \
-                        q4_0_prefetch16(w, rb, b * 18 + Q4_0_AHEAD, end);                          \
+                        q4_0_prefetch16(w, rb, b * 18 + Q4_0_AHEAD, 36, end);                      \
                         UNROLL for (int t = 0; t < N; t++) {                                       \
                                 const uint8_t *xt = a->xq + t * a->ldxq + 32 * b;                  \
                                 x[t] = vb_load2(xt, two ? xt + 32 : NULL), off[t] = q4_0_xoff(x[t]); \
@@ -103,9 +109,13 @@ static float q4_0_row(const uint8_t *row, const uint8_t *xq, uint64_t K) {
         return acc;
 }
 
-static void q4_0_decode(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb) {
-        static void (*const rows16[4])(const mx_matmul_args *, uint64_t, uint64_t, const uint8_t *) = {
-                NULL, q4_0_rows16_1, q4_0_rows16_2, q4_0_rows16_3};
+typedef void (*rows16_fn)(const mx_matmul_args *a, uint64_t r, uint64_t rb, const uint8_t *end);
+typedef float (*row1_fn)(const uint8_t *row, const uint8_t *xq, uint64_t K);
+
+/* Decode of rows [r0, r1): 16 rows at a time (rows16[n] for n tokens),
+ * the rest one by one; at most 3 tokens at a time. */
+static void decode16(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb, const rows16_fn rows16[4],
+                     row1_fn row1) {
         uint64_t r = r0;
         for (uint32_t t0 = 0; t0 < a->n; t0 += 3) {
                 mx_matmul_args s = *a;
@@ -117,10 +127,12 @@ static void q4_0_decode(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint6
                         rows16[s.n](&s, r, rb, a->w + r1 * rb);
                 for (; r < r1; r++)
                         for (uint32_t t = 0; t < s.n; t++)
-                                mx_tile_put(s.out + t * s.ldo + r, q4_0_row(a->w + r * rb, s.xq + t * s.ldxq, s.cols),
+                                mx_tile_put(s.out + t * s.ldo + r, row1(a->w + r * rb, s.xq + t * s.ldxq, s.cols),
                                             s.accumulate);
         }
 }
+
+static const rows16_fn q4_0_rows16[4] = {NULL, q4_0_rows16_1, q4_0_rows16_2, q4_0_rows16_3};
 
 /* ---- prefill: tokens in the lanes ------------------------------------------------------- */
 
@@ -195,7 +207,7 @@ static void q4_0_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t G
 #define Q4_0_PASS_BYTES (512u << 10)
 #endif
 static uint32_t q4_0_groups_per_pass(uint64_t K) {
-        uint64_t g = (Q4_0_PASS_BYTES) / mx_act_group_bytes(K);
+        uint64_t g = (Q4_0_PASS_BYTES) / mx_act_group_bytes(MX_ACT_Q8, K);
         return g < Q4_0_G ? Q4_0_G : (uint32_t)g / Q4_0_G * Q4_0_G;
 }
 
@@ -251,5 +263,5 @@ static void q4_0_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
         if (a->xg && a->cols / 32 * 40 * Q4_0_R <= Q4_0_UNPACKED_MAX)
                 q4_0_prefill(a, r0, r1, rb);
         else
-                q4_0_decode(a, r0, r1, rb);
+                decode16(a, r0, r1, rb, q4_0_rows16, q4_0_row);
 }

@@ -94,8 +94,8 @@ static void group_task(void *arg, uint32_t t, uint32_t thread) {
                 t -= groups_of(in);
         uint64_t bytes = mx_act_row_bytes(in->act, in->cols), t0 = (uint64_t)t * MX_ACT_GROUP;
         uint32_t n = in->n - t0 < MX_ACT_GROUP ? (uint32_t)(in->n - t0) : MX_ACT_GROUP;
-        mx_act_group(j->buf + in->at + t0 * bytes, bytes, n, in->cols,
-                     j->buf + in->gat + t * mx_act_group_bytes(in->cols));
+        mx_act_group(in->act, j->buf + in->at + t0 * bytes, bytes, n, in->cols,
+                     j->buf + in->gat + t * mx_act_group_bytes(in->act, in->cols));
 }
 
 /* The input a's rounding is: one already listed, or a new one. */
@@ -142,7 +142,7 @@ static int round_activations(cpu_backend *cb, prod_run *runs, uint32_t count) {
                 return 0;
         for (uint32_t i = 0; i < n_in; i++) {
                 in[i].gat = used;
-                used += groups_of(&in[i]) * mx_act_group_bytes(in[i].cols);
+                used += groups_of(&in[i]) * mx_act_group_bytes(in[i].act, in[i].cols);
                 rows += in[i].n, groups += groups_of(&in[i]);
         }
         if (grow_act(cb, used) < 0)
@@ -153,7 +153,7 @@ static int round_activations(cpu_backend *cb, prod_run *runs, uint32_t count) {
                         continue;
                 a->xq = cb->act + of[i]->at;
                 if (mx_act_grouped(a->dtype, cb->fast, a->n))
-                        a->xg = cb->act + of[i]->gat, a->ldxg = mx_act_group_bytes(a->cols);
+                        a->xg = cb->act + of[i]->gat, a->ldxg = mx_act_group_bytes(of[i]->act, a->cols);
         }
         round_job rj = {in, cb->act};
         mx_pool_run(cb->pool, rows, round_task, &rj);

@@ -220,6 +220,37 @@ static inline vf vf_f16_strided(const uint8_t *p, uint64_t stride) {
         return vf_load(f);
 }
 
+static inline vi vi_add(vi a, vi b) {
+        return (vi){_mm256_add_epi32(a.lo, b.lo), _mm256_add_epi32(a.hi, b.hi)};
+}
+
+static inline vi vi_mullo(vi a, vi b) {
+        return (vi){_mm256_mullo_epi32(a.lo, b.lo), _mm256_mullo_epi32(a.hi, b.hi)};
+}
+
+/* int16 lanes 0-15: v's k-th int16; lanes 16-31: its k+1-th. */
+static inline vi vi_pair16(__m128i v, int k) {
+        __m128i lo = _mm_set1_epi16((short)(2 * k | (2 * k + 1) << 8));
+        __m128i hi = _mm_add_epi8(lo, _mm_set1_epi8(2));
+        return (vi){_mm256_broadcastsi128_si256(_mm_shuffle_epi8(v, lo)),
+                    _mm256_broadcastsi128_si256(_mm_shuffle_epi8(v, hi))};
+}
+
+/* Lanes 0-7 and 8-15 from two halves; the sum of the halves. */
+static inline vi vi_join8(__m256i lo, __m256i hi) {
+        return (vi){lo, hi};
+}
+
+static inline __m256i vi_fold8(vi v) {
+        return _mm256_add_epi32(v.lo, v.hi);
+}
+
+/* Lane i: the two fp16 values at p + i * stride, widened: the first in
+ * *lo, the second in *hi. */
+static inline void vf_f16x2_strided(const uint8_t *p, uint64_t stride, vf *lo, vf *hi) {
+        *lo = vf_f16_strided(p, stride), *hi = vf_f16_strided(p + 2, stride);
+}
+
 /* Lane i: the sum of v[i]'s lanes, by transposing sums (exact). */
 static inline __m256i sum8(const __m256i v[8]) {
         __m256i w[4], q[2];

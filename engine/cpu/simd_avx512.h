@@ -194,6 +194,41 @@ static inline vf vf_f16_strided(const uint8_t *p, uint64_t stride) {
         return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
 }
 
+static inline vi vi_add(vi a, vi b) {
+        return _mm512_add_epi32(a, b);
+}
+
+static inline vi vi_mullo(vi a, vi b) {
+        return _mm512_mullo_epi32(a, b);
+}
+
+/* int16 lanes 0-15: v's k-th int16; lanes 16-31: its k+1-th. */
+static inline vi vi_pair16(__m128i v, int k) {
+        static const int16_t idx[32] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        __m512i at = _mm512_add_epi16(_mm512_loadu_si512(idx), _mm512_set1_epi16((short)k));
+        return _mm512_permutexvar_epi16(at, _mm512_castsi128_si512(v));
+}
+
+/* Lanes 0-7 and 8-15 from two halves; the sum of the halves. */
+static inline vi vi_join8(__m256i lo, __m256i hi) {
+        return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+static inline __m256i vi_fold8(vi v) {
+        return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+}
+
+/* Lane i: the two fp16 values at p + i * stride, widened: the first in
+ * *lo, the second in *hi (stride below 2^27). */
+static inline void vf_f16x2_strided(const uint8_t *p, uint64_t stride, vf *lo, vf *hi) {
+        __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                        _mm512_set1_epi32((int)stride));
+        __m512i g = _mm512_i32gather_epi32(at, p, 1);
+        *lo = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+        *hi = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16)));
+}
+
 /* Per 128-bit lane, [a0 + a2, b0 + b2, a1 + a3, b1 + b3], then the same
  * by 64 bits: two steps of a transposing sum. */
 static inline __m512i sum_pairs32(__m512i a, __m512i b) {
