@@ -121,7 +121,7 @@ static void decode16(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t
                 mx_matmul_args s = *a;
                 s.n = a->n - t0 < 3 ? a->n - t0 : 3;
                 s.xq = a->xq + t0 * a->ldxq, s.out = a->out + t0 * a->ldo;
-                mx_prefetch(a->w + r0 * rb, a->w + r1 * rb, MX_PREFETCH_AHEAD);
+                mx_prefetch(a->w + r0 * rb, a->w + r1 * rb, 16 * rb);
                 /* a stride the gathers' 32-bit offsets hold */
                 for (r = r0; rb < (1u << 27) && r + 16 <= r1; r += 16)
                         rows16[s.n](&s, r, rb, a->w + r1 * rb);
