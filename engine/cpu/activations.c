@@ -33,7 +33,7 @@ uint64_t mx_act_row_bytes(mx_act a, uint64_t cols) {
                 b = cols + cols / 32 * 4;
                 break;
         case MX_ACT_Q8K:
-                b = cols + cols / 256 * 4 + cols / 16 * 4;
+                b = cols + cols / 256 * 4 + cols / 16 * 4 + cols / 32 * 2;
                 break;
         case MX_ACT_BF16:
                 b = cols * 2;
@@ -84,11 +84,13 @@ void mx_act_quantize(mx_act a, const float *x, uint64_t cols, uint8_t *dst) {
                 float *xs = d + cols / 256;
                 for (uint64_t b = 0; b < cols / 256; b++)
                         d[b] = round_block(x + 256 * b, 256, q + 256 * b);
+                int16_t *bs = (int16_t *)(xs + cols / 16);
                 for (uint64_t s = 0; s < cols / 16; s++) {
                         int sum = 0;
                         for (int i = 0; i < 16; i++)
                                 sum += q[16 * s + i];
                         xs[s] = d[s / 16] * (float)sum;
+                        bs[s / 2] = (int16_t)(s % 2 ? bs[s / 2] + sum : sum);
                 }
                 break;
         }
@@ -101,5 +103,46 @@ void mx_act_quantize(mx_act a, const float *x, uint64_t cols, uint8_t *dst) {
         default:
                 memcpy(dst, x, cols * sizeof(float));
                 break;
+        }
+}
+
+bool mx_act_grouped(mx_dtype w, bool fast, uint32_t n) {
+        return fast && (w == MX_DTYPE_Q4_0 || w == MX_DTYPE_Q4_K) && n >= MX_ACT_GROUP_MIN;
+}
+
+uint64_t mx_act_group_bytes(mx_act a, uint64_t cols) {
+        return a == MX_ACT_Q8K ? cols / 256 * MX_ACT_GROUP_SUPER : cols / 32 * MX_ACT_GROUP_BLOCK;
+}
+
+/* Parts [0, parts) of the block at k of n tokens' values, then their
+ * scales d (at index `at` of each token's scales) at dst + 64 x parts. */
+static void group_parts(const uint8_t *xq, uint64_t ldxq, uint32_t n, uint64_t cols, uint64_t k, int parts,
+                        uint64_t at, uint8_t *dst) {
+        float d[MX_ACT_GROUP] = {0};
+        memset(dst, 128, (size_t)parts * 64);
+        for (uint32_t j = 0; j < n; j++) {
+                const int8_t *x = (const int8_t *)(xq + j * ldxq) + k;
+                for (int m = 0; m < parts; m++)
+                        for (int i = 0; i < 4; i++)
+                                dst[64 * m + 4 * j + (uint32_t)i] = (uint8_t)(x[4 * m + i] + 128);
+                d[j] = mx_act_scales(xq + j * ldxq, cols)[at];
+        }
+        memcpy(dst + 64 * parts, d, sizeof d);
+}
+
+void mx_act_group(mx_act a, const uint8_t *xq, uint64_t ldxq, uint32_t n, uint64_t cols, uint8_t *dst) {
+        if (a != MX_ACT_Q8K) {
+                for (uint64_t b = 0; b < cols / 32; b++)
+                        group_parts(xq, ldxq, n, cols, 32 * b, 8, b, dst + b * MX_ACT_GROUP_BLOCK);
+                return;
+        }
+        for (uint64_t sb = 0; sb < cols / 256; sb++) {
+                uint8_t *g = dst + sb * MX_ACT_GROUP_SUPER;
+                group_parts(xq, ldxq, n, cols, 256 * sb, 64, sb, g);
+                uint16_t bs[4][MX_ACT_GROUP][2] = {{{0}}};
+                for (uint32_t j = 0; j < n; j++)
+                        for (int s = 0; s < 8; s++)
+                                bs[s / 2][j][s % 2] = (uint16_t)mx_act_bsums(xq + j * ldxq, cols)[8 * sb + (uint32_t)s];
+                memcpy(g + 64 * 64 + MX_ACT_GROUP * 4, bs, sizeof bs);
         }
 }

@@ -5,6 +5,9 @@
 #include "simd_avx2.h"
 
 #define Q32_R 2
+#define Q4_0_R 2
+#define Q4_0_G 1
+#define Q4_K_R 2
 #define Q32_T 2
 #define K_R 1
 #define K_T 2

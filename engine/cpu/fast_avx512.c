@@ -11,6 +11,9 @@
 #define BF_T 5
 #endif
 #define Q32_R 4
+#define Q4_0_R 8
+#define Q4_0_G 1
+#define Q4_K_R 8
 #define Q32_T 4
 #define K_R 2
 #define K_T 6

@@ -150,16 +150,24 @@ typedef struct kw {
         vf w16;              /* the offset's weight for each 16 values (kernels.h) */
 } kw;
 
-/* Q4_K and Q5_K: the 6-bit scales and mins (mx_q4k_scale, eight at once). */
-static inline void kmin_prep(const uint8_t *s, uint16_t d, uint16_t dmin, kw *W) {
+/* Q4_K and Q5_K: the 6-bit scales and mins as int16 (mx_q4k_scale, eight
+ * at once). */
+static inline void kmin_ints(const uint8_t *s, __m128i *sc, __m128i *m) {
         uint32_t a0, a1, a2;
         memcpy(&a0, s, 4), memcpy(&a1, s + 4, 4), memcpy(&a2, s + 8, 4);
         uint32_t sc_lo = a0 & 0x3f3f3f3fu, m_lo = a1 & 0x3f3f3f3fu;
         uint32_t sc_hi = (a2 & 0x0f0f0f0fu) | ((a0 >> 6) & 0x03030303u) << 4;
         uint32_t m_hi = ((a2 >> 4) & 0x0f0f0f0fu) | ((a1 >> 6) & 0x03030303u) << 4;
-        _mm_storeu_si128((__m128i *)W->sc, _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)));
+        *sc = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo));
+        *m = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)m_hi, (int)m_lo));
+}
+
+static inline void kmin_prep(const uint8_t *s, uint16_t d, uint16_t dmin, kw *W) {
+        __m128i sc, mi;
+        kmin_ints(s, &sc, &mi);
+        _mm_storeu_si128((__m128i *)W->sc, sc);
         float m[8];
-        __m256 mf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)m_hi, (int)m_lo)));
+        __m256 mf = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(mi));
         _mm256_storeu_ps(m, _mm256_mul_ps(_mm256_set1_ps(f16c(dmin)), mf));
         W->w16 = vf_pairs(m);
         W->d = f16c(d);
@@ -304,11 +312,14 @@ static inline vf bf_mac(vf acc, bfw w, bfx x) {
         }
 
 MX_DEFINE_TILES(fast_q8_0, DEFINE_Q32_TILE, q8_0, Q32_R, Q32_T, 1)
-MX_DEFINE_TILES(fast_q4_0, DEFINE_Q32_TILE, q4_0, Q32_R, Q32_T, 1)
-MX_DEFINE_TILES(fast_q4_k, DEFINE_K_TILE, q4_k, K_R, K_T, K_D)
 MX_DEFINE_TILES(fast_q5_k, DEFINE_K_TILE, q5_k, K_R, K_T, K_D)
 MX_DEFINE_TILES(fast_q6_k, DEFINE_K_TILE, q6_k, K_R, K_T, K6_D)
 MX_DEFINE_TILES(fast_bf16, DEFINE_BF_TILE, 0, BF_R, BF_T, BF_D)
+
+#include "fast_q4_0.h"
+#include "fast_q4_k.h"
+static const mx_tiles fast_q4_0 = {.rows = q4_0_rows};
+static const mx_tiles fast_q4_k = {.rows = q4_k_rows};
 
 const mx_tiles *FAST_TILES(mx_dtype t) {
         static const mx_tiles *const all[MX_DTYPE_COUNT] = {

@@ -15,12 +15,22 @@
  *   the K-quants (whose integer sub-block scales then apply before any
  *   float), bf16 for BF16 weights. Integer products are exact, so only the
  *   float steps are fixed:
- *     Q8_0, Q4_0: 16 lanes; each 64 activations (two blocks of 32) give
- *       lane l the exact sum P of weight level x activation over values
- *       4l..4l+3 (Q8_0 q, Q4_0 q - 8); lane l accumulates fma(dw * dx, P)
- *       with the scales of its block; a row of an odd number of blocks ends
- *       on a pair whose second half counts with zeros;
- *     K-quants: per super-block, S[l] = the exact sum over its four 64-value
+ *     Q8_0: 16 lanes; each 64 activations (two blocks of 32) give lane l
+ *       the exact sum P of weight level q x activation over values
+ *       4l..4l+3; lane l accumulates fma(dw * dx, P) with the scales of its
+ *       block; a row of an odd number of blocks ends on a pair whose second
+ *       half counts with zeros;
+ *     Q4_0: one chain per output, block by block: S = the exact sum over
+ *       the block of (q - 8) x activation, then acc = fma(dw * dx, S, acc).
+ *       A chain per output lets a kernel put 16 rows (decode) or 16 tokens
+ *       (prefill, from the activations' token groups below) in the lanes
+ *       of one register, where 16 lanes per output made it pay a float
+ *       multiply, a conversion and a fused multiply-add per 64 values;
+ *     Q4_K: one chain per output (as Q4_0), per super-block: S = the
+ *       exact sum over its sub-blocks of scale x the sum of level x
+ *       activation, M = the exact sum of min x the activations' sum bs;
+ *       acc = fma(d * dx, S, acc), then acc = fma(-dmin * dx, M, acc);
+ *     Q5_K, Q6_K: per super-block, S[l] = the exact sum over its four 64-value
  *       chunks of sub-block scale x unsigned level x activation over values
  *       4l..4l+3 of the chunk; lane l accumulates fma(d * dx, S[l]); and 16
  *       lanes G, lane s accumulating fma(w_s, xs_s) with xs_s the
@@ -51,10 +61,34 @@ typedef enum mx_act {
         MX_ACT_F32,  /* fp32 as they are (the f32 path; F32 and F16 weights) */
         MX_ACT_Q8,   /* int8 q[cols], then float d[cols/32]: x ~ d * q per 32 values */
         /* int8 q[cols], then float d[cols/256], then float xs[cols/16]:
-         * each 16 levels' sum times their d, rounded */
+         * each 16 levels' sum times their d, rounded; then int16
+         * bs[cols/32]: each 32 levels' sum */
         MX_ACT_Q8K,
         MX_ACT_BF16, /* uint16 bf16[cols], rounded to nearest even */
 } mx_act;
+
+/* Products of MX_ACT_GROUP_MIN tokens and more with Q4_0 or Q4_K weights
+ * also get their activations in groups of MX_ACT_GROUP tokens, so that a
+ * register holds the same 4 values of 16 tokens. Part m of a block: token
+ * j's values 4m..4m+3 at bytes 4j..4j+3, each as q + 128, unsigned.
+ * - MX_ACT_Q8, per block of 32 values: 8 parts, then the 16 tokens' float
+ *   scales (MX_ACT_GROUP_BLOCK bytes);
+ * - MX_ACT_Q8K, per super-block of 256 values: 64 parts, the 16 tokens'
+ *   float scales, then 4 x 64 bytes: at 4j in the p-th, token j's int16
+ *   sums bs of sub-blocks 2p and 2p + 1 (MX_ACT_GROUP_SUPER bytes).
+ * Tokens past the last are zeros (128, and scale and sums 0). */
+#define MX_ACT_GROUP 16
+#define MX_ACT_GROUP_MIN 4
+#define MX_ACT_GROUP_BLOCK (8 * 64 + MX_ACT_GROUP * 4)
+#define MX_ACT_GROUP_SUPER (64 * 64 + MX_ACT_GROUP * 4 + 4 * 64)
+
+/* Whether products of n tokens with weights w get token groups. */
+bool mx_act_grouped(mx_dtype w, bool fast, uint32_t n);
+/* Bytes one group of format a takes. */
+uint64_t mx_act_group_bytes(mx_act a, uint64_t cols);
+/* Tokens [0, n) (n <= MX_ACT_GROUP) of rows of format a, ldxq bytes apart,
+ * as one group at dst. */
+void mx_act_group(mx_act a, const uint8_t *xq, uint64_t ldxq, uint32_t n, uint64_t cols, uint8_t *dst);
 
 /* The activation format weights of type w get; F32 unless fast. */
 mx_act mx_act_for(mx_dtype w, bool fast);
@@ -70,6 +104,9 @@ static inline const float *mx_act_scales(const uint8_t *row, uint64_t cols) {
 static inline const float *mx_act_sums(const uint8_t *row, uint64_t cols) {
         return (const float *)(row + cols) + cols / 256;
 }
+static inline const int16_t *mx_act_bsums(const uint8_t *row, uint64_t cols) {
+        return (const int16_t *)(mx_act_sums(row, cols) + cols / 16);
+}
 
 typedef struct mx_matmul_args {
         const uint8_t *w;    /* row 0 of the weight matrix, [rows][cols] */
@@ -79,6 +116,8 @@ typedef struct mx_matmul_args {
         uint64_t ldx;
         const uint8_t *xq;   /* [n][ldxq bytes] in mx_act_for(dtype, true); NULL: the f32 path */
         uint64_t ldxq;
+        const uint8_t *xg;   /* [n / MX_ACT_GROUP rounded up][ldxg bytes] token groups, or NULL */
+        uint64_t ldxg;
         float *out;          /* [n][ldo]; out[t][r] = dot(w[r], x[t]) */
         uint64_t ldo;
         uint32_t n;

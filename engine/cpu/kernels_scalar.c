@@ -26,7 +26,7 @@ static float dot_f32(const uint8_t *row, mx_dtype dt, const float *x, uint64_t c
         return mx_reduce16(lane);
 }
 
-/* ---- the fast path: Q8_0 and Q4_0 against MX_ACT_Q8 --------------------------------------- */
+/* ---- the fast path: Q8_0 and Q4_0 against MX_ACT_Q8 ----------------------------------- */
 
 /* Block b's signed levels and fp16 scale. */
 static float block32(const uint8_t *row, mx_dtype dt, uint64_t b, int w[32]) {
@@ -61,6 +61,20 @@ static float dot_q32(const uint8_t *row, mx_dtype dt, const uint8_t *xq, uint64_
                                 lane[8 * h + l] = fmaf(ds, (float)p[l], lane[8 * h + l]);
                 }
         return mx_reduce16(lane);
+}
+
+static float dot_q4_0(const uint8_t *row, const uint8_t *xq, uint64_t cols) {
+        const int8_t *x = (const int8_t *)xq;
+        const float *dx = mx_act_scales(xq, cols);
+        float acc = 0;
+        for (uint64_t b = 0; b < cols / 32; b++) {
+                int w[32], s = 0;
+                float ds = block32(row, MX_DTYPE_Q4_0, b, w) * dx[b];
+                for (int e = 0; e < 32; e++)
+                        s += w[e] * x[32 * b + e];
+                acc = fmaf(ds, (float)s, acc);
+        }
+        return acc;
 }
 
 /* ---- the fast path: K-quants against MX_ACT_Q8K ---------------------------------------- */
@@ -125,6 +139,28 @@ static float dot_k(const uint8_t *row, mx_dtype dt, const uint8_t *xq, uint64_t 
         return mx_reduce16(lane) - mx_reduce16(g);
 }
 
+static float dot_q4_k(const uint8_t *row, const uint8_t *xq, uint64_t cols) {
+        const int8_t *x = (const int8_t *)xq;
+        const float *dx = mx_act_scales(xq, cols);
+        const int16_t *bs = mx_act_bsums(xq, cols);
+        float acc = 0;
+        for (uint64_t sb = 0; sb < cols / 256; sb++) {
+                const mx_block_q4_k *b = (const mx_block_q4_k *)row + sb;
+                int32_t S = 0, M = 0;
+                for (int j = 0; j < 8; j++) {
+                        uint8_t sc, m;
+                        int32_t s = 0;
+                        mx_q4k_scale(b->scales, j, &sc, &m);
+                        for (int e = 32 * j; e < 32 * j + 32; e++)
+                                s += mx_q4k_quant(b, e) * x[256 * sb + (uint64_t)e];
+                        S += sc * s, M += m * bs[8 * sb + (uint64_t)j];
+                }
+                acc = fmaf(mx_f16_to_f32(b->d) * dx[sb], (float)S, acc);
+                acc = fmaf(-mx_f16_to_f32(b->dmin) * dx[sb], (float)M, acc);
+        }
+        return acc;
+}
+
 /* ---- the fast path: BF16 against MX_ACT_BF16 -------------------------------------- */
 
 static float bf16_at(const uint8_t *p, uint64_t i, uint64_t n) {
@@ -149,9 +185,9 @@ static float dot_row(const mx_matmul_args *a, const uint8_t *row, uint32_t t) {
         const uint8_t *x = a->xq + t * a->ldxq;
         switch (mx_act_for(a->dtype, true)) {
         case MX_ACT_Q8:
-                return dot_q32(row, a->dtype, x, a->cols);
+                return a->dtype == MX_DTYPE_Q4_0 ? dot_q4_0(row, x, a->cols) : dot_q32(row, a->dtype, x, a->cols);
         case MX_ACT_Q8K:
-                return dot_k(row, a->dtype, x, a->cols);
+                return a->dtype == MX_DTYPE_Q4_K ? dot_q4_k(row, x, a->cols) : dot_k(row, a->dtype, x, a->cols);
         case MX_ACT_BF16:
                 return dot_bf16(row, x, a->cols);
         default:

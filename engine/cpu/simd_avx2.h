@@ -190,6 +190,94 @@ static inline float vf_reduce(vf v) {
         return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));
 }
 
+/* ---- for the kernels with rows or tokens in the lanes (fast_q4_0.h) ---- */
+
+/* The 4 bytes at p in every int32 lane. */
+static inline vb vb_bcast4(const void *p) {
+        int32_t v;
+        memcpy(&v, p, 4);
+        __m256i b = _mm256_set1_epi32(v);
+        return (vb){b, b};
+}
+
+static inline vi vi_set1(int32_t v) {
+        __m256i b = _mm256_set1_epi32(v);
+        return (vi){b, b};
+}
+
+static inline void vf_store(float *p, vf v) {
+        _mm256_storeu_ps(p, v.lo), _mm256_storeu_ps(p + 8, v.hi);
+}
+
+/* Lane i: the fp16 value at p + i * stride, widened. */
+static inline vf vf_f16_strided(const uint8_t *p, uint64_t stride) {
+        float f[16];
+        for (int i = 0; i < 16; i++) {
+                uint16_t h;
+                memcpy(&h, p + i * stride, 2);
+                f[i] = _cvtsh_ss(h);
+        }
+        return vf_load(f);
+}
+
+static inline vi vi_add(vi a, vi b) {
+        return (vi){_mm256_add_epi32(a.lo, b.lo), _mm256_add_epi32(a.hi, b.hi)};
+}
+
+static inline vi vi_mullo(vi a, vi b) {
+        return (vi){_mm256_mullo_epi32(a.lo, b.lo), _mm256_mullo_epi32(a.hi, b.hi)};
+}
+
+/* int16 lanes 0-15: v's k-th int16; lanes 16-31: its k+1-th. */
+static inline vi vi_pair16(__m128i v, int k) {
+        __m128i lo = _mm_set1_epi16((short)(2 * k | (2 * k + 1) << 8));
+        __m128i hi = _mm_add_epi8(lo, _mm_set1_epi8(2));
+        return (vi){_mm256_broadcastsi128_si256(_mm_shuffle_epi8(v, lo)),
+                    _mm256_broadcastsi128_si256(_mm_shuffle_epi8(v, hi))};
+}
+
+/* Lanes 0-7 and 8-15 from two halves; the sum of the halves. */
+static inline vi vi_join8(__m256i lo, __m256i hi) {
+        return (vi){lo, hi};
+}
+
+static inline __m256i vi_fold8(vi v) {
+        return _mm256_add_epi32(v.lo, v.hi);
+}
+
+/* Lane i: the two fp16 values at p + i * stride, widened: the first in
+ * *lo, the second in *hi. */
+static inline void vf_f16x2_strided(const uint8_t *p, uint64_t stride, vf *lo, vf *hi) {
+        *lo = vf_f16_strided(p, stride), *hi = vf_f16_strided(p + 2, stride);
+}
+
+/* Lane i: the sum of v[i]'s lanes, by transposing sums (exact). */
+static inline __m256i sum8(const __m256i v[8]) {
+        __m256i w[4], q[2];
+        for (int i = 0; i < 4; i++)
+                w[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
+                                        _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+        for (int i = 0; i < 2; i++)
+                q[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(w[2 * i], w[2 * i + 1]),
+                                        _mm256_unpackhi_epi64(w[2 * i], w[2 * i + 1]));
+        return _mm256_add_epi32(_mm256_permute2x128_si256(q[0], q[1], 0x20),
+                                _mm256_permute2x128_si256(q[0], q[1], 0x31));
+}
+
+/* Rows' sums: lane r of *lo is the sum of lanes 0-7 of v[r], of *hi that
+ * of lanes 8-15. */
+static inline void vi_lane_sums(const vi v[16], vi *lo, vi *hi) {
+        __m256i a[8], b[8];
+        for (int h = 0; h < 2; h++) {
+                for (int i = 0; i < 8; i++)
+                        a[i] = v[8 * h + i].lo, b[i] = v[8 * h + i].hi;
+                if (h == 0)
+                        lo->lo = sum8(a), hi->lo = sum8(b);
+                else
+                        lo->hi = sum8(a), hi->hi = sum8(b);
+        }
+}
+
 /* Each lane's bf16 pair as two floats: the odd value is the high half of
  * the 32 bits as they are, the even one the low half moved up. */
 static inline vf vb_bf16_odd(vb v) {

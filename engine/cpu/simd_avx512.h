@@ -169,6 +169,89 @@ static inline float vf_reduce(vf v) {
         return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));
 }
 
+/* ---- for the kernels with rows or tokens in the lanes (fast_q4_0.h) ---- */
+
+/* The 4 bytes at p in every int32 lane. */
+static inline vb vb_bcast4(const void *p) {
+        int32_t v;
+        memcpy(&v, p, 4);
+        return _mm512_set1_epi32(v);
+}
+
+static inline vi vi_set1(int32_t v) {
+        return _mm512_set1_epi32(v);
+}
+
+static inline void vf_store(float *p, vf v) {
+        _mm512_storeu_ps(p, v);
+}
+
+/* Lane i: the fp16 value at p + i * stride, widened (stride below 2^27). */
+static inline vf vf_f16_strided(const uint8_t *p, uint64_t stride) {
+        __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                        _mm512_set1_epi32((int)stride));
+        __m512i g = _mm512_i32gather_epi32(at, p, 1);
+        return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+}
+
+static inline vi vi_add(vi a, vi b) {
+        return _mm512_add_epi32(a, b);
+}
+
+static inline vi vi_mullo(vi a, vi b) {
+        return _mm512_mullo_epi32(a, b);
+}
+
+/* int16 lanes 0-15: v's k-th int16; lanes 16-31: its k+1-th. */
+static inline vi vi_pair16(__m128i v, int k) {
+        static const int16_t idx[32] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        __m512i at = _mm512_add_epi16(_mm512_loadu_si512(idx), _mm512_set1_epi16((short)k));
+        return _mm512_permutexvar_epi16(at, _mm512_castsi128_si512(v));
+}
+
+/* Lanes 0-7 and 8-15 from two halves; the sum of the halves. */
+static inline vi vi_join8(__m256i lo, __m256i hi) {
+        return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+static inline __m256i vi_fold8(vi v) {
+        return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+}
+
+/* Lane i: the two fp16 values at p + i * stride, widened: the first in
+ * *lo, the second in *hi (stride below 2^27). */
+static inline void vf_f16x2_strided(const uint8_t *p, uint64_t stride, vf *lo, vf *hi) {
+        __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                        _mm512_set1_epi32((int)stride));
+        __m512i g = _mm512_i32gather_epi32(at, p, 1);
+        *lo = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+        *hi = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16)));
+}
+
+/* Per 128-bit lane, [a0 + a2, b0 + b2, a1 + a3, b1 + b3], then the same
+ * by 64 bits: two steps of a transposing sum. */
+static inline __m512i sum_pairs32(__m512i a, __m512i b) {
+        return _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+}
+
+static inline __m512i sum_pairs64(__m512i a, __m512i b) {
+        return _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+}
+
+/* Rows' sums: lane r of *lo is the sum of lanes 0-7 of v[r], of *hi that
+ * of lanes 8-15 (exact; integers). */
+static inline void vi_lane_sums(const vi v[16], vi *lo, vi *hi) {
+        __m512i q[4];
+        for (int i = 0; i < 4; i++)
+                q[i] = sum_pairs64(sum_pairs32(v[4 * i], v[4 * i + 1]), sum_pairs32(v[4 * i + 2], v[4 * i + 3]));
+        /* q[i]'s 128-bit lane j: rows 4i..4i+3 over lanes 4j..4j+3 */
+        __m512i y0 = _mm512_add_epi32(_mm512_shuffle_i32x4(q[0], q[1], 0x88), _mm512_shuffle_i32x4(q[0], q[1], 0xdd));
+        __m512i y1 = _mm512_add_epi32(_mm512_shuffle_i32x4(q[2], q[3], 0x88), _mm512_shuffle_i32x4(q[2], q[3], 0xdd));
+        *lo = _mm512_shuffle_i32x4(y0, y1, 0x88);
+        *hi = _mm512_shuffle_i32x4(y0, y1, 0xdd);
+}
+
 #if MX_VNNI
 /* One vdpbf16ps step (fast_tiles.h): the bf16 pairs as they are. */
 #define MX_NATIVE_BF16 1

@@ -26,6 +26,9 @@ typedef struct mx_tiles {
         mx_tile_fn dec[4];            /* D rows x 1..3 tokens */
         mx_tile_fn big, big_col;      /* R x T, and R x 1 for leftover tokens */
         uint32_t R, T, D;
+        /* Instead of all the above: a type whose kernels cover rows their
+         * own way (fast_q4_0.h). */
+        void (*rows)(const mx_matmul_args *a, uint64_t r0, uint64_t r1);
 } mx_tiles;
 
 /* The fast path's tiles for a weight type (fast_*.c); NULL for F16/F32. */
@@ -53,6 +56,10 @@ static inline void mx_prefetch(const uint8_t *p, const uint8_t *end, uint64_t by
 }
 
 static inline void mx_tiles_rows(const mx_tiles *tl, const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
+        if (tl->rows) {
+                tl->rows(a, r0, r1);
+                return;
+        }
         uint64_t rb = 0, K = a->cols, r = r0;
         mx_dtype_row_bytes(a->dtype, a->cols, &rb);
         const uint8_t *x = a->xq ? a->xq : (const uint8_t *)a->x;
@@ -109,7 +116,7 @@ static inline void mx_tiles_rows(const mx_tiles *tl, const mx_matmul_args *a, ui
         DEFINE(SET##_big, ARG, R, T)                                                               \
         DEFINE(SET##_col, ARG, R, 1)                                                               \
         static const mx_tiles SET = {{NULL, SET##_1x1, SET##_1x2, SET##_1x3},                      \
-                                     {NULL, SET##_dx1, SET##_dx2, SET##_dx3}, SET##_big, SET##_col, R, T, D};
+                                     {NULL, SET##_dx1, SET##_dx2, SET##_dx3}, SET##_big, SET##_col, R, T, D, NULL};
 
 /* One output of a tile: stored or added. */
 static inline void mx_tile_put(float *o, float s, bool accumulate) {

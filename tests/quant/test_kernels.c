@@ -73,10 +73,20 @@ static void product(const mx_kernels *k, const problem *p, bool fast, uint32_t t
         mx_matmul_args a = {.w = p->w, .dtype = p->t, .cols = p->cols, .x = p->x + t0 * p->cols, .ldx = p->cols,
                             .xq = fast ? p->xq + t0 * p->ldxq : NULL, .ldxq = p->ldxq, .out = out,
                             .ldo = p->rows, .n = n, .accumulate = accumulate};
+        uint8_t *groups = NULL;
+        if (fast && mx_act_grouped(p->t, true, n)) {
+                a.ldxg = mx_act_group_bytes(mx_act_for(p->t, true), p->cols);
+                groups = malloc((n + MX_ACT_GROUP - 1) / MX_ACT_GROUP * a.ldxg);
+                for (uint32_t t = 0; t < n; t += MX_ACT_GROUP)
+                        mx_act_group(mx_act_for(p->t, true), a.xq + t * p->ldxq, p->ldxq, n - t < MX_ACT_GROUP ? n - t : MX_ACT_GROUP, p->cols,
+                                     groups + t / MX_ACT_GROUP * a.ldxg);
+                a.xg = groups;
+        }
         /* In two calls, as threads split rows: tiles must not care where. */
         uint64_t split = p->rows / 3;
         k->matmul_rows(&a, 0, split);
         k->matmul_rows(&a, split, p->rows);
+        free(groups);
 }
 
 static double rel_l2(const float *a, const float *b, size_t n) {
@@ -293,6 +303,10 @@ int main(void) {
         static const uint64_t q32_cols[] = {32, 96, 512};
         for (size_t c = 0; c < MX_ELEMENTSOF(q32_cols); c++)
                 check(MX_DTYPE_Q8_0, 21, q32_cols[c]), check(MX_DTYPE_Q4_0, 21, q32_cols[c]);
+        /* Q4_0's and Q4_K's kernels put 16 rows in the lanes: blocks of
+         * them, and a tail, in both calls. */
+        check(MX_DTYPE_Q4_0, 53, 96), check(MX_DTYPE_Q4_0, 53, 1024);
+        check(MX_DTYPE_Q4_K, 53, 256), check(MX_DTYPE_Q4_K, 53, 1024);
         static const mx_dtype kq[] = {MX_DTYPE_Q4_K, MX_DTYPE_Q5_K, MX_DTYPE_Q6_K};
         for (size_t i = 0; i < MX_ELEMENTSOF(kq); i++)
                 check(kq[i], 21, 256), check(kq[i], 13, 768);
