@@ -1,0 +1,220 @@
+/* Q4_K against MX_ACT_Q8K on the fast path, as fast_q4_0.h does Q4_0:
+ * one fp32 chain per output, super-block by super-block (kernels.h), with
+ * 16 rows (decode) or 16 tokens (prefill) in the lanes of a register.
+ *
+ * - decode: each row's super-block gives one integer vector, its lanes
+ *   0-7 the scaled level x value sums (as the other K-quant kernels make
+ *   them), its lanes 8-15 min x the token's sums of each sub-block; the
+ *   transposing tree then gives 16 rows' S and M at once;
+ * - prefill: a tile's rows unpacked on the stack (levels, scales, mins
+ *   and what the values' + 128 add), each 4 levels broadcast against 16
+ *   tokens' values; a sub-block's sums are scaled once per 32 values
+ *   with an integer multiply.
+ *
+ * Integer sums are exact; the float steps are the scalar kernel's, in
+ * its order, so every instruction set, tile and batch gives the same
+ * bits. */
+
+/* ---- decode: rows in the lanes ---------------------------------------------------------- */
+
+/* One row's super-block against a token's 4 chunks of values x and its
+ * sub-block sums bs (int32): lanes 0-7 sum to S, lanes 8-15 to M. */
+static inline vi q4_k_row_sums(const mx_block_q4_k *b, const vb x[4], __m256i bs) {
+        __m128i sc, m;
+        kmin_ints(b->scales, &sc, &m);
+        vi v = vi_zero();
+        UNROLL for (int c = 0; c < 4; c++)
+                v = vi_dpwssd(v, vi_maddubs(vb_nibbles(b->qs + 32 * c), x[c]), vi_pair16(sc, 2 * c));
+        return vi_join8(vi_fold8(v), _mm256_mullo_epi32(_mm256_cvtepu16_epi32(m), bs));
+}
+
+static inline void q4_k_token(const uint8_t *xt, uint64_t K, uint64_t sb, vb x[4], __m256i *bs) {
+        UNROLL for (int c = 0; c < 4; c++) x[c] = vb_load(xt + 256 * sb + 64 * c);
+        *bs = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(mx_act_bsums(xt, K) + 8 * sb)));
+}
+
+/* Rows r..r+15, tokens [0, N): out[t][r + i]; prefetched as Q4_0's. */
+#define DEFINE_Q4_K_ROWS16(NAME, N)                                                                \
+        static void NAME(const mx_matmul_args *a, uint64_t r, uint64_t rb, const uint8_t *end) {   \
+                const uint8_t *w = a->w + r * rb;                                                  \
+                const uint64_t K = a->cols;                                                        \
+                vf F[N];                                                                           \
+                UNROLL for (int t = 0; t < N; t++) F[t] = vf_zero();                               \
+                for (uint64_t sb = 0; sb < K / 256; sb++) {                                        \
+                        vb x[N][4];                                                                \
+                        __m256i bs[N];                                                             \
+                        vi v[N][16], S[N], M[N];                                                   \
+                        vf d, dmin;                                                                \
+                        q4_0_prefetch16(w, rb, sb * 144 + Q4_K_AHEAD, 144, end);                   \
+                        UNROLL for (int t = 0; t < N; t++) q4_k_token(a->xq + t * a->ldxq, K, sb, x[t], &bs[t]); \
+                        UNROLL for (int i = 0; i < 16; i++) {                                      \
+                                const mx_block_q4_k *b = (const mx_block_q4_k *)(w + i * rb) + sb; \
+                                UNROLL for (int t = 0; t < N; t++) v[t][i] = q4_k_row_sums(b, x[t], bs[t]); \
+                        }                                                                          \
+                        vf_f16x2_strided(w + sb * sizeof(mx_block_q4_k), rb, &d, &dmin);          \
+                        UNROLL for (int t = 0; t < N; t++) {                                       \
+                                float dx = mx_act_scales(a->xq + t * a->ldxq, K)[sb];              \
+                                vi_lane_sums(v[t], &S[t], &M[t]);                                  \
+                                F[t] = vf_fma(vf_mul(d, vf_set1(dx)), vf_cvt(S[t]), F[t]);         \
+                                F[t] = vf_fma(vf_mul(dmin, vf_set1(-dx)), vf_cvt(M[t]), F[t]);     \
+                        }                                                                          \
+                }                                                                                  \
+                UNROLL for (int t = 0; t < N; t++) {                                               \
+                        float o[16];                                                               \
+                        vf_store(o, F[t]);                                                         \
+                        for (int i = 0; i < 16; i++)                                               \
+                                mx_tile_put(a->out + t * a->ldo + r + i, o[i], a->accumulate);     \
+                }                                                                                  \
+        }
+
+DEFINE_Q4_K_ROWS16(q4_k_rows16_1, 1)
+DEFINE_Q4_K_ROWS16(q4_k_rows16_2, 2)
+DEFINE_Q4_K_ROWS16(q4_k_rows16_3, 3)
+
+static const rows16_fn q4_k_rows16[4] = {NULL, q4_k_rows16_1, q4_k_rows16_2, q4_k_rows16_3};
+
+/* One row, one token. */
+static float q4_k_row(const uint8_t *row, const uint8_t *xq, uint64_t K) {
+        float acc = 0;
+        for (uint64_t sb = 0; sb < K / 256; sb++) {
+                const mx_block_q4_k *b = (const mx_block_q4_k *)row + sb;
+                vb x[4];
+                __m256i bs;
+                int32_t l[16], S = 0, M = 0;
+                q4_k_token(xq, K, sb, x, &bs);
+                vi v = q4_k_row_sums(b, x, bs);
+                memcpy(l, &v, sizeof l);
+                for (int i = 0; i < 8; i++)
+                        S += l[i], M += l[8 + i];
+                float dx = mx_act_scales(xq, K)[sb];
+                acc = fmaf(f16c(b->d) * dx, (float)S, acc);
+                acc = fmaf(-f16c(b->dmin) * dx, (float)M, acc);
+        }
+        return acc;
+}
+
+/* ---- prefill: tokens in the lanes ------------------------------------------------------- */
+
+/* A row's super-block unpacked: 256 unsigned levels (as signed bytes),
+ * the sub-blocks' scales and pairs of mins (int16 each), -128 x the
+ * scaled sum of the levels (what the values' + 128 add), d and -dmin. */
+typedef struct q4_k_unpacked {
+        int8_t u[256];
+        int32_t sc[8], mp[4], c;
+        float d, nd;
+        int32_t pad;
+} q4_k_unpacked;
+
+static inline int32_t sum_bytes(__m256i v) {
+        __m256i s = _mm256_sad_epu8(v, _mm256_setzero_si256());
+        __m128i h = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        return (int32_t)(_mm_cvtsi128_si64(h) + _mm_extract_epi64(h, 1));
+}
+
+static void q4_k_unpack(const uint8_t *row, uint64_t nsb, q4_k_unpacked *u) {
+        const __m256i f = _mm256_set1_epi8(0x0f);
+        for (uint64_t sb = 0; sb < nsb; sb++) {
+                const mx_block_q4_k *b = (const mx_block_q4_k *)row + sb;
+                q4_k_unpacked *o = u + sb;
+                __m128i sc, m;
+                uint16_t m16[8];
+                kmin_ints(b->scales, &sc, &m);
+                _mm256_storeu_si256((__m256i *)o->sc, _mm256_cvtepu16_epi32(sc));
+                _mm_storeu_si128((__m128i *)m16, m);
+                int32_t c = 0;
+                for (int p = 0; p < 4; p++)
+                        o->mp[p] = (int32_t)(m16[2 * p] | (uint32_t)m16[2 * p + 1] << 16);
+                for (int ch = 0; ch < 4; ch++) {
+                        __m256i v = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * ch));
+                        __m256i lo = _mm256_and_si256(v, f), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), f);
+                        _mm256_storeu_si256((__m256i *)(o->u + 64 * ch), lo);
+                        _mm256_storeu_si256((__m256i *)(o->u + 64 * ch + 32), hi);
+                        c += o->sc[2 * ch] * sum_bytes(lo) + o->sc[2 * ch + 1] * sum_bytes(hi);
+                }
+                o->c = -128 * c, o->d = f16c(b->d), o->nd = -f16c(b->dmin);
+        }
+}
+
+/* Rows u[0..R) (each nsb super-blocks) against one group at xg: o[r] lane
+ * j is row r's output for the group's token j. */
+#define DEFINE_Q4_K_LANES(NAME, R)                                                                 \
+        static void NAME(const q4_k_unpacked *const *u, uint64_t nsb, const uint8_t *xg,           \
+                         float o[R][MX_ACT_GROUP]) {                                               \
+                vf F[R];                                                                           \
+                UNROLL for (int r = 0; r < R; r++) F[r] = vf_zero();                               \
+                for (uint64_t sb = 0; sb < nsb; sb++) {                                            \
+                        const uint8_t *xs = xg + sb * MX_ACT_GROUP_SUPER;                          \
+                        vi S[R];                                                                   \
+                        UNROLL for (int r = 0; r < R; r++) S[r] = vi_set1(u[r][sb].c);             \
+                        for (int j = 0; j < 8; j++) {                                              \
+                                vi A[R];                                                           \
+                                UNROLL for (int r = 0; r < R; r++) A[r] = vi_zero();               \
+                                UNROLL for (int m = 8 * j; m < 8 * j + 8; m++) {                   \
+                                        vb x = vb_load(xs + 64 * m);                               \
+                                        UNROLL for (int r = 0; r < R; r++)                         \
+                                                A[r] = vi_dpbusd(A[r], x, vb_bcast4(u[r][sb].u + 4 * m)); \
+                                }                                                                  \
+                                UNROLL for (int r = 0; r < R; r++)                                 \
+                                        S[r] = vi_add(S[r], vi_mullo(A[r], vi_set1(u[r][sb].sc[j]))); \
+                        }                                                                          \
+                        vf dx = vf_load((const float *)(xs + 64 * 64));                            \
+                        vi bs[4];                                                                  \
+                        UNROLL for (int p = 0; p < 4; p++) bs[p] = vb_load(xs + 64 * 64 + MX_ACT_GROUP * 4 + 64 * p); \
+                        UNROLL for (int r = 0; r < R; r++) {                                       \
+                                vi M = vi_zero();                                                  \
+                                UNROLL for (int p = 0; p < 4; p++) M = vi_dpwssd(M, bs[p], vi_set1(u[r][sb].mp[p])); \
+                                F[r] = vf_fma(vf_mul(vf_set1(u[r][sb].d), dx), vf_cvt(S[r]), F[r]); \
+                                F[r] = vf_fma(vf_mul(vf_set1(u[r][sb].nd), dx), vf_cvt(M), F[r]);  \
+                        }                                                                          \
+                }                                                                                  \
+                UNROLL for (int r = 0; r < R; r++) vf_store(o[r], F[r]);                           \
+        }
+
+DEFINE_Q4_K_LANES(q4_k_lanes, Q4_K_R)
+DEFINE_Q4_K_LANES(q4_k_lanes_1, 1)
+
+/* Rows [r, r + R) unpacked into buf, then against groups [g0, g1). */
+static void q4_k_prefill_tile(const mx_matmul_args *a, uint64_t r, uint32_t R, uint64_t rb, uint32_t g0, uint32_t g1,
+                              uint8_t *buf) {
+        const uint64_t nsb = a->cols / 256;
+        const q4_k_unpacked *u[Q4_K_R];
+        for (uint32_t i = 0; i < R; i++) {
+                q4_k_unpacked *p = (q4_k_unpacked *)buf + i * nsb;
+                q4_k_unpack(a->w + (r + i) * rb, nsb, p);
+                u[i] = p;
+        }
+        for (uint32_t g = g0; g < g1; g++) {
+                float o[Q4_K_R][MX_ACT_GROUP];
+                if (R == Q4_K_R) {
+                        q4_k_lanes(u, nsb, a->xg + g * a->ldxg, o);
+                } else {
+                        for (uint32_t i = 0; i < R; i++)
+                                q4_k_lanes_1(&u[i], nsb, a->xg + g * a->ldxg, &o[i]);
+                }
+                q4_0_put(a, r, R, 1, 16 * g, &o[0][0]);
+        }
+}
+
+static __attribute__((noinline)) void q4_k_prefill(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb) {
+        _Alignas(64) uint8_t buf[Q4_0_UNPACKED_MAX];
+        const uint32_t groups = (a->n + MX_ACT_GROUP - 1) / MX_ACT_GROUP;
+        uint64_t per = (Q4_0_PASS_BYTES) / mx_act_group_bytes(MX_ACT_Q8K, a->cols);
+        per = per ? per : 1;
+        for (uint32_t g0 = 0; g0 < groups; g0 += (uint32_t)per) {
+                uint32_t g1 = groups - g0 < per ? groups : g0 + (uint32_t)per;
+                uint64_t r = r0;
+                for (; r + Q4_K_R <= r1; r += Q4_K_R)
+                        q4_k_prefill_tile(a, r, Q4_K_R, rb, g0, g1, buf);
+                if (r < r1)
+                        q4_k_prefill_tile(a, r, (uint32_t)(r1 - r), rb, g0, g1, buf);
+        }
+}
+
+static void q4_k_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
+        uint64_t rb = 0;
+        mx_dtype_row_bytes(a->dtype, a->cols, &rb);
+        if (a->xg && a->cols / 256 * sizeof(q4_k_unpacked) * Q4_K_R <= Q4_0_UNPACKED_MAX)
+                q4_k_prefill(a, r0, r1, rb);
+        else
+                decode16(a, r0, r1, rb, q4_k_rows16, q4_k_row);
+}
