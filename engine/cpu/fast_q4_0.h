@@ -26,28 +26,7 @@ static inline vi q4_0_pair_sums(const uint8_t *row, uint64_t b, bool two, vb x, 
         return vi_dpbusd(off, vb_q4_0_pair(q[0].qs, two ? q[1].qs : NULL), x);
 }
 
-/* Each of 16 rows' bytes [at, at + bytes) on their way into the cache:
- * in the row, or past its end, in row i of the next 16 (or of those
- * after, for rows shorter than the distance). */
-static inline void q4_0_prefetch16(const uint8_t *w, uint64_t rb, uint64_t at, uint64_t bytes, const uint8_t *end) {
-        for (uint64_t o = at; o < at + bytes; o += 64) {
-                const uint8_t *p = o < rb ? w + o : w + 16 * rb * (o / rb) + o % rb;
-                if (p + 15 * rb < end) {
-                        UNROLL for (int i = 0; i < 16; i++) __builtin_prefetch(p + i * rb);
-                } else {
-                        for (int i = 0; i < 16 && p + i * rb < end; i++)
-                                __builtin_prefetch(p + i * rb);
-                }
-        }
-}
-
-/* Rows r..r+15, tokens [0, N): out[t][r + i]. The 16 rows are read as
- * 16 streams at once, which the hardware prefetchers follow badly, each
- * tile starting cold: each step asks for every stream's bytes about 14
- * steps on (Q4_0_AHEAD bytes; Q4_K_AHEAD for its larger steps), into
- * the next tile's rows past the ends. */
-#define Q4_0_AHEAD 512
-#define Q4_K_AHEAD 2048
+/* Rows r..r+15, tokens [0, N): out[t][r + i]. */
 #define DEFINE_Q4_0_ROWS16(NAME, N)                                                                \
         static void NAME(const mx_matmul_args *a, uint64_t r, uint64_t rb, const uint8_t *end) {   \
                 const uint8_t *w = a->w + r * rb;                                                  \
@@ -58,7 +37,7 @@ static inline void q4_0_prefetch16(const uint8_t *w, uint64_t rb, uint64_t at, u
                         const bool two = b + 1 < nb;                                               \
                         vb x[N];                                                                   \
                         vi off[N], v[N][16], lo[N], hi[N];                                         \
-                        q4_0_prefetch16(w, rb, b * 18 + Q4_0_AHEAD, 36, end);                      \
+                        prefetch16(w, rb, b * 18 + Q4_0_AHEAD, 36, end);                      \
                         UNROLL for (int t = 0; t < N; t++) {                                       \
                                 const uint8_t *xt = a->xq + t * a->ldxq + 32 * b;                  \
                                 x[t] = vb_load2(xt, two ? xt + 32 : NULL), off[t] = q4_0_xoff(x[t]); \
@@ -107,29 +86,6 @@ static float q4_0_row(const uint8_t *row, const uint8_t *xq, uint64_t K) {
                 }
         }
         return acc;
-}
-
-typedef void (*rows16_fn)(const mx_matmul_args *a, uint64_t r, uint64_t rb, const uint8_t *end);
-typedef float (*row1_fn)(const uint8_t *row, const uint8_t *xq, uint64_t K);
-
-/* Decode of rows [r0, r1): 16 rows at a time (rows16[n] for n tokens),
- * the rest one by one; at most 3 tokens at a time. */
-static void decode16(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb, const rows16_fn rows16[4],
-                     row1_fn row1) {
-        uint64_t r = r0;
-        for (uint32_t t0 = 0; t0 < a->n; t0 += 3) {
-                mx_matmul_args s = *a;
-                s.n = a->n - t0 < 3 ? a->n - t0 : 3;
-                s.xq = a->xq + t0 * a->ldxq, s.out = a->out + t0 * a->ldo;
-                mx_prefetch(a->w + r0 * rb, a->w + r1 * rb, 16 * rb);
-                /* a stride the gathers' 32-bit offsets hold */
-                for (r = r0; rb < (1u << 27) && r + 16 <= r1; r += 16)
-                        rows16[s.n](&s, r, rb, a->w + r1 * rb);
-                for (; r < r1; r++)
-                        for (uint32_t t = 0; t < s.n; t++)
-                                mx_tile_put(s.out + t * s.ldo + r, row1(a->w + r * rb, s.xq + t * s.ldxq, s.cols),
-                                            s.accumulate);
-        }
 }
 
 static const rows16_fn q4_0_rows16[4] = {NULL, q4_0_rows16_1, q4_0_rows16_2, q4_0_rows16_3};
@@ -190,24 +146,8 @@ static void q4_0_unpack(const uint8_t *row, uint64_t nb, q4_0_unpacked *u) {
 DEFINE_Q4_0_LANES(q4_0_lanes, Q4_0_R, Q4_0_G)
 DEFINE_Q4_0_LANES(q4_0_lanes_1x1, 1, 1)
 
-/* Outputs of rows [r, r + R) for tokens [t0, t0 + 16 G), of which n exist. */
-static void q4_0_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t G, uint32_t t0, const float *o) {
-        for (uint32_t i = 0; i < R; i++)
-                for (uint32_t g = 0; g < G; g++)
-                        for (uint32_t j = 0; j < MX_ACT_GROUP && t0 + 16 * g + j < a->n; j++)
-                                mx_tile_put(a->out + (t0 + 16 * g + j) * a->ldo + r + i,
-                                            o[(i * G + g) * MX_ACT_GROUP + j], a->accumulate);
-}
-
-/* Groups per pass over a tile's rows: their activations stay in L2
- * (512 KiB of them) while the tile goes by, and the rows' unpacking is
- * shared by all of them (measured on Zen 5: 256 KiB and 1 MiB did 2-6%
- * worse at b1's shapes). */
-#ifndef Q4_0_PASS_BYTES
-#define Q4_0_PASS_BYTES (512u << 10)
-#endif
 static uint32_t q4_0_groups_per_pass(uint64_t K) {
-        uint64_t g = (Q4_0_PASS_BYTES) / mx_act_group_bytes(MX_ACT_Q8, K);
+        uint64_t g = (PASS_BYTES) / mx_act_group_bytes(MX_ACT_Q8, K);
         return g < Q4_0_G ? Q4_0_G : (uint32_t)g / Q4_0_G * Q4_0_G;
 }
 
@@ -225,27 +165,23 @@ static void q4_0_prefill_tile(const mx_matmul_args *a, uint64_t r, uint32_t R, u
                 float o[Q4_0_R][Q4_0_G][MX_ACT_GROUP];
                 if (R == Q4_0_R && g + Q4_0_G <= g1) {
                         q4_0_lanes(u, nb, a->xg + g * a->ldxg, a->ldxg, o);
-                        q4_0_put(a, r, R, Q4_0_G, 16 * g, &o[0][0][0]);
+                        lanes_put(a, r, R, Q4_0_G, 16 * g, &o[0][0][0]);
                         g += Q4_0_G;
                         continue;
                 }
                 for (uint32_t i = 0; i < R; i++) {
                         float o1[1][1][MX_ACT_GROUP];
                         q4_0_lanes_1x1(&u[i], nb, a->xg + g * a->ldxg, a->ldxg, o1);
-                        q4_0_put(a, r + i, 1, 1, 16 * g, &o1[0][0][0]);
+                        lanes_put(a, r + i, 1, 1, 16 * g, &o1[0][0][0]);
                 }
                 g++;
         }
 }
 
-/* The unpacked rows of a tile, on the stack: 40 bytes per row and block
- * (Mixtral's widest rows, 14336 values, take 70 KiB in tiles of 4). */
-#define Q4_0_UNPACKED_MAX (192u << 10)
-
 /* Not inlined: its frame would make every decode call reserve (and probe)
  * the buffer too, which cost a decode step 2.2x its time. */
 static __attribute__((noinline)) void q4_0_prefill(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb) {
-        _Alignas(64) uint8_t buf[Q4_0_UNPACKED_MAX];
+        _Alignas(64) uint8_t buf[UNPACKED_MAX];
         const uint32_t groups = (a->n + MX_ACT_GROUP - 1) / MX_ACT_GROUP, per = q4_0_groups_per_pass(a->cols);
         for (uint32_t g0 = 0; g0 < groups; g0 += per) {
                 uint32_t g1 = groups - g0 < per ? groups : g0 + per;
@@ -260,7 +196,7 @@ static __attribute__((noinline)) void q4_0_prefill(const mx_matmul_args *a, uint
 static void q4_0_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
         uint64_t rb = 0;
         mx_dtype_row_bytes(a->dtype, a->cols, &rb);
-        if (a->xg && a->cols / 32 * 40 * Q4_0_R <= Q4_0_UNPACKED_MAX)
+        if (a->xg && a->cols / 32 * 40 * Q4_0_R <= UNPACKED_MAX)
                 q4_0_prefill(a, r0, r1, rb);
         else
                 decode16(a, r0, r1, rb, q4_0_rows16, q4_0_row);

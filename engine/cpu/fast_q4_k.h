@@ -45,7 +45,7 @@ static inline void q4_k_token(const uint8_t *xt, uint64_t K, uint64_t sb, vb x[4
                         __m256i bs[N];                                                             \
                         vi v[N][16], S[N], M[N];                                                   \
                         vf d, dmin;                                                                \
-                        q4_0_prefetch16(w, rb, sb * 144 + Q4_K_AHEAD, 144, end);                   \
+                        prefetch16(w, rb, sb * 144 + Q4_K_AHEAD, 144, end);                   \
                         UNROLL for (int t = 0; t < N; t++) q4_k_token(a->xq + t * a->ldxq, K, sb, x[t], &bs[t]); \
                         UNROLL for (int i = 0; i < 16; i++) {                                      \
                                 const mx_block_q4_k *b = (const mx_block_q4_k *)(w + i * rb) + sb; \
@@ -191,14 +191,14 @@ static void q4_k_prefill_tile(const mx_matmul_args *a, uint64_t r, uint32_t R, u
                         for (uint32_t i = 0; i < R; i++)
                                 q4_k_lanes_1(&u[i], nsb, a->xg + g * a->ldxg, &o[i]);
                 }
-                q4_0_put(a, r, R, 1, 16 * g, &o[0][0]);
+                lanes_put(a, r, R, 1, 16 * g, &o[0][0]);
         }
 }
 
 static __attribute__((noinline)) void q4_k_prefill(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb) {
-        _Alignas(64) uint8_t buf[Q4_0_UNPACKED_MAX];
+        _Alignas(64) uint8_t buf[UNPACKED_MAX];
         const uint32_t groups = (a->n + MX_ACT_GROUP - 1) / MX_ACT_GROUP;
-        uint64_t per = (Q4_0_PASS_BYTES) / mx_act_group_bytes(MX_ACT_Q8K, a->cols);
+        uint64_t per = (PASS_BYTES) / mx_act_group_bytes(MX_ACT_Q8K, a->cols);
         per = per ? per : 1;
         for (uint32_t g0 = 0; g0 < groups; g0 += (uint32_t)per) {
                 uint32_t g1 = groups - g0 < per ? groups : g0 + (uint32_t)per;
@@ -213,7 +213,7 @@ static __attribute__((noinline)) void q4_k_prefill(const mx_matmul_args *a, uint
 static void q4_k_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
         uint64_t rb = 0;
         mx_dtype_row_bytes(a->dtype, a->cols, &rb);
-        if (a->xg && a->cols / 256 * sizeof(q4_k_unpacked) * Q4_K_R <= Q4_0_UNPACKED_MAX)
+        if (a->xg && a->cols / 256 * sizeof(q4_k_unpacked) * Q4_K_R <= UNPACKED_MAX)
                 q4_k_prefill(a, r0, r1, rb);
         else
                 decode16(a, r0, r1, rb, q4_k_rows16, q4_k_row);

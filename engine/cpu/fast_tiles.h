@@ -316,6 +316,7 @@ MX_DEFINE_TILES(fast_q5_k, DEFINE_K_TILE, q5_k, K_R, K_T, K_D)
 MX_DEFINE_TILES(fast_q6_k, DEFINE_K_TILE, q6_k, K_R, K_T, K6_D)
 MX_DEFINE_TILES(fast_bf16, DEFINE_BF_TILE, 0, BF_R, BF_T, BF_D)
 
+#include "fast_lanes.h"
 #include "fast_q4_0.h"
 #include "fast_q4_k.h"
 static const mx_tiles fast_q4_0 = {.rows = q4_0_rows};
