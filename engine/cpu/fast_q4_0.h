@@ -22,8 +22,7 @@
 /* Block b's and b + 1's sums, 8 lanes each, of one row for one token: the
  * nibble levels against the token's values, less 8 x their sums (off). */
 static inline vi q4_0_pair_sums(const uint8_t *row, uint64_t b, bool two, vb x, vi off) {
-        const mx_block_q4_0 *q = (const mx_block_q4_0 *)row + b;
-        return vi_dpbusd(off, vb_q4_0_pair(q[0].qs, two ? q[1].qs : NULL), x);
+        return vi_dpbusd(off, vb_q4_0_blocks(row + b * sizeof(mx_block_q4_0), two), x);
 }
 
 /* Rows r..r+15, tokens [0, N): out[t][r + i]. */

@@ -92,6 +92,11 @@ static inline vb vb_q4_0_pair(const uint8_t *qs0, const uint8_t *qs1) {
         return (vb){q4_0_block(qs0), qs1 ? q4_0_block(qs1) : _mm256_setzero_si256()};
 }
 
+/* vb_q4_0_pair of the block at blk and, if two, the next. */
+static inline vb vb_q4_0_blocks(const uint8_t *blk, bool two) {
+        return vb_q4_0_pair(blk + 2, two ? blk + 20 : NULL);
+}
+
 static inline vi vi_zero(void) {
         return (vi){_mm256_setzero_si256(), _mm256_setzero_si256()};
 }

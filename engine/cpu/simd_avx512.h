@@ -76,6 +76,18 @@ static inline vb vb_q4_0_pair(const uint8_t *qs0, const uint8_t *qs1) {
         return qs1 ? z : vb_low_half(z);
 }
 
+/* vb_q4_0_pair's nibbles from the blocks themselves (two: the block at
+ * blk and the next, else the one): one load and one word permute put
+ * each block's 16 bytes twice, as its qs start 2 bytes in, word-aligned. */
+static inline vb vb_q4_0_blocks(const uint8_t *blk, bool two) {
+        static const int16_t idx[32] = {1,  2,  3,  4,  5,  6,  7,  8,  1,  2,  3,  4,  5,  6,  7,  8,
+                                        10, 11, 12, 13, 14, 15, 16, 17, 10, 11, 12, 13, 14, 15, 16, 17};
+        __m512i v = _mm512_maskz_loadu_epi8(two ? (1ull << 36) - 1 : (1ull << 18) - 1, blk);
+        __m512i z = _mm512_permutexvar_epi16(_mm512_loadu_si512(idx), v);
+        z = _mm512_and_si512(_mm512_mask_srli_epi16(z, 0xff00ff00u, z, 4), _mm512_set1_epi8(0x0f));
+        return two ? z : vb_low_half(z);
+}
+
 static inline vi vi_zero(void) {
         return _mm512_setzero_si512();
 }
