@@ -33,7 +33,7 @@ uint64_t mx_act_row_bytes(mx_act a, uint64_t cols) {
                 b = cols + cols / 32 * 4;
                 break;
         case MX_ACT_Q8K:
-                b = cols + cols / 256 * 4 + cols / 16 * 4 + cols / 32 * 2;
+                b = cols + cols / 256 * 4 + cols / 16 * 4 + cols / 16 * 2;
                 break;
         case MX_ACT_BF16:
                 b = cols * 2;
@@ -90,7 +90,7 @@ void mx_act_quantize(mx_act a, const float *x, uint64_t cols, uint8_t *dst) {
                         for (int i = 0; i < 16; i++)
                                 sum += q[16 * s + i];
                         xs[s] = d[s / 16] * (float)sum;
-                        bs[s / 2] = (int16_t)(s % 2 ? bs[s / 2] + sum : sum);
+                        bs[s] = (int16_t)sum;
                 }
                 break;
         }
@@ -107,7 +107,7 @@ void mx_act_quantize(mx_act a, const float *x, uint64_t cols, uint8_t *dst) {
 }
 
 bool mx_act_grouped(mx_dtype w, bool fast, uint32_t n) {
-        return fast && (w == MX_DTYPE_Q4_0 || w == MX_DTYPE_Q4_K) && n >= MX_ACT_GROUP_MIN;
+        return fast && (w == MX_DTYPE_Q4_0 || w == MX_DTYPE_Q4_K || w == MX_DTYPE_Q6_K) && n >= MX_ACT_GROUP_MIN;
 }
 
 uint64_t mx_act_group_bytes(mx_act a, uint64_t cols) {
@@ -142,7 +142,8 @@ void mx_act_group(mx_act a, const uint8_t *xq, uint64_t ldxq, uint32_t n, uint64
                 uint16_t bs[4][MX_ACT_GROUP][2] = {{{0}}};
                 for (uint32_t j = 0; j < n; j++)
                         for (int s = 0; s < 8; s++)
-                                bs[s / 2][j][s % 2] = (uint16_t)mx_act_bsums(xq + j * ldxq, cols)[8 * sb + (uint32_t)s];
+                                bs[s / 2][j][s % 2] = (uint16_t)(mx_act_bsums(xq + j * ldxq, cols)[16 * sb + 2u * (uint32_t)s] +
+                                                                 mx_act_bsums(xq + j * ldxq, cols)[16 * sb + 2u * (uint32_t)s + 1]);
                 memcpy(g + 64 * 64 + MX_ACT_GROUP * 4, bs, sizeof bs);
         }
 }

@@ -8,13 +8,13 @@
 #define Q4_0_R 2
 #define Q4_0_G 1
 #define Q4_K_R 2
+#define Q6_K_R 2
 #define Q32_T 2
 #define K_R 1
 #define K_T 2
 #define BF_R 2
 #define BF_T 2
 #define K_D 1
-#define K6_D 1
 #define BF_D 1
 #define FAST_TILES MX_SYM(mx_fast_tiles_avx2)
 

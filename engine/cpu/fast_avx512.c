@@ -14,11 +14,11 @@
 #define Q4_0_R 8
 #define Q4_0_G 1
 #define Q4_K_R 8
+#define Q6_K_R 8
 #define Q32_T 4
 #define K_R 2
 #define K_T 6
 #define K_D 4
-#define K6_D 2
 #define BF_D 4
 #define FAST_TILES MX_SYM(mx_fast_tiles_avx512)
 

@@ -20,12 +20,13 @@ static inline void prefetch16(const uint8_t *w, uint64_t rb, uint64_t at, uint64
 /* Decode reads 16 rows as 16 streams at once, which the hardware
  * prefetchers follow badly, each tile starting cold: each step asks for
  * every stream's bytes about 14 steps on (Q4_0_AHEAD bytes, Q4_K_AHEAD
- * for its larger steps), into the next tile's rows past the ends, and a
+ * and Q6_K_AHEAD for their larger steps), into the next tile's rows past the ends, and a
  * block of rows asks for its first tile whole (measured on Zen 5, a
  * matrix larger than L3: without, Q4_0 decode ran at 61% and Q4_K at
  * 47% of the bandwidth it reaches with). */
 #define Q4_0_AHEAD 512
 #define Q4_K_AHEAD 2048
+#define Q6_K_AHEAD 3072
 typedef void (*rows16_fn)(const mx_matmul_args *a, uint64_t r, uint64_t rb, const uint8_t *end);
 typedef float (*row1_fn)(const uint8_t *row, const uint8_t *xq, uint64_t K);
 
@@ -69,3 +70,56 @@ static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t 
  * the decode way. */
 #define UNPACKED_MAX (192u << 10)
 
+
+/* The prefill and the row function of a K-quant T whose kernels are
+ * T_unpacked / T_unpack (a row's super-blocks unpacked), T_lanes (R rows
+ * against a group, tokens in the lanes) and T_lanes_1 (one row), and
+ * T_rows16 / T_row (decode): T_prefill_tile unpacks rows [r, r + n) into
+ * buf and runs them against groups [g0, g1); T_prefill passes over the
+ * groups PASS_BYTES of them at a time; T_rows is the table's. */
+#define DEFINE_SUPER_ROWS(T, R)                                                                    \
+        static void T##_prefill_tile(const mx_matmul_args *a, uint64_t r, uint32_t n, uint64_t rb, uint32_t g0, \
+                                     uint32_t g1, uint8_t *buf) {                                  \
+                const uint64_t nsb = a->cols / 256;                                                \
+                const T##_unpacked *u[R];                                                          \
+                for (uint32_t i = 0; i < n; i++) {                                                 \
+                        T##_unpacked *p = (T##_unpacked *)buf + i * nsb;                           \
+                        T##_unpack(a->w + (r + i) * rb, nsb, p);                                   \
+                        u[i] = p;                                                                  \
+                }                                                                                  \
+                for (uint32_t g = g0; g < g1; g++) {                                               \
+                        float o[R][MX_ACT_GROUP];                                                  \
+                        if (n == R) {                                                              \
+                                T##_lanes(u, nsb, a->xg + g * a->ldxg, o);                         \
+                        } else {                                                                   \
+                                for (uint32_t i = 0; i < n; i++)                                   \
+                                        T##_lanes_1(&u[i], nsb, a->xg + g * a->ldxg, &o[i]);       \
+                        }                                                                          \
+                        lanes_put(a, r, n, 1, 16 * g, &o[0][0]);                                   \
+                }                                                                                  \
+        }                                                                                          \
+                                                                                                   \
+        static __attribute__((noinline)) void T##_prefill(const mx_matmul_args *a, uint64_t r0, uint64_t r1, \
+                                                          uint64_t rb) {                           \
+                _Alignas(64) uint8_t buf[UNPACKED_MAX];                                            \
+                const uint32_t groups = (a->n + MX_ACT_GROUP - 1) / MX_ACT_GROUP;                  \
+                uint64_t per = (PASS_BYTES) / mx_act_group_bytes(MX_ACT_Q8K, a->cols);             \
+                per = per ? per : 1;                                                               \
+                for (uint32_t g0 = 0; g0 < groups; g0 += (uint32_t)per) {                          \
+                        uint32_t g1 = groups - g0 < per ? groups : g0 + (uint32_t)per;             \
+                        uint64_t r = r0;                                                           \
+                        for (; r + R <= r1; r += R)                                                \
+                                T##_prefill_tile(a, r, R, rb, g0, g1, buf);                        \
+                        if (r < r1)                                                                \
+                                T##_prefill_tile(a, r, (uint32_t)(r1 - r), rb, g0, g1, buf);       \
+                }                                                                                  \
+        }                                                                                          \
+                                                                                                   \
+        static void T##_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {                  \
+                uint64_t rb = 0;                                                                   \
+                mx_dtype_row_bytes(a->dtype, a->cols, &rb);                                        \
+                if (a->xg && a->cols / 256 * sizeof(T##_unpacked) * R <= UNPACKED_MAX)             \
+                        T##_prefill(a, r0, r1, rb);                                                \
+                else                                                                               \
+                        decode16(a, r0, r1, rb, T##_rows16, T##_row);                              \
+        }

@@ -30,7 +30,8 @@ static inline vi q4_k_row_sums(const mx_block_q4_k *b, const vb x[4], __m256i bs
 
 static inline void q4_k_token(const uint8_t *xt, uint64_t K, uint64_t sb, vb x[4], __m256i *bs) {
         UNROLL for (int c = 0; c < 4; c++) x[c] = vb_load(xt + 256 * sb + 64 * c);
-        *bs = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(mx_act_bsums(xt, K) + 8 * sb)));
+        *bs = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(mx_act_bsums(xt, K) + 16 * sb)),
+                                _mm256_set1_epi16(1));
 }
 
 /* Rows r..r+15, tokens [0, N): out[t][r + i]; prefetched as Q4_0's. */
@@ -173,48 +174,4 @@ static void q4_k_unpack(const uint8_t *row, uint64_t nsb, q4_k_unpacked *u) {
 DEFINE_Q4_K_LANES(q4_k_lanes, Q4_K_R)
 DEFINE_Q4_K_LANES(q4_k_lanes_1, 1)
 
-/* Rows [r, r + R) unpacked into buf, then against groups [g0, g1). */
-static void q4_k_prefill_tile(const mx_matmul_args *a, uint64_t r, uint32_t R, uint64_t rb, uint32_t g0, uint32_t g1,
-                              uint8_t *buf) {
-        const uint64_t nsb = a->cols / 256;
-        const q4_k_unpacked *u[Q4_K_R];
-        for (uint32_t i = 0; i < R; i++) {
-                q4_k_unpacked *p = (q4_k_unpacked *)buf + i * nsb;
-                q4_k_unpack(a->w + (r + i) * rb, nsb, p);
-                u[i] = p;
-        }
-        for (uint32_t g = g0; g < g1; g++) {
-                float o[Q4_K_R][MX_ACT_GROUP];
-                if (R == Q4_K_R) {
-                        q4_k_lanes(u, nsb, a->xg + g * a->ldxg, o);
-                } else {
-                        for (uint32_t i = 0; i < R; i++)
-                                q4_k_lanes_1(&u[i], nsb, a->xg + g * a->ldxg, &o[i]);
-                }
-                lanes_put(a, r, R, 1, 16 * g, &o[0][0]);
-        }
-}
-
-static __attribute__((noinline)) void q4_k_prefill(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb) {
-        _Alignas(64) uint8_t buf[UNPACKED_MAX];
-        const uint32_t groups = (a->n + MX_ACT_GROUP - 1) / MX_ACT_GROUP;
-        uint64_t per = (PASS_BYTES) / mx_act_group_bytes(MX_ACT_Q8K, a->cols);
-        per = per ? per : 1;
-        for (uint32_t g0 = 0; g0 < groups; g0 += (uint32_t)per) {
-                uint32_t g1 = groups - g0 < per ? groups : g0 + (uint32_t)per;
-                uint64_t r = r0;
-                for (; r + Q4_K_R <= r1; r += Q4_K_R)
-                        q4_k_prefill_tile(a, r, Q4_K_R, rb, g0, g1, buf);
-                if (r < r1)
-                        q4_k_prefill_tile(a, r, (uint32_t)(r1 - r), rb, g0, g1, buf);
-        }
-}
-
-static void q4_k_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
-        uint64_t rb = 0;
-        mx_dtype_row_bytes(a->dtype, a->cols, &rb);
-        if (a->xg && a->cols / 256 * sizeof(q4_k_unpacked) * Q4_K_R <= UNPACKED_MAX)
-                q4_k_prefill(a, r0, r1, rb);
-        else
-                decode16(a, r0, r1, rb, q4_k_rows16, q4_k_row);
-}
+DEFINE_SUPER_ROWS(q4_k, Q4_K_R)

@@ -26,7 +26,8 @@
  *   MX_NATIVE_BF16 and bfw / bfx / bf_wprep / bf_xprep / bf_mac (one vdpbf16ps step),
  *   or vb_bf16_odd(v) / vb_bf16_even(v) (each lane's pair as floats) for the step by hand
  *   Q32_R, Q32_T, K_R, K_T, BF_R, BF_T  prefill tile shapes
- *   K_D, K6_D, BF_D                     decode rows of Q4_K/Q5_K, Q6_K and BF16 tiles (tiles.h)
+ *   K_D, BF_D                           decode rows of Q5_K and BF16 tiles (tiles.h)
+ *   Q4_0_R, Q4_0_G, Q4_K_R, Q6_K_R      prefill tiles of fast_q4_0.h, fast_q4_k.h, fast_q6_k.h
  *   FAST_TILES                          the name of the table function
  *
  * The integer sums are exact, and every float operation is the one the
@@ -313,14 +314,15 @@ static inline vf bf_mac(vf acc, bfw w, bfx x) {
 
 MX_DEFINE_TILES(fast_q8_0, DEFINE_Q32_TILE, q8_0, Q32_R, Q32_T, 1)
 MX_DEFINE_TILES(fast_q5_k, DEFINE_K_TILE, q5_k, K_R, K_T, K_D)
-MX_DEFINE_TILES(fast_q6_k, DEFINE_K_TILE, q6_k, K_R, K_T, K6_D)
 MX_DEFINE_TILES(fast_bf16, DEFINE_BF_TILE, 0, BF_R, BF_T, BF_D)
 
 #include "fast_lanes.h"
 #include "fast_q4_0.h"
 #include "fast_q4_k.h"
+#include "fast_q6_k.h"
 static const mx_tiles fast_q4_0 = {.rows = q4_0_rows};
 static const mx_tiles fast_q4_k = {.rows = q4_k_rows};
+static const mx_tiles fast_q6_k = {.rows = q6_k_rows};
 
 const mx_tiles *FAST_TILES(mx_dtype t) {
         static const mx_tiles *const all[MX_DTYPE_COUNT] = {

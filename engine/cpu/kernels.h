@@ -30,7 +30,10 @@
  *       exact sum over its sub-blocks of scale x the sum of level x
  *       activation, M = the exact sum of min x the activations' sum bs;
  *       acc = fma(d * dx, S, acc), then acc = fma(-dmin * dx, M, acc);
- *     Q5_K, Q6_K: per super-block, S[l] = the exact sum over its four 64-value
+ *     Q6_K: one chain per output, per super-block: S = the exact sum over
+ *       its 16 sub-blocks of scale x the sum of (q - 32) x activation;
+ *       acc = fma(d * dx, S, acc);
+ *     Q5_K: per super-block, S[l] = the exact sum over its four 64-value
  *       chunks of sub-block scale x unsigned level x activation over values
  *       4l..4l+3 of the chunk; lane l accumulates fma(d * dx, S[l]); and 16
  *       lanes G, lane s accumulating fma(w_s, xs_s) with xs_s the
@@ -62,7 +65,7 @@ typedef enum mx_act {
         MX_ACT_Q8,   /* int8 q[cols], then float d[cols/32]: x ~ d * q per 32 values */
         /* int8 q[cols], then float d[cols/256], then float xs[cols/16]:
          * each 16 levels' sum times their d, rounded; then int16
-         * bs[cols/32]: each 32 levels' sum */
+         * bs[cols/16]: each 16 levels' sum */
         MX_ACT_Q8K,
         MX_ACT_BF16, /* uint16 bf16[cols], rounded to nearest even */
 } mx_act;

@@ -153,10 +153,28 @@ static float dot_q4_k(const uint8_t *row, const uint8_t *xq, uint64_t cols) {
                         mx_q4k_scale(b->scales, j, &sc, &m);
                         for (int e = 32 * j; e < 32 * j + 32; e++)
                                 s += mx_q4k_quant(b, e) * x[256 * sb + (uint64_t)e];
-                        S += sc * s, M += m * bs[8 * sb + (uint64_t)j];
+                        S += sc * s, M += m * (bs[16 * sb + 2 * (uint64_t)j] + bs[16 * sb + 2 * (uint64_t)j + 1]);
                 }
                 acc = fmaf(mx_f16_to_f32(b->d) * dx[sb], (float)S, acc);
                 acc = fmaf(-mx_f16_to_f32(b->dmin) * dx[sb], (float)M, acc);
+        }
+        return acc;
+}
+
+static float dot_q6_k(const uint8_t *row, const uint8_t *xq, uint64_t cols) {
+        const int8_t *x = (const int8_t *)xq;
+        const float *dx = mx_act_scales(xq, cols);
+        float acc = 0;
+        for (uint64_t sb = 0; sb < cols / 256; sb++) {
+                const mx_block_q6_k *b = (const mx_block_q6_k *)row + sb;
+                int32_t S = 0;
+                for (int j = 0; j < 16; j++) {
+                        int32_t s = 0;
+                        for (int e = 16 * j; e < 16 * j + 16; e++)
+                                s += ((int)mx_q6k_quant(b, e) - 32) * x[256 * sb + (uint64_t)e];
+                        S += b->scales[j] * s;
+                }
+                acc = fmaf(mx_f16_to_f32(b->d) * dx[sb], (float)S, acc);
         }
         return acc;
 }
@@ -187,7 +205,9 @@ static float dot_row(const mx_matmul_args *a, const uint8_t *row, uint32_t t) {
         case MX_ACT_Q8:
                 return a->dtype == MX_DTYPE_Q4_0 ? dot_q4_0(row, x, a->cols) : dot_q32(row, a->dtype, x, a->cols);
         case MX_ACT_Q8K:
-                return a->dtype == MX_DTYPE_Q4_K ? dot_q4_k(row, x, a->cols) : dot_k(row, a->dtype, x, a->cols);
+                return a->dtype == MX_DTYPE_Q4_K   ? dot_q4_k(row, x, a->cols)
+                       : a->dtype == MX_DTYPE_Q6_K ? dot_q6_k(row, x, a->cols)
+                                                   : dot_k(row, a->dtype, x, a->cols);
         case MX_ACT_BF16:
                 return dot_bf16(row, x, a->cols);
         default:

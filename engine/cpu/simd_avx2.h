@@ -205,6 +205,10 @@ static inline vb vb_bcast4(const void *p) {
         return (vb){b, b};
 }
 
+static inline void vb_store(void *p, vb v) {
+        _mm256_storeu_si256((__m256i *)p, v.lo), _mm256_storeu_si256((__m256i *)((uint8_t *)p + 32), v.hi);
+}
+
 static inline vi vi_set1(int32_t v) {
         __m256i b = _mm256_set1_epi32(v);
         return (vi){b, b};

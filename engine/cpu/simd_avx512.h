@@ -190,6 +190,10 @@ static inline vb vb_bcast4(const void *p) {
         return _mm512_set1_epi32(v);
 }
 
+static inline void vb_store(void *p, vb v) {
+        _mm512_storeu_si512(p, v);
+}
+
 static inline vi vi_set1(int32_t v) {
         return _mm512_set1_epi32(v);
 }

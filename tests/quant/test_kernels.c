@@ -303,10 +303,11 @@ int main(void) {
         static const uint64_t q32_cols[] = {32, 96, 512};
         for (size_t c = 0; c < MX_ELEMENTSOF(q32_cols); c++)
                 check(MX_DTYPE_Q8_0, 21, q32_cols[c]), check(MX_DTYPE_Q4_0, 21, q32_cols[c]);
-        /* Q4_0's and Q4_K's kernels put 16 rows in the lanes: blocks of
-         * them, and a tail, in both calls. */
+        /* Q4_0's, Q4_K's and Q6_K's kernels put 16 rows in the lanes:
+         * blocks of them, and a tail, in both calls. */
         check(MX_DTYPE_Q4_0, 53, 96), check(MX_DTYPE_Q4_0, 53, 1024);
         check(MX_DTYPE_Q4_K, 53, 256), check(MX_DTYPE_Q4_K, 53, 1024);
+        check(MX_DTYPE_Q6_K, 53, 256), check(MX_DTYPE_Q6_K, 53, 1024);
         static const mx_dtype kq[] = {MX_DTYPE_Q4_K, MX_DTYPE_Q5_K, MX_DTYPE_Q6_K};
         for (size_t i = 0; i < MX_ELEMENTSOF(kq); i++)
                 check(kq[i], 21, 256), check(kq[i], 13, 768);
