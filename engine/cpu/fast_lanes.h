@@ -17,16 +17,13 @@ static inline void prefetch16(const uint8_t *w, uint64_t rb, uint64_t at, uint64
         }
 }
 
-/* Decode reads 16 rows as 16 streams at once, which the hardware
+/* Q4_0's decode reads 16 rows as 16 streams at once, which the hardware
  * prefetchers follow badly, each tile starting cold: each step asks for
- * every stream's bytes about 14 steps on (Q4_0_AHEAD bytes, Q4_K_AHEAD
- * and Q6_K_AHEAD for their larger steps), into the next tile's rows past the ends, and a
- * block of rows asks for its first tile whole (measured on Zen 5, a
- * matrix larger than L3: without, Q4_0 decode ran at 61% and Q4_K at
- * 47% of the bandwidth it reaches with). */
+ * every stream's bytes about 14 steps on (Q4_0_AHEAD bytes), into the
+ * next tile's rows past the ends, and a block of rows asks for its first
+ * tile whole (measured on Zen 5, a matrix larger than L3: without, it ran
+ * at 61% of the bandwidth it reaches with). */
 #define Q4_0_AHEAD 512
-#define Q4_K_AHEAD 2048
-#define Q6_K_AHEAD 3072
 typedef void (*rows16_fn)(const mx_matmul_args *a, uint64_t r, uint64_t rb, const uint8_t *end);
 typedef float (*row1_fn)(const uint8_t *row, const uint8_t *xq, uint64_t K);
 
@@ -43,6 +40,31 @@ static void decode16(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t
                 /* a stride the gathers' 32-bit offsets hold */
                 for (r = r0; rb < (1u << 27) && r + 16 <= r1; r += 16)
                         rows16[s.n](&s, r, rb, a->w + r1 * rb);
+                for (; r < r1; r++)
+                        for (uint32_t t = 0; t < s.n; t++)
+                                mx_tile_put(s.out + t * s.ldo + r, row1(a->w + r * rb, s.xq + t * s.ldxq, s.cols),
+                                            s.accumulate);
+        }
+}
+
+typedef void (*rows4_fn)(const mx_matmul_args *a, uint64_t r, uint64_t rb);
+
+/* Decode of rows [r0, r1) 4 rows at a time (rows4[n] for n tokens), the
+ * rest one by one, each tile asking for its rows MX_PREFETCH_AHEAD on,
+ * as the other types' tiles (tiles.h). */
+static void decode4(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb, const rows4_fn rows4[4],
+                    row1_fn row1) {
+        const uint8_t *end = a->w + r1 * rb;
+        for (uint32_t t0 = 0; t0 < a->n; t0 += 3) {
+                mx_matmul_args s = *a;
+                uint64_t r = r0;
+                s.n = a->n - t0 < 3 ? a->n - t0 : 3;
+                s.xq = a->xq + t0 * a->ldxq, s.out = a->out + t0 * a->ldo;
+                mx_prefetch(a->w + r0 * rb, end, MX_PREFETCH_AHEAD);
+                for (; r + 4 <= r1; r += 4) {
+                        mx_prefetch(a->w + r * rb + MX_PREFETCH_AHEAD, end, 4 * rb);
+                        rows4[s.n](&s, r, rb);
+                }
                 for (; r < r1; r++)
                         for (uint32_t t = 0; t < s.n; t++)
                                 mx_tile_put(s.out + t * s.ldo + r, row1(a->w + r * rb, s.xq + t * s.ldxq, s.cols),
@@ -74,7 +96,7 @@ static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t 
 /* The prefill and the row function of a K-quant T whose kernels are
  * T_unpacked / T_unpack (a row's super-blocks unpacked), T_lanes (R rows
  * against a group, tokens in the lanes) and T_lanes_1 (one row), and
- * T_rows16 / T_row (decode): T_prefill_tile unpacks rows [r, r + n) into
+ * T_decode: T_prefill_tile unpacks rows [r, r + n) into
  * buf and runs them against groups [g0, g1); T_prefill passes over the
  * groups PASS_BYTES of them at a time; T_rows is the table's. */
 #define DEFINE_SUPER_ROWS(T, R)                                                                    \
@@ -121,5 +143,5 @@ static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t 
                 if (a->xg && a->cols / 256 * sizeof(T##_unpacked) * R <= UNPACKED_MAX)             \
                         T##_prefill(a, r0, r1, rb);                                                \
                 else                                                                               \
-                        decode16(a, r0, r1, rb, T##_rows16, T##_row);                              \
+                        T##_decode(a, r0, r1, rb);                                                 \
         }

@@ -1,6 +1,6 @@
 /* Q6_K against MX_ACT_Q8K on the fast path, as fast_q4_k.h does Q4_K:
  * one fp32 chain per output, super-block by super-block (kernels.h), with
- * 16 rows (decode) or 16 tokens (prefill) in the lanes of a register.
+ * 4 rows (decode) or 16 tokens (prefill) in the lanes of a register.
  * The levels' offset of -32 is taken out in integers: in decode as 32 x
  * the scaled sums of each 16 values (the activations' bs), in prefill in
  * the signed levels themselves. Integer sums are exact and the float
@@ -28,47 +28,6 @@ static inline void q6_k_token(const uint8_t *xt, uint64_t K, uint64_t sb, vb x[4
         *bs16 = _mm256_loadu_si256((const __m256i *)(mx_act_bsums(xt, K) + 16 * sb));
 }
 
-/* Rows r..r+15, tokens [0, N): out[t][r + i]. d is the block's last 2
- * bytes: the gather reads 4 ending there. */
-#define DEFINE_Q6_K_ROWS16(NAME, N)                                                                \
-        static void NAME(const mx_matmul_args *a, uint64_t r, uint64_t rb, const uint8_t *end) {   \
-                const uint8_t *w = a->w + r * rb;                                                  \
-                const uint64_t K = a->cols, bytes = sizeof(mx_block_q6_k);                         \
-                vf F[N];                                                                           \
-                UNROLL for (int t = 0; t < N; t++) F[t] = vf_zero();                               \
-                for (uint64_t sb = 0; sb < K / 256; sb++) {                                        \
-                        vb x[N][4];                                                                \
-                        __m256i bs[N];                                                             \
-                        vi v[N][16], S[N], unused;                                                 \
-                        vf scales, d;                                                              \
-                        prefetch16(w, rb, sb * bytes + Q6_K_AHEAD, bytes, end);                    \
-                        UNROLL for (int t = 0; t < N; t++) q6_k_token(a->xq + t * a->ldxq, K, sb, x[t], &bs[t]); \
-                        UNROLL for (int i = 0; i < 16; i++) {                                      \
-                                const mx_block_q6_k *b = (const mx_block_q6_k *)(w + i * rb) + sb; \
-                                UNROLL for (int t = 0; t < N; t++) v[t][i] = q6_k_row_sums(b, x[t], bs[t]); \
-                        }                                                                          \
-                        vf_f16x2_strided(w + sb * bytes + bytes - 4, rb, &scales, &d);             \
-                        (void)scales;                                                              \
-                        UNROLL for (int t = 0; t < N; t++) {                                       \
-                                float dx = mx_act_scales(a->xq + t * a->ldxq, K)[sb];              \
-                                vi_lane_sums(v[t], &S[t], &unused);                                \
-                                F[t] = vf_fma(vf_mul(d, vf_set1(dx)), vf_cvt(S[t]), F[t]);         \
-                        }                                                                          \
-                }                                                                                  \
-                UNROLL for (int t = 0; t < N; t++) {                                               \
-                        float o[16];                                                               \
-                        vf_store(o, F[t]);                                                         \
-                        for (int i = 0; i < 16; i++)                                               \
-                                mx_tile_put(a->out + t * a->ldo + r + i, o[i], a->accumulate);     \
-                }                                                                                  \
-        }
-
-DEFINE_Q6_K_ROWS16(q6_k_rows16_1, 1)
-DEFINE_Q6_K_ROWS16(q6_k_rows16_2, 2)
-DEFINE_Q6_K_ROWS16(q6_k_rows16_3, 3)
-
-static const rows16_fn q6_k_rows16[4] = {NULL, q6_k_rows16_1, q6_k_rows16_2, q6_k_rows16_3};
-
 /* One row, one token. */
 static float q6_k_row(const uint8_t *row, const uint8_t *xq, uint64_t K) {
         float acc = 0;
@@ -85,6 +44,51 @@ static float q6_k_row(const uint8_t *row, const uint8_t *xq, uint64_t K) {
                 acc = fmaf(f16c(b->d) * mx_act_scales(xq, K)[sb], (float)S, acc);
         }
         return acc;
+}
+
+/* Rows r..r+3, tokens [0, N): out[t][r + i], the 4 rows' sums in the
+ * lanes of 128 bits. */
+#define DEFINE_Q6_K_ROWS4(NAME, N)                                                                 \
+        static void NAME(const mx_matmul_args *a, uint64_t r, uint64_t rb) {                       \
+                const uint8_t *w = a->w + r * rb;                                                  \
+                const uint64_t K = a->cols;                                                        \
+                __m128 F[N];                                                                       \
+                UNROLL for (int t = 0; t < N; t++) F[t] = _mm_setzero_ps();                        \
+                for (uint64_t sb = 0; sb < K / 256; sb++) {                                        \
+                        vb x[N][4];                                                                \
+                        __m256i bs[N];                                                             \
+                        vi v[N][4];                                                                \
+                        uint16_t dd[8] = {0};                                                      \
+                        UNROLL for (int t = 0; t < N; t++) q6_k_token(a->xq + t * a->ldxq, K, sb, x[t], &bs[t]); \
+                        UNROLL for (int i = 0; i < 4; i++) {                                       \
+                                const mx_block_q6_k *b = (const mx_block_q6_k *)(w + i * rb) + sb; \
+                                dd[i] = b->d;                                                      \
+                                UNROLL for (int t = 0; t < N; t++) v[t][i] = q6_k_row_sums(b, x[t], bs[t]); \
+                        }                                                                          \
+                        __m128 d = _mm_cvtph_ps(_mm_loadu_si128((const __m128i *)dd));             \
+                        UNROLL for (int t = 0; t < N; t++) {                                       \
+                                __m128i S, unused;                                                 \
+                                float dx = mx_act_scales(a->xq + t * a->ldxq, K)[sb];              \
+                                vi_lane_sums4(v[t], &S, &unused);                                  \
+                                F[t] = _mm_fmadd_ps(_mm_mul_ps(d, _mm_set1_ps(dx)), _mm_cvtepi32_ps(S), F[t]); \
+                        }                                                                          \
+                }                                                                                  \
+                UNROLL for (int t = 0; t < N; t++) {                                               \
+                        float o[4];                                                                \
+                        _mm_storeu_ps(o, F[t]);                                                    \
+                        for (int i = 0; i < 4; i++)                                                \
+                                mx_tile_put(a->out + t * a->ldo + r + i, o[i], a->accumulate);     \
+                }                                                                                  \
+        }
+
+DEFINE_Q6_K_ROWS4(q6_k_rows4_1, 1)
+DEFINE_Q6_K_ROWS4(q6_k_rows4_2, 2)
+DEFINE_Q6_K_ROWS4(q6_k_rows4_3, 3)
+
+static const rows4_fn q6_k_rows4[4] = {NULL, q6_k_rows4_1, q6_k_rows4_2, q6_k_rows4_3};
+
+static void q6_k_decode(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb) {
+        decode4(a, r0, r1, rb, q6_k_rows4, q6_k_row);
 }
 
 /* ---- prefill: tokens in the lanes ------------------------------------------------------- */

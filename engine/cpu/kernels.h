@@ -70,7 +70,7 @@ typedef enum mx_act {
         MX_ACT_BF16, /* uint16 bf16[cols], rounded to nearest even */
 } mx_act;
 
-/* Products of MX_ACT_GROUP_MIN tokens and more with Q4_0 or Q4_K weights
+/* Products of MX_ACT_GROUP_MIN tokens and more with Q4_0, Q4_K or Q6_K weights
  * also get their activations in groups of MX_ACT_GROUP tokens, so that a
  * register holds the same 4 values of 16 tokens. Part m of a block: token
  * j's values 4m..4m+3 at bytes 4j..4j+3, each as q + 128, unsigned.

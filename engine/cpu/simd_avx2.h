@@ -254,12 +254,6 @@ static inline __m256i vi_fold8(vi v) {
         return _mm256_add_epi32(v.lo, v.hi);
 }
 
-/* Lane i: the two fp16 values at p + i * stride, widened: the first in
- * *lo, the second in *hi. */
-static inline void vf_f16x2_strided(const uint8_t *p, uint64_t stride, vf *lo, vf *hi) {
-        *lo = vf_f16_strided(p, stride), *hi = vf_f16_strided(p + 2, stride);
-}
-
 /* Lane i: the sum of v[i]'s lanes, by transposing sums (exact). */
 static inline __m256i sum8(const __m256i v[8]) {
         __m256i w[4], q[2];
@@ -271,6 +265,21 @@ static inline __m256i sum8(const __m256i v[8]) {
                                         _mm256_unpackhi_epi64(w[2 * i], w[2 * i + 1]));
         return _mm256_add_epi32(_mm256_permute2x128_si256(q[0], q[1], 0x20),
                                 _mm256_permute2x128_si256(q[0], q[1], 0x31));
+}
+
+/* Lane i of 4: the sum of a[i]'s lanes. */
+static inline __m128i sum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
+        __m256i w0 = _mm256_add_epi32(_mm256_unpacklo_epi32(a0, a1), _mm256_unpackhi_epi32(a0, a1));
+        __m256i w1 = _mm256_add_epi32(_mm256_unpacklo_epi32(a2, a3), _mm256_unpackhi_epi32(a2, a3));
+        __m256i q = _mm256_add_epi32(_mm256_unpacklo_epi64(w0, w1), _mm256_unpackhi_epi64(w0, w1));
+        return _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+}
+
+/* Four rows' sums: lane r of *lo is the sum of lanes 0-7 of v[r], of *hi
+ * that of lanes 8-15. */
+static inline void vi_lane_sums4(const vi v[4], __m128i *lo, __m128i *hi) {
+        *lo = sum4(v[0].lo, v[1].lo, v[2].lo, v[3].lo);
+        *hi = sum4(v[0].hi, v[1].hi, v[2].hi, v[3].hi);
 }
 
 /* Rows' sums: lane r of *lo is the sum of lanes 0-7 of v[r], of *hi that

@@ -235,16 +235,6 @@ static inline __m256i vi_fold8(vi v) {
         return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
 }
 
-/* Lane i: the two fp16 values at p + i * stride, widened: the first in
- * *lo, the second in *hi (stride below 2^27). */
-static inline void vf_f16x2_strided(const uint8_t *p, uint64_t stride, vf *lo, vf *hi) {
-        __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                        _mm512_set1_epi32((int)stride));
-        __m512i g = _mm512_i32gather_epi32(at, p, 1);
-        *lo = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
-        *hi = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16)));
-}
-
 /* Per 128-bit lane, [a0 + a2, b0 + b2, a1 + a3, b1 + b3], then the same
  * by 64 bits: two steps of a transposing sum. */
 static inline __m512i sum_pairs32(__m512i a, __m512i b) {
@@ -266,6 +256,14 @@ static inline void vi_lane_sums(const vi v[16], vi *lo, vi *hi) {
         __m512i y1 = _mm512_add_epi32(_mm512_shuffle_i32x4(q[2], q[3], 0x88), _mm512_shuffle_i32x4(q[2], q[3], 0xdd));
         *lo = _mm512_shuffle_i32x4(y0, y1, 0x88);
         *hi = _mm512_shuffle_i32x4(y0, y1, 0xdd);
+}
+
+/* Four rows' sums: lane r of *lo is the sum of lanes 0-7 of v[r], of *hi
+ * that of lanes 8-15. */
+static inline void vi_lane_sums4(const vi v[4], __m128i *lo, __m128i *hi) {
+        __m512i q = sum_pairs64(sum_pairs32(v[0], v[1]), sum_pairs32(v[2], v[3]));
+        *lo = _mm_add_epi32(_mm512_castsi512_si128(q), _mm512_extracti32x4_epi32(q, 1));
+        *hi = _mm_add_epi32(_mm512_extracti32x4_epi32(q, 2), _mm512_extracti32x4_epi32(q, 3));
 }
 
 #if MX_VNNI

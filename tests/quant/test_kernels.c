@@ -303,7 +303,7 @@ int main(void) {
         static const uint64_t q32_cols[] = {32, 96, 512};
         for (size_t c = 0; c < MX_ELEMENTSOF(q32_cols); c++)
                 check(MX_DTYPE_Q8_0, 21, q32_cols[c]), check(MX_DTYPE_Q4_0, 21, q32_cols[c]);
-        /* Q4_0's, Q4_K's and Q6_K's kernels put 16 rows in the lanes:
+        /* Q4_0's kernels put 16 rows in the lanes, Q4_K's and Q6_K's 4:
          * blocks of them, and a tail, in both calls. */
         check(MX_DTYPE_Q4_0, 53, 96), check(MX_DTYPE_Q4_0, 53, 1024);
         check(MX_DTYPE_Q4_K, 53, 256), check(MX_DTYPE_Q4_K, 53, 1024);
