@@ -145,3 +145,120 @@ static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t 
                 else                                                                               \
                         T##_decode(a, r0, r1, rb);                                                 \
         }
+
+/* The decode and prefill kernels of a K-quant T (fast_q4_k.h,
+ * fast_q6_k.h), from its parts:
+ *   T_block                  its block type
+ *   T_token(xt, K, sb, x, bs)    a token's 4 chunks of values and sums
+ *   T_row_sums(b, x, bs)     a row's super-block: lanes 0-7 sum to S, 8-15 to M
+ *   T_scales(b, &d, &dmin)   the block's d and dmin as fp16 bits
+ *   T_unpacked, u->u, ->sc, ->c, ->d   a row's super-block unpacked
+ *   T_min_step(u, xs, dx, F)  prefill's second fma (the mins), or F
+ * with MIN (1: a second chain step for the mins) and SUBS sub-blocks of
+ * 256 / SUBS values. */
+#define DEFINE_K_ROW(T, MIN)                                                                       \
+        static float T##_row(const uint8_t *row, const uint8_t *xq, uint64_t K) {                  \
+                float acc = 0;                                                                     \
+                for (uint64_t sb = 0; sb < K / 256; sb++) {                                        \
+                        const T##_block *b = (const T##_block *)row + sb;                          \
+                        vb x[4];                                                                   \
+                        __m256i bs;                                                                \
+                        int32_t l[16], S = 0, M = 0;                                               \
+                        uint16_t d, dmin;                                                          \
+                        T##_token(xq, K, sb, x, &bs);                                              \
+                        vi v = T##_row_sums(b, x, bs);                                             \
+                        memcpy(l, &v, sizeof l);                                                   \
+                        for (int i = 0; i < 8; i++)                                                \
+                                S += l[i], M += l[8 + i];                                          \
+                        T##_scales(b, &d, &dmin);                                                  \
+                        float dx = mx_act_scales(xq, K)[sb];                                       \
+                        acc = fmaf(f16c(d) * dx, (float)S, acc);                                   \
+                        if (MIN)                                                                   \
+                                acc = fmaf(-f16c(dmin) * dx, (float)M, acc);                       \
+                }                                                                                  \
+                return acc;                                                                        \
+        }
+
+/* Rows r..r+3, tokens [0, N): out[t][r + i], the 4 rows' sums in the
+ * lanes of 128 bits. */
+#define DEFINE_K_ROWS4(NAME, T, N, MIN)                                                            \
+        static void NAME(const mx_matmul_args *a, uint64_t r, uint64_t rb) {                       \
+                const uint8_t *w = a->w + r * rb;                                                  \
+                const uint64_t K = a->cols;                                                        \
+                __m128 F[N];                                                                       \
+                UNROLL for (int t = 0; t < N; t++) F[t] = _mm_setzero_ps();                        \
+                for (uint64_t sb = 0; sb < K / 256; sb++) {                                        \
+                        vb x[N][4];                                                                \
+                        __m256i bs[N];                                                             \
+                        vi v[N][4];                                                                \
+                        uint16_t d16[8] = {0}, m16[8] = {0};                                       \
+                        UNROLL for (int t = 0; t < N; t++) T##_token(a->xq + t * a->ldxq, K, sb, x[t], &bs[t]); \
+                        UNROLL for (int i = 0; i < 4; i++) {                                       \
+                                const T##_block *b = (const T##_block *)(w + i * rb) + sb;         \
+                                T##_scales(b, &d16[i], &m16[i]);                                   \
+                                UNROLL for (int t = 0; t < N; t++) v[t][i] = T##_row_sums(b, x[t], bs[t]); \
+                        }                                                                          \
+                        __m128 d = _mm_cvtph_ps(_mm_loadu_si128((const __m128i *)d16));            \
+                        __m128 dmin = _mm_cvtph_ps(_mm_loadu_si128((const __m128i *)m16));         \
+                        UNROLL for (int t = 0; t < N; t++) {                                       \
+                                __m128i S, M;                                                      \
+                                float dx = mx_act_scales(a->xq + t * a->ldxq, K)[sb];              \
+                                vi_lane_sums4(v[t], &S, &M);                                       \
+                                F[t] = _mm_fmadd_ps(_mm_mul_ps(d, _mm_set1_ps(dx)), _mm_cvtepi32_ps(S), F[t]); \
+                                if (MIN)                                                           \
+                                        F[t] = _mm_fmadd_ps(_mm_mul_ps(dmin, _mm_set1_ps(-dx)), _mm_cvtepi32_ps(M), F[t]); \
+                        }                                                                          \
+                }                                                                                  \
+                UNROLL for (int t = 0; t < N; t++) {                                               \
+                        float o[4];                                                                \
+                        _mm_storeu_ps(o, F[t]);                                                    \
+                        for (int i = 0; i < 4; i++)                                                \
+                                mx_tile_put(a->out + t * a->ldo + r + i, o[i], a->accumulate);     \
+                }                                                                                  \
+        }
+
+/* Rows u[0..R) (each nsb super-blocks) against one group at xg: o[r] lane
+ * j is row r's output for the group's token j. A sub-block's 4-value sums
+ * are scaled once with an integer multiply. */
+#define DEFINE_K_LANES(NAME, T, R, SUBS)                                                           \
+        static void NAME(const T##_unpacked *const *u, uint64_t nsb, const uint8_t *xg,            \
+                         float o[R][MX_ACT_GROUP]) {                                               \
+                vf F[R];                                                                           \
+                UNROLL for (int r = 0; r < R; r++) F[r] = vf_zero();                               \
+                for (uint64_t sb = 0; sb < nsb; sb++) {                                            \
+                        const uint8_t *xs = xg + sb * MX_ACT_GROUP_SUPER;                          \
+                        vi S[R];                                                                   \
+                        UNROLL for (int r = 0; r < R; r++) S[r] = vi_set1(u[r][sb].c);             \
+                        for (int j = 0; j < SUBS; j++) {                                           \
+                                vi A[R];                                                           \
+                                UNROLL for (int r = 0; r < R; r++) A[r] = vi_zero();               \
+                                UNROLL for (int m = 64 / SUBS * j; m < 64 / SUBS * (j + 1); m++) { \
+                                        vb x = vb_load(xs + 64 * m);                               \
+                                        UNROLL for (int r = 0; r < R; r++)                         \
+                                                A[r] = vi_dpbusd(A[r], x, vb_bcast4(u[r][sb].u + 4 * m)); \
+                                }                                                                  \
+                                UNROLL for (int r = 0; r < R; r++)                                 \
+                                        S[r] = vi_add(S[r], vi_mullo(A[r], vi_set1(u[r][sb].sc[j]))); \
+                        }                                                                          \
+                        vf dx = vf_load((const float *)(xs + 64 * 64));                            \
+                        UNROLL for (int r = 0; r < R; r++) {                                       \
+                                F[r] = vf_fma(vf_mul(vf_set1(u[r][sb].d), dx), vf_cvt(S[r]), F[r]); \
+                                F[r] = T##_min_step(&u[r][sb], xs, dx, F[r]);                      \
+                        }                                                                          \
+                }                                                                                  \
+                UNROLL for (int r = 0; r < R; r++) vf_store(o[r], F[r]);                           \
+        }
+
+/* All of a K-quant T's kernels and its table's row function. */
+#define DEFINE_K_KERNELS(T, R, SUBS, MIN)                                                          \
+        DEFINE_K_ROW(T, MIN)                                                                       \
+        DEFINE_K_ROWS4(T##_rows4_1, T, 1, MIN)                                                     \
+        DEFINE_K_ROWS4(T##_rows4_2, T, 2, MIN)                                                     \
+        DEFINE_K_ROWS4(T##_rows4_3, T, 3, MIN)                                                     \
+        static const rows4_fn T##_rows4[4] = {NULL, T##_rows4_1, T##_rows4_2, T##_rows4_3};        \
+        static void T##_decode(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb) {   \
+                decode4(a, r0, r1, rb, T##_rows4, T##_row);                                        \
+        }                                                                                          \
+        DEFINE_K_LANES(T##_lanes, T, R, SUBS)                                                      \
+        DEFINE_K_LANES(T##_lanes_1, T, 1, SUBS)                                                    \
+        DEFINE_SUPER_ROWS(T, R)

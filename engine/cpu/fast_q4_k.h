@@ -30,78 +30,16 @@ static inline vi q4_k_row_sums(const mx_block_q4_k *b, const vb x[4], __m256i bs
         return vi_join8(vi_fold8(v), _mm256_mullo_epi32(_mm256_cvtepu16_epi32(m), bs));
 }
 
+typedef mx_block_q4_k q4_k_block;
+
+static inline void q4_k_scales(const mx_block_q4_k *b, uint16_t *d, uint16_t *dmin) {
+        *d = b->d, *dmin = b->dmin;
+}
+
 static inline void q4_k_token(const uint8_t *xt, uint64_t K, uint64_t sb, vb x[4], __m256i *bs) {
         UNROLL for (int c = 0; c < 4; c++) x[c] = vb_load(xt + 256 * sb + 64 * c);
         *bs = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(mx_act_bsums(xt, K) + 16 * sb)),
                                 _mm256_set1_epi16(1));
-}
-
-/* One row, one token. */
-static float q4_k_row(const uint8_t *row, const uint8_t *xq, uint64_t K) {
-        float acc = 0;
-        for (uint64_t sb = 0; sb < K / 256; sb++) {
-                const mx_block_q4_k *b = (const mx_block_q4_k *)row + sb;
-                vb x[4];
-                __m256i bs;
-                int32_t l[16], S = 0, M = 0;
-                q4_k_token(xq, K, sb, x, &bs);
-                vi v = q4_k_row_sums(b, x, bs);
-                memcpy(l, &v, sizeof l);
-                for (int i = 0; i < 8; i++)
-                        S += l[i], M += l[8 + i];
-                float dx = mx_act_scales(xq, K)[sb];
-                acc = fmaf(f16c(b->d) * dx, (float)S, acc);
-                acc = fmaf(-f16c(b->dmin) * dx, (float)M, acc);
-        }
-        return acc;
-}
-
-/* Rows r..r+3, tokens [0, N): out[t][r + i], the 4 rows' sums in the
- * lanes of 128 bits. */
-#define DEFINE_Q4_K_ROWS4(NAME, N)                                                                 \
-        static void NAME(const mx_matmul_args *a, uint64_t r, uint64_t rb) {                       \
-                const uint8_t *w = a->w + r * rb;                                                  \
-                const uint64_t K = a->cols;                                                        \
-                __m128 F[N];                                                                       \
-                UNROLL for (int t = 0; t < N; t++) F[t] = _mm_setzero_ps();                        \
-                for (uint64_t sb = 0; sb < K / 256; sb++) {                                        \
-                        vb x[N][4];                                                                \
-                        __m256i bs[N];                                                             \
-                        vi v[N][4];                                                                \
-                        uint32_t dd[4];                                                            \
-                        UNROLL for (int t = 0; t < N; t++) q4_k_token(a->xq + t * a->ldxq, K, sb, x[t], &bs[t]); \
-                        UNROLL for (int i = 0; i < 4; i++) {                                       \
-                                const mx_block_q4_k *b = (const mx_block_q4_k *)(w + i * rb) + sb; \
-                                memcpy(&dd[i], b, 4);                                              \
-                                UNROLL for (int t = 0; t < N; t++) v[t][i] = q4_k_row_sums(b, x[t], bs[t]); \
-                        }                                                                          \
-                        __m128i g = _mm_loadu_si128((const __m128i *)dd);                          \
-                        __m128 d = _mm_cvtph_ps(_mm_packus_epi32(_mm_and_si128(g, _mm_set1_epi32(0xffff)), g)); \
-                        __m128 dmin = _mm_cvtph_ps(_mm_packus_epi32(_mm_srli_epi32(g, 16), g));    \
-                        UNROLL for (int t = 0; t < N; t++) {                                       \
-                                __m128i S, M;                                                      \
-                                float dx = mx_act_scales(a->xq + t * a->ldxq, K)[sb];              \
-                                vi_lane_sums4(v[t], &S, &M);                                       \
-                                F[t] = _mm_fmadd_ps(_mm_mul_ps(d, _mm_set1_ps(dx)), _mm_cvtepi32_ps(S), F[t]); \
-                                F[t] = _mm_fmadd_ps(_mm_mul_ps(dmin, _mm_set1_ps(-dx)), _mm_cvtepi32_ps(M), F[t]); \
-                        }                                                                          \
-                }                                                                                  \
-                UNROLL for (int t = 0; t < N; t++) {                                               \
-                        float o[4];                                                                \
-                        _mm_storeu_ps(o, F[t]);                                                    \
-                        for (int i = 0; i < 4; i++)                                                \
-                                mx_tile_put(a->out + t * a->ldo + r + i, o[i], a->accumulate);     \
-                }                                                                                  \
-        }
-
-DEFINE_Q4_K_ROWS4(q4_k_rows4_1, 1)
-DEFINE_Q4_K_ROWS4(q4_k_rows4_2, 2)
-DEFINE_Q4_K_ROWS4(q4_k_rows4_3, 3)
-
-static const rows4_fn q4_k_rows4[4] = {NULL, q4_k_rows4_1, q4_k_rows4_2, q4_k_rows4_3};
-
-static void q4_k_decode(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb) {
-        decode4(a, r0, r1, rb, q4_k_rows4, q4_k_row);
 }
 
 /* ---- prefill: tokens in the lanes ------------------------------------------------------- */
@@ -146,42 +84,12 @@ static void q4_k_unpack(const uint8_t *row, uint64_t nsb, q4_k_unpacked *u) {
         }
 }
 
-/* Rows u[0..R) (each nsb super-blocks) against one group at xg: o[r] lane
- * j is row r's output for the group's token j. */
-#define DEFINE_Q4_K_LANES(NAME, R)                                                                 \
-        static void NAME(const q4_k_unpacked *const *u, uint64_t nsb, const uint8_t *xg,           \
-                         float o[R][MX_ACT_GROUP]) {                                               \
-                vf F[R];                                                                           \
-                UNROLL for (int r = 0; r < R; r++) F[r] = vf_zero();                               \
-                for (uint64_t sb = 0; sb < nsb; sb++) {                                            \
-                        const uint8_t *xs = xg + sb * MX_ACT_GROUP_SUPER;                          \
-                        vi S[R];                                                                   \
-                        UNROLL for (int r = 0; r < R; r++) S[r] = vi_set1(u[r][sb].c);             \
-                        for (int j = 0; j < 8; j++) {                                              \
-                                vi A[R];                                                           \
-                                UNROLL for (int r = 0; r < R; r++) A[r] = vi_zero();               \
-                                UNROLL for (int m = 8 * j; m < 8 * j + 8; m++) {                   \
-                                        vb x = vb_load(xs + 64 * m);                               \
-                                        UNROLL for (int r = 0; r < R; r++)                         \
-                                                A[r] = vi_dpbusd(A[r], x, vb_bcast4(u[r][sb].u + 4 * m)); \
-                                }                                                                  \
-                                UNROLL for (int r = 0; r < R; r++)                                 \
-                                        S[r] = vi_add(S[r], vi_mullo(A[r], vi_set1(u[r][sb].sc[j]))); \
-                        }                                                                          \
-                        vf dx = vf_load((const float *)(xs + 64 * 64));                            \
-                        vi bs[4];                                                                  \
-                        UNROLL for (int p = 0; p < 4; p++) bs[p] = vb_load(xs + 64 * 64 + MX_ACT_GROUP * 4 + 64 * p); \
-                        UNROLL for (int r = 0; r < R; r++) {                                       \
-                                vi M = vi_zero();                                                  \
-                                UNROLL for (int p = 0; p < 4; p++) M = vi_dpwssd(M, bs[p], vi_set1(u[r][sb].mp[p])); \
-                                F[r] = vf_fma(vf_mul(vf_set1(u[r][sb].d), dx), vf_cvt(S[r]), F[r]); \
-                                F[r] = vf_fma(vf_mul(vf_set1(u[r][sb].nd), dx), vf_cvt(M), F[r]);  \
-                        }                                                                          \
-                }                                                                                  \
-                UNROLL for (int r = 0; r < R; r++) vf_store(o[r], F[r]);                           \
-        }
+/* The mins' step: M from the group's sums of each 32 values. */
+static inline vf q4_k_min_step(const q4_k_unpacked *u, const uint8_t *xs, vf dx, vf F) {
+        vi M = vi_zero();
+        UNROLL for (int p = 0; p < 4; p++)
+                M = vi_dpwssd(M, vb_load(xs + 64 * 64 + MX_ACT_GROUP * 4 + 64 * p), vi_set1(u->mp[p]));
+        return vf_fma(vf_mul(vf_set1(u->nd), dx), vf_cvt(M), F);
+}
 
-DEFINE_Q4_K_LANES(q4_k_lanes, Q4_K_R)
-DEFINE_Q4_K_LANES(q4_k_lanes_1, 1)
-
-DEFINE_SUPER_ROWS(q4_k, Q4_K_R)
+DEFINE_K_KERNELS(q4_k, Q4_K_R, 8, 1)
