@@ -168,34 +168,7 @@ static inline __attribute__((always_inline)) void scores2x2(const float *q, cons
         _mm_storeh_pi((__m64 *)(out + ld), z);
 }
 
-/* Heads two at a time, keys two at a time; the leftovers of either go
- * head by head. */
-static inline __attribute__((always_inline)) void scores_heads(const float *q, uint32_t nq, const void *k,
-                                                               uint64_t step, bool bf16, uint32_t n, uint32_t hd,
-                                                               float scale, float *out, uint64_t ld) {
-        size_t es = bf16 ? 2 : 4;
-        uint32_t h = 0;
-        for (; h + 2 <= nq; h += 2) {
-                uint32_t i = 0;
-                for (; i + 2 <= n; i += 2)
-                        scores2x2(q + (size_t)h * hd, (const uint8_t *)k + i * step * es, step, bf16, hd, scale,
-                                  out + h * ld + i, ld);
-                if (i < n)
-                        for (uint32_t x = h; x < h + 2; x++)
-                                scores_of(q + (size_t)x * hd, (const uint8_t *)k + i * step * es, step, bf16, n - i,
-                                          hd, scale, out + x * ld + i);
-        }
-        for (; h < nq; h++)
-                scores_of(q + (size_t)h * hd, k, step, bf16, n, hd, scale, out + h * ld);
-}
-
-static void scores(const float *q, uint32_t nq, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd,
-                   float scale, float *out, uint64_t ld) {
-        if (bf16)
-                scores_heads(q, nq, k, step, true, n, hd, scale, out, ld);
-        else
-                scores_heads(q, nq, k, step, false, n, hd, scale, out, ld);
-}
+MX_DEFINE_SCORES(2, scores2x2)
 
 /* 32 outputs per pass stay in registers while the rows go by; the last
  * few (hd % 16) take padded loads and write back only what is there. */

@@ -147,34 +147,7 @@ static inline __attribute__((always_inline)) void scores4x4(const float *q, cons
         _mm_storeu_ps(out + 3 * ld, _mm512_extractf32x4_ps(z, 3));
 }
 
-/* Heads four at a time, keys four at a time; the leftovers of either go
- * head by head. */
-static inline __attribute__((always_inline)) void scores_heads(const float *q, uint32_t nq, const void *k,
-                                                               uint64_t step, bool bf16, uint32_t n, uint32_t hd,
-                                                               float scale, float *out, uint64_t ld) {
-        size_t es = bf16 ? 2 : 4;
-        uint32_t h = 0;
-        for (; h + 4 <= nq; h += 4) {
-                uint32_t i = 0;
-                for (; i + 4 <= n; i += 4)
-                        scores4x4(q + (size_t)h * hd, (const uint8_t *)k + i * step * es, step, bf16, hd, scale,
-                                  out + h * ld + i, ld);
-                if (i < n)
-                        for (uint32_t x = h; x < h + 4; x++)
-                                scores_of(q + (size_t)x * hd, (const uint8_t *)k + i * step * es, step, bf16, n - i,
-                                          hd, scale, out + x * ld + i);
-        }
-        for (; h < nq; h++)
-                scores_of(q + (size_t)h * hd, k, step, bf16, n, hd, scale, out + h * ld);
-}
-
-static void scores(const float *q, uint32_t nq, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd,
-                   float scale, float *out, uint64_t ld) {
-        if (bf16)
-                scores_heads(q, nq, k, step, true, n, hd, scale, out, ld);
-        else
-                scores_heads(q, nq, k, step, false, n, hd, scale, out, ld);
-}
+MX_DEFINE_SCORES(4, scores4x4)
 
 /* 128 outputs per pass stay in registers while the rows go by. */
 static inline __attribute__((always_inline)) void mix_of(const float *w, const void *v, uint64_t step, bool bf16,

@@ -179,3 +179,34 @@ static inline void mx_tile_put(float *o, float s, bool accumulate) {
         static void matmul_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {               \
                 mx_tiles_rows(a->xq ? FAST(a->dtype) : f32_tiles[a->dtype], a, r0, r1);            \
         }
+
+/* Attention's scores kernel over a tile of H heads x H keys (TILE, with
+ * scores_of for one head): heads H at a time, keys H at a time; the
+ * leftovers of either go head by head. */
+#define MX_DEFINE_SCORES(H, TILE)                                                                  \
+        static inline __attribute__((always_inline)) void scores_heads(                            \
+                const float *q, uint32_t nq, const void *k, uint64_t step, bool bf16, uint32_t n, uint32_t hd, \
+                float scale, float *out, uint64_t ld) {                                            \
+                size_t es = bf16 ? 2 : 4;                                                          \
+                uint32_t h = 0;                                                                    \
+                for (; h + H <= nq; h += H) {                                                      \
+                        uint32_t i = 0;                                                            \
+                        for (; i + H <= n; i += H)                                                 \
+                                TILE(q + (size_t)h * hd, (const uint8_t *)k + i * step * es, step, bf16, hd, scale, \
+                                     out + h * ld + i, ld);                                        \
+                        if (i < n)                                                                 \
+                                for (uint32_t x = h; x < h + H; x++)                               \
+                                        scores_of(q + (size_t)x * hd, (const uint8_t *)k + i * step * es, step, bf16, \
+                                                  n - i, hd, scale, out + x * ld + i);             \
+                }                                                                                  \
+                for (; h < nq; h++)                                                                \
+                        scores_of(q + (size_t)h * hd, k, step, bf16, n, hd, scale, out + h * ld); \
+        }                                                                                          \
+                                                                                                   \
+        static void scores(const float *q, uint32_t nq, const void *k, uint64_t step, bool bf16, uint32_t n, \
+                           uint32_t hd, float scale, float *out, uint64_t ld) {                    \
+                if (bf16)                                                                          \
+                        scores_heads(q, nq, k, step, true, n, hd, scale, out, ld);                 \
+                else                                                                               \
+                        scores_heads(q, nq, k, step, false, n, hd, scale, out, ld);                \
+        }
