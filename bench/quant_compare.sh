@@ -43,6 +43,8 @@ import json, re, sys
 ours, peer = {}, {}
 for line in open(sys.argv[1]):
     d = json.loads(line)
+    if "type" not in d:  # the line of instruction ceilings
+        continue
     t = d["type"].lower().replace("_k", "_K")
     o = ours.setdefault(t, {"dec": 1e9, "pre": 0.0, "read": d["read_GBps"], "bytes": d["bytes"]})
     o["dec"] = min(o["dec"], d["decode_ms"])
