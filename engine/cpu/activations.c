@@ -140,10 +140,11 @@ void mx_act_group(mx_act a, const uint8_t *xq, uint64_t ldxq, uint32_t n, uint64
                 uint8_t *g = dst + sb * MX_ACT_GROUP_SUPER;
                 group_parts(xq, ldxq, n, cols, 256 * sb, 64, sb, g);
                 uint16_t bs[4][MX_ACT_GROUP][2] = {{{0}}};
-                for (uint32_t j = 0; j < n; j++)
+                for (uint32_t j = 0; j < n; j++) {
+                        const int16_t *s16 = mx_act_bsums(xq + j * ldxq, cols) + 16 * sb;
                         for (int s = 0; s < 8; s++)
-                                bs[s / 2][j][s % 2] = (uint16_t)(mx_act_bsums(xq + j * ldxq, cols)[16 * sb + 2u * (uint32_t)s] +
-                                                                 mx_act_bsums(xq + j * ldxq, cols)[16 * sb + 2u * (uint32_t)s + 1]);
+                                bs[s / 2][j][s % 2] = (uint16_t)(s16[2 * s] + s16[2 * s + 1]);
+                }
                 memcpy(g + 64 * 64 + MX_ACT_GROUP * 4, bs, sizeof bs);
         }
 }

@@ -205,8 +205,9 @@ static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t 
                                 float dx = mx_act_scales(a->xq + t * a->ldxq, K)[sb];              \
                                 vi_lane_sums4(v[t], &S, &M);                                       \
                                 F[t] = _mm_fmadd_ps(_mm_mul_ps(d, _mm_set1_ps(dx)), _mm_cvtepi32_ps(S), F[t]); \
+                                __m128 dm = _mm_mul_ps(dmin, _mm_set1_ps(-dx));                    \
                                 if (MIN)                                                           \
-                                        F[t] = _mm_fmadd_ps(_mm_mul_ps(dmin, _mm_set1_ps(-dx)), _mm_cvtepi32_ps(M), F[t]); \
+                                        F[t] = _mm_fmadd_ps(dm, _mm_cvtepi32_ps(M), F[t]);         \
                         }                                                                          \
                 }                                                                                  \
                 UNROLL for (int t = 0; t < N; t++) {                                               \

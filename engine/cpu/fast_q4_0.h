@@ -43,7 +43,8 @@ static inline vi q4_0_pair_sums(const uint8_t *row, uint64_t b, bool two, vb x, 
                         }                                                                          \
                         UNROLL for (int i = 0; i < 16; i++) {                                      \
                                 const uint8_t *row = w + i * rb;                                   \
-                                UNROLL for (int t = 0; t < N; t++) v[t][i] = q4_0_pair_sums(row, b, two, x[t], off[t]); \
+                                UNROLL for (int t = 0; t < N; t++)                                 \
+                                        v[t][i] = q4_0_pair_sums(row, b, two, x[t], off[t]);       \
                         }                                                                          \
                         vf d0 = vf_f16_strided(w + b * 18, rb), d1 = two ? vf_f16_strided(w + b * 18 + 18, rb) : d0; \
                         UNROLL for (int t = 0; t < N; t++) {                                       \

@@ -77,9 +77,11 @@ static void product(const mx_kernels *k, const problem *p, bool fast, uint32_t t
         if (fast && mx_act_grouped(p->t, true, n)) {
                 a.ldxg = mx_act_group_bytes(mx_act_for(p->t, true), p->cols);
                 groups = malloc((n + MX_ACT_GROUP - 1) / MX_ACT_GROUP * a.ldxg);
-                for (uint32_t t = 0; t < n; t += MX_ACT_GROUP)
-                        mx_act_group(mx_act_for(p->t, true), a.xq + t * p->ldxq, p->ldxq, n - t < MX_ACT_GROUP ? n - t : MX_ACT_GROUP, p->cols,
+                for (uint32_t t = 0; t < n; t += MX_ACT_GROUP) {
+                        uint32_t g = n - t < MX_ACT_GROUP ? n - t : MX_ACT_GROUP;
+                        mx_act_group(mx_act_for(p->t, true), a.xq + t * p->ldxq, p->ldxq, g, p->cols,
                                      groups + t / MX_ACT_GROUP * a.ldxg);
+                }
                 a.xg = groups;
         }
         /* In two calls, as threads split rows: tiles must not care where. */
