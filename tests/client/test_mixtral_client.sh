@@ -644,14 +644,15 @@ line three" --seed 1 -n 8 >"$tmp/b"
 same "three pasted lines" "$tmp/b" "$tmp/a"
 
 # Ctrl-C: the request is cancelled in the daemon, the client exits 130.
+# Sent as soon as output shows the generation under way: the demo model
+# fills its 4096 positions in well under a second.
 : >"$tmp/out"
 "$client" --socket "$S" -n 100000 --ignore-eos --raw "x" </dev/null >"$tmp/out" 2>"$tmp/err" &
 pid=$!
-for _ in $(seq 100); do
+for _ in $(seq 500); do
         [ -s "$tmp/out" ] && break
-        sleep 0.05
+        sleep 0.01
 done
-sleep 0.5
 if kill -0 "$pid" 2>/dev/null; then
         kill -INT "$pid"
         wait "$pid"
