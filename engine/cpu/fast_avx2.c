@@ -6,7 +6,6 @@
 
 #define Q32_R 2
 #define Q4_0_R 2
-#define Q4_0_G 1
 #define Q4_K_R 2
 #define Q6_K_R 2
 #define Q32_T 2

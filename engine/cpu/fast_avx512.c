@@ -12,7 +12,6 @@
 #endif
 #define Q32_R 4
 #define Q4_0_R 8
-#define Q4_0_G 1
 #define Q4_K_R 8
 #define Q6_K_R 8
 #define Q32_T 4

@@ -1,6 +1,7 @@
-/* What fast_q4_0.h and fast_q4_k.h share: the decode driver of 16 rows
- * in the lanes and its prefetching, the prefill's passes, buffer and
- * stores (tokens in the lanes). */
+/* What fast_q4_0.h, fast_q4_k.h and fast_q6_k.h share: the decode
+ * driver (rows in the lanes) and its prefetching, the prefill's passes,
+ * buffer and stores (tokens in the lanes), and the K-quants' kernels
+ * written once over their parts. */
 
 /* Each of 16 rows' bytes [at, at + bytes) on their way into the cache:
  * in the row, or past its end, in row i of the next 16 (or of those
@@ -24,47 +25,24 @@ static inline void prefetch16(const uint8_t *w, uint64_t rb, uint64_t at, uint64
  * tile whole (measured on Zen 5, a matrix larger than L3: without, it ran
  * at 61% of the bandwidth it reaches with). */
 #define Q4_0_AHEAD 512
-typedef void (*rows16_fn)(const mx_matmul_args *a, uint64_t r, uint64_t rb, const uint8_t *end);
+typedef void (*tile_fn)(const mx_matmul_args *a, uint64_t r, uint64_t rb, const uint8_t *end);
 typedef float (*row1_fn)(const uint8_t *row, const uint8_t *xq, uint64_t K);
 
-/* Decode of rows [r0, r1): 16 rows at a time (rows16[n] for n tokens),
- * the rest one by one; at most 3 tokens at a time. */
-static void decode16(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb, const rows16_fn rows16[4],
-                     row1_fn row1) {
-        uint64_t r = r0;
-        for (uint32_t t0 = 0; t0 < a->n; t0 += 3) {
-                mx_matmul_args s = *a;
-                s.n = a->n - t0 < 3 ? a->n - t0 : 3;
-                s.xq = a->xq + t0 * a->ldxq, s.out = a->out + t0 * a->ldo;
-                mx_prefetch(a->w + r0 * rb, a->w + r1 * rb, 16 * rb);
-                /* a stride the gathers' 32-bit offsets hold */
-                for (r = r0; rb < (1u << 27) && r + 16 <= r1; r += 16)
-                        rows16[s.n](&s, r, rb, a->w + r1 * rb);
-                for (; r < r1; r++)
-                        for (uint32_t t = 0; t < s.n; t++)
-                                mx_tile_put(s.out + t * s.ldo + r, row1(a->w + r * rb, s.xq + t * s.ldxq, s.cols),
-                                            s.accumulate);
-        }
-}
-
-typedef void (*rows4_fn)(const mx_matmul_args *a, uint64_t r, uint64_t rb);
-
-/* Decode of rows [r0, r1) 4 rows at a time (rows4[n] for n tokens), the
- * rest one by one, each tile asking for its rows MX_PREFETCH_AHEAD on,
- * as the other types' tiles (tiles.h). */
-static void decode4(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb, const rows4_fn rows4[4],
-                    row1_fn row1) {
+/* Decode of rows [r0, r1): H rows at a time (tiles[n] for n tokens, NULL:
+ * none), the rest one by one (row1), at most 3 tokens at a time; the
+ * first `first` bytes asked for before, each tile asking for what it
+ * reads next. */
+static void decode_tiles(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb, uint32_t H,
+                         uint64_t first, const tile_fn tiles[4], row1_fn row1) {
         const uint8_t *end = a->w + r1 * rb;
         for (uint32_t t0 = 0; t0 < a->n; t0 += 3) {
                 mx_matmul_args s = *a;
                 uint64_t r = r0;
                 s.n = a->n - t0 < 3 ? a->n - t0 : 3;
                 s.xq = a->xq + t0 * a->ldxq, s.out = a->out + t0 * a->ldo;
-                mx_prefetch(a->w + r0 * rb, end, MX_PREFETCH_AHEAD);
-                for (; r + 4 <= r1; r += 4) {
-                        mx_prefetch(a->w + r * rb + MX_PREFETCH_AHEAD, end, 4 * rb);
-                        rows4[s.n](&s, r, rb);
-                }
+                mx_prefetch(a->w + r0 * rb, end, first);
+                for (; tiles[s.n] && r + H <= r1; r += H)
+                        tiles[s.n](&s, r, rb, end);
                 for (; r < r1; r++)
                         for (uint32_t t = 0; t < s.n; t++)
                                 mx_tile_put(s.out + t * s.ldo + r, row1(a->w + r * rb, s.xq + t * s.ldxq, s.cols),
@@ -72,13 +50,12 @@ static void decode4(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t 
         }
 }
 
-/* Outputs of rows [r, r + R) for tokens [t0, t0 + 16 G), of which n exist. */
-static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t G, uint32_t t0, const float *o) {
+/* Outputs of rows [r, r + R) for tokens [t0, t0 + 16), of which n exist. */
+static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t t0,
+                      const float (*o)[MX_ACT_GROUP]) {
         for (uint32_t i = 0; i < R; i++)
-                for (uint32_t g = 0; g < G; g++)
-                        for (uint32_t j = 0; j < MX_ACT_GROUP && t0 + 16 * g + j < a->n; j++)
-                                mx_tile_put(a->out + (t0 + 16 * g + j) * a->ldo + r + i,
-                                            o[(i * G + g) * MX_ACT_GROUP + j], a->accumulate);
+                for (uint32_t j = 0; j < MX_ACT_GROUP && t0 + j < a->n; j++)
+                        mx_tile_put(a->out + (t0 + j) * a->ldo + r + i, o[i][j], a->accumulate);
 }
 
 /* Groups per pass over a tile's rows: their activations stay in L2
@@ -93,16 +70,19 @@ static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t 
 #define UNPACKED_MAX (192u << 10)
 
 
-/* The prefill and the row function of a K-quant T whose kernels are
- * T_unpacked / T_unpack (a row's super-blocks unpacked), T_lanes (R rows
- * against a group, tokens in the lanes) and T_lanes_1 (one row), and
- * T_decode: T_prefill_tile unpacks rows [r, r + n) into
- * buf and runs them against groups [g0, g1); T_prefill passes over the
- * groups PASS_BYTES of them at a time; T_rows is the table's. */
-#define DEFINE_SUPER_ROWS(T, R)                                                                    \
+/* The prefill and the row function of a type T in blocks of QK values
+ * whose activations are of format ACT, from its kernels T_unpacked /
+ * T_unpack (a row's blocks unpacked), T_lanes (R rows against a group,
+ * tokens in the lanes), T_lanes_1 (one row) and T_decode: T_prefill_tile
+ * unpacks rows [r, r + n) into buf and runs them against groups
+ * [g0, g1); T_prefill passes over the groups PASS_BYTES of them at a
+ * time, and is not inlined: its frame would make every decode call
+ * reserve (and probe) the buffer too, which cost a decode step 2.2x its
+ * time; T_rows is the table's. */
+#define DEFINE_SUPER_ROWS(T, R, QK, ACT)                                                                  \
         static void T##_prefill_tile(const mx_matmul_args *a, uint64_t r, uint32_t n, uint64_t rb, uint32_t g0, \
                                      uint32_t g1, uint8_t *buf) {                                  \
-                const uint64_t nsb = a->cols / 256;                                                \
+                const uint64_t nsb = a->cols / QK;                                                 \
                 const T##_unpacked *u[R];                                                          \
                 for (uint32_t i = 0; i < n; i++) {                                                 \
                         T##_unpacked *p = (T##_unpacked *)buf + i * nsb;                           \
@@ -117,7 +97,7 @@ static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t 
                                 for (uint32_t i = 0; i < n; i++)                                   \
                                         T##_lanes_1(&u[i], nsb, a->xg + g * a->ldxg, &o[i]);       \
                         }                                                                          \
-                        lanes_put(a, r, n, 1, 16 * g, &o[0][0]);                                   \
+                        lanes_put(a, r, n, 16 * g, o);                                             \
                 }                                                                                  \
         }                                                                                          \
                                                                                                    \
@@ -125,7 +105,7 @@ static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t 
                                                           uint64_t rb) {                           \
                 _Alignas(64) uint8_t buf[UNPACKED_MAX];                                            \
                 const uint32_t groups = (a->n + MX_ACT_GROUP - 1) / MX_ACT_GROUP;                  \
-                uint64_t per = (PASS_BYTES) / mx_act_group_bytes(MX_ACT_Q8K, a->cols);             \
+                uint64_t per = (PASS_BYTES) / mx_act_group_bytes(ACT, a->cols);                    \
                 per = per ? per : 1;                                                               \
                 for (uint32_t g0 = 0; g0 < groups; g0 += (uint32_t)per) {                          \
                         uint32_t g1 = groups - g0 < per ? groups : g0 + (uint32_t)per;             \
@@ -140,7 +120,7 @@ static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t 
         static void T##_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {                  \
                 uint64_t rb = 0;                                                                   \
                 mx_dtype_row_bytes(a->dtype, a->cols, &rb);                                        \
-                if (a->xg && a->cols / 256 * sizeof(T##_unpacked) * R <= UNPACKED_MAX)             \
+                if (a->xg && a->cols / QK * sizeof(T##_unpacked) * R <= UNPACKED_MAX)              \
                         T##_prefill(a, r0, r1, rb);                                                \
                 else                                                                               \
                         T##_decode(a, r0, r1, rb);                                                 \
@@ -180,11 +160,13 @@ static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t 
         }
 
 /* Rows r..r+3, tokens [0, N): out[t][r + i], the 4 rows' sums in the
- * lanes of 128 bits. */
+ * lanes of 128 bits; the next rows asked for MX_PREFETCH_AHEAD on, as
+ * the other types' tiles (tiles.h). */
 #define DEFINE_K_ROWS4(NAME, T, N, MIN)                                                            \
-        static void NAME(const mx_matmul_args *a, uint64_t r, uint64_t rb) {                       \
+        static void NAME(const mx_matmul_args *a, uint64_t r, uint64_t rb, const uint8_t *end) {   \
                 const uint8_t *w = a->w + r * rb;                                                  \
                 const uint64_t K = a->cols;                                                        \
+                mx_prefetch(w + MX_PREFETCH_AHEAD, end, 4 * rb);                                   \
                 __m128 F[N];                                                                       \
                 UNROLL for (int t = 0; t < N; t++) F[t] = _mm_setzero_ps();                        \
                 for (uint64_t sb = 0; sb < K / 256; sb++) {                                        \
@@ -256,10 +238,10 @@ static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t 
         DEFINE_K_ROWS4(T##_rows4_1, T, 1, MIN)                                                     \
         DEFINE_K_ROWS4(T##_rows4_2, T, 2, MIN)                                                     \
         DEFINE_K_ROWS4(T##_rows4_3, T, 3, MIN)                                                     \
-        static const rows4_fn T##_rows4[4] = {NULL, T##_rows4_1, T##_rows4_2, T##_rows4_3};        \
+        static const tile_fn T##_rows4[4] = {NULL, T##_rows4_1, T##_rows4_2, T##_rows4_3};         \
         static void T##_decode(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb) {   \
-                decode4(a, r0, r1, rb, T##_rows4, T##_row);                                        \
+                decode_tiles(a, r0, r1, rb, 4, MX_PREFETCH_AHEAD, T##_rows4, T##_row);             \
         }                                                                                          \
         DEFINE_K_LANES(T##_lanes, T, R, SUBS)                                                      \
         DEFINE_K_LANES(T##_lanes_1, T, 1, SUBS)                                                    \
-        DEFINE_SUPER_ROWS(T, R)
+        DEFINE_SUPER_ROWS(T, R, 256, MX_ACT_Q8K)

@@ -88,16 +88,16 @@ static float q4_0_row(const uint8_t *row, const uint8_t *xq, uint64_t K) {
         return acc;
 }
 
-static const rows16_fn q4_0_rows16[4] = {NULL, q4_0_rows16_1, q4_0_rows16_2, q4_0_rows16_3};
+static const tile_fn q4_0_rows16[4] = {NULL, q4_0_rows16_1, q4_0_rows16_2, q4_0_rows16_3};
 
 /* ---- prefill: tokens in the lanes ------------------------------------------------------- */
 
-/* A row unpacked: per block, 32 signed levels q - 8, -128 x their sum
- * (what the values' + 128 add), and the scale. */
+/* A row's block unpacked: 32 signed levels q - 8, -128 x their sum (what
+ * the values' + 128 add), and the scale. */
 typedef struct q4_0_unpacked {
-        int8_t *q;        /* [nb][32] */
-        int32_t *off;     /* [nb] */
-        float *d;         /* [nb] */
+        int8_t u[32];
+        int32_t c;
+        float d;
 } q4_0_unpacked;
 
 static void q4_0_unpack(const uint8_t *row, uint64_t nb, q4_0_unpacked *u) {
@@ -107,97 +107,43 @@ static void q4_0_unpack(const uint8_t *row, uint64_t nb, q4_0_unpacked *u) {
                 __m128i v = _mm_loadu_si128((const __m128i *)q[b].qs);
                 __m128i lo = _mm_and_si128(v, f), hi = _mm_and_si128(_mm_srli_epi16(v, 4), f);
                 __m128i s = _mm_add_epi64(_mm_sad_epu8(lo, _mm_setzero_si128()), _mm_sad_epu8(hi, _mm_setzero_si128()));
-                _mm_storeu_si128((__m128i *)(u->q + 32 * b), _mm_sub_epi8(lo, eight));
-                _mm_storeu_si128((__m128i *)(u->q + 32 * b + 16), _mm_sub_epi8(hi, eight));
+                _mm_storeu_si128((__m128i *)u[b].u, _mm_sub_epi8(lo, eight));
+                _mm_storeu_si128((__m128i *)(u[b].u + 16), _mm_sub_epi8(hi, eight));
                 int32_t sum = _mm_cvtsi128_si32(s) + _mm_extract_epi32(s, 2) - 256;
-                u->off[b] = -128 * sum, u->d[b] = f16c(q[b].d);
+                u[b].c = -128 * sum, u[b].d = f16c(q[b].d);
         }
 }
 
-/* Rows u[0..R) against G groups at xg (ldxg bytes apart), nb blocks: F[r][g]
- * lane j is row r's output for token 16g + j. */
-#define DEFINE_Q4_0_LANES(NAME, R, G)                                                              \
-        static void NAME(const q4_0_unpacked *u, uint64_t nb, const uint8_t *xg, uint64_t ldxg,    \
-                         float o[R][G][MX_ACT_GROUP]) {                                            \
-                vf F[R][G];                                                                        \
-                UNROLL for (int r = 0; r < R; r++) UNROLL for (int g = 0; g < G; g++) F[r][g] = vf_zero(); \
+/* Rows u[0..R) (each nb blocks) against one group at xg: o[r] lane j is
+ * row r's output for the group's token j. */
+#define DEFINE_Q4_0_LANES(NAME, R)                                                                 \
+        static void NAME(const q4_0_unpacked *const *u, uint64_t nb, const uint8_t *xg,            \
+                         float o[R][MX_ACT_GROUP]) {                                               \
+                vf F[R];                                                                           \
+                UNROLL for (int r = 0; r < R; r++) F[r] = vf_zero();                               \
                 for (uint64_t b = 0; b < nb; b++) {                                                \
                         const uint8_t *xb = xg + b * MX_ACT_GROUP_BLOCK;                           \
-                        vi S[R][G];                                                                \
-                        UNROLL for (int r = 0; r < R; r++) UNROLL for (int g = 0; g < G; g++)      \
-                                S[r][g] = vi_set1(u[r].off[b]);                                    \
+                        vi S[R];                                                                   \
+                        UNROLL for (int r = 0; r < R; r++) S[r] = vi_set1(u[r][b].c);              \
                         UNROLL for (int m = 0; m < 8; m++) {                                       \
-                                vb x[G];                                                           \
-                                UNROLL for (int g = 0; g < G; g++) x[g] = vb_load(xb + g * ldxg + 64 * m); \
-                                UNROLL for (int r = 0; r < R; r++) {                               \
-                                        vb q = vb_bcast4(u[r].q + 32 * b + 4 * m);                 \
-                                        UNROLL for (int g = 0; g < G; g++) S[r][g] = vi_dpbusd(S[r][g], x[g], q); \
-                                }                                                                  \
-                        }                                                                          \
-                        UNROLL for (int g = 0; g < G; g++) {                                       \
-                                vf dx = vf_load((const float *)(xb + g * ldxg + 8 * 64));          \
+                                vb x = vb_load(xb + 64 * m);                                       \
                                 UNROLL for (int r = 0; r < R; r++)                                 \
-                                        F[r][g] = vf_fma(vf_mul(vf_set1(u[r].d[b]), dx), vf_cvt(S[r][g]), F[r][g]); \
+                                        S[r] = vi_dpbusd(S[r], x, vb_bcast4(u[r][b].u + 4 * m));   \
                         }                                                                          \
+                        vf dx = vf_load((const float *)(xb + 8 * 64));                             \
+                        UNROLL for (int r = 0; r < R; r++)                                         \
+                                F[r] = vf_fma(vf_mul(vf_set1(u[r][b].d), dx), vf_cvt(S[r]), F[r]); \
                 }                                                                                  \
-                UNROLL for (int r = 0; r < R; r++) UNROLL for (int g = 0; g < G; g++) vf_store(o[r][g], F[r][g]); \
+                UNROLL for (int r = 0; r < R; r++) vf_store(o[r], F[r]);                           \
         }
 
-DEFINE_Q4_0_LANES(q4_0_lanes, Q4_0_R, Q4_0_G)
-DEFINE_Q4_0_LANES(q4_0_lanes_1x1, 1, 1)
+DEFINE_Q4_0_LANES(q4_0_lanes, Q4_0_R)
+DEFINE_Q4_0_LANES(q4_0_lanes_1, 1)
 
-static uint32_t q4_0_groups_per_pass(uint64_t K) {
-        uint64_t g = (PASS_BYTES) / mx_act_group_bytes(MX_ACT_Q8, K);
-        return g < Q4_0_G ? Q4_0_G : (uint32_t)g / Q4_0_G * Q4_0_G;
+static void q4_0_decode(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb) {
+        /* 16 rows at a time where the gathers' 32-bit offsets hold the stride */
+        static const tile_fn none[4] = {NULL};
+        decode_tiles(a, r0, r1, rb, 16, 16 * rb, rb < (1u << 27) ? q4_0_rows16 : none, q4_0_row);
 }
 
-/* Rows [r, r + R) unpacked into buf, then against every group. */
-static void q4_0_prefill_tile(const mx_matmul_args *a, uint64_t r, uint32_t R, uint64_t rb, uint32_t g0, uint32_t g1,
-                              uint8_t *buf) {
-        const uint64_t nb = a->cols / 32;
-        q4_0_unpacked u[Q4_0_R];
-        for (uint32_t i = 0; i < R; i++) {
-                uint8_t *p = buf + i * nb * 40;
-                u[i] = (q4_0_unpacked){(int8_t *)p, (int32_t *)(p + nb * 32), (float *)(p + nb * 36)};
-                q4_0_unpack(a->w + (r + i) * rb, nb, &u[i]);
-        }
-        for (uint32_t g = g0; g < g1;) {
-                float o[Q4_0_R][Q4_0_G][MX_ACT_GROUP];
-                if (R == Q4_0_R && g + Q4_0_G <= g1) {
-                        q4_0_lanes(u, nb, a->xg + g * a->ldxg, a->ldxg, o);
-                        lanes_put(a, r, R, Q4_0_G, 16 * g, &o[0][0][0]);
-                        g += Q4_0_G;
-                        continue;
-                }
-                for (uint32_t i = 0; i < R; i++) {
-                        float o1[1][1][MX_ACT_GROUP];
-                        q4_0_lanes_1x1(&u[i], nb, a->xg + g * a->ldxg, a->ldxg, o1);
-                        lanes_put(a, r + i, 1, 1, 16 * g, &o1[0][0][0]);
-                }
-                g++;
-        }
-}
-
-/* Not inlined: its frame would make every decode call reserve (and probe)
- * the buffer too, which cost a decode step 2.2x its time. */
-static __attribute__((noinline)) void q4_0_prefill(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint64_t rb) {
-        _Alignas(64) uint8_t buf[UNPACKED_MAX];
-        const uint32_t groups = (a->n + MX_ACT_GROUP - 1) / MX_ACT_GROUP, per = q4_0_groups_per_pass(a->cols);
-        for (uint32_t g0 = 0; g0 < groups; g0 += per) {
-                uint32_t g1 = groups - g0 < per ? groups : g0 + per;
-                uint64_t r = r0;
-                for (; r + Q4_0_R <= r1; r += Q4_0_R)
-                        q4_0_prefill_tile(a, r, Q4_0_R, rb, g0, g1, buf);
-                if (r < r1)
-                        q4_0_prefill_tile(a, r, (uint32_t)(r1 - r), rb, g0, g1, buf);
-        }
-}
-
-static void q4_0_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
-        uint64_t rb = 0;
-        mx_dtype_row_bytes(a->dtype, a->cols, &rb);
-        if (a->xg && a->cols / 32 * 40 * Q4_0_R <= UNPACKED_MAX)
-                q4_0_prefill(a, r0, r1, rb);
-        else
-                decode16(a, r0, r1, rb, q4_0_rows16, q4_0_row);
-}
+DEFINE_SUPER_ROWS(q4_0, Q4_0_R, 32, MX_ACT_Q8)

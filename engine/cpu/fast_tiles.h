@@ -27,7 +27,7 @@
  *   or vb_bf16_odd(v) / vb_bf16_even(v) (each lane's pair as floats) for the step by hand
  *   Q32_R, Q32_T, K_R, K_T, BF_R, BF_T  prefill tile shapes
  *   K_D, BF_D                           decode rows of Q5_K and BF16 tiles (tiles.h)
- *   Q4_0_R, Q4_0_G, Q4_K_R, Q6_K_R      prefill tiles of fast_q4_0.h, fast_q4_k.h, fast_q6_k.h
+ *   Q4_0_R, Q4_K_R, Q6_K_R              prefill tiles (rows) of fast_q4_0.h, fast_q4_k.h, fast_q6_k.h
  *   FAST_TILES                          the name of the table function
  *
  * The integer sums are exact, and every float operation is the one the
