@@ -6,7 +6,7 @@
  *   vb_load(p), vb_load2(lo, hi)        64 bytes; two 32-byte halves (hi NULL: zeros)
  *   vb_load_n(p, n)                     n < 64 bytes, zeros after
  *   vb_nibbles(p)                       32 bytes' low nibbles, then their high nibbles
- *   vb_q4_0_pair(qs0, qs1)              two Q4_0 blocks' nibbles (qs1 NULL: zeros)
+ *   vb_q4_0_blocks(blk, two)            two Q4_0 blocks' nibbles (two false: the one, zeros after)
  *   vb_set1, vb_and, vb_or, vb_xor      bytes
  *   vb_srl_halves(v, lo, hi)            16-bit right shifts, by lo in the first 32 bytes, hi in
  *                                       the rest; vb_shl4(v) 16-bit left shifts by 4
@@ -41,7 +41,7 @@ static inline float f16c(uint16_t h) {
         return _cvtsh_ss(h);
 }
 
-/* ---- Q8_0 and Q4_0 against MX_ACT_Q8: 64 values (two blocks of 32) per step ---------- */
+/* ---- Q8_0 against MX_ACT_Q8: 64 values (two blocks of 32) per step ------------------- */
 
 /* A row's pair of blocks: where they are and their scales. */
 typedef struct wpair {
@@ -56,19 +56,9 @@ static inline vi xsum4(vb x) {
         return vi_dpbusd(vi_zero(), vb_set1(1), x);
 }
 
-static inline void q4_0_prep(const uint8_t *row, uint64_t pair, bool two, wpair *W) {
-        const mx_block_q4_0 *b = (const mx_block_q4_0 *)row + 2 * pair;
-        *W = (wpair){b, f16c(b[0].d), two ? f16c(b[1].d) : 0.0f};
-}
-static inline vb q4_0_levels(const wpair *W, bool two) {
-        const mx_block_q4_0 *b = W->blk;
-        return vb_q4_0_pair(b[0].qs, two ? b[1].qs : NULL);
-}
+/* Q4_0's offset of 8 (fast_q4_0.h). */
 static inline vi q4_0_xoff(vb x) {
         return vi_neg_shl(xsum4(x), 3);
-}
-static inline vi q4_0_dot(vb u, vb x, vi off) {
-        return vi_dpbusd(off, u, x);
 }
 
 static inline void q8_0_prep(const uint8_t *row, uint64_t pair, bool two, wpair *W) {
@@ -141,13 +131,13 @@ static inline vi q8_0_dot(vb w, vb x, vi off) {
                         mx_tile_put(out + t * ldo + r, vf_reduce(F[r][t]), accumulate);            \
         }
 
-/* ---- K-quants against MX_ACT_Q8K: a super-block per step, four chunks of 64 ------------ */
+/* ---- Q5_K against MX_ACT_Q8K (and parts Q4_K and Q6_K share): a super-block per step --- */
 
 /* What a row's super-block gives every token. */
 typedef struct kw {
         const void *blk;
         float d;
-        int16_t sc[16];      /* sub-block scales (8 for Q4_K and Q5_K) */
+        int16_t sc[16];      /* sub-block scales (8 for Q5_K) */
         vf w16;              /* the offset's weight for each 16 values (kernels.h) */
 } kw;
 
@@ -174,37 +164,13 @@ static inline void kmin_prep(const uint8_t *s, uint16_t d, uint16_t dmin, kw *W)
         W->d = f16c(d);
 }
 
-static inline void q4_k_prep(const void *blk, kw *W) {
-        const mx_block_q4_k *b = blk;
-        W->blk = blk;
-        kmin_prep(b->scales, b->d, b->dmin, W);
-}
-
 static inline void q5_k_prep(const void *blk, kw *W) {
         const mx_block_q5_k *b = blk;
         W->blk = blk;
         kmin_prep(b->scales, b->d, b->dmin, W);
 }
 
-static inline void q6_k_prep(const void *blk, kw *W) {
-        const mx_block_q6_k *b = blk;
-        W->blk = blk;
-        __m128i sc = _mm_loadu_si128((const __m128i *)b->scales);
-        _mm256_storeu_si256((__m256i *)W->sc, _mm256_cvtepi8_epi16(sc));
-        __m256 d = _mm256_set1_ps(f16c(b->d));
-        float w[16];
-        _mm256_storeu_ps(w, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_slli_epi32(_mm256_cvtepi8_epi32(sc), 5))));
-        _mm256_storeu_ps(w + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_slli_epi32(
-                                                  _mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)), 5))));
-        W->w16 = vf_load(w);
-        W->d = f16c(b->d);
-}
-
 /* Chunk c's unsigned levels, and the int16 scale of each pair of them. */
-static inline vb q4_k_u(const kw *W, int c) {
-        return vb_nibbles(((const mx_block_q4_k *)W->blk)->qs + 32 * c);
-}
-
 static inline vb q5_k_u(const kw *W, int c) {
         const mx_block_q5_k *b = W->blk;
         return vb_bit_halves(vb_nibbles(b->qs + 32 * c), vb_load2(b->qh, b->qh), 2 * c, 2 * c + 1, 16);
@@ -226,11 +192,6 @@ static inline vi kmin_sc(const kw *W, int c) {
         return vi_halves16(W->sc + 2 * c);
 }
 
-static inline vi q6_k_sc(const kw *W, int c) {
-        return vi_quarters16(W->sc + 4 * c);
-}
-
-#define q4_k_sc kmin_sc
 #define q5_k_sc kmin_sc
 
 #define DEFINE_K_TILE(NAME, TY, R, T)                                                              \

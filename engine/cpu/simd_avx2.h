@@ -88,13 +88,9 @@ static inline __m256i q4_0_block(const uint8_t *qs) {
         return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(a, 4), a), _mm256_set1_epi8(0x0f));
 }
 
-static inline vb vb_q4_0_pair(const uint8_t *qs0, const uint8_t *qs1) {
-        return (vb){q4_0_block(qs0), qs1 ? q4_0_block(qs1) : _mm256_setzero_si256()};
-}
-
-/* vb_q4_0_pair of the block at blk and, if two, the next. */
+/* The block at blk's nibbles and, if two, the next's (zeros if not). */
 static inline vb vb_q4_0_blocks(const uint8_t *blk, bool two) {
-        return vb_q4_0_pair(blk + 2, two ? blk + 20 : NULL);
+        return (vb){q4_0_block(blk + 2), two ? q4_0_block(blk + 20) : _mm256_setzero_si256()};
 }
 
 static inline vi vi_zero(void) {

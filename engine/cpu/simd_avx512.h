@@ -68,17 +68,9 @@ static inline vb vb_low_half(vb v) {
         return _mm512_maskz_mov_epi8(0xffffffffull, v);
 }
 
-/* [qs0 low nibbles, qs0 high, qs1 low, qs1 high]. */
-static inline vb vb_q4_0_pair(const uint8_t *qs0, const uint8_t *qs1) {
-        __m128i a = _mm_loadu_si128((const __m128i *)qs0), b = qs1 ? _mm_loadu_si128((const __m128i *)qs1) : a;
-        __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(a, a)), _mm256_set_m128i(b, b), 1);
-        z = vb_and(_mm512_mask_srli_epi16(z, 0xff00ff00u, z, 4), vb_set1(0x0f));
-        return qs1 ? z : vb_low_half(z);
-}
-
-/* vb_q4_0_pair's nibbles from the blocks themselves (two: the block at
- * blk and the next, else the one): one load and one word permute put
- * each block's 16 bytes twice, as its qs start 2 bytes in, word-aligned. */
+/* [block low nibbles, its high, the next's low, its high] (two false:
+ * the one block, zeros after): one load and one word permute put each
+ * block's 16 bytes twice, as its qs start 2 bytes in, word-aligned. */
 static inline vb vb_q4_0_blocks(const uint8_t *blk, bool two) {
         static const int16_t idx[32] = {1,  2,  3,  4,  5,  6,  7,  8,  1,  2,  3,  4,  5,  6,  7,  8,
                                         10, 11, 12, 13, 14, 15, 16, 17, 10, 11, 12, 13, 14, 15, 16, 17};
