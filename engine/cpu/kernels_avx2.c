@@ -11,6 +11,7 @@
 
 #include "quant.h"
 #include "simd_avx2.h"
+#include "simd_exp.h"
 
 static inline __m256 bf16x8(const void *p) {
         __m256i i = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
@@ -227,41 +228,7 @@ static inline __attribute__((always_inline)) void mix2(const float *w, uint64_t 
         }
 }
 
-static inline __attribute__((always_inline)) void mix_heads(const float *w, uint64_t ld, uint32_t nq, const void *v,
-                                                            uint64_t step, bool bf16, uint32_t n, uint32_t hd,
-                                                            float *o) {
-        uint32_t h = 0;
-        for (; h + 2 <= nq; h += 2)
-                mix2(w + h * ld, ld, v, step, bf16, n, hd, o + (size_t)h * hd);
-        for (; h < nq; h++)
-                mix_of(w + h * ld, v, step, bf16, n, hd, o + (size_t)h * hd);
-}
-
-static void mix(const float *w, uint64_t ld, uint32_t nq, const void *v, uint64_t step, bool bf16, uint32_t n,
-                uint32_t hd, float *o) {
-        if (bf16)
-                mix_heads(w, ld, nq, v, step, true, n, hd, o);
-        else
-                mix_heads(w, ld, nq, v, step, false, n, hd, o);
-}
-
-/* mx_exp on 8 lanes, operation for operation. */
-static inline __m256 exp8(__m256 x) {
-        __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(MX_EXP_LOG2E), _mm256_set1_ps(MX_EXP_SHIFT));
-        __m256 n = _mm256_sub_ps(t, _mm256_set1_ps(MX_EXP_SHIFT));
-        __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-MX_EXP_LN2_HI), x);
-        r = _mm256_fmadd_ps(n, _mm256_set1_ps(-MX_EXP_LN2_LO), r);
-        __m256 u = _mm256_set1_ps(MX_EXP_C5);
-        u = _mm256_fmadd_ps(u, r, _mm256_set1_ps(MX_EXP_C4));
-        u = _mm256_fmadd_ps(u, r, _mm256_set1_ps(MX_EXP_C3));
-        u = _mm256_fmadd_ps(u, r, _mm256_set1_ps(MX_EXP_C2));
-        u = _mm256_fmadd_ps(u, r, _mm256_set1_ps(MX_EXP_C1));
-        u = _mm256_fmadd_ps(u, r, _mm256_set1_ps(MX_EXP_C0));
-        u = _mm256_fmadd_ps(_mm256_mul_ps(r, r), u, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-        __m256i b = _mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(t), 23), _mm256_set1_epi32(0x3f800000));
-        __m256 low = _mm256_cmp_ps(x, _mm256_set1_ps(MX_EXP_MIN), _CMP_LT_OQ);
-        return _mm256_andnot_ps(low, _mm256_mul_ps(u, _mm256_castsi256_ps(b)));
-}
+MX_DEFINE_MIX(2, mix2)
 
 /* 16 scores from p + i: the tail padded with `pad`. */
 static inline vf load16_or(const float *p, uint32_t i, uint32_t n, float pad) {
@@ -287,11 +254,11 @@ static void softmax(float *p, uint32_t n) {
         float max = -INFINITY;
         for (int j = 0; j < 8; j++)
                 max = l[j] > max ? l[j] : max;
-        __m256 m = _mm256_set1_ps(max);
+        vf m = vf_set1(max);
         for (uint32_t i = 0; i < n; i += 16) {
                 vf x = load16_or(p, i, n, 0.0f);
-                _mm256_store_ps(l, exp8(_mm256_sub_ps(x.lo, m)));
-                _mm256_store_ps(l + 8, exp8(_mm256_sub_ps(x.hi, m)));
+                vf e = vf_exp(vf_sub(x, m));
+                _mm256_store_ps(l, e.lo), _mm256_store_ps(l + 8, e.hi);
                 uint32_t valid = n - i < 16 ? n - i : 16;
                 memset(l + valid, 0, (16 - valid) * 4);
                 acc = (vf){_mm256_add_ps(acc.lo, _mm256_load_ps(l)), _mm256_add_ps(acc.hi, _mm256_load_ps(l + 8))};

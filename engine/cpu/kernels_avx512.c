@@ -11,6 +11,7 @@
 
 #include "quant.h"
 #include "simd_avx512.h"
+#include "simd_exp.h"
 
 static inline __m512 load_bf16(const void *p, __mmask16 m) {
         __m256i h = _mm256_maskz_loadu_epi16(m, p);
@@ -193,41 +194,7 @@ static inline __attribute__((always_inline)) void mix4(const float *w, uint64_t 
         }
 }
 
-static inline __attribute__((always_inline)) void mix_heads(const float *w, uint64_t ld, uint32_t nq, const void *v,
-                                                            uint64_t step, bool bf16, uint32_t n, uint32_t hd,
-                                                            float *o) {
-        uint32_t h = 0;
-        for (; h + 4 <= nq; h += 4)
-                mix4(w + h * ld, ld, v, step, bf16, n, hd, o + (size_t)h * hd);
-        for (; h < nq; h++)
-                mix_of(w + h * ld, v, step, bf16, n, hd, o + (size_t)h * hd);
-}
-
-static void mix(const float *w, uint64_t ld, uint32_t nq, const void *v, uint64_t step, bool bf16, uint32_t n,
-                uint32_t hd, float *o) {
-        if (bf16)
-                mix_heads(w, ld, nq, v, step, true, n, hd, o);
-        else
-                mix_heads(w, ld, nq, v, step, false, n, hd, o);
-}
-
-/* mx_exp on 16 lanes, operation for operation. */
-static inline __m512 exp16(__m512 x) {
-        __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(MX_EXP_LOG2E), _mm512_set1_ps(MX_EXP_SHIFT));
-        __m512 n = _mm512_sub_ps(t, _mm512_set1_ps(MX_EXP_SHIFT));
-        __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-MX_EXP_LN2_HI), x);
-        r = _mm512_fmadd_ps(n, _mm512_set1_ps(-MX_EXP_LN2_LO), r);
-        __m512 u = _mm512_set1_ps(MX_EXP_C5);
-        u = _mm512_fmadd_ps(u, r, _mm512_set1_ps(MX_EXP_C4));
-        u = _mm512_fmadd_ps(u, r, _mm512_set1_ps(MX_EXP_C3));
-        u = _mm512_fmadd_ps(u, r, _mm512_set1_ps(MX_EXP_C2));
-        u = _mm512_fmadd_ps(u, r, _mm512_set1_ps(MX_EXP_C1));
-        u = _mm512_fmadd_ps(u, r, _mm512_set1_ps(MX_EXP_C0));
-        u = _mm512_fmadd_ps(_mm512_mul_ps(r, r), u, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-        __m512i b = _mm512_add_epi32(_mm512_slli_epi32(_mm512_castps_si512(t), 23), _mm512_set1_epi32(0x3f800000));
-        __mmask16 low = _mm512_cmp_ps_mask(x, _mm512_set1_ps(MX_EXP_MIN), _CMP_LT_OQ);
-        return _mm512_maskz_mul_ps((__mmask16)~low, u, _mm512_castsi512_ps(b));
-}
+MX_DEFINE_MIX(4, mix4)
 
 /* One zmm is the sum's 16 lanes; the maximum is exact in any order
  * (vmaxps, like the scalar comparison, keeps the running maximum over a
@@ -239,7 +206,7 @@ static void softmax(float *p, uint32_t n) {
         __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
         for (uint32_t i = 0; i < n; i += 16) {
                 __mmask16 k = tail_mask(i, n);
-                __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p + i), m));
+                __m512 e = vf_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p + i), m));
                 acc = _mm512_mask_add_ps(acc, k, acc, e);
                 _mm512_mask_storeu_ps(p + i, k, e);
         }

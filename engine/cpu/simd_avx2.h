@@ -180,6 +180,31 @@ static inline vf vf_fma(vf a, vf b, vf c) {
         return (vf){_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
 }
 
+static inline vf vf_add(vf a, vf b) {
+        return (vf){_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)};
+}
+
+static inline vf vf_sub(vf a, vf b) {
+        return (vf){_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi)};
+}
+
+/* 2^n from t, whose low mantissa bits hold the integer n (simd_exp.h). */
+static inline __m256 pow2_bits(__m256 t) {
+        return _mm256_castsi256_ps(
+                _mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(t), 23), _mm256_set1_epi32(0x3f800000)));
+}
+
+static inline vf vf_pow2_bits(vf t) {
+        return (vf){pow2_bits(t.lo), pow2_bits(t.hi)};
+}
+
+/* v, and 0 where x < lim. */
+static inline vf vf_zero_below(vf x, float lim, vf v) {
+        __m256 l = _mm256_set1_ps(lim);
+        return (vf){_mm256_andnot_ps(_mm256_cmp_ps(x.lo, l, _CMP_LT_OQ), v.lo),
+                    _mm256_andnot_ps(_mm256_cmp_ps(x.hi, l, _CMP_LT_OQ), v.hi)};
+}
+
 static inline vf vf_cvt(vi v) {
         return (vf){_mm256_cvtepi32_ps(v.lo), _mm256_cvtepi32_ps(v.hi)};
 }

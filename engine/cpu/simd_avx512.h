@@ -162,6 +162,25 @@ static inline vf vf_fma(vf a, vf b, vf c) {
         return _mm512_fmadd_ps(a, b, c);
 }
 
+static inline vf vf_add(vf a, vf b) {
+        return _mm512_add_ps(a, b);
+}
+
+static inline vf vf_sub(vf a, vf b) {
+        return _mm512_sub_ps(a, b);
+}
+
+/* 2^n from t, whose low mantissa bits hold the integer n (simd_exp.h). */
+static inline vf vf_pow2_bits(vf t) {
+        return _mm512_castsi512_ps(
+                _mm512_add_epi32(_mm512_slli_epi32(_mm512_castps_si512(t), 23), _mm512_set1_epi32(0x3f800000)));
+}
+
+/* v, and 0 where x < lim. */
+static inline vf vf_zero_below(vf x, float lim, vf v) {
+        return _mm512_maskz_mov_ps((__mmask16)~_mm512_cmp_ps_mask(x, _mm512_set1_ps(lim), _CMP_LT_OQ), v);
+}
+
 static inline vf vf_cvt(vi v) {
         return _mm512_cvtepi32_ps(v);
 }

@@ -210,3 +210,24 @@ static inline void mx_tile_put(float *o, float s, bool accumulate) {
                 else                                                                               \
                         scores_heads(q, nq, k, step, false, n, hd, scale, out, ld);                \
         }
+
+/* Attention's mix kernel over tiles of H heads (TILE, with mix_of for
+ * one head): heads H at a time, the leftovers head by head. */
+#define MX_DEFINE_MIX(H, TILE)                                                                     \
+        static inline __attribute__((always_inline)) void mix_heads(                               \
+                const float *w, uint64_t ld, uint32_t nq, const void *v, uint64_t step, bool bf16, uint32_t n, \
+                uint32_t hd, float *o) {                                                           \
+                uint32_t h = 0;                                                                    \
+                for (; h + H <= nq; h += H)                                                        \
+                        TILE(w + h * ld, ld, v, step, bf16, n, hd, o + (size_t)h * hd);            \
+                for (; h < nq; h++)                                                                \
+                        mix_of(w + h * ld, v, step, bf16, n, hd, o + (size_t)h * hd);              \
+        }                                                                                          \
+                                                                                                   \
+        static void mix(const float *w, uint64_t ld, uint32_t nq, const void *v, uint64_t step, bool bf16, \
+                        uint32_t n, uint32_t hd, float *o) {                                       \
+                if (bf16)                                                                          \
+                        mix_heads(w, ld, nq, v, step, true, n, hd, o);                             \
+                else                                                                               \
+                        mix_heads(w, ld, nq, v, step, false, n, hd, o);                            \
+        }
