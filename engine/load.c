@@ -143,7 +143,7 @@ int mx_load_engine(mx_load *l, const mx_load_opts *o, mx_error *err) {
                                                   &quantizing, err)) < 0)
                 return r;
         mx_engine_opts eo = {.device = o->device, .threads = o->threads, .simd = o->simd,
-                             .activations = o->activations,
+                             .activations = o->activations, .bf16_plain = o->bf16_plain,
                              .expert_memory = l->expert_memory, .host_cache = l->host_cache,
                              .kv_type = l->kv_type, .kv_memory = l->kv_memory,
                              .kv_memory_percent = l->kv_memory_percent,

@@ -373,6 +373,9 @@ bool mx_model_fits_in_memory(const mx_model *m);
  * again in place and this returns 0. The engine checks before and after
  * every step. */
 int mx_model_check_files(const mx_model *m, mx_error *err);
+/* Whether a read of a model file has met a missing page since the last
+ * mx_model_check_files: what read it then read zeros. */
+bool mx_model_files_faulted(const mx_model *m);
 
 /* ---- load-time quantization ------------------------------------------------- */
 
@@ -456,6 +459,11 @@ typedef struct mx_engine_opts {
          * whatever else shares a step; they differ from each other by the
          * rounding of the activations. */
         mx_activations activations;
+        /* On the fast path of AVX-512, BF16 matrices are packed at start-up
+         * (their exponents coded: the same values in about 0.77 of the
+         * bytes, the same results): true keeps them as mapped, saving the
+         * copy's memory and time. */
+        bool bf16_plain;
         /* Expert streaming: bytes of expert weights to keep in memory (the
          * rest is read from the files on demand); 0 keeps them all, mapped.
          * At least top-k experts per layer are kept whatever it says. */
@@ -638,6 +646,7 @@ typedef struct mx_load_opts {
         const char *kv_memory;     /* NULL: auto (see mx_kv_memory_parse) */
         mx_ftype quantize;         /* the weights' types, made as they load (none: as stored) */
         mx_activations activations;
+        bool bf16_plain;           /* see mx_engine_opts */
         /* Optional: what is being done ("Loading the model", ...), bytes
          * done and in all. Called from the thread that loads. */
         void (*progress)(const char *what, uint64_t done, uint64_t total, void *arg);

@@ -172,6 +172,7 @@ static void cpu_destroy(mx_backend *b) {
         free(cb->rope_sin);
         free(cb->act);
         mx_cpu_moe_free(cb);
+        mx_cpu_packed_free(cb);
         mx_expert_cache_free(cb->experts);
         free(cb->kv);
         free(cb);
@@ -247,6 +248,22 @@ static mx_isa isa_for(mx_simd simd) {
         return mx_isa_detect();
 }
 
+/* The copies must hold the files' bytes: a file that shrank before or
+ * while they were made (its missing pages read as zeros) fails the start. */
+static int pack_weights(cpu_backend *cb, mx_error *err) {
+        const mx_model *m = cb->base.model;
+        int r = mx_model_check_files(m, err);
+        if (r < 0)
+                return r;
+        if ((r = mx_cpu_pack_weights(cb)) < 0)
+                return mx_error_set(err, r, "out of memory packing the bf16 weights (bf16-plain keeps them as mapped)");
+        if (mx_model_files_faulted(m)) {
+                r = mx_model_check_files(m, err);
+                return r < 0 ? r : mx_error_set(err, -EIO, "%s: a model file changed while its weights were packed", m->dir);
+        }
+        return 0;
+}
+
 int mx_cpu_backend_new(const mx_model *m, const mx_engine_opts *o, mx_backend **out, mx_error *err) {
         uint32_t threads = o->threads;
         for (size_t i = 0; i < m->n_tensors; i++)
@@ -287,8 +304,16 @@ int mx_cpu_backend_new(const mx_model *m, const mx_engine_opts *o, mx_backend **
                 cpu_destroy(&cb->base);
                 return r;
         }
+        /* Only AVX-512 has kernels for packed rows. */
+        bool pack = cb->fast && !o->bf16_plain && (isa == MX_ISA_AVX512 || isa == MX_ISA_AVX512_VNNI);
+        if (pack && (r = pack_weights(cb, err)) < 0) {
+                cpu_destroy(&cb->base);
+                return r;
+        }
         int k = snprintf(cb->desc, sizeof(cb->desc), "cpu, %u thread%s, %s, %s activations", threads,
                          threads == 1 ? "" : "s", mx_isa_name(isa), cb->fast ? "fast" : "f32");
+        if (cb->n_packed)
+                k += snprintf(cb->desc + k, sizeof(cb->desc) - (size_t)k, ", %zu bf16 matrices packed", cb->n_packed);
         if (cb->experts) {
                 mx_expert_stats st;
                 mx_expert_cache_stats(cb->experts, &st);

@@ -10,6 +10,14 @@ typedef struct cpu_f32 {
         float *data;
 } cpu_f32;
 
+/* A BF16 matrix packed (MX_BF16P, bf16_packed.c). */
+typedef struct cpu_packed {
+        const mx_tensor *t;
+        uint8_t *data;   /* [t rows][stride bytes] */
+        uint64_t stride; /* bytes per row */
+        uint64_t nbytes;
+} cpu_packed;
+
 typedef struct cpu_scratch {
         float *p;
         size_t cap;
@@ -28,6 +36,8 @@ typedef struct cpu_backend {
         cpu_f32 *f32;                          /* norm weights as fp32 (tiny) */
         size_t n_f32;
         cpu_scratch *scratch;                  /* one per thread */
+        cpu_packed *packed;                    /* sorted by tensor address */
+        size_t n_packed;
         struct cpu_moe *moe;
         struct mx_expert_cache *experts; /* NULL: every expert mapped */
         void *kv;       /* the KV pool: [blocks][layer][K|V][MX_KV_BLOCK][kv_heads * head_dim] of base.kv_type */
@@ -42,6 +52,14 @@ int mx_cpu_norms_init(cpu_backend *cb);
 const float *mx_cpu_f32_of(cpu_backend *cb, const mx_tensor *t);
 /* Per-thread scratch of at least n floats; NULL when out of memory. */
 float *mx_cpu_scratch(cpu_backend *cb, uint32_t thread, size_t n);
+
+/* Packs the BF16 matrices that qualify (bf16_packed.c); -ENOMEM. */
+int mx_cpu_pack_weights(cpu_backend *cb);
+void mx_cpu_packed_free(cpu_backend *cb);
+/* t packed, or NULL. */
+const cpu_packed *mx_cpu_packed_of(const cpu_backend *cb, const mx_tensor *t);
+/* The bytes a product with t reads: packed or as mapped. */
+uint64_t mx_cpu_weight_bytes(const cpu_backend *cb, const mx_tensor *t);
 
 int mx_cpu_matmul(mx_backend *b, const mx_tensor *w, const float *x, float *out, uint32_t n,
                   bool accumulate);

@@ -70,6 +70,38 @@ typedef enum mx_act {
         MX_ACT_BF16, /* uint16 bf16[cols], rounded to nearest even */
 } mx_act;
 
+/* MX_BF16P: BF16 rows with their exponents coded, for the fast path on
+ * AVX-512 (bf16_packed.c). A row of cols values (a multiple of
+ * MX_BF16P_BLOCK) takes `stride` bytes, the same for every row of a
+ * matrix (a multiple of 64):
+ * - a table of MX_BF16P_TABLE uint16, entry c = exponent field << 7 of
+ *   code c (c < MX_BF16P_CODES; the rest 0);
+ * - per block of 64 values, MX_BF16P_BLOCK_BYTES: 64 bytes of sign << 7 |
+ *   the 7 mantissa bits, then 32 bytes of codes: byte i holds value i's
+ *   code in its low 4 bits and value 32 + i's in its high 4 bits;
+ * - then the row's exceptions, in order: the whole bf16 word of each value
+ *   whose code is MX_BF16P_CODES (its sign and mantissa byte is 0); zeros
+ *   to the stride.
+ * Value v = sign << 15 | table[code] | mantissa, or the next exception. */
+#define MX_BF16P_BLOCK 64
+#define MX_BF16P_BLOCK_BYTES 96
+#define MX_BF16P_CODES 15
+#define MX_BF16P_TABLE 16
+/* Products unpack a tile of rows on the stack to run prefill's BF16
+ * tiles; this bounds it (4 rows of 16384 values: 128 KiB). */
+#define MX_BF16P_MAX_COLS 16384
+
+/* How many of a row's values would be exceptions. */
+uint64_t mx_bf16p_exceptions(const uint16_t *w, uint64_t cols);
+/* Whether a matrix of cols columns whose worst row has max_exceptions
+ * packs (cols a multiple of the block, up to MX_BF16P_MAX_COLS; at most
+ * one value in 16 an exception; fewer bytes than plain: 256 columns and
+ * more), and its stride. */
+bool mx_bf16p_fits(uint64_t cols, uint64_t max_exceptions, uint64_t *stride);
+void mx_bf16p_pack_row(const uint16_t *w, uint64_t cols, uint8_t *dst, uint64_t stride);
+/* The row's bf16 words again, exactly. */
+void mx_bf16p_unpack_row(const uint8_t *row, uint64_t cols, uint16_t *out);
+
 /* Products of MX_ACT_GROUP_MIN tokens and more with Q4_0, Q4_K or Q6_K weights
  * also get their activations in groups of MX_ACT_GROUP tokens, so that a
  * register holds the same 4 values of 16 tokens. Part m of a block: token
@@ -114,6 +146,7 @@ static inline const int16_t *mx_act_bsums(const uint8_t *row, uint64_t cols) {
 typedef struct mx_matmul_args {
         const uint8_t *w;    /* row 0 of the weight matrix, [rows][cols] */
         mx_dtype dtype;
+        uint64_t packed;     /* BF16 rows packed (MX_BF16P): their stride in bytes; 0: the dtype's rows */
         uint64_t cols;
         const float *x;      /* [n][ldx] fp32 activations (the f32 path) */
         uint64_t ldx;

@@ -188,14 +188,17 @@ static void unpermute(const mx_tensor *w, const float *tmp, float *out, uint32_t
                 }
 }
 
-static mx_matmul_args args_of(const mx_tensor *w, const float *x, float *out, uint32_t n, bool accumulate) {
-        return (mx_matmul_args){.w = w->data, .dtype = w->dtype, .cols = w->shape[1], .x = x, .ldx = w->shape[1],
-                                .out = out, .ldo = w->shape[0], .n = n, .accumulate = accumulate};
+static mx_matmul_args args_of(const cpu_backend *cb, const mx_tensor *w, const float *x, float *out, uint32_t n,
+                              bool accumulate) {
+        const cpu_packed *pk = mx_cpu_packed_of(cb, w);
+        return (mx_matmul_args){.w = pk ? pk->data : w->data, .dtype = w->dtype, .packed = pk ? pk->stride : 0,
+                                .cols = w->shape[1], .x = x, .ldx = w->shape[1], .out = out, .ldo = w->shape[0],
+                                .n = n, .accumulate = accumulate};
 }
 
-static void count_product(mx_backend *b, const mx_tensor *w, uint32_t n) {
-        b->weight_bytes += w->nbytes;
-        b->matmul_flops += 2 * w->shape[0] * w->shape[1] * n;
+static void count_product(cpu_backend *cb, const mx_tensor *w, uint32_t n) {
+        cb->base.weight_bytes += mx_cpu_weight_bytes(cb, w);
+        cb->base.matmul_flops += 2 * w->shape[0] * w->shape[1] * n;
 }
 
 /* Scratch for the permuted products' stored-order outputs: thread 0's
@@ -222,13 +225,13 @@ int mx_cpu_products(mx_backend *b, const cpu_product *p, uint32_t count) {
                 if (permuted && !perm)
                         return -ENOMEM;
                 float *out = permuted ? perm + at : p[i].out;
-                runs[i] = (prod_run){.a = args_of(p[i].w, p[i].x, out, p[i].n, p[i].accumulate && !permuted),
+                runs[i] = (prod_run){.a = args_of(cb, p[i].w, p[i].x, out, p[i].n, p[i].accumulate && !permuted),
                                      .swiglu = p[i].w3 != NULL, .rows = p[i].w->shape[0]};
                 at += permuted ? (size_t)p[i].w->shape[0] * p[i].n : 0;
-                count_product(b, p[i].w, p[i].n);
+                count_product(cb, p[i].w, p[i].n);
                 if (p[i].w3) {
-                        runs[i].a3 = args_of(p[i].w3, p[i].x, p[i].tmp, p[i].n, false);
-                        count_product(b, p[i].w3, p[i].n);
+                        runs[i].a3 = args_of(cb, p[i].w3, p[i].x, p[i].tmp, p[i].n, false);
+                        count_product(cb, p[i].w3, p[i].n);
                 }
         }
         int r = round_activations(cb, runs, count);

@@ -134,7 +134,7 @@ static int prefetch(cpu_backend *cb, const mx_layer *l, const float *x, uint32_t
                 return 0;
         int r = mx_cpu_matmul(&cb->base, md->layers[L + 1].router, x, m->logits, n, false);
         /* A guess, not the model's work: not counted as such. */
-        cb->base.weight_bytes -= md->layers[L + 1].router->nbytes;
+        cb->base.weight_bytes -= mx_cpu_weight_bytes(cb, md->layers[L + 1].router);
         cb->base.matmul_flops -= 2ull * E * c->hidden_size * n;
         for (uint32_t t = 0; r == 0 && t < n; t++) {
                 mx_cpu_route(m->logits + (size_t)t * E, E, k, m->prob, m->pred + (size_t)t * k, m->pred_w + (size_t)t * k);
@@ -144,12 +144,14 @@ static int prefetch(cpu_backend *cb, const mx_layer *l, const float *x, uint32_t
         return r;
 }
 
-/* Expert e's weights: mapped, or from the cache (pinned until released). */
-static int expert_weights(cpu_backend *cb, const mx_layer *l, uint32_t e, mx_expert_view *v) {
+/* Expert e's weights, w1, w2, w3: the model's own (mapped or packed), or
+ * from the cache into v (pinned until released). */
+static int expert_weights(cpu_backend *cb, const mx_layer *l, uint32_t e, mx_expert_view *v, const mx_tensor *w[3]) {
         if (!cb->experts) {
-                v->w1 = *l->w1[e], v->w2 = *l->w2[e], v->w3 = *l->w3[e];
+                w[0] = l->w1[e], w[1] = l->w2[e], w[2] = l->w3[e];
                 return 0;
         }
+        w[0] = &v->w1, w[1] = &v->w2, w[2] = &v->w3;
         uint32_t L = (uint32_t)(l - cb->base.model->layers);
         return mx_expert_cache_acquire(cb->experts, L, e, v, &cb->err);
 }
@@ -178,10 +180,11 @@ static int one_expert(cpu_backend *cb, const mx_layer *l, uint32_t e, const floa
         if (!count)
                 return 0;
         mx_expert_view v;
-        int r = expert_weights(cb, l, e, &v);
+        const mx_tensor *w[3];
+        int r = expert_weights(cb, l, e, &v, w);
         if (r < 0)
                 return r;
-        r = run_expert(&cb->base, &v.w1, &v.w2, &v.w3, x, count);
+        r = run_expert(&cb->base, w[0], w[1], w[2], x, count);
         if (cb->experts)
                 mx_expert_cache_release(cb->experts, (uint32_t)(l - cb->base.model->layers), e);
         return r;

@@ -31,9 +31,10 @@ typedef struct mx_tiles {
         void (*rows)(const mx_matmul_args *a, uint64_t r0, uint64_t r1);
 } mx_tiles;
 
-/* The fast path's tiles for a weight type (fast_*.c); NULL for F16/F32. */
-const mx_tiles *MX_SYM(mx_fast_tiles_avx2)(mx_dtype t);
-const mx_tiles *MX_SYM(mx_fast_tiles_avx512)(mx_dtype t);
+/* The fast path's tiles for a weight type (fast_*.c), or for packed BF16
+ * rows (MX_BF16P: AVX-512 only); NULL for F16/F32. */
+const mx_tiles *MX_SYM(mx_fast_tiles_avx2)(mx_dtype t, bool packed);
+const mx_tiles *MX_SYM(mx_fast_tiles_avx512)(mx_dtype t, bool packed);
 
 /* Tokens per block in prefill: their activations stay in L2 while the
  * block's rows go by. */
@@ -60,8 +61,9 @@ static inline void mx_tiles_rows(const mx_tiles *tl, const mx_matmul_args *a, ui
                 tl->rows(a, r0, r1);
                 return;
         }
-        uint64_t rb = 0, K = a->cols, r = r0;
-        mx_dtype_row_bytes(a->dtype, a->cols, &rb);
+        uint64_t rb = a->packed, K = a->cols, r = r0;
+        if (!rb)
+                mx_dtype_row_bytes(a->dtype, a->cols, &rb);
         const uint8_t *x = a->xq ? a->xq : (const uint8_t *)a->x;
         uint64_t ldx = a->xq ? a->ldxq : a->ldx * sizeof(float);
         if (a->n < 4) {
@@ -177,7 +179,7 @@ static inline void mx_tile_put(float *o, float s, bool accumulate) {
                 [MX_DTYPE_Q5_K] = &tiles_q5_k, [MX_DTYPE_Q6_K] = &tiles_q6_k,                      \
         };                                                                                         \
         static void matmul_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {               \
-                mx_tiles_rows(a->xq ? FAST(a->dtype) : f32_tiles[a->dtype], a, r0, r1);            \
+                mx_tiles_rows(a->xq ? FAST(a->dtype, a->packed != 0) : f32_tiles[a->dtype], a, r0, r1); \
         }
 
 /* Attention's scores kernel over a tile of H heads x H keys (TILE, with

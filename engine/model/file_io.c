@@ -165,6 +165,11 @@ static int guard(const char *path, const uint8_t *map, uint64_t size) {
         return -EMFILE;
 }
 
+bool mx_map_faulted(const uint8_t *map) {
+        guarded *g = atomic_load(&n_faulted) ? guard_of(map) : NULL;
+        return g && atomic_load(&g->faulted);
+}
+
 int mx_map_check(const uint8_t *map, mx_error *err) {
         if (!atomic_load(&n_faulted))
                 return 0;

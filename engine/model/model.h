@@ -69,6 +69,8 @@ void mx_unmap_file(const uint8_t *map, uint64_t size);
  * the same address and this returns 0). Call it where no other thread
  * reads the mapping. */
 int mx_map_check(const uint8_t *map, mx_error *err);
+/* Whether a read of the mapping has faulted since it was last mapped. */
+bool mx_map_faulted(const uint8_t *map);
 /* A file's identity for "put back as it was": its size and first MiB. */
 int mx_file_fingerprint(const char *path, uint64_t *out);
 

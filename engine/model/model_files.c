@@ -194,6 +194,13 @@ int mx_model_check_files(const mx_model *m, mx_error *err) {
         return 0;
 }
 
+bool mx_model_files_faulted(const mx_model *m) {
+        for (size_t i = 0; i < m->n_files; i++)
+                if (mx_map_faulted(m->files[i].map))
+                        return true;
+        return false;
+}
+
 void mx_model_files_close(mx_model *m) {
         model_priv *p = m->priv;
         for (size_t i = 0; i < m->n_files; i++) {

@@ -137,12 +137,16 @@ static int generate(mx_engine *e, int32_t *out, mx_error *err) {
         return generate_changing(e, out, NULL, 0, err);
 }
 
-static mx_engine *open_engine(const mx_model *m, uint64_t budget) {
+static mx_engine *open_engine_with(const mx_model *m, uint64_t budget, bool bf16_plain) {
         mx_error err = {0};
         mx_engine *e = NULL;
-        mx_engine_opts o = {.threads = 1, .expert_memory = budget};
+        mx_engine_opts o = {.threads = 1, .expert_memory = budget, .bf16_plain = bf16_plain};
         CHECK(mx_engine_open(&e, m, &o, &err) == 0, "engine with budget %llu: %s", (unsigned long long)budget, err.msg);
         return e;
+}
+
+static mx_engine *open_engine(const mx_model *m, uint64_t budget) {
+        return open_engine_with(m, budget, false);
 }
 
 static void check_budgets(const mx_model *m, const int32_t *want) {
@@ -360,10 +364,10 @@ static char *slurp(const char *path, size_t *n) {
         return buf;
 }
 
-/* Mapped, not streamed: nothing copied, so a shrunk file is a SIGBUS
- * inside the matrix kernels, on the pool's threads. */
+/* Mapped, not streamed, and not packed: nothing copied, so a shrunk file
+ * is a SIGBUS inside the matrix kernels, on the pool's threads. */
 static void check_mapped_truncated(const mx_model *m, const int32_t *want) {
-        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(m, 0);
+        _cleanup_(mx_engine_freep) mx_engine *e = open_engine_with(m, 0, true);
         int32_t got[STEPS];
         size_t n;
         _cleanup_free_ char *saved = slurp(experts_path, &n);
@@ -387,6 +391,33 @@ static void check_mapped_truncated(const mx_model *m, const int32_t *want) {
         err = (mx_error){0};
         CHECK(generate(e, got, &err) == 0 && ids_eq(got, STEPS, want, STEPS), "mapped, copy renamed over: %s",
               err.msg);
+}
+
+/* Packed (where the CPU packs bf16 weights: AVX-512), the experts no
+ * longer read their file after start-up: a shrunk file changes nothing;
+ * and an engine started on a shrunk file refuses to start, rather than
+ * pack zeros. */
+static void check_packed_truncated(const mx_model *m, const int32_t *want) {
+        _cleanup_(mx_engine_freep) mx_engine *e = open_engine(m, 0);
+        int32_t got[STEPS];
+        size_t n;
+        _cleanup_free_ char *saved = slurp(experts_path, &n);
+        mx_error err = {0};
+        if (!e || !saved || !strstr(mx_engine_describe(e), "packed")) {
+                printf("packed: skipped (%s)\n", e ? mx_engine_describe(e) : "no engine");
+                return;
+        }
+        CHECK(truncate(experts_path, (off_t)(n / 3)) == 0, "truncate: %s", strerror(errno));
+        CHECK(generate(e, got, &err) == 0 && ids_eq(got, STEPS, want, STEPS), "packed, truncated: %s", err.msg);
+        mx_engine *late = NULL;
+        mx_engine_opts o = {.threads = 1};
+        err = (mx_error){0};
+        CHECK(mx_engine_open(&late, m, &o, &err) == -EIO && strstr(err.msg, experts_path),
+              "packing a shrunk file: '%s'", err.msg);
+        mx_engine_free(late);
+        CHECK(write_file(experts_path, saved, n) == 0, "restore %s in place", experts_path);
+        err = (mx_error){0};
+        CHECK(mx_model_check_files(m, &err) == 0, "restored: %s", err.msg);
 }
 
 /* The budget's syntax, good and bad. */
@@ -465,6 +496,7 @@ int main(int argc, char **argv) {
                 check_fault(m, want, "short:1:40", "short read");
                 check_truncated(m, want);
                 check_mapped_truncated(m, want);
+                check_packed_truncated(m, want);
                 check_mixed_file_truncated(argv[1]);
                 /* Where io_uring cannot be had: the same tokens through pread. */
                 setenv("MX_IO_URING", "0", 1);

@@ -12,7 +12,8 @@
  * (float32, every position of every prompt, one pass each),
  * greedy-PATH.txt (8 greedy tokens per prompt, one step at a time through
  * the KV cache) and steps-PATH.bin (the logits each was drawn from). Checks itself that the footprint counts the new types,
- * that expert streaming refuses the model, and that mx_model_copy_dense
+ * that expert streaming refuses the model, that packed BF16 matrices give
+ * the logits of the mapped ones, and that mx_model_copy_dense
  * leaves its logits as they were; a file's block-format experts streamed
  * at the smallest budget give the mapped logits. Exit 1 on any failure. */
 #include <jansson.h>
@@ -107,13 +108,17 @@ static void write_weights(const mx_model *m, const char *dir) {
         json_decref(root);
 }
 
-static mx_engine *open_engine(const mx_model *m, mx_activations act) {
+static mx_engine *open_engine_with(const mx_model *m, mx_activations act, bool bf16_plain) {
         /* (f32 KV: the reference computes K and V in fp32) */
-        mx_engine_opts o = {.activations = act, .kv_type = MX_KV_F32};
+        mx_engine_opts o = {.activations = act, .kv_type = MX_KV_F32, .bf16_plain = bf16_plain};
         mx_engine *e = NULL;
         mx_error err = {0};
         CHECK(mx_engine_open(&e, m, &o, &err) == 0, "%s", err.msg);
         return e;
+}
+
+static mx_engine *open_engine(const mx_model *m, mx_activations act) {
+        return open_engine_with(m, act, false);
 }
 
 /* Logits of every position of every prompt, one pass each; greedy ids,
@@ -207,6 +212,24 @@ static void check_streaming_and_copy(mx_model *m, const float *fast, size_t floa
         mx_engine_free(e);
 }
 
+/* BF16 matrices packed (where the CPU packs them) give the logits of the
+ * same matrices as mapped, bit for bit. */
+static void check_plain(const mx_model *m, const float *fast, size_t floats) {
+        mx_engine *e = open_engine_with(m, MX_ACTIVATIONS_FAST, true);
+        mx_ids greedy[MAX_PROMPTS] = {0};
+        size_t rows;
+        float *steps = malloc((size_t)MAX_PROMPTS * GREEDY * m->cfg.vocab_size * sizeof(float));
+        float *plain = e ? run(e, m->cfg.vocab_size, &rows, greedy, steps) : NULL;
+        CHECK(plain && !strstr(mx_engine_describe(e), "packed"), "bf16_plain packed anyway");
+        CHECK(plain && memcmp(plain, fast, floats * sizeof(float)) == 0,
+              "bf16 matrices packed and as mapped: the logits differ");
+        for (size_t i = 0; i < n_prompts; i++)
+                mx_ids_free(&greedy[i]);
+        free(steps);
+        free(plain);
+        mx_engine_free(e);
+}
+
 /* Block-format experts stream from the file they are stored in, one
  * expert per slot, and give the mapped run's logits bit for bit. */
 static void check_file_streaming(const mx_model *m, const float *fast, size_t floats) {
@@ -254,6 +277,11 @@ int main(int argc, char **argv) {
         for (int p = 0; p < 2; p++) {
                 mx_ids greedy[MAX_PROMPTS] = {0};
                 mx_engine *e = open_engine(m, p ? MX_ACTIVATIONS_FAST : MX_ACTIVATIONS_F32);
+                /* (q256's BF16 rows are 256 and 512 wide: they pack.) */
+                const mx_tensor *w1 = m->layers[0].w1[0];
+                if (e && p && strstr(mx_engine_describe(e), "avx512") && w1->dtype == MX_DTYPE_BF16 &&
+                    w1->shape[1] % 256 == 0)
+                        CHECK(strstr(mx_engine_describe(e), "packed"), "not packed: %s", mx_engine_describe(e));
                 float *logits = run(e, vocab, &rows, greedy, steps);
                 write_path(argv[3], p ? "fast" : "f32", logits, rows * vocab, steps, n_prompts * GREEDY * vocab,
                            greedy);
@@ -265,6 +293,7 @@ int main(int argc, char **argv) {
                 else
                         free(logits);
         }
+        check_plain(m, fast, rows * vocab);
         if (ft != MX_FTYPE_NONE)
                 check_streaming_and_copy(m, fast, rows * vocab);
         else if (mx_dtype_is_block(m->layers[0].w1[0]->dtype))

@@ -8,7 +8,9 @@
  * mx_dequant_row's floats, and the fast path stays within its tolerance of
  * the f32 path; and attention's kernels (scores, mix) on fp32 and bf16
  * rows against the scalar dot and axpy, its softmax on every instruction
- * set against the scalar one, and the softmax's exp against exp. */
+ * set against the scalar one, and the softmax's exp against exp. Packed
+ * BF16 rows (MX_BF16P) unpack to the very words they were packed from,
+ * and their products on AVX-512 equal the plain rows' scalar ones. */
 #include <math.h>
 
 #include "kernels.h"
@@ -172,6 +174,123 @@ static void check(mx_dtype t, uint64_t rows, uint64_t cols) {
         unmake(&p);
 }
 
+/* Words that test the packing: zeros of both signs, subnormals, values
+ * whose exponents are rare in their row (exceptions), and rows with
+ * exceptions in most blocks. kernels false: only values every kernel
+ * multiplies alike (vdpbf16ps flushes subnormal products, kernels.h). */
+static void unusual_words(problem *p, bool kernels) {
+        uint16_t *w = (uint16_t *)p->w;
+        for (uint64_t r = 0; r < p->rows; r++)
+                for (uint64_t i = 0; i < p->cols; i++) {
+                        uint16_t *v = &w[r * p->cols + i];
+                        uint64_t h = (r * 131 + i * 71) % 97;
+                        if (h == 1)
+                                *v = 0x0000;
+                        else if (h == 2)
+                                *v = 0x8000;
+                        else if (h == 3 && !kernels)
+                                *v = (uint16_t)(0x0001 + i % 120); /* subnormal */
+                        else if ((h == 4 || (r % 5 == 2 && i % 64 == 9)) && p->cols >= 64)
+                                *v = (uint16_t)((i % 2) << 15 | (0x10 + (r + i) % 40) << 7 | (i % 128));
+                }
+}
+
+/* out[n][rows] from kernels k on packed rows, tokens [0, n). */
+static void packed_product(const mx_kernels *k, const problem *p, const uint8_t *packed, uint64_t stride, uint32_t n,
+                           float *out, bool accumulate) {
+        mx_matmul_args a = {.w = packed, .dtype = MX_DTYPE_BF16, .packed = stride, .cols = p->cols, .x = p->x,
+                            .ldx = p->cols, .xq = p->xq, .ldxq = p->ldxq, .out = out, .ldo = p->rows, .n = n,
+                            .accumulate = accumulate};
+        uint64_t split = p->rows / 3;
+        k->matmul_rows(&a, 0, split);
+        k->matmul_rows(&a, split, p->rows);
+}
+
+/* The rows packed: NULL where they do not fit MX_BF16P. */
+static uint8_t *pack(const problem *p, uint64_t *stride) {
+        uint64_t most = 0;
+        for (uint64_t r = 0; r < p->rows; r++) {
+                uint64_t e = mx_bf16p_exceptions((const uint16_t *)p->w + r * p->cols, p->cols);
+                most = e > most ? e : most;
+        }
+        if (!mx_bf16p_fits(p->cols, most, stride))
+                return NULL;
+        uint8_t *packed = malloc(p->rows * *stride);
+        for (uint64_t r = 0; r < p->rows; r++)
+                mx_bf16p_pack_row((const uint16_t *)p->w + r * p->cols, p->cols, packed + r * *stride, *stride);
+        return packed;
+}
+
+static void check_unpack(uint64_t rows, uint64_t cols) {
+        problem p;
+        make(&p, MX_DTYPE_BF16, rows, cols);
+        unusual_words(&p, false);
+        uint64_t stride;
+        uint8_t *packed = pack(&p, &stride);
+        uint16_t *back = malloc(cols * sizeof(uint16_t));
+        CHECK(packed && stride % 64 == 0 && stride < cols * 2, "bf16p %llu: packs (stride %llu)",
+              (unsigned long long)cols, (unsigned long long)stride);
+        for (uint64_t r = 0; packed && r < rows; r++) {
+                mx_bf16p_unpack_row(packed + r * stride, cols, back);
+                CHECK(memcmp(back, p.w + r * p.row_bytes, cols * 2) == 0, "bf16p %llu: row %llu unpacks to other words",
+                      (unsigned long long)cols, (unsigned long long)r);
+        }
+        free(packed), free(back);
+        unmake(&p);
+}
+
+static void check_packed(uint64_t rows, uint64_t cols) {
+        problem p;
+        make(&p, MX_DTYPE_BF16, rows, cols);
+        unusual_words(&p, true);
+        uint64_t stride;
+        uint8_t *packed = pack(&p, &stride);
+        size_t outs = (size_t)MAX_N * rows;
+        float *ref = malloc(outs * sizeof(float)), *got = malloc(outs * sizeof(float));
+        CHECK(packed != NULL, "bf16p %llu x %llu: does not pack", (unsigned long long)rows, (unsigned long long)cols);
+        for (uint32_t i = 0; i < MAX_N; i++)
+                product(&mx_kernels_scalar, &p, true, i, 1, ref + i * rows, false);
+        static const mx_isa packs[] = {MX_ISA_AVX512, MX_ISA_AVX512_VNNI};
+        for (size_t s = 0; packed && s < MX_ELEMENTSOF(packs); s++) {
+                if (!mx_isa_supported(packs[s]))
+                        continue;
+                const mx_kernels *k = mx_kernels_for(packs[s]);
+                int bad = 0;
+                for (uint32_t n = 1; n <= MAX_N && !bad; n += n < 8 ? 1 : n < 24 ? 5 : 23) {
+                        packed_product(k, &p, packed, stride, n, got, false);
+                        bad = memcmp(got, ref, (size_t)n * rows * sizeof(float)) != 0;
+                        CHECK(!bad, "bf16p %llux%llu, %s, %u tokens: differs from the plain rows' scalar products",
+                              (unsigned long long)rows, (unsigned long long)cols, mx_isa_name(packs[s]), n);
+                }
+                for (size_t i = 0; i < (size_t)5 * rows; i++)
+                        got[i] = 1.0f;
+                packed_product(k, &p, packed, stride, 5, got, true);
+                for (size_t i = 0; i < (size_t)5 * rows; i++)
+                        if (got[i] != 1.0f + ref[i]) {
+                                CHECK(false, "bf16p, %s: accumulate differs at %zu", mx_isa_name(packs[s]), i);
+                                break;
+                        }
+        }
+        printf("bf16p %4llu x %5llu: packed rows on AVX-512 equal the plain rows' scalar products\n",
+               (unsigned long long)rows, (unsigned long long)cols);
+        free(packed), free(ref), free(got);
+        unmake(&p);
+}
+
+/* What does not pack stays plain: widths off the block or past the
+ * stack's tile, rows where over one value in 16 would be an exception. */
+static void check_refused(void) {
+        uint64_t stride;
+        CHECK(!mx_bf16p_fits(96, 0, &stride) && !mx_bf16p_fits(0, 0, &stride), "bf16p: widths off the block refused");
+        CHECK(!mx_bf16p_fits(MX_BF16P_MAX_COLS + 64, 0, &stride), "bf16p: too wide refused");
+        CHECK(mx_bf16p_fits(1024, 64, &stride) && !mx_bf16p_fits(1024, 65, &stride), "bf16p: exceptions bound");
+        CHECK(!mx_bf16p_fits(128, 0, &stride) && mx_bf16p_fits(256, 0, &stride), "bf16p: narrow rows gain nothing");
+        uint16_t w[64];
+        for (int i = 0; i < 64; i++)
+                w[i] = (uint16_t)((i + 1) << 7); /* 64 exponents: 49 exceptions */
+        CHECK(mx_bf16p_exceptions(w, 64) == 64 - MX_BF16P_CODES, "bf16p: exceptions counted");
+}
+
 /* Attention's tests: up to KEYS keys and HEADS heads, score rows LD apart. */
 enum { KEYS = 19, HEADS = 9, LD = KEYS + 2 };
 
@@ -315,6 +434,10 @@ int main(void) {
                 check(kq[i], 21, 256), check(kq[i], 13, 768);
         /* A row of Mixtral's width. */
         check(MX_DTYPE_BF16, 9, 4096), check(MX_DTYPE_Q4_0, 9, 4096), check(MX_DTYPE_Q4_K, 9, 4096);
+        check_refused();
+        check_unpack(23, 256), check_unpack(7, 1024);
+        /* Decode's tiles of 4 rows and one; prefill's tile of 4 on the stack. */
+        check_packed(13, 256), check_packed(37, 512), check_packed(9, 4096);
         static const uint32_t head_dims[] = {16, 40, 64, 128, 136, 256};
         for (size_t i = 0; i < MX_ELEMENTSOF(head_dims); i++)
                 check_attention(head_dims[i]);

@@ -96,7 +96,7 @@ int run_load(const run_opts *o, bool need_tokenizer, mx_load *l, mx_error *err) 
                            .synthetic = o->synthetic, .layers = layers, .device = o->device, .threads = o->threads,
                            .simd = o->simd, .expert_memory = o->expert_memory, .host_cache = o->host_cache,
                            .kv_type = o->kv_type, .kv_memory = o->kv_memory, .quantize = o->quantize,
-                           .activations = o->activations, .progress = on_progress, .progress_arg = &bar};
+                           .activations = o->activations, .bf16_plain = o->bf16_plain, .progress = on_progress, .progress_arg = &bar};
         if ((r = mx_load_open(l, &lo, err)) < 0)
                 return r;
         /* "min" means it; a number below it is a surprise worth a line. */

@@ -14,6 +14,7 @@ typedef struct run_opts {
         bool max_tokens_given;
         mx_ftype quantize; /* --quantize: the weights' types, made as they load */
         mx_activations activations;
+        bool bf16_plain;
         unsigned long long seed;
         bool tokenize, info, devices, print_ids, bench, ignore_eos;
         /* generation */

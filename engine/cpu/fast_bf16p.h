@@ -1,0 +1,123 @@
+/* Packed BF16 rows (MX_BF16P, kernels.h) against MX_ACT_BF16 on
+ * AVX-512, included by fast_tiles.h where MX_BF16P_KERNELS is set.
+ *
+ * Contract: each block's words are rebuilt exactly, lane j of a register
+ * holding value j of 32 as a plain row's load does, and go through the
+ * BF16 tiles' steps (bf_wprep, bf_mac) in their order, so every output
+ * equals the plain matrix's bit for bit. Decode rebuilds in registers;
+ * prefill rebuilds a tile of BF_R rows on the stack and runs the plain
+ * tiles on it, once per MX_TOKEN_BLOCK tokens. */
+#include <string.h>
+
+/* The lanes of v whose code was the escape, filled from the row's
+ * exceptions in order: rare, so kept out of the loop. */
+static __attribute__((noinline)) vb bfp_exceptions(vb v, __mmask32 e, const uint8_t **ex) {
+        uint16_t lanes[32];
+        _mm512_storeu_si512(lanes, v);
+        for (; e; e &= e - 1) {
+                memcpy(&lanes[__builtin_ctz(e)], *ex, 2);
+                *ex += 2;
+        }
+        return _mm512_loadu_si512(lanes);
+}
+
+/* A block's 64 words: w[0] values 0..31, w[1] values 32..63. */
+static inline __attribute__((always_inline)) void bfp_block(const uint8_t *blk, vb tab, const uint8_t **ex, vb w[2]) {
+        __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + MX_BF16P_BLOCK)));
+        __m512i code[2] = {_mm512_and_si512(c, _mm512_set1_epi16(0xf)), _mm512_srli_epi16(c, 4)};
+        UNROLL for (int h = 0; h < 2; h++) {
+                __m512i s = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 32 * h)));
+                /* sign to bit 15, mantissa in bits 0..6: (s << 8 | s) & 0x807f */
+                __m512i v = _mm512_ternarylogic_epi32(_mm512_slli_epi16(s, 8), s, _mm512_set1_epi16((short)0x807f), 0xa8);
+                v = _mm512_or_si512(v, _mm512_permutexvar_epi16(code[h], tab));
+                __mmask32 e = _mm512_cmpeq_epi16_mask(code[h], _mm512_set1_epi16(MX_BF16P_CODES));
+                w[h] = __builtin_expect(e != 0, 0) ? bfp_exceptions(v, e, ex) : v;
+        }
+}
+
+static inline vb bfp_table(const uint8_t *row) {
+        return _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)row));
+}
+
+static inline const uint8_t *bfp_blocks(const uint8_t *row) {
+        return row + MX_BF16P_TABLE * 2;
+}
+
+static inline const uint8_t *bfp_exceptions_of(const uint8_t *row, uint64_t K) {
+        return bfp_blocks(row) + K / MX_BF16P_BLOCK * MX_BF16P_BLOCK_BYTES;
+}
+
+#define DEFINE_BFP_TILE(NAME, UNUSED, R, T)                                                        \
+        static void NAME(const uint8_t *w, uint64_t rb, const uint8_t *x, uint64_t ldx, uint64_t K, \
+                         float *out, uint64_t ldo, bool accumulate) {                              \
+                vf F[R][T];                                                                        \
+                vb tab[R];                                                                         \
+                const uint8_t *ex[R];                                                              \
+                UNROLL for (int r = 0; r < R; r++) {                                               \
+                        tab[r] = bfp_table(w + r * rb);                                            \
+                        ex[r] = bfp_exceptions_of(w + r * rb, K);                                  \
+                        UNROLL for (int t = 0; t < T; t++) F[r][t] = vf_zero();                    \
+                }                                                                                  \
+                for (uint64_t b = 0; b < K / MX_BF16P_BLOCK; b++) {                                \
+                        vb W[R][2];                                                                \
+                        UNROLL for (int r = 0; r < R; r++)                                         \
+                                bfp_block(bfp_blocks(w + r * rb) + b * MX_BF16P_BLOCK_BYTES, tab[r], &ex[r], W[r]); \
+                        UNROLL for (int h = 0; h < 2; h++) {                                       \
+                                bfw P[R];                                                          \
+                                UNROLL for (int r = 0; r < R; r++) P[r] = bf_wprep(W[r][h]);       \
+                                UNROLL for (int t = 0; t < T; t++) {                               \
+                                        bfx X = bf_xprep(vb_load(x + t * ldx + 2 * (b * MX_BF16P_BLOCK + 32 * h))); \
+                                        UNROLL for (int r = 0; r < R; r++) F[r][t] = bf_mac(F[r][t], P[r], X); \
+                                }                                                                  \
+                        }                                                                          \
+                }                                                                                  \
+                UNROLL for (int t = 0; t < T; t++) UNROLL for (int r = 0; r < R; r++)              \
+                        mx_tile_put(out + t * ldo + r, vf_reduce(F[r][t]), accumulate);            \
+        }
+
+DEFINE_BFP_TILE(bfp_1x1, 0, 1, 1)
+DEFINE_BFP_TILE(bfp_1x2, 0, 1, 2)
+DEFINE_BFP_TILE(bfp_1x3, 0, 1, 3)
+DEFINE_BFP_TILE(bfp_dx1, 0, BF_D, 1)
+DEFINE_BFP_TILE(bfp_dx2, 0, BF_D, 2)
+DEFINE_BFP_TILE(bfp_dx3, 0, BF_D, 3)
+/* Decode's tiles only: prefill goes through bfp_prefill. */
+static const mx_tiles fast_bf16p_decode = {{NULL, bfp_1x1, bfp_1x2, bfp_1x3}, {NULL, bfp_dx1, bfp_dx2, bfp_dx3},
+                                           NULL, NULL, BF_R, BF_T, BF_D, NULL};
+
+static void bfp_unpack(const uint8_t *row, uint64_t K, uint16_t *out) {
+        vb tab = bfp_table(row), w[2];
+        const uint8_t *ex = bfp_exceptions_of(row, K);
+        for (uint64_t b = 0; b < K / MX_BF16P_BLOCK; b++) {
+                bfp_block(bfp_blocks(row) + b * MX_BF16P_BLOCK_BYTES, tab, &ex, w);
+                _mm512_storeu_si512(out + b * MX_BF16P_BLOCK, w[0]);
+                _mm512_storeu_si512(out + b * MX_BF16P_BLOCK + 32, w[1]);
+        }
+}
+
+/* Not inlined: its 128 KiB frame would otherwise be every decode call's. */
+static __attribute__((noinline)) void bfp_prefill(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
+        _Alignas(64) uint16_t rows[BF_R * MX_BF16P_MAX_COLS];
+        uint64_t K = a->cols;
+        for (uint32_t t0 = 0; t0 < a->n; t0 += MX_TOKEN_BLOCK) {
+                uint32_t nt = a->n - t0 < MX_TOKEN_BLOCK ? a->n - t0 : MX_TOKEN_BLOCK;
+                for (uint64_t q = r0; q < r1; q += BF_R) {
+                        uint64_t nr = r1 - q < BF_R ? r1 - q : BF_R;
+                        for (uint64_t i = 0; i < nr; i++)
+                                bfp_unpack(a->w + (q + i) * a->packed, K, rows + i * K);
+                        mx_matmul_args s = *a;
+                        s.w = (const uint8_t *)rows, s.packed = 0;
+                        s.xq = a->xq + t0 * a->ldxq, s.out = a->out + t0 * a->ldo + q, s.n = nt;
+                        mx_tiles_rows(&fast_bf16, &s, 0, nr);
+                }
+        }
+}
+
+static void bfp_rows(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
+        if (a->n < 4)
+                mx_tiles_rows(&fast_bf16p_decode, a, r0, r1);
+        else
+                bfp_prefill(a, r0, r1);
+}
+
+static const mx_tiles fast_bf16p = {.rows = bfp_rows};
