@@ -6,7 +6,8 @@
  *
  * defaults: all online cores, 4096 x 14336 (an expert's w2, the shape
  * llama.cpp's test-backend-ops measures), BF16,Q8_0,Q4_0,Q4_K,Q5_K,Q6_K,
- * the fast path (PATH f32: the f32 path). For each type, one JSON line:
+ * the fast path (PATH f32: the f32 path); BF16P: BF16 packed (MX_BF16P,
+ * AVX-512 only). For each type, one JSON line:
  * decode (1 token) as the weights' bytes over the time, in GB/s, and as a
  * fraction of the machine's read bandwidth on the same threads
  * (mx_measure_bandwidth); prefill of 512 tokens in GFLOP/s; each the best
@@ -172,26 +173,30 @@ int main(int argc, char **argv) {
         snprintf(list, sizeof(list), "%s", types);
         for (char *save = NULL, *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
                 mx_dtype t = MX_DTYPE_COUNT;
+                bool packed = strcmp(name, "BF16P") == 0;
                 for (int i = 0; i < MX_DTYPE_COUNT; i++)
-                        if (strcmp(name, mx_dtype_name((mx_dtype)i)) == 0)
+                        if (strcmp(packed ? "BF16" : name, mx_dtype_name((mx_dtype)i)) == 0)
                                 t = (mx_dtype)i;
                 mx_tensor w;
-                if (t == MX_DTYPE_COUNT || make_weights(&cb, &w, t, rows, cols, src) < 0) {
+                if (t == MX_DTYPE_COUNT || make_weights(&cb, &w, t, rows, cols, src) < 0 ||
+                    (packed && (mx_cpu_pack_tensor(&cb, &w) < 0 || !mx_cpu_packed_of(&cb, &w)))) {
                         fprintf(stderr, "quant-bench: cannot make %s weights of %llu x %llu\n", name,
                                 (unsigned long long)rows, (unsigned long long)cols);
                         return 2;
                 }
                 double td = time_product(&cb, &w, x, out, 1, 30), tp = time_product(&cb, &w, x, out, prefill, 4);
+                uint64_t bytes = mx_cpu_weight_bytes(&cb, &w);
                 printf("{\"type\": \"%s\", \"path\": \"%s\", \"isa\": \"%s\", \"threads\": %u, \"rows\": %llu, "
                        "\"cols\": %llu, \"bytes\": %llu, \"decode_ms\": %.3f, \"decode_GBps\": %.2f, "
                        "\"read_GBps\": %.2f, \"decode_of_read\": %.2f, \"prefill512_ms\": %.1f, "
                        "\"prefill512_GFLOPs\": %.1f}\n",
                        name, fast ? "fast" : "f32", mx_isa_name(cb.k->isa), threads, (unsigned long long)rows,
-                       (unsigned long long)cols, (unsigned long long)w.nbytes, td * 1e3, (double)w.nbytes / td / 1e9,
-                       read_gbps, (double)w.nbytes / td / 1e9 / read_gbps, tp * 1e3,
+                       (unsigned long long)cols, (unsigned long long)bytes, td * 1e3, (double)bytes / td / 1e9,
+                       read_gbps, (double)bytes / td / 1e9 / read_gbps, tp * 1e3,
                        2.0 * (double)rows * (double)cols * prefill / tp / 1e9);
                 fflush(stdout);
                 free((void *)w.data);
+                mx_cpu_packed_free(&cb);
         }
         free(cb.act);
         mx_pool_free(cb.pool);

@@ -133,7 +133,8 @@ int mx_load_engine(mx_load *l, const mx_load_opts *o, mx_error *err) {
                 return r;
         /* Streaming reads the experts itself: paging the files in would
          * defeat it. */
-        stage paging = {o, "Loading the model"}, upload = {o, "Loading the model onto the GPU"},
+        stage paging = {o, "Loading the model"},
+              upload = {o, cpu ? "Packing the bf16 weights" : "Loading the model onto the GPU"},
               quantizing = {o, "Quantizing the weights"};
         /* Quantizing reads every weight once, in order: paging in first
          * would read the file twice. */

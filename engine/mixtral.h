@@ -480,7 +480,7 @@ typedef struct mx_engine_opts {
         mx_kv_type kv_type;
         uint64_t kv_memory;
         uint32_t kv_memory_percent;
-        /* Optional: called as the weights go to the device. */
+        /* Optional: called as the weights go to the device, or are packed. */
         void (*progress)(uint64_t done, uint64_t total, void *arg);
         void *progress_arg;
 } mx_engine_opts;

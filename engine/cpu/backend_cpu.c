@@ -250,12 +250,12 @@ static mx_isa isa_for(mx_simd simd) {
 
 /* The copies must hold the files' bytes: a file that shrank before or
  * while they were made (its missing pages read as zeros) fails the start. */
-static int pack_weights(cpu_backend *cb, mx_error *err) {
+static int pack_weights(cpu_backend *cb, const mx_engine_opts *o, mx_error *err) {
         const mx_model *m = cb->base.model;
         int r = mx_model_check_files(m, err);
         if (r < 0)
                 return r;
-        if ((r = mx_cpu_pack_weights(cb)) < 0)
+        if ((r = mx_cpu_pack_weights(cb, o->progress, o->progress_arg)) < 0)
                 return mx_error_set(err, r, "out of memory packing the bf16 weights (bf16-plain keeps them as mapped)");
         if (mx_model_files_faulted(m)) {
                 r = mx_model_check_files(m, err);
@@ -306,7 +306,7 @@ int mx_cpu_backend_new(const mx_model *m, const mx_engine_opts *o, mx_backend **
         }
         /* Only AVX-512 has kernels for packed rows. */
         bool pack = cb->fast && !o->bf16_plain && (isa == MX_ISA_AVX512 || isa == MX_ISA_AVX512_VNNI);
-        if (pack && (r = pack_weights(cb, err)) < 0) {
+        if (pack && (r = pack_weights(cb, o, err)) < 0) {
                 cpu_destroy(&cb->base);
                 return r;
         }

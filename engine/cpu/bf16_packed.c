@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sysinfo.h>
 
 #include "cpu_backend.h"
 #include "mx_common.h"
@@ -28,22 +29,25 @@
 #define EXP_OF(w) (((w) >> 7) & 0xffu)
 
 /* The row's table (up to MX_BF16P_CODES exponents, most frequent first,
- * the lower exponent first among equals; unused entries 0), how many
- * entries it uses, and how many of its values are exceptions. */
-static uint64_t row_table(const uint16_t *w, uint64_t cols, uint16_t tab[MX_BF16P_TABLE], int *used) {
+ * the lower exponent first among equals; unused entries 0), and how many
+ * of its values are exceptions: none unless all 15 entries are used. */
+static uint64_t row_table(const uint16_t *w, uint64_t cols, uint16_t tab[MX_BF16P_TABLE]) {
         uint64_t hist[256] = {0}, covered = 0;
-        *used = 0;
+        uint8_t seen[256]; /* the exponents present, ascending: a row has a few dozen */
+        int n = 0;
         for (uint64_t i = 0; i < cols; i++)
                 hist[EXP_OF(w[i])]++;
+        for (int e = 0; e < 256; e++)
+                if (hist[e])
+                        seen[n++] = (uint8_t)e;
         memset(tab, 0, MX_BF16P_TABLE * sizeof(uint16_t));
         for (int c = 0; c < MX_BF16P_CODES; c++) {
                 int best = -1;
-                for (int e = 0; e < 256; e++)
-                        if (hist[e] && (best < 0 || hist[e] > hist[best]))
-                                best = e;
+                for (int i = 0; i < n; i++)
+                        if (hist[seen[i]] && (best < 0 || hist[seen[i]] > hist[best]))
+                                best = seen[i];
                 if (best < 0)
                         break;
-                *used = c + 1;
                 tab[c] = (uint16_t)(best << 7);
                 covered += hist[best];
                 hist[best] = 0;
@@ -53,8 +57,7 @@ static uint64_t row_table(const uint16_t *w, uint64_t cols, uint16_t tab[MX_BF16
 
 uint64_t mx_bf16p_exceptions(const uint16_t *w, uint64_t cols) {
         uint16_t tab[MX_BF16P_TABLE];
-        int used;
-        return row_table(w, cols, tab, &used);
+        return row_table(w, cols, tab);
 }
 
 bool mx_bf16p_fits(uint64_t cols, uint64_t max_exceptions, uint64_t *stride) {
@@ -65,16 +68,22 @@ bool mx_bf16p_fits(uint64_t cols, uint64_t max_exceptions, uint64_t *stride) {
         return *stride < 2 * cols; /* (narrow rows gain nothing) */
 }
 
-void mx_bf16p_pack_row(const uint16_t *w, uint64_t cols, uint8_t *dst, uint64_t stride) {
-        uint16_t tab[MX_BF16P_TABLE];
+/* The row's table with its count of exceptions last (kernels.h). */
+static void table_of(const uint16_t *w, uint64_t cols, uint16_t tab[MX_BF16P_TABLE]) {
+        uint64_t ex = row_table(w, cols, tab);
+        tab[MX_BF16P_TABLE - 1] = (uint16_t)(ex < UINT16_MAX ? ex : UINT16_MAX);
+}
+
+static void pack_with(const uint16_t *w, uint64_t cols, const uint16_t tab[MX_BF16P_TABLE], uint8_t *dst,
+                      uint64_t stride) {
         uint8_t code_of[256];
-        int used;
-        row_table(w, cols, tab, &used);
         memset(code_of, MX_BF16P_CODES, sizeof(code_of));
-        for (int c = 0; c < used; c++)
+        /* Running down, so that where exponent 0 is in the table its own
+         * code wins over the unused entries' 0 (which decode to it too). */
+        for (int c = MX_BF16P_CODES - 1; c >= 0; c--)
                 code_of[tab[c] >> 7] = (uint8_t)c;
         memset(dst, 0, stride);
-        memcpy(dst, tab, sizeof(tab));
+        memcpy(dst, tab, MX_BF16P_TABLE * sizeof(uint16_t));
         uint8_t *blocks = dst + MX_BF16P_TABLE * 2;
         uint16_t *ex = (uint16_t *)(blocks + cols / MX_BF16P_BLOCK * MX_BF16P_BLOCK_BYTES);
         for (uint64_t b = 0; b < cols / MX_BF16P_BLOCK; b++) {
@@ -89,6 +98,12 @@ void mx_bf16p_pack_row(const uint16_t *w, uint64_t cols, uint8_t *dst, uint64_t 
                         codes[j % 32] |= (uint8_t)(j < 32 ? c : c << 4);
                 }
         }
+}
+
+void mx_bf16p_pack_row(const uint16_t *w, uint64_t cols, uint8_t *dst, uint64_t stride) {
+        uint16_t tab[MX_BF16P_TABLE];
+        table_of(w, cols, tab);
+        pack_with(w, cols, tab, dst, stride);
 }
 
 void mx_bf16p_unpack_row(const uint8_t *row, uint64_t cols, uint16_t *out) {
@@ -116,23 +131,25 @@ void mx_bf16p_unpack_row(const uint8_t *row, uint64_t cols, uint16_t *out) {
 
 typedef struct pack_job {
         const mx_tensor *t;
-        uint8_t *dst;
+        uint16_t *tables; /* [rows][MX_BF16P_TABLE] */
+        uint8_t *dst;     /* [rows][stride] */
         uint64_t stride, cols;
         _Atomic uint64_t max_ex;
 } pack_job;
 
-static void count_task(void *arg, uint32_t row, uint32_t thread) {
+static void table_task(void *arg, uint32_t row, uint32_t thread) {
         pack_job *j = arg;
-        uint64_t n = mx_bf16p_exceptions((const uint16_t *)j->t->data + (uint64_t)row * j->cols, j->cols);
-        uint64_t seen = atomic_load_explicit(&j->max_ex, memory_order_relaxed);
+        uint16_t *tab = j->tables + (uint64_t)row * MX_BF16P_TABLE;
+        table_of((const uint16_t *)j->t->data + (uint64_t)row * j->cols, j->cols, tab);
+        uint64_t n = tab[MX_BF16P_TABLE - 1], seen = atomic_load_explicit(&j->max_ex, memory_order_relaxed);
         while (n > seen && !atomic_compare_exchange_weak(&j->max_ex, &seen, n))
                 ;
 }
 
 static void pack_task(void *arg, uint32_t row, uint32_t thread) {
         pack_job *j = arg;
-        mx_bf16p_pack_row((const uint16_t *)j->t->data + (uint64_t)row * j->cols, j->cols, j->dst + row * j->stride,
-                          j->stride);
+        pack_with((const uint16_t *)j->t->data + (uint64_t)row * j->cols, j->cols,
+                  j->tables + (uint64_t)row * MX_BF16P_TABLE, j->dst + row * j->stride, j->stride);
 }
 
 /* Huge pages where the kernel gives them: a decode step walks all the
@@ -146,49 +163,96 @@ static void *alloc_packed(size_t bytes) {
         return p;
 }
 
-static int pack_one(cpu_backend *cb, const mx_tensor *t) {
-        if (t->dtype != MX_DTYPE_BF16 || t->ndim != 2 || t->shape[0] > UINT32_MAX)
-                return 0;
-        for (size_t i = 0; i < cb->n_packed; i++)
-                if (cb->packed[i].t == t)
-                        return 0; /* (the tables are not sorted yet) */
-        pack_job j = {.t = t, .cols = t->shape[1]};
-        if (j.cols % MX_BF16P_BLOCK || j.cols > MX_BF16P_MAX_COLS)
-                return 0;
-        mx_pool_run(cb->pool, (uint32_t)t->shape[0], count_task, &j);
-        if (!mx_bf16p_fits(j.cols, atomic_load(&j.max_ex), &j.stride))
-                return 0;
-        size_t bytes;
-        if (__builtin_mul_overflow(j.stride, t->shape[0], &bytes) || !(j.dst = alloc_packed(bytes)))
-                return -ENOMEM;
-        mx_pool_run(cb->pool, (uint32_t)t->shape[0], pack_task, &j);
-        cb->packed[cb->n_packed++] = (cpu_packed){t, j.dst, j.stride, bytes};
-        return 0;
-}
-
 static int by_tensor(const void *a, const void *b) {
         uintptr_t x = (uintptr_t)((const cpu_packed *)a)->t, y = (uintptr_t)((const cpu_packed *)b)->t;
         return x < y ? -1 : x > y;
 }
 
-int mx_cpu_pack_weights(cpu_backend *cb) {
-        const mx_model *m = cb->base.model;
-        const mx_config *c = &m->cfg;
-        size_t most = 1 + (size_t)c->n_layers * (5 + 3 * (size_t)c->n_experts);
-        if (!(cb->packed = calloc(most, sizeof(cpu_packed))))
+/* Whether t may pack, and the most bytes it would take. */
+static bool candidate(const mx_tensor *t, uint64_t *most) {
+        uint64_t stride;
+        return t->dtype == MX_DTYPE_BF16 && t->ndim == 2 && t->shape[0] <= UINT32_MAX &&
+               mx_bf16p_fits(t->shape[1], t->shape[1] / 16, &stride) &&
+               !__builtin_mul_overflow(stride, t->shape[0], most);
+}
+
+int mx_cpu_pack_tensor(cpu_backend *cb, const mx_tensor *t) {
+        uint64_t most;
+        if (!candidate(t, &most) || mx_cpu_packed_of(cb, t))
+                return 0;
+        cpu_packed *grown = realloc(cb->packed, (cb->n_packed + 1) * sizeof(cpu_packed));
+        if (!grown)
                 return -ENOMEM;
-        int r = pack_one(cb, m->lm_head);
-        for (uint32_t L = 0; r == 0 && L < c->n_layers; L++) {
-                const mx_layer *l = &m->layers[L];
-                const mx_tensor *dense[] = {l->wq, l->wk, l->wv, l->wo, l->router};
-                for (size_t i = 0; r == 0 && i < MX_ELEMENTSOF(dense); i++)
-                        r = pack_one(cb, dense[i]);
-                for (uint32_t e = 0; r == 0 && !cb->experts && e < c->n_experts; e++)
-                        if ((r = pack_one(cb, l->w1[e])) == 0 && (r = pack_one(cb, l->w2[e])) == 0)
-                                r = pack_one(cb, l->w3[e]);
+        cb->packed = grown;
+        pack_job j = {.t = t, .cols = t->shape[1], .tables = malloc(t->shape[0] * MX_BF16P_TABLE * sizeof(uint16_t))};
+        if (!j.tables)
+                return -ENOMEM;
+        mx_pool_run(cb->pool, (uint32_t)t->shape[0], table_task, &j);
+        if (!mx_bf16p_fits(j.cols, atomic_load(&j.max_ex), &j.stride)) {
+                free(j.tables);
+                return 0;
         }
+        size_t bytes = j.stride * t->shape[0]; /* (within `most`) */
+        if (!(j.dst = alloc_packed(bytes))) {
+                free(j.tables);
+                return -ENOMEM;
+        }
+        mx_pool_run(cb->pool, (uint32_t)t->shape[0], pack_task, &j);
+        free(j.tables);
+        cb->packed[cb->n_packed++] = (cpu_packed){t, j.dst, j.stride, bytes};
         qsort(cb->packed, cb->n_packed, sizeof(cpu_packed), by_tensor);
-        return r;
+        return 0;
+}
+
+/* The matrices products read: the output head and each layer's, the
+ * experts' only where they are resident. */
+static size_t products_of(const cpu_backend *cb, const mx_tensor **out) {
+        const mx_model *m = cb->base.model;
+        size_t n = 0;
+        out[n++] = m->lm_head;
+        for (uint32_t L = 0; L < m->cfg.n_layers; L++) {
+                const mx_layer *l = &m->layers[L];
+                out[n++] = l->wq, out[n++] = l->wk, out[n++] = l->wv, out[n++] = l->wo, out[n++] = l->router;
+                for (uint32_t e = 0; !cb->experts && e < m->cfg.n_experts; e++)
+                        out[n++] = l->w1[e], out[n++] = l->w2[e], out[n++] = l->w3[e];
+        }
+        return n;
+}
+
+/* Both the mapped files and the copies in memory at once, within 80% of
+ * it, as mx_model_fits_in_memory asks of the files alone: a machine short
+ * of memory keeps the weights as mapped rather than trade the page cache
+ * for the copies. */
+static bool copies_fit(const mx_model *m, uint64_t copies) {
+        struct sysinfo si;
+        uint64_t total = copies;
+        for (size_t i = 0; i < m->n_files; i++)
+                total += m->files[i].size;
+        return sysinfo(&si) == 0 && total < (uint64_t)si.totalram * si.mem_unit / 10 * 8;
+}
+
+int mx_cpu_pack_weights(cpu_backend *cb, void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg) {
+        const mx_config *c = &cb->base.model->cfg;
+        size_t cap = 1 + (size_t)c->n_layers * (5 + 3 * (size_t)c->n_experts);
+        _cleanup_free_ const mx_tensor **all = calloc(cap, sizeof(*all));
+        if (!all)
+                return -ENOMEM;
+        size_t n = products_of(cb, all);
+        uint64_t most = 0, total = 0, done = 0, one;
+        for (size_t i = 0; i < n; i++)
+                if (candidate(all[i], &one))
+                        most += one, total += all[i]->nbytes;
+        if (!copies_fit(cb->base.model, most))
+                return 0;
+        for (size_t i = 0; i < n; i++) {
+                int r = mx_cpu_pack_tensor(cb, all[i]);
+                if (r < 0)
+                        return r;
+                done += candidate(all[i], &one) ? all[i]->nbytes : 0;
+                if (progress)
+                        progress(done, total, arg);
+        }
+        return 0;
 }
 
 const cpu_packed *mx_cpu_packed_of(const cpu_backend *cb, const mx_tensor *t) {

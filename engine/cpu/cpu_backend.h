@@ -53,8 +53,11 @@ const float *mx_cpu_f32_of(cpu_backend *cb, const mx_tensor *t);
 /* Per-thread scratch of at least n floats; NULL when out of memory. */
 float *mx_cpu_scratch(cpu_backend *cb, uint32_t thread, size_t n);
 
-/* Packs the BF16 matrices that qualify (bf16_packed.c); -ENOMEM. */
-int mx_cpu_pack_weights(cpu_backend *cb);
+/* Packs the BF16 matrices that qualify (bf16_packed.c), where the copies
+ * fit in memory beside the files, with progress(bytes packed, bytes to
+ * pack, arg) after each; or one matrix if it qualifies. -ENOMEM. */
+int mx_cpu_pack_weights(cpu_backend *cb, void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg);
+int mx_cpu_pack_tensor(cpu_backend *cb, const mx_tensor *t);
 void mx_cpu_packed_free(cpu_backend *cb);
 /* t packed, or NULL. */
 const cpu_packed *mx_cpu_packed_of(const cpu_backend *cb, const mx_tensor *t);

@@ -21,16 +21,19 @@ static __attribute__((noinline)) vb bfp_exceptions(vb v, __mmask32 e, const uint
         return _mm512_loadu_si512(lanes);
 }
 
-/* A block's 64 words: w[0] values 0..31, w[1] values 32..63. */
+/* A block's 64 words: w[0] values 0..31, w[1] values 32..63. The sign
+ * and mantissa byte sign-extends to a word whose bit 15 is the sign; its
+ * bits 7..14 give way to the exponent. Only a row with exceptions looks
+ * for them (ex). */
 static inline __attribute__((always_inline)) void bfp_block(const uint8_t *blk, vb tab, const uint8_t **ex, vb w[2]) {
         __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + MX_BF16P_BLOCK)));
         __m512i code[2] = {_mm512_and_si512(c, _mm512_set1_epi16(0xf)), _mm512_srli_epi16(c, 4)};
         UNROLL for (int h = 0; h < 2; h++) {
-                __m512i s = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 32 * h)));
-                /* sign to bit 15, mantissa in bits 0..6: (s << 8 | s) & 0x807f */
-                __m512i v = _mm512_ternarylogic_epi32(_mm512_slli_epi16(s, 8), s, _mm512_set1_epi16((short)0x807f), 0xa8);
-                v = _mm512_or_si512(v, _mm512_permutexvar_epi16(code[h], tab));
-                __mmask32 e = _mm512_cmpeq_epi16_mask(code[h], _mm512_set1_epi16(MX_BF16P_CODES));
+                __m512i s = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 32 * h)));
+                /* (s & 0x807f) | table[code] */
+                __m512i v = _mm512_ternarylogic_epi32(s, _mm512_set1_epi16((short)0x807f),
+                                                      _mm512_permutexvar_epi16(code[h], tab), 0xea);
+                __mmask32 e = ex ? _mm512_cmpeq_epi16_mask(code[h], _mm512_set1_epi16(MX_BF16P_CODES)) : 0;
                 w[h] = __builtin_expect(e != 0, 0) ? bfp_exceptions(v, e, ex) : v;
         }
 }
@@ -47,9 +50,29 @@ static inline const uint8_t *bfp_exceptions_of(const uint8_t *row, uint64_t K) {
         return bfp_blocks(row) + K / MX_BF16P_BLOCK * MX_BF16P_BLOCK_BYTES;
 }
 
+/* Whether any of R rows has exceptions (their count is table entry 15). */
+static inline bool bfp_any_exceptions(const uint8_t *w, uint64_t rb, int R) {
+        uint16_t n = 0;
+        for (int r = 0; r < R; r++)
+                n |= ((const uint16_t *)(w + r * rb))[MX_BF16P_TABLE - 1];
+        return n != 0;
+}
+
+/* The tile runs one of two loops: rows without exceptions (most) skip
+ * the search for them. */
 #define DEFINE_BFP_TILE(NAME, UNUSED, R, T)                                                        \
         static void NAME(const uint8_t *w, uint64_t rb, const uint8_t *x, uint64_t ldx, uint64_t K, \
                          float *out, uint64_t ldo, bool accumulate) {                              \
+                if (bfp_any_exceptions(w, rb, R))                                                  \
+                        NAME##_loop(w, rb, x, ldx, K, out, ldo, accumulate, true);                 \
+                else                                                                               \
+                        NAME##_loop(w, rb, x, ldx, K, out, ldo, accumulate, false);                \
+        }
+
+#define DEFINE_BFP_LOOP(NAME, R, T)                                                                \
+        static inline __attribute__((always_inline)) void NAME##_loop(                             \
+                const uint8_t *w, uint64_t rb, const uint8_t *x, uint64_t ldx, uint64_t K, float *out, \
+                uint64_t ldo, bool accumulate, bool exceptions) {                                  \
                 vf F[R][T];                                                                        \
                 vb tab[R];                                                                         \
                 const uint8_t *ex[R];                                                              \
@@ -61,7 +84,8 @@ static inline const uint8_t *bfp_exceptions_of(const uint8_t *row, uint64_t K) {
                 for (uint64_t b = 0; b < K / MX_BF16P_BLOCK; b++) {                                \
                         vb W[R][2];                                                                \
                         UNROLL for (int r = 0; r < R; r++)                                         \
-                                bfp_block(bfp_blocks(w + r * rb) + b * MX_BF16P_BLOCK_BYTES, tab[r], &ex[r], W[r]); \
+                                bfp_block(bfp_blocks(w + r * rb) + b * MX_BF16P_BLOCK_BYTES, tab[r], \
+                                          exceptions ? &ex[r] : NULL, W[r]);                       \
                         UNROLL for (int h = 0; h < 2; h++) {                                       \
                                 bfw P[R];                                                          \
                                 UNROLL for (int r = 0; r < R; r++) P[r] = bf_wprep(W[r][h]);       \
@@ -73,14 +97,15 @@ static inline const uint8_t *bfp_exceptions_of(const uint8_t *row, uint64_t K) {
                 }                                                                                  \
                 UNROLL for (int t = 0; t < T; t++) UNROLL for (int r = 0; r < R; r++)              \
                         mx_tile_put(out + t * ldo + r, vf_reduce(F[r][t]), accumulate);            \
-        }
+        }                                                                                          \
+        DEFINE_BFP_TILE(NAME, 0, R, T)
 
-DEFINE_BFP_TILE(bfp_1x1, 0, 1, 1)
-DEFINE_BFP_TILE(bfp_1x2, 0, 1, 2)
-DEFINE_BFP_TILE(bfp_1x3, 0, 1, 3)
-DEFINE_BFP_TILE(bfp_dx1, 0, BF_D, 1)
-DEFINE_BFP_TILE(bfp_dx2, 0, BF_D, 2)
-DEFINE_BFP_TILE(bfp_dx3, 0, BF_D, 3)
+DEFINE_BFP_LOOP(bfp_1x1, 1, 1)
+DEFINE_BFP_LOOP(bfp_1x2, 1, 2)
+DEFINE_BFP_LOOP(bfp_1x3, 1, 3)
+DEFINE_BFP_LOOP(bfp_dx1, BF_D, 1)
+DEFINE_BFP_LOOP(bfp_dx2, BF_D, 2)
+DEFINE_BFP_LOOP(bfp_dx3, BF_D, 3)
 /* Decode's tiles only: prefill goes through bfp_prefill. */
 static const mx_tiles fast_bf16p_decode = {{NULL, bfp_1x1, bfp_1x2, bfp_1x3}, {NULL, bfp_dx1, bfp_dx2, bfp_dx3},
                                            NULL, NULL, BF_R, BF_T, BF_D, NULL};
@@ -88,19 +113,24 @@ static const mx_tiles fast_bf16p_decode = {{NULL, bfp_1x1, bfp_1x2, bfp_1x3}, {N
 static void bfp_unpack(const uint8_t *row, uint64_t K, uint16_t *out) {
         vb tab = bfp_table(row), w[2];
         const uint8_t *ex = bfp_exceptions_of(row, K);
+        bool any = bfp_any_exceptions(row, 0, 1);
         for (uint64_t b = 0; b < K / MX_BF16P_BLOCK; b++) {
-                bfp_block(bfp_blocks(row) + b * MX_BF16P_BLOCK_BYTES, tab, &ex, w);
+                bfp_block(bfp_blocks(row) + b * MX_BF16P_BLOCK_BYTES, tab, any ? &ex : NULL, w);
                 _mm512_storeu_si512(out + b * MX_BF16P_BLOCK, w[0]);
                 _mm512_storeu_si512(out + b * MX_BF16P_BLOCK + 32, w[1]);
         }
 }
 
+#ifndef BFP_TOKENS
+#define BFP_TOKENS MX_TOKEN_BLOCK
+#endif
+
 /* Not inlined: its 128 KiB frame would otherwise be every decode call's. */
 static __attribute__((noinline)) void bfp_prefill(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
         _Alignas(64) uint16_t rows[BF_R * MX_BF16P_MAX_COLS];
         uint64_t K = a->cols;
-        for (uint32_t t0 = 0; t0 < a->n; t0 += MX_TOKEN_BLOCK) {
-                uint32_t nt = a->n - t0 < MX_TOKEN_BLOCK ? a->n - t0 : MX_TOKEN_BLOCK;
+        for (uint32_t t0 = 0; t0 < a->n; t0 += BFP_TOKENS) {
+                uint32_t nt = a->n - t0 < BFP_TOKENS ? a->n - t0 : BFP_TOKENS;
                 for (uint64_t q = r0; q < r1; q += BF_R) {
                         uint64_t nr = r1 - q < BF_R ? r1 - q : BF_R;
                         for (uint64_t i = 0; i < nr; i++)

@@ -75,7 +75,8 @@ typedef enum mx_act {
  * MX_BF16P_BLOCK) takes `stride` bytes, the same for every row of a
  * matrix (a multiple of 64):
  * - a table of MX_BF16P_TABLE uint16, entry c = exponent field << 7 of
- *   code c (c < MX_BF16P_CODES; the rest 0);
+ *   code c (c < MX_BF16P_CODES; unused ones 0), and last the row's count
+ *   of exceptions;
  * - per block of 64 values, MX_BF16P_BLOCK_BYTES: 64 bytes of sign << 7 |
  *   the 7 mantissa bits, then 32 bytes of codes: byte i holds value i's
  *   code in its low 4 bits and value 32 + i's in its high 4 bits;

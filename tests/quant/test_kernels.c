@@ -175,15 +175,20 @@ static void check(mx_dtype t, uint64_t rows, uint64_t cols) {
 }
 
 /* Words that test the packing: zeros of both signs, subnormals, values
- * whose exponents are rare in their row (exceptions), and rows with
- * exceptions in most blocks. kernels false: only values every kernel
- * multiplies alike (vdpbf16ps flushes subnormal products, kernels.h). */
+ * whose exponents are rare in their row (exceptions), rows with
+ * exceptions in most blocks, and rows of 8 exponents (none: the kernels'
+ * other loop). kernels false: only values every kernel multiplies alike
+ * (vdpbf16ps flushes subnormal products, kernels.h). */
 static void unusual_words(problem *p, bool kernels) {
         uint16_t *w = (uint16_t *)p->w;
         for (uint64_t r = 0; r < p->rows; r++)
                 for (uint64_t i = 0; i < p->cols; i++) {
                         uint16_t *v = &w[r * p->cols + i];
                         uint64_t h = (r * 131 + i * 71) % 97;
+                        if (r % 3 == 0) {
+                                *v = (uint16_t)((i % 3 == 1) << 15 | (0x78 + (i * 5 + r) % 8) << 7 | (i * 37 % 128));
+                                continue;
+                        }
                         if (h == 1)
                                 *v = 0x0000;
                         else if (h == 2)
@@ -248,6 +253,11 @@ static void check_packed(uint64_t rows, uint64_t cols) {
         size_t outs = (size_t)MAX_N * rows;
         float *ref = malloc(outs * sizeof(float)), *got = malloc(outs * sizeof(float));
         CHECK(packed != NULL, "bf16p %llu x %llu: does not pack", (unsigned long long)rows, (unsigned long long)cols);
+        uint64_t clean = 0;
+        for (uint64_t r = 0; r < rows; r++)
+                clean += mx_bf16p_exceptions((const uint16_t *)p.w + r * cols, cols) == 0;
+        CHECK(clean > 0 && clean < rows, "bf16p %llu: %llu of %llu rows without exceptions: both kinds wanted",
+              (unsigned long long)cols, (unsigned long long)clean, (unsigned long long)rows);
         for (uint32_t i = 0; i < MAX_N; i++)
                 product(&mx_kernels_scalar, &p, true, i, 1, ref + i * rows, false);
         static const mx_isa packs[] = {MX_ISA_AVX512, MX_ISA_AVX512_VNNI};
