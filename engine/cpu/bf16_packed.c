@@ -245,10 +245,12 @@ int mx_cpu_pack_weights(cpu_backend *cb, void (*progress)(uint64_t done, uint64_
         if (!copies_fit(cb->base.model, most))
                 return 0;
         for (size_t i = 0; i < n; i++) {
+                if (!candidate(all[i], &one))
+                        continue;
                 int r = mx_cpu_pack_tensor(cb, all[i]);
                 if (r < 0)
                         return r;
-                done += candidate(all[i], &one) ? all[i]->nbytes : 0;
+                done += all[i]->nbytes;
                 if (progress)
                         progress(done, total, arg);
         }
