@@ -3,7 +3,8 @@
 # Mixtral, 4096 x 14336), the same weight types and threads, interleaved:
 # quant-bench (bench/quant_bench.c) and llama.cpp's
 # `test-backend-ops perf -o MUL_MAT -b CPU` (built by bench/build_peer.sh),
-# for 1 token (decode) and 512 (prefill). Prints a markdown table of the
+# for 1 token (decode) and 512 (prefill); bf16p is our bf16 packed at
+# start-up (MX_BF16P) against their bf16. Prints a markdown table of the
 # best of ROUNDS rounds, ratios ours / llama.cpp (decode by time, prefill by
 # GFLOP/s), and decode as a fraction of the measured read bandwidth.
 #
@@ -32,7 +33,7 @@ EOF
 fi
 
 for r in $(seq "$rounds"); do
-        "$build/bench/quant-bench" "$threads" 4096 14336 BF16,Q8_0,Q4_0,Q4_K,Q5_K,Q6_K >> "$work/ours.jsonl"
+        "$build/bench/quant-bench" "$threads" 4096 14336 BF16,BF16P,Q8_0,Q4_0,Q4_K,Q5_K,Q6_K >> "$work/ours.jsonl"
         MX_NPROCS=$((2 * threads)) LD_PRELOAD="$shim" "$peer/test-backend-ops" perf -o MUL_MAT -b CPU \
                 -p 'type_a=(bf16|q8_0|q4_0|q4_K|q5_K|q6_K),type_b=f32,m=4096,n=(1|512),k=14336,' >> "$work/peer.txt"
         echo "round $r of $rounds done" >&2
@@ -60,8 +61,8 @@ for line in open(sys.argv[2]):
 print("%s threads, 4096 x 14336, best of rounds" % sys.argv[3])
 print("| type | decode ms (ours / llama.cpp) | decode ratio | ours GB/s (of read) | prefill(512) GFLOP/s (ours / llama.cpp) | prefill ratio |")
 print("|---|---|---|---|---|---|")
-for t in ["bf16", "q8_0", "q4_0", "q4_K", "q5_K", "q6_K"]:
-    o, p = ours.get(t), peer.get(t)
+for t in ["bf16", "bf16p", "q8_0", "q4_0", "q4_K", "q5_K", "q6_K"]:
+    o, p = ours.get(t), peer.get("bf16" if t == "bf16p" else t)
     if not o or not p:
         continue
     gbps = o["bytes"] / o["dec"] / 1e6

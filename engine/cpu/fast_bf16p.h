@@ -24,8 +24,9 @@ static __attribute__((noinline)) vb bfp_exceptions(vb v, __mmask32 e, const uint
 /* A block's 64 words: w[0] values 0..31, w[1] values 32..63. The sign
  * and mantissa byte sign-extends to a word whose bit 15 is the sign; its
  * bits 7..14 give way to the exponent. Only a row with exceptions looks
- * for them (ex). */
-static inline __attribute__((always_inline)) void bfp_block(const uint8_t *blk, vb tab, const uint8_t **ex, vb w[2]) {
+ * for them (look), taking them from *ex on. */
+static inline __attribute__((always_inline)) void bfp_block(const uint8_t *blk, vb tab, const uint8_t **ex, bool look,
+                                                             vb w[2]) {
         __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + MX_BF16P_BLOCK)));
         __m512i code[2] = {_mm512_and_si512(c, _mm512_set1_epi16(0xf)), _mm512_srli_epi16(c, 4)};
         UNROLL for (int h = 0; h < 2; h++) {
@@ -33,7 +34,7 @@ static inline __attribute__((always_inline)) void bfp_block(const uint8_t *blk, 
                 /* (s & 0x807f) | table[code] */
                 __m512i v = _mm512_ternarylogic_epi32(s, _mm512_set1_epi16((short)0x807f),
                                                       _mm512_permutexvar_epi16(code[h], tab), 0xea);
-                __mmask32 e = ex ? _mm512_cmpeq_epi16_mask(code[h], _mm512_set1_epi16(MX_BF16P_CODES)) : 0;
+                __mmask32 e = look ? _mm512_cmpeq_epi16_mask(code[h], _mm512_set1_epi16(MX_BF16P_CODES)) : 0;
                 w[h] = __builtin_expect(e != 0, 0) ? bfp_exceptions(v, e, ex) : v;
         }
 }
@@ -76,16 +77,18 @@ static inline bool bfp_any_exceptions(const uint8_t *w, uint64_t rb, int R) {
                 vf F[R][T];                                                                        \
                 vb tab[R];                                                                         \
                 const uint8_t *ex[R];                                                              \
+                bool has[R];                                                                       \
                 UNROLL for (int r = 0; r < R; r++) {                                               \
                         tab[r] = bfp_table(w + r * rb);                                            \
                         ex[r] = bfp_exceptions_of(w + r * rb, K);                                  \
+                        has[r] = exceptions && bfp_any_exceptions(w + r * rb, 0, 1);               \
                         UNROLL for (int t = 0; t < T; t++) F[r][t] = vf_zero();                    \
                 }                                                                                  \
                 for (uint64_t b = 0; b < K / MX_BF16P_BLOCK; b++) {                                \
                         vb W[R][2];                                                                \
                         UNROLL for (int r = 0; r < R; r++)                                         \
                                 bfp_block(bfp_blocks(w + r * rb) + b * MX_BF16P_BLOCK_BYTES, tab[r], \
-                                          exceptions ? &ex[r] : NULL, W[r]);                       \
+                                          exceptions ? &ex[r] : NULL, exceptions && has[r], W[r]); \
                         UNROLL for (int h = 0; h < 2; h++) {                                       \
                                 bfw P[R];                                                          \
                                 UNROLL for (int r = 0; r < R; r++) P[r] = bf_wprep(W[r][h]);       \
@@ -115,22 +118,18 @@ static void bfp_unpack(const uint8_t *row, uint64_t K, uint16_t *out) {
         const uint8_t *ex = bfp_exceptions_of(row, K);
         bool any = bfp_any_exceptions(row, 0, 1);
         for (uint64_t b = 0; b < K / MX_BF16P_BLOCK; b++) {
-                bfp_block(bfp_blocks(row) + b * MX_BF16P_BLOCK_BYTES, tab, any ? &ex : NULL, w);
+                bfp_block(bfp_blocks(row) + b * MX_BF16P_BLOCK_BYTES, tab, &ex, any, w);
                 _mm512_storeu_si512(out + b * MX_BF16P_BLOCK, w[0]);
                 _mm512_storeu_si512(out + b * MX_BF16P_BLOCK + 32, w[1]);
         }
 }
 
-#ifndef BFP_TOKENS
-#define BFP_TOKENS MX_TOKEN_BLOCK
-#endif
-
 /* Not inlined: its 128 KiB frame would otherwise be every decode call's. */
 static __attribute__((noinline)) void bfp_prefill(const mx_matmul_args *a, uint64_t r0, uint64_t r1) {
         _Alignas(64) uint16_t rows[BF_R * MX_BF16P_MAX_COLS];
         uint64_t K = a->cols;
-        for (uint32_t t0 = 0; t0 < a->n; t0 += BFP_TOKENS) {
-                uint32_t nt = a->n - t0 < BFP_TOKENS ? a->n - t0 : BFP_TOKENS;
+        for (uint32_t t0 = 0; t0 < a->n; t0 += MX_TOKEN_BLOCK) {
+                uint32_t nt = a->n - t0 < MX_TOKEN_BLOCK ? a->n - t0 : MX_TOKEN_BLOCK;
                 for (uint64_t q = r0; q < r1; q += BF_R) {
                         uint64_t nr = r1 - q < BF_R ? r1 - q : BF_R;
                         for (uint64_t i = 0; i < nr; i++)
