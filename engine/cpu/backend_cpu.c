@@ -197,8 +197,10 @@ static int cpu_set_expert_memory(mx_backend *b, uint64_t budget, mx_error *err) 
         int r = budget ? mx_expert_cache_new(b->model, budget, NULL, &next, err) : 0;
         if (r < 0)
                 return r; /* the old cache stays */
-        if (next)
+        if (next) {
                 mx_expert_cache_carry(next, &before);
+                mx_cpu_packed_drop_experts(cb);
+        }
         mx_expert_cache_free(cb->experts);
         cb->experts = next;
         return 0;

@@ -267,6 +267,27 @@ uint64_t mx_cpu_weight_bytes(const cpu_backend *cb, const mx_tensor *t) {
         return p ? p->nbytes : t->nbytes;
 }
 
+/* t's copy freed, its products back on the mapping. */
+static void drop(cpu_backend *cb, const mx_tensor *t) {
+        cpu_packed *p = (cpu_packed *)mx_cpu_packed_of(cb, t);
+        if (!p)
+                return;
+        free(p->data);
+        size_t i = (size_t)(p - cb->packed);
+        memmove(p, p + 1, (cb->n_packed - i - 1) * sizeof(cpu_packed));
+        cb->n_packed--;
+}
+
+void mx_cpu_packed_drop_experts(cpu_backend *cb) {
+        const mx_model *m = cb->base.model;
+        for (uint32_t L = 0; L < m->cfg.n_layers; L++)
+                for (uint32_t e = 0; e < m->cfg.n_experts; e++) {
+                        drop(cb, m->layers[L].w1[e]);
+                        drop(cb, m->layers[L].w2[e]);
+                        drop(cb, m->layers[L].w3[e]);
+                }
+}
+
 void mx_cpu_packed_free(cpu_backend *cb) {
         for (size_t i = 0; i < cb->n_packed; i++)
                 free(cb->packed[i].data);

@@ -59,6 +59,9 @@ float *mx_cpu_scratch(cpu_backend *cb, uint32_t thread, size_t n);
 int mx_cpu_pack_weights(cpu_backend *cb, void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg);
 int mx_cpu_pack_tensor(cpu_backend *cb, const mx_tensor *t);
 void mx_cpu_packed_free(cpu_backend *cb);
+/* Experts that start streaming leave their copies: the memory was wanted
+ * back (they are not packed again if streaming stops). */
+void mx_cpu_packed_drop_experts(cpu_backend *cb);
 /* t packed, or NULL. */
 const cpu_packed *mx_cpu_packed_of(const cpu_backend *cb, const mx_tensor *t);
 /* The bytes a product with t reads: packed or as mapped. */

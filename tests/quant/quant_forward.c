@@ -230,6 +230,26 @@ static void check_plain(const mx_model *m, const float *fast, size_t floats) {
         mx_engine_free(e);
 }
 
+/* Experts that start streaming mid-life (a budget set on a running
+ * engine) leave their packed copies and give the same logits from the
+ * file. */
+static void check_packed_then_streamed(const mx_model *m, const float *fast, size_t floats) {
+        mx_engine *e = open_engine(m, MX_ACTIVATIONS_FAST);
+        mx_error err = {0};
+        CHECK(e && mx_engine_set_expert_memory(e, 1, &err) == 0, "a budget on a running engine: %s", err.msg);
+        mx_ids greedy[MAX_PROMPTS] = {0};
+        size_t rows;
+        float *steps = malloc((size_t)MAX_PROMPTS * GREEDY * m->cfg.vocab_size * sizeof(float));
+        float *again = e ? run(e, m->cfg.vocab_size, &rows, greedy, steps) : NULL;
+        CHECK(again && memcmp(again, fast, floats * sizeof(float)) == 0,
+              "experts streamed after start: the logits differ from the resident run's");
+        for (size_t i = 0; i < n_prompts; i++)
+                mx_ids_free(&greedy[i]);
+        free(steps);
+        free(again);
+        mx_engine_free(e);
+}
+
 /* Block-format experts stream from the file they are stored in, one
  * expert per slot, and give the mapped run's logits bit for bit. */
 static void check_file_streaming(const mx_model *m, const float *fast, size_t floats) {
@@ -298,6 +318,8 @@ int main(int argc, char **argv) {
                 check_streaming_and_copy(m, fast, rows * vocab);
         else if (mx_dtype_is_block(m->layers[0].w1[0]->dtype))
                 check_file_streaming(m, fast, rows * vocab);
+        else
+                check_packed_then_streamed(m, fast, rows * vocab);
         free(fast);
         free(steps);
         for (size_t i = 0; i < n_prompts; i++)
