@@ -61,7 +61,7 @@ static inline bool bfp_any_exceptions(const uint8_t *w, uint64_t rb, int R) {
 
 /* The tile runs one of two loops: rows without exceptions (most) skip
  * the search for them. */
-#define DEFINE_BFP_TILE(NAME, UNUSED, R, T)                                                        \
+#define DEFINE_BFP_TILE(NAME, R)                                                                   \
         static void NAME(const uint8_t *w, uint64_t rb, const uint8_t *x, uint64_t ldx, uint64_t K, \
                          float *out, uint64_t ldo, bool accumulate) {                              \
                 if (bfp_any_exceptions(w, rb, R))                                                  \
@@ -87,8 +87,8 @@ static inline bool bfp_any_exceptions(const uint8_t *w, uint64_t rb, int R) {
                 for (uint64_t b = 0; b < K / MX_BF16P_BLOCK; b++) {                                \
                         vb W[R][2];                                                                \
                         UNROLL for (int r = 0; r < R; r++)                                         \
-                                bfp_block(bfp_blocks(w + r * rb) + b * MX_BF16P_BLOCK_BYTES, tab[r], \
-                                          exceptions ? &ex[r] : NULL, exceptions && has[r], W[r]); \
+                                bfp_block(bfp_blocks(w + r * rb) + b * MX_BF16P_BLOCK_BYTES, tab[r], &ex[r], \
+                                          has[r], W[r]);                                           \
                         UNROLL for (int h = 0; h < 2; h++) {                                       \
                                 bfw P[R];                                                          \
                                 UNROLL for (int r = 0; r < R; r++) P[r] = bf_wprep(W[r][h]);       \
@@ -101,7 +101,7 @@ static inline bool bfp_any_exceptions(const uint8_t *w, uint64_t rb, int R) {
                 UNROLL for (int t = 0; t < T; t++) UNROLL for (int r = 0; r < R; r++)              \
                         mx_tile_put(out + t * ldo + r, vf_reduce(F[r][t]), accumulate);            \
         }                                                                                          \
-        DEFINE_BFP_TILE(NAME, 0, R, T)
+        DEFINE_BFP_TILE(NAME, R)
 
 DEFINE_BFP_LOOP(bfp_1x1, 1, 1)
 DEFINE_BFP_LOOP(bfp_1x2, 1, 2)
