@@ -154,6 +154,20 @@ static float *run(mx_engine *e, uint32_t vocab, size_t *n_rows, mx_ids greedy[MA
         return all;
 }
 
+/* Whether engine e gives the logits `fast` (of floats floats), bit for bit. */
+static bool same_logits(mx_engine *e, const mx_model *m, const float *fast, size_t floats) {
+        mx_ids greedy[MAX_PROMPTS] = {0};
+        size_t rows;
+        float *steps = malloc((size_t)MAX_PROMPTS * GREEDY * m->cfg.vocab_size * sizeof(float));
+        float *again = e ? run(e, m->cfg.vocab_size, &rows, greedy, steps) : NULL;
+        bool same = again && memcmp(again, fast, floats * sizeof(float)) == 0;
+        for (size_t i = 0; i < n_prompts; i++)
+                mx_ids_free(&greedy[i]);
+        free(steps);
+        free(again);
+        return same;
+}
+
 static void write_floats(const char *dir, const char *what, const char *path_name, const float *v, size_t n) {
         char path[4096];
         snprintf(path, sizeof(path), "%s/%s-%s.bin", dir, what, path_name);
@@ -199,16 +213,8 @@ static void check_streaming_and_copy(mx_model *m, const float *fast, size_t floa
               "expert streaming of a quantized model: %s", e ? "accepted" : err.msg);
         mx_engine_free(e);
         CHECK(mx_model_copy_dense(m, &err) == 0, "%s", err.msg);
-        mx_ids greedy[MAX_PROMPTS] = {0};
-        size_t rows;
-        float *steps = malloc((size_t)MAX_PROMPTS * GREEDY * m->cfg.vocab_size * sizeof(float));
         e = open_engine(m, MX_ACTIVATIONS_FAST);
-        float *again = run(e, m->cfg.vocab_size, &rows, greedy, steps);
-        free(steps);
-        CHECK(memcmp(again, fast, floats * sizeof(float)) == 0, "mx_model_copy_dense changed the logits");
-        for (size_t i = 0; i < n_prompts; i++)
-                mx_ids_free(&greedy[i]);
-        free(again);
+        CHECK(same_logits(e, m, fast, floats), "mx_model_copy_dense changed the logits");
         mx_engine_free(e);
 }
 
@@ -216,17 +222,8 @@ static void check_streaming_and_copy(mx_model *m, const float *fast, size_t floa
  * same matrices as mapped, bit for bit. */
 static void check_plain(const mx_model *m, const float *fast, size_t floats) {
         mx_engine *e = open_engine_with(m, MX_ACTIVATIONS_FAST, true);
-        mx_ids greedy[MAX_PROMPTS] = {0};
-        size_t rows;
-        float *steps = malloc((size_t)MAX_PROMPTS * GREEDY * m->cfg.vocab_size * sizeof(float));
-        float *plain = e ? run(e, m->cfg.vocab_size, &rows, greedy, steps) : NULL;
-        CHECK(plain && !strstr(mx_engine_describe(e), "packed"), "bf16_plain packed anyway");
-        CHECK(plain && memcmp(plain, fast, floats * sizeof(float)) == 0,
-              "bf16 matrices packed and as mapped: the logits differ");
-        for (size_t i = 0; i < n_prompts; i++)
-                mx_ids_free(&greedy[i]);
-        free(steps);
-        free(plain);
+        CHECK(e && !strstr(mx_engine_describe(e), "packed"), "bf16_plain packed anyway");
+        CHECK(same_logits(e, m, fast, floats), "bf16 matrices packed and as mapped: the logits differ");
         mx_engine_free(e);
 }
 
@@ -237,16 +234,7 @@ static void check_packed_then_streamed(const mx_model *m, const float *fast, siz
         mx_engine *e = open_engine(m, MX_ACTIVATIONS_FAST);
         mx_error err = {0};
         CHECK(e && mx_engine_set_expert_memory(e, 1, &err) == 0, "a budget on a running engine: %s", err.msg);
-        mx_ids greedy[MAX_PROMPTS] = {0};
-        size_t rows;
-        float *steps = malloc((size_t)MAX_PROMPTS * GREEDY * m->cfg.vocab_size * sizeof(float));
-        float *again = e ? run(e, m->cfg.vocab_size, &rows, greedy, steps) : NULL;
-        CHECK(again && memcmp(again, fast, floats * sizeof(float)) == 0,
-              "experts streamed after start: the logits differ from the resident run's");
-        for (size_t i = 0; i < n_prompts; i++)
-                mx_ids_free(&greedy[i]);
-        free(steps);
-        free(again);
+        CHECK(same_logits(e, m, fast, floats), "experts streamed after start: the logits differ from the resident run's");
         mx_engine_free(e);
 }
 
@@ -258,20 +246,12 @@ static void check_file_streaming(const mx_model *m, const float *fast, size_t fl
         mx_error err = {0};
         CHECK(mx_engine_open(&e, m, &o, &err) == 0, "streaming %s experts: %s",
               mx_dtype_name(m->layers[0].w1[0]->dtype), err.msg);
-        mx_ids greedy[MAX_PROMPTS] = {0};
-        size_t rows;
-        float *steps = malloc((size_t)MAX_PROMPTS * GREEDY * m->cfg.vocab_size * sizeof(float));
-        float *again = e ? run(e, m->cfg.vocab_size, &rows, greedy, steps) : NULL;
-        CHECK(again && memcmp(again, fast, floats * sizeof(float)) == 0,
-              "streamed %s experts: logits differ from the mapped run's", mx_dtype_name(m->layers[0].w1[0]->dtype));
+        CHECK(same_logits(e, m, fast, floats), "streamed %s experts: logits differ from the mapped run's",
+              mx_dtype_name(m->layers[0].w1[0]->dtype));
         mx_expert_stats st;
         if (e)
                 mx_engine_expert_stats(e, &st);
         CHECK(e && st.bytes_read > 0, "streaming read no expert from the file");
-        for (size_t i = 0; i < n_prompts; i++)
-                mx_ids_free(&greedy[i]);
-        free(steps);
-        free(again);
         mx_engine_free(e);
 }
 

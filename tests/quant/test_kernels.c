@@ -226,12 +226,17 @@ static uint8_t *pack(const problem *p, uint64_t *stride) {
         return packed;
 }
 
+/* A BF16 problem with unusual_words, and its rows packed (or NULL). */
+static uint8_t *make_packed(problem *p, uint64_t rows, uint64_t cols, bool kernels, uint64_t *stride) {
+        make(p, MX_DTYPE_BF16, rows, cols);
+        unusual_words(p, kernels);
+        return pack(p, stride);
+}
+
 static void check_unpack(uint64_t rows, uint64_t cols) {
         problem p;
-        make(&p, MX_DTYPE_BF16, rows, cols);
-        unusual_words(&p, false);
         uint64_t stride;
-        uint8_t *packed = pack(&p, &stride);
+        uint8_t *packed = make_packed(&p, rows, cols, false, &stride);
         uint16_t *back = malloc(cols * sizeof(uint16_t));
         CHECK(packed && stride % 64 == 0 && stride < cols * 2, "bf16p %llu: packs (stride %llu)",
               (unsigned long long)cols, (unsigned long long)stride);
@@ -246,10 +251,8 @@ static void check_unpack(uint64_t rows, uint64_t cols) {
 
 static void check_packed(uint64_t rows, uint64_t cols) {
         problem p;
-        make(&p, MX_DTYPE_BF16, rows, cols);
-        unusual_words(&p, true);
         uint64_t stride;
-        uint8_t *packed = pack(&p, &stride);
+        uint8_t *packed = make_packed(&p, rows, cols, true, &stride);
         size_t outs = (size_t)MAX_N * rows;
         float *ref = malloc(outs * sizeof(float)), *got = malloc(outs * sizeof(float));
         CHECK(packed != NULL, "bf16p %llu x %llu: does not pack", (unsigned long long)rows, (unsigned long long)cols);
