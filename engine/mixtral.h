@@ -459,7 +459,7 @@ typedef struct mx_engine_opts {
          * whatever else shares a step; they differ from each other by the
          * rounding of the activations. */
         mx_activations activations;
-        /* On the fast path of AVX-512, BF16 matrices are packed at start-up
+        /* On the fast path of AVX2 and AVX-512, BF16 matrices are packed at start-up
          * (their exponents coded: the same values in about 0.77 of the
          * bytes, the same results): true keeps them as mapped, saving the
          * copy's memory and time. */

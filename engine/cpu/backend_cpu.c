@@ -306,8 +306,8 @@ int mx_cpu_backend_new(const mx_model *m, const mx_engine_opts *o, mx_backend **
                 cpu_destroy(&cb->base);
                 return r;
         }
-        /* Only AVX-512 has kernels for packed rows. */
-        bool pack = cb->fast && !o->bf16_plain && (isa == MX_ISA_AVX512 || isa == MX_ISA_AVX512_VNNI);
+        /* (The scalar kernels, the reference, read plain rows only.) */
+        bool pack = cb->fast && !o->bf16_plain && isa != MX_ISA_SCALAR;
         if (pack && (r = pack_weights(cb, o, err)) < 0) {
                 cpu_destroy(&cb->base);
                 return r;

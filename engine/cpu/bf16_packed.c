@@ -11,9 +11,9 @@
  *   exceptions, so rows stay a fixed distance apart.
  * - The CPU backend packs at start-up (mx_cpu_pack_weights) the resident
  *   2-D BF16 matrices that qualify (mx_bf16p_fits), over its threads, on
- *   the fast path of AVX-512 (the instruction set that has kernels for
- *   it); the mapped file stays as it is and is no longer read by the
- *   products. Experts that stream (--expert-memory) stay plain: they come
+ *   the fast path of AVX2 and AVX-512 (the scalar kernels, the reference,
+ *   read plain rows); the mapped file stays as it is and is no longer read
+ *   by the products. Experts that stream (--expert-memory) stay plain: they come
  *   from the disk as the file has them.
  * - Errors: only -ENOMEM (the copy did not fit), which the backend reports;
  *   a matrix that does not qualify simply stays plain. */

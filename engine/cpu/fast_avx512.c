@@ -20,6 +20,5 @@
 #define K_D 4
 #define BF_D 4
 #define FAST_TILES MX_SYM(mx_fast_tiles_avx512)
-#define MX_BF16P_KERNELS 1
 
 #include "fast_tiles.h"

@@ -1,5 +1,5 @@
-/* Packed BF16 rows (MX_BF16P, kernels.h) against MX_ACT_BF16 on
- * AVX-512, included by fast_tiles.h where MX_BF16P_KERNELS is set.
+/* Packed BF16 rows (MX_BF16P, kernels.h) against MX_ACT_BF16, over the
+ * vector layer's vb_bfp_block (AVX2, AVX-512); included by fast_tiles.h.
  *
  * Contract: each block's words are rebuilt exactly, lane j of a register
  * holding value j of 32 as a plain row's load does, and go through the
@@ -11,36 +11,25 @@
 
 /* The lanes of v whose code was the escape, filled from the row's
  * exceptions in order: rare, so kept out of the loop. */
-static __attribute__((noinline)) vb bfp_exceptions(vb v, __mmask32 e, const uint8_t **ex) {
+static __attribute__((noinline)) vb bfp_exceptions(vb v, uint32_t e, const uint8_t **ex) {
         uint16_t lanes[32];
-        _mm512_storeu_si512(lanes, v);
+        vb_store(lanes, v);
         for (; e; e &= e - 1) {
                 memcpy(&lanes[__builtin_ctz(e)], *ex, 2);
                 *ex += 2;
         }
-        return _mm512_loadu_si512(lanes);
+        return vb_load(lanes);
 }
 
-/* A block's 64 words: w[0] values 0..31, w[1] values 32..63. The sign
- * and mantissa byte sign-extends to a word whose bit 15 is the sign; its
- * bits 7..14 give way to the exponent. Only a row with exceptions looks
- * for them (look), taking them from *ex on. */
-static inline __attribute__((always_inline)) void bfp_block(const uint8_t *blk, vb tab, const uint8_t **ex, bool look,
-                                                             vb w[2]) {
-        __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + MX_BF16P_BLOCK)));
-        __m512i code[2] = {_mm512_and_si512(c, _mm512_set1_epi16(0xf)), _mm512_srli_epi16(c, 4)};
-        UNROLL for (int h = 0; h < 2; h++) {
-                __m512i s = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 32 * h)));
-                /* (s & 0x807f) | table[code] */
-                __m512i v = _mm512_ternarylogic_epi32(s, _mm512_set1_epi16((short)0x807f),
-                                                      _mm512_permutexvar_epi16(code[h], tab), 0xea);
-                __mmask32 e = look ? _mm512_cmpeq_epi16_mask(code[h], _mm512_set1_epi16(MX_BF16P_CODES)) : 0;
-                w[h] = __builtin_expect(e != 0, 0) ? bfp_exceptions(v, e, ex) : v;
-        }
-}
-
-static inline vb bfp_table(const uint8_t *row) {
-        return _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)row));
+/* A block's 64 words (vb_bfp_block), escapes filled: only a row with
+ * exceptions looks for them (look), taking them from *ex on. */
+static inline __attribute__((always_inline)) void bfp_block(const uint8_t *blk, bfp_tab tab, const uint8_t **ex,
+                                                             bool look, vb w[2]) {
+        uint32_t esc[2];
+        vb_bfp_block(blk, tab, look, w, esc);
+        UNROLL for (int h = 0; h < 2; h++)
+                if (__builtin_expect(esc[h] != 0, 0))
+                        w[h] = bfp_exceptions(w[h], esc[h], ex);
 }
 
 static inline const uint8_t *bfp_blocks(const uint8_t *row) {
@@ -75,11 +64,11 @@ static inline bool bfp_any_exceptions(const uint8_t *w, uint64_t rb, int R) {
                 const uint8_t *w, uint64_t rb, const uint8_t *x, uint64_t ldx, uint64_t K, float *out, \
                 uint64_t ldo, bool accumulate, bool exceptions) {                                  \
                 vf F[R][T];                                                                        \
-                vb tab[R];                                                                         \
+                bfp_tab tab[R];                                                                    \
                 const uint8_t *ex[R];                                                              \
                 bool has[R];                                                                       \
                 UNROLL for (int r = 0; r < R; r++) {                                               \
-                        tab[r] = bfp_table(w + r * rb);                                            \
+                        tab[r] = vb_bfp_table(w + r * rb);                                         \
                         ex[r] = bfp_exceptions_of(w + r * rb, K);                                  \
                         has[r] = exceptions && bfp_any_exceptions(w + r * rb, 0, 1);               \
                         UNROLL for (int t = 0; t < T; t++) F[r][t] = vf_zero();                    \
@@ -114,13 +103,14 @@ static const mx_tiles fast_bf16p_decode = {{NULL, bfp_1x1, bfp_1x2, bfp_1x3}, {N
                                            NULL, NULL, BF_R, BF_T, BF_D, NULL};
 
 static void bfp_unpack(const uint8_t *row, uint64_t K, uint16_t *out) {
-        vb tab = bfp_table(row), w[2];
+        bfp_tab tab = vb_bfp_table(row);
+        vb w[2];
         const uint8_t *ex = bfp_exceptions_of(row, K);
         bool any = bfp_any_exceptions(row, 0, 1);
         for (uint64_t b = 0; b < K / MX_BF16P_BLOCK; b++) {
                 bfp_block(bfp_blocks(row) + b * MX_BF16P_BLOCK_BYTES, tab, &ex, any, w);
-                _mm512_storeu_si512(out + b * MX_BF16P_BLOCK, w[0]);
-                _mm512_storeu_si512(out + b * MX_BF16P_BLOCK + 32, w[1]);
+                vb_store(out + b * MX_BF16P_BLOCK, w[0]);
+                vb_store(out + b * MX_BF16P_BLOCK + 32, w[1]);
         }
 }
 

@@ -284,16 +284,11 @@ MX_DEFINE_TILES(fast_bf16, DEFINE_BF_TILE, 0, BF_R, BF_T, BF_D)
 static const mx_tiles fast_q4_0 = {.rows = q4_0_rows};
 static const mx_tiles fast_q4_k = {.rows = q4_k_rows};
 static const mx_tiles fast_q6_k = {.rows = q6_k_rows};
-#ifdef MX_BF16P_KERNELS
 #include "fast_bf16p.h"
-#define PACKED_TILES (&fast_bf16p)
-#else
-#define PACKED_TILES NULL
-#endif
 
 const mx_tiles *FAST_TILES(mx_dtype t, bool packed) {
         if (packed)
-                return PACKED_TILES;
+                return &fast_bf16p;
         static const mx_tiles *const all[MX_DTYPE_COUNT] = {
                 [MX_DTYPE_BF16] = &fast_bf16, [MX_DTYPE_Q8_0] = &fast_q8_0, [MX_DTYPE_Q4_0] = &fast_q4_0,
                 [MX_DTYPE_Q4_K] = &fast_q4_k, [MX_DTYPE_Q5_K] = &fast_q5_k, [MX_DTYPE_Q6_K] = &fast_q6_k,

@@ -71,7 +71,7 @@ typedef enum mx_act {
 } mx_act;
 
 /* MX_BF16P: BF16 rows with their exponents coded, for the fast path on
- * AVX-512 (bf16_packed.c). A row of cols values (a multiple of
+ * AVX2 and AVX-512 (bf16_packed.c). A row of cols values (a multiple of
  * MX_BF16P_BLOCK) takes `stride` bytes, the same for every row of a
  * matrix (a multiple of 64):
  * - a table of MX_BF16P_TABLE uint16, entry c = exponent field << 7 of

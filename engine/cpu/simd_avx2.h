@@ -327,3 +327,40 @@ static inline vf vb_bf16_odd(vb v) {
 static inline vf vb_bf16_even(vb v) {
         return (vf){_mm256_castsi256_ps(_mm256_slli_epi32(v.lo, 16)), _mm256_castsi256_ps(_mm256_slli_epi32(v.hi, 16))};
 }
+
+/* ---- packed bf16 rows (MX_BF16P, kernels.h; fast_bf16p.h) ------------------------- */
+
+/* A row's table as vpshufb indexes it: the 16 exponent bytes, in both
+ * halves (entry 15, the count of exceptions, only ever meets escapes). */
+typedef __m256i bfp_tab;
+
+static inline bfp_tab vb_bfp_table(const uint8_t *row) {
+        uint8_t e[16];
+        for (int i = 0; i < 16; i++) {
+                uint16_t t;
+                memcpy(&t, row + 2 * i, 2);
+                e[i] = (uint8_t)(t >> 7);
+        }
+        return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)e));
+}
+
+/* 16 values' words from their sign and mantissa bytes and exponents. */
+static inline __m256i bfp_words(const uint8_t *sm, __m128i e) {
+        __m256i s = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sm));
+        return _mm256_or_si256(_mm256_and_si256(s, _mm256_set1_epi16((short)0x807f)),
+                               _mm256_slli_epi16(_mm256_cvtepu8_epi16(e), 7));
+}
+
+/* As simd_avx512.h's: w[0] values 0..31, w[1] 32..63; esc[h] the escapes. */
+static inline __attribute__((always_inline)) void vb_bfp_block(const uint8_t *blk, bfp_tab tab, bool look, vb w[2],
+                                                                uint32_t esc[2]) {
+        __m256i c = _mm256_loadu_si256((const __m256i *)(blk + MX_BF16P_BLOCK)), m = _mm256_set1_epi8(0xf);
+        __m256i code[2] = {_mm256_and_si256(c, m), _mm256_and_si256(_mm256_srli_epi16(c, 4), m)};
+        for (int h = 0; h < 2; h++) {
+                __m256i e = _mm256_shuffle_epi8(tab, code[h]);
+                w[h] = (vb){bfp_words(blk + 32 * h, _mm256_castsi256_si128(e)),
+                            bfp_words(blk + 32 * h + 16, _mm256_extracti128_si256(e, 1))};
+                esc[h] = look ? (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(code[h], _mm256_set1_epi8(MX_BF16P_CODES)))
+                              : 0;
+        }
+}

@@ -305,3 +305,30 @@ static inline vf vb_bf16_even(vb v) {
         return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
 }
 #endif
+
+/* ---- packed bf16 rows (MX_BF16P, kernels.h; fast_bf16p.h) ------------------------- */
+
+/* A row's table as vpermw indexes it: entry c in word c. */
+typedef vb bfp_tab;
+
+static inline bfp_tab vb_bfp_table(const uint8_t *row) {
+        return _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)row));
+}
+
+/* A block's 64 words, w[0] values 0..31 and w[1] 32..63, each lane as a
+ * plain row's load puts it; esc[h]: the lanes of w[h] whose code is the
+ * escape (looked for only where look). The sign and mantissa byte
+ * sign-extends to a word whose bit 15 is the sign; its bits 7..14 give
+ * way to the exponent. */
+static inline __attribute__((always_inline)) void vb_bfp_block(const uint8_t *blk, bfp_tab tab, bool look, vb w[2],
+                                                                uint32_t esc[2]) {
+        __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + MX_BF16P_BLOCK)));
+        __m512i code[2] = {_mm512_and_si512(c, _mm512_set1_epi16(0xf)), _mm512_srli_epi16(c, 4)};
+        for (int h = 0; h < 2; h++) {
+                __m512i s = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 32 * h)));
+                /* (s & 0x807f) | table[code] */
+                w[h] = _mm512_ternarylogic_epi32(s, _mm512_set1_epi16((short)0x807f),
+                                                 _mm512_permutexvar_epi16(code[h], tab), 0xea);
+                esc[h] = look ? _mm512_cmpeq_epi16_mask(code[h], _mm512_set1_epi16(MX_BF16P_CODES)) : 0;
+        }
+}

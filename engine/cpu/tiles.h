@@ -32,7 +32,7 @@ typedef struct mx_tiles {
 } mx_tiles;
 
 /* The fast path's tiles for a weight type (fast_*.c), or for packed BF16
- * rows (MX_BF16P: AVX-512 only); NULL for F16/F32. */
+ * rows (MX_BF16P); NULL for F16/F32. */
 const mx_tiles *MX_SYM(mx_fast_tiles_avx2)(mx_dtype t, bool packed);
 const mx_tiles *MX_SYM(mx_fast_tiles_avx512)(mx_dtype t, bool packed);
 

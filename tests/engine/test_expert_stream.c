@@ -393,7 +393,7 @@ static void check_mapped_truncated(const mx_model *m, const int32_t *want) {
               err.msg);
 }
 
-/* Packed (where the CPU packs bf16 weights: AVX-512), the experts no
+/* Packed (where the CPU packs bf16 weights: AVX2, AVX-512), the experts no
  * longer read their file after start-up: a shrunk file changes nothing;
  * and an engine started on a shrunk file refuses to start, rather than
  * pack zeros. */
