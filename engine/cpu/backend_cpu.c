@@ -312,10 +312,11 @@ int mx_cpu_backend_new(const mx_model *m, const mx_engine_opts *o, mx_backend **
                 cpu_destroy(&cb->base);
                 return r;
         }
-        int k = snprintf(cb->desc, sizeof(cb->desc), "cpu, %u thread%s, %s, %s activations", threads,
-                         threads == 1 ? "" : "s", mx_isa_name(isa), cb->fast ? "fast" : "f32");
+        char packed[48] = "";
         if (cb->n_packed)
-                k += snprintf(cb->desc + k, sizeof(cb->desc) - (size_t)k, ", %zu bf16 matrices packed", cb->n_packed);
+                snprintf(packed, sizeof(packed), ", %zu bf16 matrices packed", cb->n_packed);
+        int k = snprintf(cb->desc, sizeof(cb->desc), "cpu, %u thread%s, %s, %s activations%s", threads,
+                         threads == 1 ? "" : "s", mx_isa_name(isa), cb->fast ? "fast" : "f32", packed);
         if (cb->experts) {
                 mx_expert_stats st;
                 mx_expert_cache_stats(cb->experts, &st);

@@ -13,8 +13,8 @@
  *   2-D BF16 matrices that qualify (mx_bf16p_fits), over its threads, on
  *   the fast path of AVX2 and AVX-512 (the scalar kernels, the reference,
  *   read plain rows); the mapped file stays as it is and is no longer read
- *   by the products. Experts that stream (--expert-memory) stay plain: they come
- *   from the disk as the file has them.
+ *   by the products. Experts that stream (--expert-memory) stay plain:
+ *   they come from the disk as the file has them.
  * - Errors: only -ENOMEM (the copy did not fit), which the backend reports;
  *   a matrix that does not qualify simply stays plain. */
 #include <stdatomic.h>
@@ -86,14 +86,16 @@ static void pack_with(const uint16_t *w, uint64_t cols, const uint16_t tab[MX_BF
         memcpy(dst, tab, MX_BF16P_TABLE * sizeof(uint16_t));
         uint8_t *blocks = dst + MX_BF16P_TABLE * 2;
         uint16_t *ex = (uint16_t *)(blocks + cols / MX_BF16P_BLOCK * MX_BF16P_BLOCK_BYTES);
+        /* A stride too short for the row's exceptions cuts them, not overruns. */
+        const uint16_t *ex_end = (const uint16_t *)(dst + stride);
         for (uint64_t b = 0; b < cols / MX_BF16P_BLOCK; b++) {
                 uint8_t *sm = blocks + b * MX_BF16P_BLOCK_BYTES, *codes = sm + MX_BF16P_BLOCK;
                 for (int j = 0; j < MX_BF16P_BLOCK; j++) {
                         uint16_t v = w[b * MX_BF16P_BLOCK + (uint64_t)j];
                         uint8_t c = code_of[EXP_OF(v)];
-                        if (c == MX_BF16P_CODES)
+                        if (c == MX_BF16P_CODES && ex < ex_end)
                                 *ex++ = v;
-                        else
+                        else if (c != MX_BF16P_CODES)
                                 sm[j] = (uint8_t)(((v >> 8) & 0x80) | (v & 0x7f));
                         codes[j % 32] |= (uint8_t)(j < 32 ? c : c << 4);
                 }

@@ -99,6 +99,8 @@ uint64_t mx_bf16p_exceptions(const uint16_t *w, uint64_t cols);
  * one value in 16 an exception; fewer bytes than plain: 256 columns and
  * more), and its stride. */
 bool mx_bf16p_fits(uint64_t cols, uint64_t max_exceptions, uint64_t *stride);
+/* One row into stride bytes: a stride from mx_bf16p_fits for at least
+ * the row's exceptions (a shorter one loses the last of them). */
 void mx_bf16p_pack_row(const uint16_t *w, uint64_t cols, uint8_t *dst, uint64_t stride);
 /* The row's bf16 words again, exactly. */
 void mx_bf16p_unpack_row(const uint8_t *row, uint64_t cols, uint16_t *out);
