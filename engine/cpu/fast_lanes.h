@@ -50,6 +50,18 @@ static void decode_tiles(const mx_matmul_args *a, uint64_t r0, uint64_t r1, uint
         }
 }
 
+/* Token t's outputs of rows [r, r + n), from o (decode's tiles). */
+static inline void rows_put(const mx_matmul_args *a, uint32_t t, uint64_t r, const float *o, int n) {
+        for (int i = 0; i < n; i++)
+                mx_tile_put(a->out + t * a->ldo + r + i, o[i], a->accumulate);
+}
+
+/* The sum of 16 bytes, unsigned. */
+static inline int32_t sum_bytes16(__m128i v) {
+        __m128i s = _mm_sad_epu8(v, _mm_setzero_si128());
+        return _mm_cvtsi128_si32(s) + _mm_extract_epi32(s, 2);
+}
+
 /* Outputs of rows [r, r + R) for tokens [t0, t0 + 16), of which n exist. */
 static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t t0,
                       const float (*o)[MX_ACT_GROUP]) {
@@ -68,7 +80,6 @@ static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t 
  * values, take 140 KiB in tiles of 8, as Q4_0 or Q4_K); wider rows go
  * the decode way. */
 #define UNPACKED_MAX (192u << 10)
-
 
 /* The prefill and the row function of a type T in blocks of QK values
  * whose activations are of format ACT, from its kernels T_unpacked /
@@ -187,16 +198,14 @@ static void lanes_put(const mx_matmul_args *a, uint64_t r, uint32_t R, uint32_t 
                                 float dx = mx_act_scales(a->xq + t * a->ldxq, K)[sb];              \
                                 vi_lane_sums4(v[t], &S, &M);                                       \
                                 F[t] = _mm_fmadd_ps(_mm_mul_ps(d, _mm_set1_ps(dx)), _mm_cvtepi32_ps(S), F[t]); \
-                                __m128 dm = _mm_mul_ps(dmin, _mm_set1_ps(-dx));                    \
                                 if (MIN)                                                           \
-                                        F[t] = _mm_fmadd_ps(dm, _mm_cvtepi32_ps(M), F[t]);         \
+                                        F[t] = _mm_fmadd_ps(_mm_mul_ps(dmin, _mm_set1_ps(-dx)), _mm_cvtepi32_ps(M), F[t]); \
                         }                                                                          \
                 }                                                                                  \
                 UNROLL for (int t = 0; t < N; t++) {                                               \
                         float o[4];                                                                \
                         _mm_storeu_ps(o, F[t]);                                                    \
-                        for (int i = 0; i < 4; i++)                                                \
-                                mx_tile_put(a->out + t * a->ldo + r + i, o[i], a->accumulate);     \
+                        rows_put(a, (uint32_t)t, r, o, 4);                                         \
                 }                                                                                  \
         }
 

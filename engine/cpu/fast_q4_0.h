@@ -58,8 +58,7 @@ static inline vi q4_0_pair_sums(const uint8_t *row, uint64_t b, bool two, vb x, 
                 UNROLL for (int t = 0; t < N; t++) {                                               \
                         float o[16];                                                               \
                         vf_store(o, F[t]);                                                         \
-                        for (int i = 0; i < 16; i++)                                               \
-                                mx_tile_put(a->out + t * a->ldo + r + i, o[i], a->accumulate);     \
+                        rows_put(a, (uint32_t)t, r, o, 16);                                        \
                 }                                                                                  \
         }
 
@@ -106,10 +105,9 @@ static void q4_0_unpack(const uint8_t *row, uint64_t nb, q4_0_unpacked *u) {
         for (uint64_t b = 0; b < nb; b++) {
                 __m128i v = _mm_loadu_si128((const __m128i *)q[b].qs);
                 __m128i lo = _mm_and_si128(v, f), hi = _mm_and_si128(_mm_srli_epi16(v, 4), f);
-                __m128i s = _mm_add_epi64(_mm_sad_epu8(lo, _mm_setzero_si128()), _mm_sad_epu8(hi, _mm_setzero_si128()));
                 _mm_storeu_si128((__m128i *)u[b].u, _mm_sub_epi8(lo, eight));
                 _mm_storeu_si128((__m128i *)(u[b].u + 16), _mm_sub_epi8(hi, eight));
-                int32_t sum = _mm_cvtsi128_si32(s) + _mm_extract_epi32(s, 2) - 256;
+                int32_t sum = sum_bytes16(lo) + sum_bytes16(hi) - 256;
                 u[b].c = -128 * sum, u[b].d = f16c(q[b].d);
         }
 }

@@ -55,9 +55,7 @@ typedef struct q4_k_unpacked {
 } q4_k_unpacked;
 
 static inline int32_t sum_bytes(__m256i v) {
-        __m256i s = _mm256_sad_epu8(v, _mm256_setzero_si256());
-        __m128i h = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        return (int32_t)(_mm_cvtsi128_si64(h) + _mm_extract_epi64(h, 1));
+        return sum_bytes16(_mm256_castsi256_si128(v)) + sum_bytes16(_mm256_extracti128_si256(v, 1));
 }
 
 static void q4_k_unpack(const uint8_t *row, uint64_t nsb, q4_k_unpacked *u) {

@@ -56,9 +56,8 @@ static void q6_k_unpack(const uint8_t *row, uint64_t nsb, q6_k_unpacked *u) {
                 UNROLL for (int ch = 0; ch < 4; ch++) vb_store(o->u + 64 * ch, q6_k_u(&W, ch));
                 for (int j = 0; j < 16; j++) {
                         __m128i q = _mm_loadu_si128((const __m128i *)(o->u + 16 * j));
-                        __m128i s = _mm_sad_epu8(q, _mm_setzero_si128());
                         o->sc[j] = b->scales[j];
-                        c += o->sc[j] * (_mm_cvtsi128_si32(s) + _mm_extract_epi32(s, 2) - 16 * 32);
+                        c += o->sc[j] * (sum_bytes16(q) - 16 * 32);
                         _mm_storeu_si128((__m128i *)(o->u + 16 * j), _mm_sub_epi8(q, k32));
                 }
                 o->c = -128 * c, o->d = f16c(b->d);

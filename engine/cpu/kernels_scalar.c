@@ -79,61 +79,28 @@ static float dot_q4_0(const uint8_t *row, const uint8_t *xq, uint64_t cols) {
 
 /* ---- the fast path: K-quants against MX_ACT_Q8K ---------------------------------------- */
 
-/* A super-block as the integer products see it: unsigned levels, each
- * value's sub-block scale, d, and the offset's weight for each 16 values. */
-typedef struct kblock {
-        float d;
-        uint8_t u[256];  /* [256] */
-        int sc[256];     /* [256] */
-        float w16[16];   /* [16] */
-} kblock;
-
-static void kmin_decode(uint16_t d, uint16_t dmin, const uint8_t *scales, kblock *k) {
-        k->d = mx_f16_to_f32(d);
-        for (int j = 0; j < 8; j++) {
-                uint8_t sc, m;
-                mx_q4k_scale(scales, j, &sc, &m);
-                for (int e = 32 * j; e < 32 * j + 32; e++)
-                        k->sc[e] = sc;
-                k->w16[2 * j] = k->w16[2 * j + 1] = mx_f16_to_f32(dmin) * (float)m;
-        }
-}
-
-static void kblock_decode(const uint8_t *row, mx_dtype dt, uint64_t sb, kblock *k) {
-        if (dt == MX_DTYPE_Q4_K) {
-                const mx_block_q4_k *b = (const mx_block_q4_k *)row + sb;
-                kmin_decode(b->d, b->dmin, b->scales, k);
-                for (int e = 0; e < 256; e++)
-                        k->u[e] = mx_q4k_quant(b, e);
-        } else if (dt == MX_DTYPE_Q5_K) {
-                const mx_block_q5_k *b = (const mx_block_q5_k *)row + sb;
-                kmin_decode(b->d, b->dmin, b->scales, k);
-                for (int e = 0; e < 256; e++)
-                        k->u[e] = mx_q5k_quant(b, e);
-        } else {
-                const mx_block_q6_k *b = (const mx_block_q6_k *)row + sb;
-                k->d = mx_f16_to_f32(b->d);
-                for (int e = 0; e < 256; e++)
-                        k->u[e] = mx_q6k_quant(b, e), k->sc[e] = b->scales[e / 16];
-                for (int s = 0; s < 16; s++)
-                        k->w16[s] = k->d * (float)(32 * b->scales[s]);
-        }
-}
-
-static float dot_k(const uint8_t *row, mx_dtype dt, const uint8_t *xq, uint64_t cols) {
+/* Q5_K's 16-lane order (kernels.h): per super-block, lane l takes the
+ * scaled level x value sums of values 4l..4l+3 of each 64, and 16 more
+ * lanes the mins' weight (dmin x m, each 16 values) against xs. */
+static float dot_q5_k(const uint8_t *row, const uint8_t *xq, uint64_t cols) {
         const int8_t *x = (const int8_t *)xq;
         const float *dx = mx_act_scales(xq, cols), *xs = mx_act_sums(xq, cols);
         float lane[16] = {0}, g[16] = {0};
-        kblock k;
         for (uint64_t sb = 0; sb < cols / 256; sb++) {
-                kblock_decode(row, dt, sb, &k);
+                const mx_block_q5_k *b = (const mx_block_q5_k *)row + sb;
                 int s[16] = {0};
-                for (int e = 0; e < 256; e++)
-                        s[(e % 64) / 4] += k.sc[e] * ((int)k.u[e] * x[256 * sb + e]);
-                float dd = k.d * dx[sb];
+                float w16[16];
+                for (int j = 0; j < 8; j++) {
+                        uint8_t sc, m;
+                        mx_q4k_scale(b->scales, j, &sc, &m);
+                        for (int e = 32 * j; e < 32 * j + 32; e++)
+                                s[(e % 64) / 4] += sc * ((int)mx_q5k_quant(b, e) * x[256 * sb + (uint64_t)e]);
+                        w16[2 * j] = w16[2 * j + 1] = mx_f16_to_f32(b->dmin) * (float)m;
+                }
+                float dd = mx_f16_to_f32(b->d) * dx[sb];
                 for (int l = 0; l < 16; l++) {
                         lane[l] = fmaf(dd, (float)s[l], lane[l]);
-                        g[l] = fmaf(k.w16[l], xs[16 * sb + l], g[l]);
+                        g[l] = fmaf(w16[l], xs[16 * sb + l], g[l]);
                 }
         }
         return mx_reduce16(lane) - mx_reduce16(g);
@@ -207,7 +174,7 @@ static float dot_row(const mx_matmul_args *a, const uint8_t *row, uint32_t t) {
         case MX_ACT_Q8K:
                 return a->dtype == MX_DTYPE_Q4_K   ? dot_q4_k(row, x, a->cols)
                        : a->dtype == MX_DTYPE_Q6_K ? dot_q6_k(row, x, a->cols)
-                                                   : dot_k(row, a->dtype, x, a->cols);
+                                                   : dot_q5_k(row, x, a->cols);
         case MX_ACT_BF16:
                 return dot_bf16(row, x, a->cols);
         default:
